@@ -32,6 +32,31 @@ enum Command {
         #[arg(long)]
         rondb_has_run: bool,
     },
+    /// Run the real reconciler against a simulated cloud (mock provider, dummy runtime) in
+    /// simulated time, starting from an empty world and submitting each file in order.
+    Simulate {
+        /// Desired-state files, submitted one after the other.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// One JSON object per submitted desired state on its own line.
+        #[arg(long)]
+        json: bool,
+        /// Seed of fault and ordering randomness.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Probability that an action fails transiently (and changes nothing).
+        #[arg(long, default_value_t = 0.0)]
+        fault_rate: f64,
+        /// Probability, per action, that a VM whose loss the cluster survives disappears.
+        #[arg(long, default_value_t = 0.0)]
+        vm_loss_rate: f64,
+        /// A backup of another cluster already present in the sink (repeatable).
+        #[arg(long = "existing-backup")]
+        existing_backup: Vec<u64>,
+        /// Attempts of one action before ERROR_STATE.
+        #[arg(long, default_value_t = 3)]
+        max_attempts: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,6 +77,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             previous,
             rondb_has_run,
         } => validate(&file, previous.as_deref(), rondb_has_run),
+        Command::Simulate {
+            files,
+            json,
+            seed,
+            fault_rate,
+            vm_loss_rate,
+            existing_backup,
+            max_attempts,
+        } => {
+            if !(0.0..=1.0).contains(&fault_rate) || !(0.0..=1.0).contains(&vm_loss_rate) {
+                anyhow::bail!("--fault-rate and --vm-loss-rate are probabilities between 0 and 1");
+            }
+            let opts = ndb_agent::simulation::SimOptions {
+                seed,
+                faults: providers::FaultConfig {
+                    action_failure_rate: fault_rate,
+                    vm_loss_rate,
+                    process_death_rate: 0.0,
+                },
+                existing_backups: existing_backup,
+                max_attempts,
+                ..Default::default()
+            };
+            simulate(&files, json, &opts)
+        }
     }
 }
 
@@ -113,4 +163,69 @@ fn validate(
             Ok(ExitCode::from(2))
         }
     }
+}
+
+fn simulate(
+    files: &[PathBuf],
+    json: bool,
+    opts: &ndb_agent::simulation::SimOptions,
+) -> anyhow::Result<ExitCode> {
+    use agent_core::desired;
+    let rt = ndb_agent::simulation::runtime().context("cannot start the simulation runtime")?;
+    let mut all_ok = true;
+    rt.block_on(async {
+        let mut sim = ndb_agent::simulation::Simulation::new(opts);
+        sim.set_verbose(!json);
+        for file in files {
+            let bytes =
+                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let report = match desired::parse(&bytes) {
+                Ok(d) => {
+                    if !json {
+                        println!("== {}: submitting {}", file.display(), d.summary());
+                    }
+                    sim.submit(d).await
+                }
+                Err(e) => ndb_agent::simulation::StepReport {
+                    desired_id: 0,
+                    outcome: "REJECTED".into(),
+                    rejection: Some(e.problems().join("; ")),
+                    makespan_s: 0.0,
+                    actions: vec![],
+                    invariant_violations: vec![],
+                    cluster: serde_json::Value::Null,
+                    error: None,
+                },
+            };
+            if report.outcome != "AT_DESIRED_STATE" || !report.invariant_violations.is_empty() {
+                all_ok = false;
+            }
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "== {}: {} after {:.1} simulated s, {} action(s){}",
+                    file.display(),
+                    report.outcome,
+                    report.makespan_s,
+                    report.actions.len(),
+                    report
+                        .rejection
+                        .as_ref()
+                        .or(report.error.as_ref())
+                        .map(|r| format!("\n   reason: {r}"))
+                        .unwrap_or_default()
+                );
+                for v in &report.invariant_violations {
+                    println!("   SAFETY RULE BROKEN: {v}");
+                }
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }

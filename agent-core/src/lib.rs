@@ -8,3 +8,18 @@
 pub mod desired;
 
 pub use desired::DesiredState;
+pub mod actions;
+pub mod backend;
+pub mod model;
+pub mod planner;
+
+pub use actions::{Action, ActionKind};
+pub use backend::{CloudProvider, ProcessRuntime};
+pub use model::{ClusterState, ReconciliationState, Role};
+pub use planner::{diff, plan};
+pub mod commands;
+pub mod cost;
+pub mod invariants;
+pub mod reconcile;
+
+pub use reconcile::{EventHook, Reconciler, ReconcilerConfig, Submission};

@@ -1,0 +1,147 @@
+//! The two doors to the outside world. The reconciler is generic over them, so the same loop
+//! drives an in-memory simulation, local processes, containers and cloud VMs.
+
+use crate::actions::RestoreStep;
+use crate::desired::{BackupSpec, VmType};
+use crate::model::{ConfigFile, Role};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// What the leader asks a provider to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    pub name: String,
+    pub role: Role,
+    pub zone: String,
+    pub vm_type: VmType,
+    pub storage_gib: u32,
+    pub temporary: bool,
+    pub agent_version: String,
+}
+
+/// A VM as the provider reports it: the truth a new leader starts from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    pub name: String,
+    pub role: Role,
+    pub zone: String,
+    pub vm_type: VmType,
+    pub storage_gib: u32,
+    pub address: String,
+}
+
+/// Why a backend call failed. `VmGone` is drift, not a failed attempt: the reconciler
+/// observes and replans instead of retrying.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum BackendError {
+    #[error("VM {0} does not exist (lost or deleted)")]
+    VmGone(String),
+    #[error("transient failure: {0}; the action will be retried")]
+    Transient(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Creates and removes machines. Implementations: mock, local, docker, terraform.
+#[async_trait]
+pub trait CloudProvider: Send + Sync {
+    /// Creates a VM with an agent of `spec.agent_version` on it; returns when the agent answers.
+    async fn create_vm(&self, spec: &VmSpec) -> Result<VmInfo, BackendError>;
+    /// Deletes a VM and its storage. Deleting a VM that is already gone succeeds.
+    async fn delete_vm(&self, name: &str) -> Result<(), BackendError>;
+    /// Every VM of this cluster the provider knows, created by any leader.
+    async fn list_vms(&self) -> Result<Vec<VmInfo>, BackendError>;
+}
+
+/// Which RonDB program a VM runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProgramKind {
+    Mgmd,
+    DataNode,
+    Mysqld,
+    Api,
+}
+
+/// A program start: the real command line, so a real runtime only has to exec it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramSpec {
+    pub kind: ProgramKind,
+    pub version: String,
+    /// Node ids the program uses (one for mgmd and data nodes; a pool for mysqld/API).
+    pub node_ids: Vec<u32>,
+    /// Data node `--initial`, management server `--initial`.
+    pub initial: bool,
+    pub command: Vec<String>,
+}
+
+/// What a VM's runtime reports about its program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ProgramStatus {
+    pub running: bool,
+    pub version: Option<String>,
+}
+
+/// A management-client command (`ndb_mgm -e`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MgmCommand {
+    Activate { node_id: u32 },
+    Deactivate { node_id: u32 },
+    Hostname { node_id: u32, host: String },
+    StartBackup { backup_id: u64 },
+}
+
+impl MgmCommand {
+    /// The text passed to `ndb_mgm -e`.
+    pub fn command_line(&self) -> String {
+        match self {
+            MgmCommand::Activate { node_id } => format!("{node_id} ACTIVATE"),
+            MgmCommand::Deactivate { node_id } => format!("{node_id} DEACTIVATE"),
+            MgmCommand::Hostname { node_id, host } => format!("{node_id} HOSTNAME {host}"),
+            MgmCommand::StartBackup { backup_id } => {
+                format!("START BACKUP {backup_id} SNAPSHOTEND WAIT COMPLETED")
+            }
+        }
+    }
+}
+
+/// An `ndb_restore` run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RestoreRun {
+    pub backup: BackupSpec,
+    pub step: RestoreStep,
+    pub api_node_id: u32,
+    pub original_node: Option<u32>,
+    pub command: Vec<String>,
+}
+
+/// Runs RonDB programs on one VM. The leader reaches a VM's runtime through its agent; every
+/// call names the VM it is meant for, and an agent refuses calls meant for another VM.
+#[async_trait]
+pub trait ProcessRuntime: Send + Sync {
+    /// Downloads and unpacks a RonDB tarball next to the installed ones.
+    async fn install_software(
+        &self,
+        vm: &str,
+        version: &str,
+        url: &str,
+    ) -> Result<(), BackendError>;
+    /// Writes configuration files atomically.
+    async fn write_files(&self, vm: &str, files: &[ConfigFile]) -> Result<(), BackendError>;
+    /// Starts the program; returns once it is started (a data node: `started` phase).
+    async fn start_program(&self, vm: &str, spec: &ProgramSpec) -> Result<(), BackendError>;
+    /// Stops the program cleanly; stopping a stopped program succeeds.
+    async fn stop_program(&self, vm: &str, kind: ProgramKind) -> Result<(), BackendError>;
+    /// The program's state now.
+    async fn status(&self, vm: &str) -> Result<ProgramStatus, BackendError>;
+    /// Runs `ndb_mgm -e` against the management server on `vm`; returns the data-node ids
+    /// involved for backups.
+    async fn mgm_command(&self, vm: &str, cmd: &MgmCommand) -> Result<Vec<u32>, BackendError>;
+    /// Runs one `ndb_restore` step; the metadata step returns the backup's original node ids.
+    async fn restore(&self, vm: &str, run: &RestoreRun) -> Result<Vec<u32>, BackendError>;
+    /// Removes a backup from its sink.
+    async fn delete_backup(&self, vm: &str, backup: &BackupSpec) -> Result<(), BackendError>;
+    /// Restarts the agent on `vm` (RonDB programs keep running under their supervisor).
+    async fn restart_agent(&self, vm: &str) -> Result<(), BackendError>;
+    /// Downloads another agent build, checks it, swaps the binary and restarts.
+    async fn upgrade_agent(&self, vm: &str, version: &str, url: &str) -> Result<(), BackendError>;
+}

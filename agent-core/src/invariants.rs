@@ -1,0 +1,193 @@
+//! The safety rules of architecture.md, checked after every event by the generative tests
+//! and by `simulate` (its `invariant_violations`).
+
+use crate::actions::ActionKind;
+use crate::desired::RonDbVersion;
+use crate::model::{ClusterState, Event, Role};
+use std::collections::BTreeMap;
+
+/// Checks the rules that hold at every moment. Stateful: it remembers whether the cluster
+/// has been serving and how many VMs each role had when a desired state was accepted.
+#[derive(Debug, Default, Clone)]
+pub struct InvariantChecker {
+    was_serving: bool,
+    baseline: BTreeMap<(Role, Option<u32>), usize>,
+    /// Rule violations seen so far, with the event that revealed them.
+    pub violations: Vec<String>,
+}
+
+fn counts(s: &ClusterState) -> BTreeMap<(Role, Option<u32>), usize> {
+    let mut m = BTreeMap::new();
+    for v in s.vms.values() {
+        *m.entry((v.role, v.node_group)).or_insert(0) += 1;
+    }
+    m
+}
+
+impl InvariantChecker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Checks the state right after `ev` was applied.
+    pub fn check(&mut self, s: &ClusterState, ev: &Event) {
+        let Some(d) = s.accepted.as_ref() else {
+            return;
+        };
+        let mut bad = Vec::new();
+        if let Event::Accepted(_) = ev {
+            self.baseline = counts(s);
+        }
+        // Rule 1: a serving cluster keeps a started data node in every node group.
+        let ng_up = |g: u32| {
+            s.vms_of(Role::Ndbd).any(|v| {
+                v.node_group == Some(g) && v.running && s.active_slots_of(&v.name).next().is_some()
+            })
+        };
+        let serving = (0..d.num_node_groups).all(ng_up);
+        if !d.rondb_running {
+            self.was_serving = false;
+        } else if self.was_serving && !serving {
+            let down: Vec<u32> = (0..d.num_node_groups).filter(|g| !ng_up(*g)).collect();
+            bad.push(format!(
+                "rule 1: node group(s) {down:?} have no started data node while RonDB should serve"
+            ));
+        }
+        if d.rondb_running && serving {
+            self.was_serving = true;
+        }
+        // Rule 2: no empty start unless a started replica holds the data or the cluster is new.
+        if let Event::ActionStarted(a) = ev {
+            if let ActionKind::StartDataNode {
+                vm,
+                node_group,
+                initial: true,
+                ..
+            } = &a.kind
+            {
+                let peer = s.vms_of(Role::Ndbd).any(|v| {
+                    &v.name != vm
+                        && v.node_group == Some(*node_group)
+                        && v.running
+                        && s.active_slots_of(&v.name).next().is_some()
+                });
+                if s.rondb_has_run && !peer {
+                    bad.push(format!(
+                        "rule 2: {vm} started --initial with no started replica in node group {node_group}"
+                    ));
+                }
+            }
+        }
+        // Rule 3: versions never increase along management -> data -> MySQLd/API.
+        let mut lo: BTreeMap<u8, RonDbVersion> = BTreeMap::new();
+        let mut hi: BTreeMap<u8, RonDbVersion> = BTreeMap::new();
+        for v in s.vms.values().filter(|v| v.running) {
+            if let Some(ver) = v.version.as_deref().and_then(RonDbVersion::parse) {
+                let ph = v.role.phase();
+                lo.entry(ph)
+                    .and_modify(|x| *x = (*x).min(ver))
+                    .or_insert(ver);
+                hi.entry(ph)
+                    .and_modify(|x| *x = (*x).max(ver))
+                    .or_insert(ver);
+            }
+        }
+        for (pi, low) in &lo {
+            for (pj, high) in &hi {
+                if pi < pj && low < high {
+                    bad.push(format!(
+                        "rule 3: phase {pj} runs {high} while phase {pi} still runs {low}"
+                    ));
+                }
+            }
+        }
+        // Rule 4: no more VMs than desired (or than existed), plus temporary ones if allowed.
+        let temp = usize::from(d.allow_requesting_temporary_vms);
+        for ((role, ng), n) in counts(s) {
+            let target = match role {
+                Role::Mgmd => d.num_managed_mgmd_vms,
+                Role::Ndbd => d.active_replication_factor,
+                Role::Mysqld => d.num_managed_mysqld_vms,
+                Role::Api => d.num_managed_api_vms,
+                Role::Bootstrap => 1,
+            } as usize;
+            let base = self.baseline.get(&(role, ng)).copied().unwrap_or(0);
+            if n > target.max(base) + temp {
+                bad.push(format!(
+                    "rule 4: {n} {role} VM(s) in group {ng:?}; allowed {} (+{temp} temporary)",
+                    target.max(base)
+                ));
+            }
+        }
+        // Rule 5: node ids in range, each data-node VM holds at most one slot of its group.
+        for v in s.vms.values() {
+            let held: Vec<_> = s.active_slots_of(&v.name).collect();
+            let max = match v.role {
+                Role::Mysqld => d.num_mysqld_slots_per_vm as usize,
+                Role::Api => d.num_api_slots_per_vm as usize,
+                _ => 1,
+            };
+            if held.len() > max {
+                bad.push(format!(
+                    "rule 5: {} holds {} active slots",
+                    v.name,
+                    held.len()
+                ));
+            }
+            for x in held {
+                if x.kind != v.role
+                    || x.node_group != v.node_group
+                    || x.node_id == 0
+                    || x.node_id > 255
+                {
+                    bad.push(format!(
+                        "rule 5: slot {} is bound to {} of the wrong kind or group",
+                        x.node_id, v.name
+                    ));
+                }
+            }
+        }
+        for b in bad {
+            self.violations.push(format!("after {}: {b}", describe(ev)));
+        }
+    }
+}
+
+/// Rule 6, checked once the desired state is reached: replicas of a node group sit in
+/// different zones when there are enough zones.
+pub fn check_settled(s: &ClusterState) -> Vec<String> {
+    let Some(d) = s.accepted.as_ref() else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for g in 0..d.num_node_groups {
+        let zones: Vec<&str> = s
+            .vms_of(Role::Ndbd)
+            .filter(|v| v.node_group == Some(g))
+            .map(|v| v.zone.as_str())
+            .collect();
+        let mut distinct = zones.clone();
+        distinct.sort();
+        distinct.dedup();
+        let possible = zones.len().min(d.availability_zones.len());
+        if distinct.len() < possible {
+            out.push(format!(
+                "rule 6: node group {g} replicas share zones: {zones:?}"
+            ));
+        }
+    }
+    out
+}
+
+fn describe(ev: &Event) -> String {
+    match ev {
+        Event::Accepted(d) => format!("accepting desired state {}", d.id),
+        Event::Queued(d) => format!("queueing desired state {}", d.id),
+        Event::PendingDropped { id, .. } => format!("dropping pending desired state {id}"),
+        Event::ActionStarted(a) => format!("start of {a}"),
+        Event::ActionSucceeded { op_id, .. } => format!("success of #{op_id}"),
+        Event::ActionFailed { op_id, .. } => format!("failure of #{op_id}"),
+        Event::Observed { .. } => "an observation".into(),
+        Event::ReconciliationChanged { state, .. } => format!("change to {state}"),
+    }
+}

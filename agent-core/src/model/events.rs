@@ -1,0 +1,386 @@
+//! Events: the only way the cluster state changes. Applying an event is pure and
+//! deterministic, so replicas that apply the same log hold the same state, and a new leader
+//! resumes exactly where the old one stopped.
+
+use super::{slot_layout, Backup, ClusterState, ReconciliationState, Role, Vm};
+use crate::actions::{Action, ActionKind, RestoreStep};
+use crate::backend::{ProgramStatus, VmInfo};
+use crate::desired::DesiredState;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What a finished action reported beyond success.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    Done,
+    VmCreated(VmInfo),
+    BackupTaken { data_nodes: Vec<u32> },
+    RestoreMetaRead { original_nodes: Vec<u32> },
+}
+
+/// One change to the cluster state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// A validated desired state becomes the one being reconciled.
+    Accepted(DesiredState),
+    /// A validated desired state arrived while working; it waits (the latest wins).
+    Queued(DesiredState),
+    /// The pending desired state became invalid before it could be accepted.
+    PendingDropped {
+        id: u64,
+        reason: String,
+    },
+    ActionStarted(Action),
+    ActionSucceeded {
+        op_id: u64,
+        outcome: Outcome,
+    },
+    ActionFailed {
+        op_id: u64,
+        error: String,
+    },
+    /// What the backends report now; VMs that vanished are lost, programs that stopped died.
+    Observed {
+        vms: Vec<VmInfo>,
+        programs: BTreeMap<String, ProgramStatus>,
+    },
+    ReconciliationChanged {
+        state: ReconciliationState,
+        error: Option<String>,
+    },
+}
+
+impl ClusterState {
+    /// Applies one event. Never fails: events were checked before they were logged.
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::Accepted(d) => {
+                if self.slots.is_empty() {
+                    self.slots = slot_layout(d).into_iter().map(|s| (s.node_id, s)).collect();
+                }
+                self.reserve_external_slots(d);
+                if self.pending.as_ref().is_some_and(|p| p.id <= d.id) {
+                    self.pending = None;
+                }
+                self.restore.backup_id = d.restore_from_backup.as_ref().map(|r| r.id);
+                self.accepted = Some(d.clone());
+                self.reconciliation = ReconciliationState::WORKING_TOWARDS_DESIRED_STATE;
+                self.failures.clear();
+                self.last_error = None;
+            }
+            Event::Queued(d) => self.pending = Some(d.clone()),
+            Event::PendingDropped { id, reason } => {
+                if self.pending.as_ref().is_some_and(|p| p.id == *id) {
+                    self.pending = None;
+                }
+                self.last_error = Some(format!("pending desired state {id} dropped: {reason}"));
+            }
+            Event::ActionStarted(a) => {
+                self.next_op_id = self.next_op_id.max(a.op_id + 1);
+                if let ActionKind::CreateVm { seq, .. } = &a.kind {
+                    self.next_vm_seq = self.next_vm_seq.max(seq + 1);
+                }
+                self.in_flight.insert(a.op_id, a.clone());
+            }
+            Event::ActionSucceeded { op_id, outcome } => {
+                if let Some(a) = self.in_flight.remove(op_id) {
+                    self.failures.remove(&a.kind.retry_key());
+                    self.completed_actions += 1;
+                    self.apply_success(&a.kind, outcome);
+                }
+            }
+            Event::ActionFailed { op_id, error } => {
+                if let Some(a) = self.in_flight.remove(op_id) {
+                    *self.failures.entry(a.kind.retry_key()).or_insert(0) += 1;
+                    self.last_error = Some(format!("{a} failed: {error}"));
+                }
+            }
+            Event::Observed { vms, programs } => self.apply_observation(vms, programs),
+            Event::ReconciliationChanged { state, error } => {
+                self.reconciliation = *state;
+                if *state == ReconciliationState::WORKING_TOWARDS_DESIRED_STATE {
+                    self.failures.clear();
+                }
+                if error.is_some() || *state != ReconciliationState::ERROR_STATE {
+                    self.last_error = error.clone();
+                }
+            }
+        }
+    }
+
+    /// Slots for externally managed nodes follow the accepted list.
+    fn reserve_external_slots(&mut self, d: &DesiredState) {
+        for fresh in slot_layout(d) {
+            if let Some(slot) = self.slots.get_mut(&fresh.node_id) {
+                if fresh.external {
+                    *slot = fresh;
+                } else if slot.external {
+                    // No longer reserved: free again.
+                    slot.external = false;
+                    slot.active = false;
+                    slot.host = None;
+                }
+            }
+        }
+    }
+
+    fn apply_success(&mut self, kind: &ActionKind, outcome: &Outcome) {
+        use ActionKind::*;
+        match kind {
+            CreateVm {
+                vm,
+                role,
+                zone,
+                vm_type,
+                storage_gib,
+                temporary,
+                node_group,
+                agent_version,
+                agent_clock,
+                seq,
+            } => {
+                let address = match outcome {
+                    Outcome::VmCreated(info) => info.address.clone(),
+                    _ => vm.clone(),
+                };
+                self.vms.insert(
+                    vm.clone(),
+                    Vm {
+                        name: vm.clone(),
+                        role: *role,
+                        zone: zone.clone(),
+                        vm_type: *vm_type,
+                        storage_gib: *storage_gib,
+                        temporary: *temporary,
+                        node_group: *node_group,
+                        address,
+                        agent_version: agent_version.clone(),
+                        agent_clock: *agent_clock,
+                        installed: BTreeSet::new(),
+                        config_hash: None,
+                        running: false,
+                        version: None,
+                        clock: 0,
+                        has_data: false,
+                        mgmd_initialized: false,
+                        seq: *seq,
+                    },
+                );
+            }
+            DeleteVm { vm, .. } => {
+                if let Some(gone) = self.vms.remove(vm) {
+                    self.settle_temporary_flags(gone.role, gone.node_group);
+                }
+            }
+            InstallSoftware { vm, version, .. } => {
+                if let Some(v) = self.vms.get_mut(vm) {
+                    v.installed.insert(version.clone());
+                }
+            }
+            WriteConfig {
+                vm, config_hash, ..
+            } => {
+                if let Some(v) = self.vms.get_mut(vm) {
+                    v.config_hash = Some(*config_hash);
+                }
+            }
+            StartMgmd {
+                vm, version, clock, ..
+            } => {
+                if let Some(v) = self.vms.get_mut(vm) {
+                    v.running = true;
+                    v.version = Some(version.clone());
+                    v.clock = *clock;
+                    v.mgmd_initialized = true;
+                }
+            }
+            StartDataNode {
+                vm, version, clock, ..
+            } => {
+                if let Some(v) = self.vms.get_mut(vm) {
+                    v.running = true;
+                    v.version = Some(version.clone());
+                    v.clock = *clock;
+                    v.has_data = true;
+                }
+                self.rondb_has_run = true;
+            }
+            StartMysqld {
+                vm, version, clock, ..
+            }
+            | StartApi {
+                vm, version, clock, ..
+            } => {
+                if let Some(v) = self.vms.get_mut(vm) {
+                    v.running = true;
+                    v.version = Some(version.clone());
+                    v.clock = *clock;
+                }
+            }
+            StopMgmd { vm, .. } | StopDataNode { vm, .. } | StopMysqld { vm } | StopApi { vm } => {
+                if let Some(v) = self.vms.get_mut(vm) {
+                    v.running = false;
+                }
+            }
+            ActivateNode { node_id, .. } => {
+                if let Some(s) = self.slots.get_mut(node_id) {
+                    s.active = true;
+                }
+            }
+            DeactivateNode { node_id, vm, .. } => {
+                if let Some(s) = self.slots.get_mut(node_id) {
+                    s.active = false;
+                }
+                if let Some(v) = vm.as_ref().and_then(|vm| self.vms.get_mut(vm)) {
+                    // DEACTIVATE stops the node; its file system is stale from now on.
+                    if v.role == Role::Ndbd {
+                        v.running = false;
+                        v.has_data = false;
+                    }
+                }
+            }
+            SetHostname { node_id, vm, .. } => {
+                if let Some(s) = self.slots.get_mut(node_id) {
+                    s.host = Some(vm.clone());
+                }
+            }
+            CreateBackup { backup_id, .. } => {
+                let sink = self
+                    .accepted
+                    .as_ref()
+                    .and_then(|d| d.single_backups.iter().find(|b| b.id == *backup_id))
+                    .cloned();
+                if let Some(sink) = sink {
+                    let data_nodes = match outcome {
+                        Outcome::BackupTaken { data_nodes } => data_nodes.clone(),
+                        _ => vec![],
+                    };
+                    self.backups.insert(
+                        *backup_id,
+                        Backup {
+                            id: *backup_id,
+                            sink,
+                            data_nodes,
+                        },
+                    );
+                }
+            }
+            DeleteBackup { backup_id, .. } => {
+                self.backups.remove(backup_id);
+            }
+            RestoreBackup {
+                backup_id,
+                step,
+                node_id,
+                ..
+            } => match step {
+                RestoreStep::Meta => {
+                    if let Outcome::RestoreMetaRead { original_nodes } = outcome {
+                        self.restore.original_nodes = Some(original_nodes.clone());
+                    }
+                }
+                RestoreStep::Data => {
+                    if let Some(n) = node_id {
+                        self.restore.data_done.insert(*n);
+                    }
+                }
+                RestoreStep::RebuildIndexes => {
+                    self.restore.done = true;
+                    // The restored backup is now one this cluster holds and manages.
+                    let sink = self
+                        .accepted
+                        .as_ref()
+                        .and_then(|d| d.restore_from_backup.clone());
+                    if let Some(sink) = sink {
+                        let data_nodes = self.restore.original_nodes.clone().unwrap_or_default();
+                        self.backups.insert(
+                            *backup_id,
+                            Backup {
+                                id: *backup_id,
+                                sink,
+                                data_nodes,
+                            },
+                        );
+                    }
+                }
+            },
+            RestartAgent { vm, .. } => {
+                let clock = self.accepted.as_ref().map(|d| d.ndb_agent_running_since);
+                if let (Some(v), Some(c)) = (self.vms.get_mut(vm), clock) {
+                    v.agent_clock = c;
+                }
+            }
+            UpgradeAgent { vm, version, .. } => {
+                let clock = self.accepted.as_ref().map(|d| d.ndb_agent_running_since);
+                if let Some(v) = self.vms.get_mut(vm) {
+                    v.agent_version = version.clone();
+                    if let Some(c) = clock {
+                        v.agent_clock = v.agent_clock.max(c);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A surge VM that outlived the VM it replaced is a regular member from then on.
+    fn settle_temporary_flags(&mut self, role: Role, node_group: Option<u32>) {
+        let Some(d) = self.accepted.as_ref() else {
+            return;
+        };
+        let target = match role {
+            Role::Mgmd => d.num_managed_mgmd_vms,
+            Role::Ndbd => d.active_replication_factor,
+            Role::Mysqld => d.num_managed_mysqld_vms,
+            Role::Api => d.num_managed_api_vms,
+            Role::Bootstrap => return,
+        } as usize;
+        let members: Vec<String> = self
+            .vms
+            .values()
+            .filter(|v| v.role == role && v.node_group == node_group)
+            .map(|v| v.name.clone())
+            .collect();
+        if members.len() <= target {
+            for m in members {
+                if let Some(v) = self.vms.get_mut(&m) {
+                    v.temporary = false;
+                }
+            }
+        }
+    }
+
+    fn apply_observation(&mut self, vms: &[VmInfo], programs: &BTreeMap<String, ProgramStatus>) {
+        let busy: BTreeSet<&str> = self
+            .in_flight
+            .values()
+            .filter_map(|a| a.kind.vm())
+            .collect();
+        let present: BTreeSet<&str> = vms.iter().map(|v| v.name.as_str()).collect();
+        let lost: Vec<String> = self
+            .vms
+            .keys()
+            .filter(|n| !present.contains(n.as_str()) && !busy.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in lost {
+            if let Some(gone) = self.vms.remove(&name) {
+                tracing::warn!(vm = %name, role = %gone.role, "VM lost; it will be replaced");
+            }
+        }
+        let names: Vec<String> = self.vms.keys().cloned().collect();
+        for name in names {
+            if busy.contains(name.as_str()) {
+                continue;
+            }
+            if let (Some(v), Some(p)) = (self.vms.get_mut(&name), programs.get(&name)) {
+                if v.running && !p.running {
+                    tracing::warn!(vm = %name, role = %v.role, "RonDB program died; it will be restarted");
+                }
+                v.running = p.running;
+                if p.version.is_some() {
+                    v.version = p.version.clone();
+                }
+            }
+        }
+    }
+}

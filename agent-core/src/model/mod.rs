@@ -1,0 +1,199 @@
+//! The cluster state: everything the leader knows about the cluster, changed only by
+//! [`Event`]s so that it can be replicated (Raft) and replayed.
+
+mod config;
+mod events;
+mod layout;
+
+pub use config::{
+    config_hash, files_for, render_api_cnf, render_config_ini, render_my_cnf, ConfigFile,
+    RONDB_HOME,
+};
+pub use events::{Event, Outcome};
+pub use layout::{slot_layout, SlotLayout};
+
+use crate::actions::Action;
+use crate::desired::{DesiredState, VmType};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// What a VM is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Mgmd,
+    Ndbd,
+    Mysqld,
+    Api,
+    Bootstrap,
+}
+
+impl Role {
+    /// The roles that run a RonDB program, in start (upgrade) order.
+    pub const RONDB: [Role; 4] = [Role::Mgmd, Role::Ndbd, Role::Mysqld, Role::Api];
+
+    /// Upgrade phase: management servers, then data nodes, then MySQLds and API hosts.
+    pub fn phase(self) -> u8 {
+        match self {
+            Role::Mgmd => 0,
+            Role::Ndbd => 1,
+            Role::Mysqld | Role::Api => 2,
+            Role::Bootstrap => 3,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Mgmd => "mgmd",
+            Role::Ndbd => "ndbd",
+            Role::Mysqld => "mysqld",
+            Role::Api => "api",
+            Role::Bootstrap => "bootstrap",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The three states the leader reports, with the names users already know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+pub enum ReconciliationState {
+    #[default]
+    AT_DESIRED_STATE,
+    WORKING_TOWARDS_DESIRED_STATE,
+    ERROR_STATE,
+}
+
+impl fmt::Display for ReconciliationState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReconciliationState::AT_DESIRED_STATE => "AT_DESIRED_STATE",
+            ReconciliationState::WORKING_TOWARDS_DESIRED_STATE => "WORKING_TOWARDS_DESIRED_STATE",
+            ReconciliationState::ERROR_STATE => "ERROR_STATE",
+        })
+    }
+}
+
+/// A node id reserved in config.ini.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    pub node_id: u32,
+    pub kind: Role,
+    pub node_group: Option<u32>,
+    /// `NodeActive=1` in the configuration RonDB uses.
+    pub active: bool,
+    /// The VM name (managed) or host (external) the slot is bound to; `None` = never bound.
+    pub host: Option<String>,
+    /// Reserved for an externally managed node.
+    pub external: bool,
+}
+
+/// One machine of the cluster, as the leader knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vm {
+    pub name: String,
+    pub role: Role,
+    pub zone: String,
+    pub vm_type: VmType,
+    pub storage_gib: u32,
+    /// Requested for a while only (a temporary replica); removed when no longer needed.
+    pub temporary: bool,
+    /// Data-node VMs belong to one node group for their whole life.
+    pub node_group: Option<u32>,
+    pub address: String,
+    pub agent_version: String,
+    /// The `NdbAgentRunningSince` value the agent was last (re)started for.
+    pub agent_clock: u64,
+    /// RonDB versions whose tarball is installed.
+    pub installed: BTreeSet<String>,
+    /// Hash of the configuration files last written (config.ini / my.cnf).
+    pub config_hash: Option<u64>,
+    /// Whether the VM's RonDB program runs.
+    pub running: bool,
+    /// Version of the running (or last run) program.
+    pub version: Option<String>,
+    /// The `RonDBRunningSince` value the program was last started for.
+    pub clock: u64,
+    /// Data node: a file system for its slot exists (a start without `--initial` is possible).
+    pub has_data: bool,
+    /// Management server: its configuration database exists (restart with `--reload`).
+    pub mgmd_initialized: bool,
+    /// Order of creation; names are never reused.
+    pub seq: u64,
+}
+
+/// A backup this cluster holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Backup {
+    pub id: u64,
+    pub sink: crate::desired::BackupSpec,
+    /// Data-node ids of the cluster that took it (needed to restore it).
+    pub data_nodes: Vec<u32>,
+}
+
+/// Progress of the one restore a cluster may do, on its first start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RestoreProgress {
+    pub backup_id: Option<u64>,
+    /// Original data-node ids found in the backup by the metadata step.
+    pub original_nodes: Option<Vec<u32>>,
+    pub data_done: BTreeSet<u32>,
+    pub done: bool,
+}
+
+/// Everything the leader knows. Changed only through [`ClusterState::apply`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ClusterState {
+    pub accepted: Option<DesiredState>,
+    pub pending: Option<DesiredState>,
+    pub reconciliation: ReconciliationState,
+    pub last_error: Option<String>,
+    /// Consecutive failures per action key; reaching the limit means `ERROR_STATE`.
+    pub failures: BTreeMap<String, u32>,
+    pub vms: BTreeMap<String, Vm>,
+    pub slots: BTreeMap<u32, Slot>,
+    pub in_flight: BTreeMap<u64, Action>,
+    pub next_op_id: u64,
+    pub next_vm_seq: u64,
+    pub backups: BTreeMap<u64, Backup>,
+    pub restore: RestoreProgress,
+    /// A data node has started at least once: the cluster exists and holds data.
+    pub rondb_has_run: bool,
+    pub completed_actions: u64,
+}
+
+impl ClusterState {
+    /// VMs of one role, in name order.
+    pub fn vms_of(&self, role: Role) -> impl Iterator<Item = &Vm> {
+        self.vms.values().filter(move |v| v.role == role)
+    }
+
+    /// Active slots bound to `vm`.
+    pub fn active_slots_of<'a>(&'a self, vm: &'a str) -> impl Iterator<Item = &'a Slot> + 'a {
+        self.slots
+            .values()
+            .filter(move |s| s.active && !s.external && s.host.as_deref() == Some(vm))
+    }
+
+    /// The management servers' addresses, for connect strings.
+    pub fn mgmd_addresses(&self, port: u32) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .slots
+            .values()
+            .filter(|s| s.kind == Role::Mgmd && s.active)
+            .filter_map(|s| match &s.host {
+                Some(h) if s.external => Some(format!("{h}:{port}")),
+                Some(h) => self.vms.get(h).map(|v| format!("{}:{port}", v.address)),
+                None => None,
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}

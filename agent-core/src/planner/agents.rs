@@ -1,0 +1,39 @@
+//! Agents: roll a new agent version or an agent restart over the VMs one at a time, so the
+//! control plane never loses more than one agent at once.
+
+use super::Planner;
+use crate::actions::ActionKind;
+
+pub(super) fn plan(p: &mut Planner) {
+    let busy = p.s.in_flight.values().any(|a| {
+        matches!(
+            a.kind,
+            ActionKind::UpgradeAgent { .. } | ActionKind::RestartAgent { .. }
+        )
+    });
+    if busy {
+        return;
+    }
+    let version = &p.d.ndb_agent_version;
+    let clock = p.d.ndb_agent_running_since;
+    let candidate =
+        p.s.vms
+            .values()
+            .filter(|v| !p.retiring.contains(&v.name) && !p.is_locked_vm(&v.name))
+            .find(|v| &v.agent_version != version || v.agent_clock < clock);
+    if let Some(vm) = candidate {
+        let k = if &vm.agent_version != version {
+            ActionKind::UpgradeAgent {
+                vm: vm.name.clone(),
+                role: vm.role,
+                version: version.clone(),
+            }
+        } else {
+            ActionKind::RestartAgent {
+                vm: vm.name.clone(),
+                role: vm.role,
+            }
+        };
+        p.propose(k);
+    }
+}

@@ -1,0 +1,270 @@
+//! Machines: create VMs a role lacks, drain and delete the ones it has too many of, and
+//! replace VMs whose type, storage or zone no longer matches, one at a time and online.
+
+use super::Planner;
+use crate::actions::ActionKind;
+use crate::model::{Role, Vm};
+use std::cmp::Reverse;
+
+pub(super) fn plan(p: &mut Planner) {
+    for role in [Role::Mgmd, Role::Mysqld, Role::Api] {
+        stateless_role(p, role);
+    }
+    for g in 0..p.d.num_node_groups {
+        node_group(p, g);
+    }
+    // Drain everything chosen for retirement.
+    let retiring: Vec<String> = p.retiring.iter().cloned().collect();
+    for name in retiring {
+        if let Some(vm) = p.s.vms.get(&name) {
+            retire_step(p, vm);
+        }
+    }
+}
+
+/// Management servers, MySQL servers and API hosts: any VM of the role can do the job.
+fn stateless_role(p: &mut Planner, role: Role) {
+    let target = p.target(role);
+    let members: Vec<&Vm> = p.s.vms_of(role).collect();
+    let creating = p.creating(role, None);
+    let n = members.len() + creating;
+    if n < target {
+        for i in 0..target - n {
+            create(p, role, None, members.len() + creating + i >= target);
+        }
+        return;
+    }
+    if creating > 0 {
+        return;
+    }
+    let mut victims: Vec<&Vm> = Vec::new();
+    let nonconf: Vec<&Vm> = members
+        .iter()
+        .copied()
+        .filter(|v| !p.conforming(v))
+        .collect();
+    if members.len() > target {
+        let excess = members.len() - target;
+        let staying_ready = !nonconf.is_empty() && {
+            // A surge replacement: drain the old VM once the new ones serve.
+            members
+                .iter()
+                .filter(|v| p.conforming(v))
+                .all(|v| !p.want_running() || v.running)
+        };
+        if nonconf.is_empty() || staying_ready {
+            victims = ranked(p, &members).into_iter().take(excess).collect();
+        }
+    } else if !nonconf.is_empty() {
+        if p.d.allow_requesting_temporary_vms {
+            create(p, role, None, true);
+        } else {
+            victims = ranked(p, &members).into_iter().take(1).collect();
+        }
+    }
+    for v in victims {
+        p.retiring.insert(v.name.clone());
+    }
+}
+
+/// Data nodes: each node group keeps `ActiveReplicationFactor` VMs with an active slot, plus
+/// a temporary one while a replica must go down and no other could take its place.
+fn node_group(p: &mut Planner, g: u32) {
+    let target = p.target(Role::Ndbd);
+    let members: Vec<&Vm> =
+        p.s.vms_of(Role::Ndbd)
+            .filter(|v| v.node_group == Some(g))
+            .collect();
+    let creating = p.creating(Role::Ndbd, Some(g));
+    let nonconf: Vec<&Vm> = members
+        .iter()
+        .copied()
+        .filter(|v| !p.conforming(v))
+        .collect();
+    let want = p.want_running();
+    let needs_restart = want && p.active_members(g).any(|v| v.running && !p.current(v));
+    let up = p.ng_up(g);
+    let room = (p.d.max_replication_factor as usize) > target;
+    let surge_ok = p.d.allow_requesting_temporary_vms && room && want;
+    let extra = usize::from(surge_ok && (!nonconf.is_empty() || (needs_restart && up <= 1)));
+    let desired_n = target + extra;
+    let n = members.len() + creating;
+    if n < desired_n {
+        for i in 0..desired_n - n {
+            create(
+                p,
+                Role::Ndbd,
+                Some(g),
+                members.len() + creating + i >= target,
+            );
+        }
+        return;
+    }
+    if creating > 0 {
+        return;
+    }
+    if !nonconf.is_empty() && want {
+        let enough = if surge_ok {
+            members.len() > target
+        } else {
+            members.len() >= target
+        };
+        let conforming_ready = members
+            .iter()
+            .filter(|v| p.conforming(v))
+            .all(|v| p.holds_active_slot(v) && v.running);
+        if enough && conforming_ready {
+            if let Some(v) = ranked(p, &nonconf).into_iter().next() {
+                p.retiring.insert(v.name.clone());
+            }
+        }
+        return;
+    }
+    if members.len() > desired_n {
+        let excess = members.len() - desired_n;
+        for v in ranked(p, &members).into_iter().take(excess) {
+            p.retiring.insert(v.name.clone());
+        }
+    }
+}
+
+/// Retirement order: VMs without an active slot, then ones that do not match the desired
+/// machine, then temporary ones, then stopped ones, then the newest.
+fn ranked<'a>(p: &Planner, vms: &[&'a Vm]) -> Vec<&'a Vm> {
+    let mut out = vms.to_vec();
+    out.sort_by_key(|v| {
+        (
+            p.holds_active_slot(v),
+            p.conforming(v),
+            !v.temporary,
+            v.running,
+            Reverse(v.seq),
+        )
+    });
+    out
+}
+
+fn create(p: &mut Planner, role: Role, ng: Option<u32>, temporary: bool) {
+    let zone = pick_zone(p, role, ng);
+    let (vm_type, storage_gib) = p.spec(role);
+    let seq = p.take_seq();
+    let vm = match ng {
+        Some(g) => format!("ndbd-{g}-{seq}"),
+        None => format!("{role}-{seq}"),
+    };
+    p.propose(ActionKind::CreateVm {
+        vm,
+        role,
+        zone,
+        vm_type,
+        storage_gib,
+        temporary,
+        node_group: ng,
+        agent_version: p.d.ndb_agent_version.clone(),
+        agent_clock: p.d.ndb_agent_running_since,
+        seq,
+    });
+}
+
+/// The zone with the fewest VMs of the node group (data nodes), then of the role, then the
+/// first listed: replicas of a node group land in different zones when there are enough.
+fn pick_zone(p: &Planner, role: Role, ng: Option<u32>) -> String {
+    let planned: Vec<(&String, Role, Option<u32>)> =
+        p.s.in_flight
+            .values()
+            .map(|a| &a.kind)
+            .chain(p.proposals.iter())
+            .filter_map(|k| match k {
+                ActionKind::CreateVm {
+                    zone,
+                    role,
+                    node_group,
+                    ..
+                } => Some((zone, *role, *node_group)),
+                _ => None,
+            })
+            .collect();
+    let count = |z: &String, same_group: bool| {
+        let existing =
+            p.s.vms
+                .values()
+                .filter(|v| v.role == role && &v.zone == z && !p.retiring.contains(&v.name))
+                .filter(|v| !same_group || v.node_group == ng)
+                .count();
+        let new = planned
+            .iter()
+            .filter(|(pz, r, g)| *pz == z && *r == role && (!same_group || *g == ng))
+            .count();
+        existing + new
+    };
+    p.d.availability_zones
+        .iter()
+        .enumerate()
+        .min_by_key(|(i, z)| (count(z, true), count(z, false), *i))
+        .map(|(_, z)| z.clone())
+        .unwrap_or_default()
+}
+
+/// One step of draining a VM: stop its program, release its slots, delete it.
+fn retire_step(p: &mut Planner, vm: &Vm) {
+    if p.is_locked_vm(&vm.name) || p.binding_in_flight(&vm.name) {
+        return;
+    }
+    match vm.role {
+        Role::Ndbd => {
+            let slot = p.s.active_slots_of(&vm.name).next().map(|s| s.node_id);
+            if let Some(node_id) = slot {
+                let g = vm.node_group.unwrap_or(0);
+                // DEACTIVATE stops the node: another started replica must remain.
+                let others_up = p
+                    .active_members(g)
+                    .filter(|w| w.name != vm.name && p.up(w))
+                    .count();
+                let allowed = !p.want_running()
+                    || !vm.running
+                    || (others_up >= 1 && !p.backup_active && p.mgmd_up().is_some());
+                if !allowed {
+                    return;
+                }
+                if let Some(via) = p.slot_change_via(Role::Ndbd) {
+                    p.propose(ActionKind::DeactivateNode {
+                        node_id,
+                        vm: Some(vm.name.clone()),
+                        role: Role::Ndbd,
+                        via,
+                    });
+                }
+            } else if !vm.running {
+                p.propose(ActionKind::DeleteVm {
+                    vm: vm.name.clone(),
+                    role: vm.role,
+                });
+            }
+        }
+        role => {
+            if vm.running {
+                if super::processes::may_stop(p, vm) {
+                    super::processes::stop(p, vm);
+                }
+                return;
+            }
+            let slots: Vec<u32> = p.s.active_slots_of(&vm.name).map(|s| s.node_id).collect();
+            if slots.is_empty() {
+                p.propose(ActionKind::DeleteVm {
+                    vm: vm.name.clone(),
+                    role,
+                });
+                return;
+            }
+            if let Some(via) = p.slot_change_via(role) {
+                // One slot per round: the action holds the VM.
+                p.propose(ActionKind::DeactivateNode {
+                    node_id: slots[0],
+                    vm: Some(vm.name.clone()),
+                    role,
+                    via,
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The pure planner: `plan(desired, state)` returns every action that is safe to start now.
+//!
+//! No I/O, no clock, no randomness. One sub-planner per concern proposes actions (machines,
+//! slots, software, configuration, processes, backups and restore, agents); a shared
+//! disruption budget and phase gates decide what may start now, counting actions already in
+//! flight. Re-planning after any event is always correct (level-triggered).
+
+mod agents;
+mod backups;
+mod diff;
+mod machines;
+mod processes;
+mod slots;
+mod software;
+
+#[cfg(test)]
+mod tests;
+
+pub use diff::diff;
+
+use crate::actions::{ActionKind, Subject};
+use crate::desired::{DesiredState, RonDbVersion, VmType};
+use crate::model::{config_hash, files_for, render_config_ini, ClusterState, Role, Vm};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Every action that is safe to start now, given the actions already in flight.
+pub fn plan(d: &DesiredState, s: &ClusterState) -> Vec<ActionKind> {
+    let mut p = Planner::new(d, s);
+    machines::plan(&mut p);
+    slots::plan(&mut p);
+    software::plan(&mut p);
+    processes::plan(&mut p);
+    backups::plan(&mut p);
+    agents::plan(&mut p);
+    p.proposals
+}
+
+/// The shared context of one planning round: what is locked, what is disrupted, what the
+/// sub-planners already proposed.
+pub(crate) struct Planner<'a> {
+    pub d: &'a DesiredState,
+    pub s: &'a ClusterState,
+    pub proposals: Vec<ActionKind>,
+    locked: BTreeSet<Subject>,
+    /// VMs whose RonDB program is stopping, starting or being removed (in flight or proposed).
+    disrupted: BTreeSet<String>,
+    /// VMs the machines planner is draining for deletion this round.
+    pub retiring: BTreeSet<String>,
+    /// VM creations in flight or proposed, per (role, node group).
+    creating: BTreeMap<(Role, Option<u32>), usize>,
+    next_seq: u64,
+    pub backup_active: bool,
+    pub slot_change_active: bool,
+    config_ini: Option<String>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(d: &'a DesiredState, s: &'a ClusterState) -> Self {
+        let mut p = Planner {
+            d,
+            s,
+            proposals: Vec::new(),
+            locked: BTreeSet::new(),
+            disrupted: BTreeSet::new(),
+            retiring: BTreeSet::new(),
+            creating: BTreeMap::new(),
+            next_seq: s.next_vm_seq,
+            backup_active: false,
+            slot_change_active: false,
+            config_ini: None,
+        };
+        for a in s.in_flight.values() {
+            p.note(&a.kind);
+        }
+        p
+    }
+
+    fn note(&mut self, k: &ActionKind) {
+        for sub in k.subjects() {
+            self.locked.insert(sub);
+        }
+        use ActionKind::*;
+        match k {
+            CreateVm {
+                role, node_group, ..
+            } => {
+                *self.creating.entry((*role, *node_group)).or_insert(0) += 1;
+            }
+            StopDataNode { vm, .. }
+            | StartDataNode { vm, .. }
+            | StopMgmd { vm, .. }
+            | StartMgmd { vm, .. }
+            | StopMysqld { vm }
+            | StartMysqld { vm, .. }
+            | StopApi { vm }
+            | StartApi { vm, .. }
+            | DeleteVm { vm, .. } => {
+                self.disrupted.insert(vm.clone());
+            }
+            DeactivateNode { vm: Some(vm), .. } => {
+                self.disrupted.insert(vm.clone());
+            }
+            CreateBackup { .. } => self.backup_active = true,
+            _ => {}
+        }
+        if matches!(
+            k,
+            ActivateNode { .. } | DeactivateNode { .. } | SetHostname { .. }
+        ) {
+            self.slot_change_active = true;
+        }
+    }
+
+    /// Proposes an action unless something it needs is held by another action.
+    pub fn propose(&mut self, k: ActionKind) -> bool {
+        if k.subjects().iter().any(|s| self.locked.contains(s)) {
+            return false;
+        }
+        self.note(&k);
+        self.proposals.push(k);
+        true
+    }
+
+    pub fn is_locked_vm(&self, vm: &str) -> bool {
+        self.locked.contains(&Subject::Vm(vm.to_string()))
+    }
+
+    /// A slot is being bound to or activated on this VM.
+    pub fn binding_in_flight(&self, vm: &str) -> bool {
+        self.s.in_flight.values().map(|a| &a.kind).any(|k| {
+            matches!(k, ActionKind::ActivateNode { vm: v, .. } | ActionKind::SetHostname { vm: v, .. } if v == vm)
+        }) || self.proposals.iter().any(|k| {
+            matches!(k, ActionKind::ActivateNode { vm: v, .. } | ActionKind::SetHostname { vm: v, .. } if v == vm)
+        })
+    }
+
+    pub fn is_locked_slot(&self, id: u32) -> bool {
+        self.locked.contains(&Subject::Slot(id))
+    }
+
+    pub fn is_locked_backup(&self, id: u64) -> bool {
+        self.locked.contains(&Subject::Backup(id))
+    }
+
+    pub fn creating(&self, role: Role, ng: Option<u32>) -> usize {
+        self.creating.get(&(role, ng)).copied().unwrap_or(0)
+    }
+
+    pub fn take_seq(&mut self) -> u64 {
+        let s = self.next_seq;
+        self.next_seq += 1;
+        s
+    }
+
+    pub fn want_running(&self) -> bool {
+        self.d.rondb_running
+    }
+
+    /// The program runs and nothing is about to stop or restart it.
+    pub fn up(&self, vm: &Vm) -> bool {
+        vm.running && !self.disrupted.contains(&vm.name)
+    }
+
+    pub fn is_disrupted(&self, vm: &str) -> bool {
+        self.disrupted.contains(vm)
+    }
+
+    /// Holds an active slot of its node group (data nodes) or any active slot (others).
+    pub fn holds_active_slot(&self, vm: &Vm) -> bool {
+        self.s.active_slots_of(&vm.name).next().is_some()
+    }
+
+    /// Data-node VMs of a node group that hold an active slot.
+    pub fn active_members(&self, ng: u32) -> impl Iterator<Item = &'a Vm> + '_ {
+        let s = self.s;
+        s.vms
+            .values()
+            .filter(move |v| v.role == Role::Ndbd && v.node_group == Some(ng))
+            .filter(move |v| s.active_slots_of(&v.name).next().is_some())
+    }
+
+    pub fn ng_up(&self, ng: u32) -> usize {
+        self.active_members(ng).filter(|v| self.up(v)).count()
+    }
+
+    /// Every node group has a started data node: the cluster can serve.
+    pub fn serving(&self) -> bool {
+        (0..self.d.num_node_groups).all(|g| self.ng_up(g) >= 1)
+    }
+
+    /// A management server that runs and is not being restarted: the one `ndb_mgm -e`
+    /// commands go through.
+    pub fn mgmd_up(&self) -> Option<&'a Vm> {
+        let s = self.s;
+        s.vms_of(Role::Mgmd).find(|v| {
+            v.running && !self.disrupted.contains(&v.name) && !self.retiring.contains(&v.name)
+        })
+    }
+
+    pub fn any_data_node_running(&self) -> bool {
+        self.s.vms_of(Role::Ndbd).any(|v| v.running)
+    }
+
+    /// Where a slot change goes: `Some(Some(mgmd))` online, `Some(None)` into config.ini
+    /// while no RonDB runs (or for management-server slots when no management server runs),
+    /// `None` = wait.
+    pub fn slot_change_via(&self, kind: Role) -> Option<Option<String>> {
+        if let Some(m) = self.mgmd_up() {
+            return Some(Some(m.name.clone()));
+        }
+        if !self.any_data_node_running() || kind == Role::Mgmd {
+            return Some(None);
+        }
+        None
+    }
+
+    pub fn spec(&self, role: Role) -> (VmType, u32) {
+        let d = self.d;
+        match role {
+            Role::Mgmd => (d.vm_type_mgmds, d.storage_gib_per_mgmd_vm),
+            Role::Ndbd => (d.vm_type_ndbds, d.storage_gib_per_ndbd_vm),
+            Role::Mysqld => (d.vm_type_mysqlds, d.storage_gib_per_mysqld_vm),
+            Role::Api | Role::Bootstrap => (d.vm_type_apis, d.storage_gib_per_api_vm),
+        }
+    }
+
+    /// The VM matches its role's machine type, storage and an allowed zone, and holds no
+    /// slot reserved for an externally managed node.
+    pub fn conforming(&self, vm: &Vm) -> bool {
+        let (t, st) = self.spec(vm.role);
+        vm.vm_type == t && vm.storage_gib == st && self.d.availability_zones.contains(&vm.zone)
+    }
+
+    pub fn target(&self, role: Role) -> usize {
+        let d = self.d;
+        (match role {
+            Role::Mgmd => d.num_managed_mgmd_vms,
+            Role::Ndbd => d.active_replication_factor,
+            Role::Mysqld => d.num_managed_mysqld_vms,
+            Role::Api => d.num_managed_api_vms,
+            Role::Bootstrap => 0,
+        }) as usize
+    }
+
+    pub fn slots_per_vm(&self, role: Role) -> usize {
+        match role {
+            Role::Mysqld => self.d.num_mysqld_slots_per_vm as usize,
+            Role::Api => self.d.num_api_slots_per_vm as usize,
+            _ => 1,
+        }
+    }
+
+    /// Files are current on the VM (always true for roles without files).
+    pub fn config_current(&mut self, vm: &Vm) -> bool {
+        match vm.role {
+            Role::Mgmd | Role::Mysqld | Role::Api => {
+                vm.config_hash == Some(self.wanted_config_hash(vm))
+            }
+            _ => true,
+        }
+    }
+
+    pub fn wanted_config_hash(&mut self, vm: &Vm) -> u64 {
+        if self.config_ini.is_none() {
+            self.config_ini = Some(render_config_ini(self.d, self.s));
+        }
+        let ini = self.config_ini.as_deref().unwrap_or_default();
+        config_hash(&files_for(self.d, self.s, vm, ini))
+    }
+
+    pub fn version(&self) -> &'a str {
+        &self.d.rondb_version
+    }
+
+    /// Runs the desired version for the desired restart clock.
+    pub fn current(&self, vm: &Vm) -> bool {
+        vm.running
+            && vm.version.as_deref() == Some(self.version())
+            && vm.clock >= self.d.rondb_running_since
+    }
+
+    /// Upgrade order: every running program of an earlier phase runs a version at least
+    /// `version`, every one of a later phase at most `version`.
+    pub fn version_gate(&self, role: Role, version: &str) -> bool {
+        let Some(want) = RonDbVersion::parse(version) else {
+            return true;
+        };
+        self.s.vms.values().filter(|w| w.running).all(|w| {
+            let Some(have) = w.version.as_deref().and_then(RonDbVersion::parse) else {
+                return true;
+            };
+            match w.role.phase().cmp(&role.phase()) {
+                std::cmp::Ordering::Less => have >= want,
+                std::cmp::Ordering::Greater => have <= want,
+                std::cmp::Ordering::Equal => true,
+            }
+        })
+    }
+
+    /// Restart order for a rolling restart: every active program of an earlier phase was
+    /// already restarted for the desired clock.
+    pub fn clock_gate(&self, role: Role) -> bool {
+        let c = self.d.rondb_running_since;
+        self.s
+            .vms
+            .values()
+            .filter(|w| w.role.phase() < role.phase() && w.role != Role::Bootstrap)
+            .filter(|w| self.holds_active_slot(w))
+            .all(|w| w.running && w.clock >= c)
+    }
+}

@@ -1,0 +1,43 @@
+//! Software and configuration: the desired RonDB version is installed on every VM before
+//! anything restarts, and each VM's files match the current topology.
+
+use super::Planner;
+use crate::actions::ActionKind;
+use crate::model::{Role, Vm};
+
+pub(super) fn plan(p: &mut Planner) {
+    let version = p.version().to_string();
+    let vms: Vec<&Vm> = p.s.vms.values().collect();
+    for vm in &vms {
+        if vm.role == Role::Bootstrap || p.retiring.contains(&vm.name) {
+            continue;
+        }
+        if !vm.installed.contains(&version) {
+            p.propose(ActionKind::InstallSoftware {
+                vm: vm.name.clone(),
+                role: vm.role,
+                version: version.clone(),
+            });
+        }
+    }
+    // Rewriting files while slots still move would only be redone; wait until they settle.
+    if p.slot_change_active {
+        return;
+    }
+    for vm in vms {
+        if !matches!(vm.role, Role::Mgmd | Role::Mysqld | Role::Api)
+            || p.retiring.contains(&vm.name)
+            || p.is_locked_vm(&vm.name)
+        {
+            continue;
+        }
+        let h = p.wanted_config_hash(vm);
+        if vm.config_hash != Some(h) {
+            p.propose(ActionKind::WriteConfig {
+                vm: vm.name.clone(),
+                role: vm.role,
+                config_hash: h,
+            });
+        }
+    }
+}

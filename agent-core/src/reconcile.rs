@@ -1,0 +1,610 @@
+//! The reconcile loop: plan, start every safe action concurrently through the backends,
+//! record each result as an event, observe the world for drift, and report
+//! `AT_DESIRED_STATE`, `WORKING_TOWARDS_DESIRED_STATE` or `ERROR_STATE`.
+
+use crate::actions::{Action, ActionKind, RestoreStep};
+use crate::backend::{
+    BackendError, CloudProvider, MgmCommand, ProcessRuntime, ProgramKind, ProgramSpec,
+    ProgramStatus, RestoreRun, VmSpec,
+};
+use crate::commands;
+use crate::desired::{self, BackupSpec, DesiredState, TransitionContext, Violation};
+use crate::model::{
+    files_for, render_config_ini, ClusterState, Event, Outcome, ReconciliationState,
+};
+use crate::planner::{diff, plan};
+use futures::stream::{FuturesUnordered, StreamExt};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn, Instrument};
+
+/// Knobs of the loop.
+#[derive(Debug, Clone)]
+pub struct ReconcilerConfig {
+    /// Attempts of one action before the reconciliation gives up with `ERROR_STATE`.
+    pub max_attempts: u32,
+    /// How often the world is observed for drift while working.
+    pub observe_every: Duration,
+}
+
+impl Default for ReconcilerConfig {
+    fn default() -> Self {
+        ReconcilerConfig {
+            max_attempts: 3,
+            observe_every: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What happened to a submitted desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submission {
+    /// It is now the accepted state and is being reconciled.
+    Accepted,
+    /// The leader is working; it waits as the pending state (the latest submitted wins).
+    Queued,
+}
+
+/// Receives every event after it was applied (simulation output, invariant checks, logs).
+pub trait EventHook: Send {
+    fn on_event(&mut self, state: &ClusterState, event: &Event);
+}
+
+type Running = Pin<Box<dyn Future<Output = (u64, Result<Outcome, BackendError>)> + Send>>;
+
+/// The leader's reconciler over one cluster.
+pub struct Reconciler {
+    provider: Arc<dyn CloudProvider>,
+    runtime: Arc<dyn ProcessRuntime>,
+    state: ClusterState,
+    config: ReconcilerConfig,
+    hooks: Vec<Box<dyn EventHook>>,
+}
+
+impl Reconciler {
+    pub fn new(
+        provider: Arc<dyn CloudProvider>,
+        runtime: Arc<dyn ProcessRuntime>,
+        state: ClusterState,
+        config: ReconcilerConfig,
+    ) -> Self {
+        Reconciler {
+            provider,
+            runtime,
+            state,
+            config,
+            hooks: Vec::new(),
+        }
+    }
+
+    pub fn add_hook(&mut self, hook: Box<dyn EventHook>) {
+        self.hooks.push(hook);
+    }
+
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    fn commit(&mut self, ev: Event) {
+        self.state.apply(&ev);
+        for h in &mut self.hooks {
+            h.on_event(&self.state, &ev);
+        }
+    }
+
+    /// Validates a desired state against its own rules and the transition from the accepted
+    /// one. Bad input changes nothing; a good one is accepted now or queued as pending.
+    pub fn submit(&mut self, d: DesiredState) -> Result<Submission, Vec<Violation>> {
+        self.submit_checked(d, true)
+    }
+
+    fn submit_checked(
+        &mut self,
+        d: DesiredState,
+        against_pending: bool,
+    ) -> Result<Submission, Vec<Violation>> {
+        let mut v = desired::validate(&d);
+        match &self.state.accepted {
+            Some(old) => v.extend(desired::validate_transition(
+                old,
+                &d,
+                TransitionContext {
+                    rondb_has_run: self.state.rondb_has_run,
+                },
+            )),
+            None => v.extend(desired::validate_first(&d)),
+        }
+        if let Some(p) = self.state.pending.as_ref().filter(|_| against_pending) {
+            if d.id <= p.id {
+                v.push(Violation {
+                    field: "Id".into(),
+                    value: Some(d.id.to_string()),
+                    old: Some(p.id.to_string()),
+                    rule: "must be larger than the pending desired state's Id".into(),
+                });
+            }
+        }
+        if !v.is_empty() {
+            return Err(v);
+        }
+        if self.state.reconciliation == ReconciliationState::WORKING_TOWARDS_DESIRED_STATE {
+            info!(
+                desired_id = d.id,
+                "desired state queued until the current one is reached"
+            );
+            self.commit(Event::Queued(d));
+            Ok(Submission::Queued)
+        } else {
+            info!(desired_id = d.id, "desired state accepted");
+            self.commit(Event::Accepted(d));
+            Ok(Submission::Accepted)
+        }
+    }
+
+    /// Observes the world and records drift (lost VMs, dead programs).
+    pub async fn observe(&mut self) {
+        let vms = match self.provider.list_vms().await {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(error = %e, "cannot list VMs; keeping what is known");
+                return;
+            }
+        };
+        let mut programs = BTreeMap::new();
+        for vm in &vms {
+            if self.state.vms.contains_key(&vm.name) {
+                match self.runtime.status(&vm.name).await {
+                    Ok(st) => {
+                        programs.insert(vm.name.clone(), st);
+                    }
+                    Err(BackendError::VmGone(_)) => {}
+                    Err(e) => warn!(vm = %vm.name, error = %e, "cannot query program status"),
+                }
+            }
+        }
+        let changed = self.observation_changes(&vms, &programs);
+        if changed {
+            self.commit(Event::Observed { vms, programs });
+        }
+    }
+
+    fn observation_changes(
+        &self,
+        vms: &[crate::backend::VmInfo],
+        programs: &BTreeMap<String, ProgramStatus>,
+    ) -> bool {
+        let present: std::collections::BTreeSet<&str> =
+            vms.iter().map(|v| v.name.as_str()).collect();
+        self.state.vms.values().any(|v| {
+            !present.contains(v.name.as_str())
+                || programs
+                    .get(&v.name)
+                    .is_some_and(|p| p.running != v.running)
+        })
+    }
+
+    /// Runs the reconciliation until the cluster is at the accepted desired state (then takes
+    /// the pending one, if any) or gives up. Returns the final state.
+    pub async fn reconcile(&mut self) -> ReconciliationState {
+        loop {
+            let Some(d) = self.state.accepted.clone() else {
+                return self.state.reconciliation;
+            };
+            self.observe().await;
+            if self.state.reconciliation != ReconciliationState::WORKING_TOWARDS_DESIRED_STATE {
+                if diff(&d, &self.state).is_empty() {
+                    return self.state.reconciliation;
+                }
+                // Drift, or a retry from ERROR_STATE: work again.
+                self.commit(Event::ReconciliationChanged {
+                    state: ReconciliationState::WORKING_TOWARDS_DESIRED_STATE,
+                    error: None,
+                });
+            }
+            let span = tracing::info_span!("reconcile", desired_id = d.id);
+            let outcome = self.run_once(&d).instrument(span).await;
+            let pending = self.state.pending.clone();
+            match pending {
+                Some(p) if outcome != ReconciliationState::WORKING_TOWARDS_DESIRED_STATE => {
+                    // Validated again: the rules may depend on what the cluster did meanwhile.
+                    if let Err(v) = self.submit_checked(p.clone(), false) {
+                        let reason = v
+                            .iter()
+                            .map(|x| x.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        warn!(desired_id = p.id, %reason, "pending desired state no longer valid; dropped");
+                        self.commit(Event::PendingDropped { id: p.id, reason });
+                        return outcome;
+                    }
+                }
+                _ => return outcome,
+            }
+        }
+    }
+
+    async fn run_once(&mut self, d: &DesiredState) -> ReconciliationState {
+        let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
+        let mut error: Option<String> = None;
+        let mut next_observe = tokio::time::Instant::now() + self.config.observe_every;
+        loop {
+            if error.is_none() {
+                for kind in plan(d, &self.state) {
+                    let action = Action {
+                        op_id: self.state.next_op_id,
+                        kind,
+                    };
+                    let job = self.prepare(d, &action);
+                    info!(op_id = action.op_id, desired_id = d.id, "start {action}");
+                    self.commit(Event::ActionStarted(action));
+                    running.push(job);
+                }
+            }
+            if running.is_empty() {
+                let (state, err) = match error.take() {
+                    Some(e) => (ReconciliationState::ERROR_STATE, Some(e)),
+                    None => {
+                        let left = diff(d, &self.state);
+                        if left.is_empty() {
+                            (ReconciliationState::AT_DESIRED_STATE, None)
+                        } else {
+                            let e = format!(
+                                "no safe action is left but the cluster still differs: {}",
+                                left.join("; ")
+                            );
+                            (ReconciliationState::ERROR_STATE, Some(e))
+                        }
+                    }
+                };
+                match &err {
+                    Some(e) => warn!(desired_id = d.id, error = %e, "reconciliation failed"),
+                    None => info!(desired_id = d.id, "at desired state"),
+                }
+                self.commit(Event::ReconciliationChanged { state, error: err });
+                return state;
+            }
+            tokio::select! {
+                Some((op_id, result)) = running.next() => {
+                    self.record(d, op_id, result, &mut error).await;
+                }
+                _ = tokio::time::sleep_until(next_observe) => {
+                    next_observe += self.config.observe_every;
+                    self.observe().await;
+                }
+            }
+        }
+    }
+
+    async fn record(
+        &mut self,
+        d: &DesiredState,
+        op_id: u64,
+        result: Result<Outcome, BackendError>,
+        error: &mut Option<String>,
+    ) {
+        let action = self.state.in_flight.get(&op_id).cloned();
+        match result {
+            Ok(outcome) => {
+                if let Some(a) = &action {
+                    info!(op_id, desired_id = d.id, "done {a}");
+                }
+                self.commit(Event::ActionSucceeded { op_id, outcome });
+            }
+            Err(e) => {
+                let drift = matches!(e, BackendError::VmGone(_));
+                if let Some(a) = &action {
+                    warn!(op_id, desired_id = d.id, error = %e, "failed {a}");
+                }
+                self.commit(Event::ActionFailed {
+                    op_id,
+                    error: e.to_string(),
+                });
+                if drift {
+                    // Not an attempt that failed: the world changed. Look and replan.
+                    if let Some(a) = &action {
+                        self.state.failures.remove(&a.kind.retry_key());
+                    }
+                    self.observe().await;
+                } else if let Some(a) = action {
+                    let n = self
+                        .state
+                        .failures
+                        .get(&a.kind.retry_key())
+                        .copied()
+                        .unwrap_or(0);
+                    if n >= self.config.max_attempts && error.is_none() {
+                        *error = Some(format!(
+                            "{a} failed {n} time(s) (limit {}): {e}",
+                            self.config.max_attempts
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gathers everything the action needs from the state now, so it runs without it.
+    fn prepare(&self, d: &DesiredState, action: &Action) -> Running {
+        let provider = Arc::clone(&self.provider);
+        let runtime = Arc::clone(&self.runtime);
+        let s = &self.state;
+        let op_id = action.op_id;
+        let connect = s.mgmd_addresses(d.default_mgmd_port).join(",");
+        use ActionKind::*;
+        match action.kind.clone() {
+            CreateVm {
+                vm,
+                role,
+                zone,
+                vm_type,
+                storage_gib,
+                temporary,
+                agent_version,
+                ..
+            } => {
+                let spec = VmSpec {
+                    name: vm,
+                    role,
+                    zone,
+                    vm_type,
+                    storage_gib,
+                    temporary,
+                    agent_version,
+                };
+                Box::pin(async move {
+                    (
+                        op_id,
+                        provider.create_vm(&spec).await.map(Outcome::VmCreated),
+                    )
+                })
+            }
+            DeleteVm { vm, .. } => {
+                Box::pin(
+                    async move { (op_id, provider.delete_vm(&vm).await.map(|_| Outcome::Done)) },
+                )
+            }
+            InstallSoftware { vm, version, .. } => {
+                let url = if version == d.rondb_version {
+                    d.rondb_download_link.clone()
+                } else {
+                    String::new()
+                };
+                Box::pin(async move {
+                    let r = runtime.install_software(&vm, &version, &url).await;
+                    (op_id, r.map(|_| Outcome::Done))
+                })
+            }
+            WriteConfig { vm, .. } => {
+                let files = s
+                    .vms
+                    .get(&vm)
+                    .map(|v| files_for(d, s, v, &render_config_ini(d, s)))
+                    .unwrap_or_default();
+                Box::pin(async move {
+                    (
+                        op_id,
+                        runtime
+                            .write_files(&vm, &files)
+                            .await
+                            .map(|_| Outcome::Done),
+                    )
+                })
+            }
+            StartMgmd {
+                vm,
+                node_id,
+                version,
+                initial,
+                ..
+            } => start(
+                runtime,
+                op_id,
+                vm,
+                ProgramSpec {
+                    kind: ProgramKind::Mgmd,
+                    command: commands::ndb_mgmd(&version, node_id, initial),
+                    version,
+                    node_ids: vec![node_id],
+                    initial,
+                },
+            ),
+            StartDataNode {
+                vm,
+                node_id,
+                version,
+                initial,
+                ..
+            } => start(
+                runtime,
+                op_id,
+                vm,
+                ProgramSpec {
+                    kind: ProgramKind::DataNode,
+                    command: commands::ndbmtd(&version, &connect, node_id, initial),
+                    version,
+                    node_ids: vec![node_id],
+                    initial,
+                },
+            ),
+            StartMysqld {
+                vm,
+                node_ids,
+                version,
+                ..
+            } => start(
+                runtime,
+                op_id,
+                vm,
+                ProgramSpec {
+                    kind: ProgramKind::Mysqld,
+                    command: commands::mysqld(&version),
+                    version,
+                    node_ids,
+                    initial: false,
+                },
+            ),
+            StartApi {
+                vm,
+                node_ids,
+                version,
+                ..
+            } => start(
+                runtime,
+                op_id,
+                vm,
+                ProgramSpec {
+                    kind: ProgramKind::Api,
+                    command: commands::api(&version, &connect, &node_ids),
+                    version,
+                    node_ids,
+                    initial: false,
+                },
+            ),
+            StopMgmd { vm, .. } => stop(runtime, op_id, vm, ProgramKind::Mgmd),
+            StopDataNode { vm, .. } => stop(runtime, op_id, vm, ProgramKind::DataNode),
+            StopMysqld { vm } => stop(runtime, op_id, vm, ProgramKind::Mysqld),
+            StopApi { vm } => stop(runtime, op_id, vm, ProgramKind::Api),
+            ActivateNode { node_id, via, .. } => {
+                mgm(runtime, op_id, via, MgmCommand::Activate { node_id })
+            }
+            DeactivateNode { node_id, via, .. } => {
+                mgm(runtime, op_id, via, MgmCommand::Deactivate { node_id })
+            }
+            SetHostname {
+                node_id, vm, via, ..
+            } => {
+                let host = s.vms.get(&vm).map(|v| v.address.clone()).unwrap_or(vm);
+                mgm(runtime, op_id, via, MgmCommand::Hostname { node_id, host })
+            }
+            CreateBackup { backup_id, via } => Box::pin(async move {
+                let r = runtime
+                    .mgm_command(&via, &MgmCommand::StartBackup { backup_id })
+                    .await;
+                (
+                    op_id,
+                    r.map(|data_nodes| Outcome::BackupTaken { data_nodes }),
+                )
+            }),
+            DeleteBackup { backup_id, via } => {
+                let spec = s
+                    .backups
+                    .get(&backup_id)
+                    .map(|b| b.sink.clone())
+                    .unwrap_or_else(|| BackupSpec {
+                        id: backup_id,
+                        sink_type: crate::desired::SinkType::Local,
+                        sink_parameters: Default::default(),
+                    });
+                Box::pin(async move {
+                    (
+                        op_id,
+                        runtime
+                            .delete_backup(&via, &spec)
+                            .await
+                            .map(|_| Outcome::Done),
+                    )
+                })
+            }
+            RestoreBackup {
+                backup_id,
+                vm,
+                step,
+                api_node_id,
+                node_id,
+            } => {
+                let backup = d.restore_from_backup.clone().unwrap_or(BackupSpec {
+                    id: backup_id,
+                    sink_type: crate::desired::SinkType::Local,
+                    sink_parameters: Default::default(),
+                });
+                let dir = backup
+                    .sink_parameters
+                    .get("Directory")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("/srv/rondb/backups")
+                    .to_string();
+                let run = RestoreRun {
+                    command: commands::ndb_restore(
+                        &d.rondb_version,
+                        &connect,
+                        api_node_id,
+                        backup_id,
+                        &dir,
+                        step,
+                        node_id,
+                    ),
+                    backup,
+                    step,
+                    api_node_id,
+                    original_node: node_id,
+                };
+                Box::pin(async move {
+                    let r = runtime.restore(&vm, &run).await;
+                    (
+                        op_id,
+                        r.map(|nodes| match step {
+                            RestoreStep::Meta => Outcome::RestoreMetaRead {
+                                original_nodes: nodes,
+                            },
+                            _ => Outcome::Done,
+                        }),
+                    )
+                })
+            }
+            RestartAgent { vm, .. } => Box::pin(async move {
+                (
+                    op_id,
+                    runtime.restart_agent(&vm).await.map(|_| Outcome::Done),
+                )
+            }),
+            UpgradeAgent { vm, version, .. } => {
+                let url = d.ndb_agent_download_link.clone();
+                Box::pin(async move {
+                    let r = runtime.upgrade_agent(&vm, &version, &url).await;
+                    (op_id, r.map(|_| Outcome::Done))
+                })
+            }
+        }
+    }
+}
+
+fn start(runtime: Arc<dyn ProcessRuntime>, op_id: u64, vm: String, spec: ProgramSpec) -> Running {
+    Box::pin(async move {
+        (
+            op_id,
+            runtime
+                .start_program(&vm, &spec)
+                .await
+                .map(|_| Outcome::Done),
+        )
+    })
+}
+
+fn stop(runtime: Arc<dyn ProcessRuntime>, op_id: u64, vm: String, kind: ProgramKind) -> Running {
+    Box::pin(async move {
+        (
+            op_id,
+            runtime.stop_program(&vm, kind).await.map(|_| Outcome::Done),
+        )
+    })
+}
+
+/// A slot change: through a management server when one runs, otherwise only into the
+/// configuration (config.ini is rewritten before the next start).
+fn mgm(
+    runtime: Arc<dyn ProcessRuntime>,
+    op_id: u64,
+    via: Option<String>,
+    cmd: MgmCommand,
+) -> Running {
+    Box::pin(async move {
+        let r = match via {
+            Some(m) => runtime.mgm_command(&m, &cmd).await.map(|_| Outcome::Done),
+            None => Ok(Outcome::Done),
+        };
+        (op_id, r)
+    })
+}

@@ -1,0 +1,365 @@
+//! The mock world: VMs, RonDB programs, the configuration the management servers hold, and
+//! a backup sink, all in memory, with time simulated by tokio's paused clock. It enforces
+//! RonDB's rules (a data node without a file system cannot start without `--initial`,
+//! `DEACTIVATE` of an inactive node fails, `HOSTNAME` needs an inactive node, ...), so a
+//! planner mistake shows up as a failed action rather than passing silently.
+
+use agent_core::backend::{BackendError, CloudProvider, VmInfo, VmSpec};
+use agent_core::cost::CostModel;
+use agent_core::model::Role;
+use async_trait::async_trait;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Probabilities of injected faults, each drawn per action from the world's seeded RNG.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FaultConfig {
+    /// An action fails after its duration and changes nothing.
+    pub action_failure_rate: f64,
+    /// A VM whose loss the cluster survives disappears.
+    pub vm_loss_rate: f64,
+    /// A RonDB program whose loss the cluster survives dies.
+    pub process_death_rate: f64,
+}
+
+/// A RonDB program running on a VM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorldProgram {
+    pub kind: agent_core::backend::ProgramKind,
+    pub version: String,
+    pub node_ids: Vec<u32>,
+    pub command: Vec<String>,
+}
+
+/// A VM of the simulated world.
+#[derive(Debug, Clone)]
+pub struct WorldVm {
+    pub info: VmInfo,
+    pub installed: BTreeSet<String>,
+    pub files: BTreeMap<String, String>,
+    pub program: Option<WorldProgram>,
+    /// Data-node file systems present on this VM, by node id.
+    pub fs: BTreeSet<u32>,
+    pub agent_version: String,
+    pub agent_restarts: u32,
+}
+
+/// A node entry of the configuration the management servers serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorldSlot {
+    pub section: String,
+    pub node_group: Option<u32>,
+    pub host: Option<String>,
+    pub active: bool,
+}
+
+/// A backup stored in the sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkBackup {
+    pub data_nodes: Vec<u32>,
+}
+
+/// Everything that exists in the simulation.
+#[derive(Debug)]
+pub struct World {
+    pub vms: BTreeMap<String, WorldVm>,
+    /// The configuration loaded by the management servers (from config.ini on `--initial`
+    /// or `--reload`, then changed by `ndb_mgm` commands).
+    pub cluster_config: BTreeMap<u32, WorldSlot>,
+    pub sink: BTreeMap<u64, SinkBackup>,
+    pub faults: FaultConfig,
+    pub cost: CostModel,
+    pub lost_vms: Vec<String>,
+    pub killed_programs: Vec<String>,
+    rng: ChaCha8Rng,
+    next_ip: u32,
+}
+
+/// The world shared by the mock provider and the dummy runtime.
+pub type SharedWorld = Arc<Mutex<World>>;
+
+/// Locks the world; a poisoned lock (a panic elsewhere) is still usable for a simulation.
+pub fn lock(w: &SharedWorld) -> MutexGuard<'_, World> {
+    w.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl World {
+    pub fn new(seed: u64, faults: FaultConfig, cost: CostModel) -> Self {
+        World {
+            vms: BTreeMap::new(),
+            cluster_config: BTreeMap::new(),
+            sink: BTreeMap::new(),
+            faults,
+            cost,
+            lost_vms: Vec::new(),
+            killed_programs: Vec::new(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            next_ip: 10,
+        }
+    }
+
+    pub fn shared(self) -> SharedWorld {
+        Arc::new(Mutex::new(self))
+    }
+
+    /// Draws whether the next action fails, and maybe loses a VM or kills a program.
+    pub fn roll(&mut self) -> bool {
+        if self.faults.vm_loss_rate > 0.0 && self.rng.gen_bool(self.faults.vm_loss_rate.min(1.0)) {
+            let candidates = self.survivable(true);
+            if !candidates.is_empty() {
+                let i = self.rng.gen_range(0..candidates.len());
+                self.lose_vm(&candidates[i]);
+            }
+        }
+        if self.faults.process_death_rate > 0.0
+            && self.rng.gen_bool(self.faults.process_death_rate.min(1.0))
+        {
+            let candidates: Vec<String> = self
+                .survivable(false)
+                .into_iter()
+                .filter(|n| self.vms.get(n).is_some_and(|v| v.program.is_some()))
+                .collect();
+            if !candidates.is_empty() {
+                let i = self.rng.gen_range(0..candidates.len());
+                let name = candidates[i].clone();
+                if let Some(v) = self.vms.get_mut(&name) {
+                    v.program = None;
+                }
+                self.killed_programs.push(name);
+            }
+        }
+        self.faults.action_failure_rate > 0.0
+            && self.rng.gen_bool(self.faults.action_failure_rate.min(1.0))
+    }
+
+    /// VMs (or programs) whose loss the cluster survives: a data node with a started peer
+    /// in its node group, a management server with another one running, any MySQLd or API.
+    fn survivable(&self, whole_vm: bool) -> Vec<String> {
+        let running_data = |g: u32| -> usize {
+            self.vms
+                .values()
+                .filter(|v| {
+                    v.program.as_ref().is_some_and(|p| {
+                        p.kind == agent_core::backend::ProgramKind::DataNode
+                            && p.node_ids.iter().any(|n| {
+                                self.cluster_config.get(n).and_then(|s| s.node_group) == Some(g)
+                            })
+                    })
+                })
+                .count()
+        };
+        let mgmds = self
+            .vms
+            .values()
+            .filter(|v| {
+                v.program
+                    .as_ref()
+                    .is_some_and(|p| p.kind == agent_core::backend::ProgramKind::Mgmd)
+            })
+            .count();
+        self.vms
+            .values()
+            .filter(|v| match v.info.role {
+                Role::Ndbd => match &v.program {
+                    Some(p) => p
+                        .node_ids
+                        .first()
+                        .and_then(|n| self.cluster_config.get(n))
+                        .and_then(|s| s.node_group)
+                        .is_some_and(|g| running_data(g) >= 2),
+                    None => whole_vm && v.fs.is_empty(),
+                },
+                Role::Mgmd => v.program.is_some() && mgmds >= 2,
+                Role::Mysqld | Role::Api => true,
+                Role::Bootstrap => false,
+            })
+            .map(|v| v.info.name.clone())
+            .collect()
+    }
+
+    /// Makes a VM disappear, as a crashed cloud VM would.
+    pub fn lose_vm(&mut self, name: &str) {
+        if self.vms.remove(name).is_some() {
+            self.lost_vms.push(name.to_string());
+        }
+    }
+
+    /// Whether a running management server exists (data nodes need one to start).
+    pub fn mgmd_running(&self) -> bool {
+        self.vms.values().any(|v| {
+            v.program
+                .as_ref()
+                .is_some_and(|p| p.kind == agent_core::backend::ProgramKind::Mgmd)
+        })
+    }
+
+    /// Every node group has a running data node.
+    pub fn all_node_groups_started(&self) -> bool {
+        let groups: BTreeSet<u32> = self
+            .cluster_config
+            .values()
+            .filter(|s| s.active)
+            .filter_map(|s| s.node_group)
+            .collect();
+        !groups.is_empty()
+            && groups.iter().all(|g| {
+                self.vms.values().any(|v| {
+                    v.program.as_ref().is_some_and(|p| {
+                        p.kind == agent_core::backend::ProgramKind::DataNode
+                            && p.node_ids.iter().any(|n| {
+                                self.cluster_config.get(n).and_then(|s| s.node_group) == Some(*g)
+                            })
+                    })
+                })
+            })
+    }
+
+    /// Loads a config.ini the way ndb_mgmd does on `--initial` / `--reload`.
+    pub fn load_config_ini(&mut self, text: &str) -> Result<(), String> {
+        let mut out = BTreeMap::new();
+        let mut section: Option<String> = None;
+        let mut cur: BTreeMap<String, String> = BTreeMap::new();
+        let flush = |section: &Option<String>,
+                     cur: &mut BTreeMap<String, String>,
+                     out: &mut BTreeMap<u32, WorldSlot>|
+         -> Result<(), String> {
+            if let Some(sec) = section {
+                if !sec.ends_with("default]") {
+                    let id: u32 = cur
+                        .get("NodeId")
+                        .and_then(|x| x.parse().ok())
+                        .ok_or_else(|| format!("{sec} without a valid NodeId"))?;
+                    if out.contains_key(&id) {
+                        return Err(format!("NodeId {id} defined twice"));
+                    }
+                    out.insert(
+                        id,
+                        WorldSlot {
+                            section: sec.clone(),
+                            node_group: cur.get("NodeGroup").and_then(|x| x.parse().ok()),
+                            host: cur.get("HostName").cloned(),
+                            active: cur.get("NodeActive").map(|x| x == "1").unwrap_or(true),
+                        },
+                    );
+                }
+            }
+            cur.clear();
+            Ok(())
+        };
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if line.starts_with('[') {
+                flush(&section, &mut cur, &mut out)?;
+                section = Some(line.to_string());
+            } else if let Some((k, v)) = line.split_once('=') {
+                cur.insert(k.trim().to_string(), v.trim().to_string());
+            } else {
+                return Err(format!("config.ini: cannot parse line {line:?}"));
+            }
+        }
+        flush(&section, &mut cur, &mut out)?;
+        self.cluster_config = out;
+        Ok(())
+    }
+
+    fn allocate_address(&mut self) -> String {
+        let n = self.next_ip;
+        self.next_ip += 1;
+        format!("10.0.{}.{}", n / 250, n % 250 + 1)
+    }
+}
+
+/// Runs one simulated operation: draws faults, lets simulated time pass, then applies `f`
+/// unless the VM vanished or the action was chosen to fail (a failed action changes nothing).
+pub async fn step<T>(
+    world: &SharedWorld,
+    seconds: f64,
+    vm: Option<&str>,
+    f: impl FnOnce(&mut World) -> Result<T, BackendError>,
+) -> Result<T, BackendError> {
+    let fail = lock(world).roll();
+    tokio::time::sleep(std::time::Duration::from_secs_f64(seconds.max(0.0))).await;
+    let mut w = lock(world);
+    if let Some(name) = vm {
+        if !w.vms.contains_key(name) {
+            return Err(BackendError::VmGone(name.to_string()));
+        }
+    }
+    if fail {
+        return Err(BackendError::Transient("injected fault".into()));
+    }
+    f(&mut w)
+}
+
+/// `CloudProvider` over the mock world.
+#[derive(Clone)]
+pub struct MockProvider {
+    pub world: SharedWorld,
+}
+
+impl MockProvider {
+    pub fn new(world: SharedWorld) -> Self {
+        MockProvider { world }
+    }
+}
+
+#[async_trait]
+impl CloudProvider for MockProvider {
+    async fn create_vm(&self, spec: &VmSpec) -> Result<VmInfo, BackendError> {
+        let cost = lock(&self.world).cost.create_vm;
+        let spec = spec.clone();
+        step(&self.world, cost, None, move |w| {
+            if w.vms.contains_key(&spec.name) {
+                return Err(BackendError::Failed(format!(
+                    "VM {} already exists",
+                    spec.name
+                )));
+            }
+            let info = VmInfo {
+                name: spec.name.clone(),
+                role: spec.role,
+                zone: spec.zone.clone(),
+                vm_type: spec.vm_type,
+                storage_gib: spec.storage_gib,
+                address: w.allocate_address(),
+            };
+            w.vms.insert(
+                spec.name.clone(),
+                WorldVm {
+                    info: info.clone(),
+                    installed: BTreeSet::new(),
+                    files: BTreeMap::new(),
+                    program: None,
+                    fs: BTreeSet::new(),
+                    agent_version: spec.agent_version.clone(),
+                    agent_restarts: 0,
+                },
+            );
+            Ok(info)
+        })
+        .await
+    }
+
+    async fn delete_vm(&self, name: &str) -> Result<(), BackendError> {
+        let cost = lock(&self.world).cost.delete_vm;
+        let name = name.to_string();
+        step(&self.world, cost, None, move |w| {
+            w.vms.remove(&name);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_vms(&self) -> Result<Vec<VmInfo>, BackendError> {
+        Ok(lock(&self.world)
+            .vms
+            .values()
+            .map(|v| v.info.clone())
+            .collect())
+    }
+}
