@@ -171,6 +171,7 @@ impl Simulation {
         let config = ReconcilerConfig {
             max_attempts: opts.max_attempts,
             observe_every: Duration::from_secs(30),
+            ..Default::default()
         };
         let mut reconciler = Reconciler::new(provider, runtime, ClusterState::default(), config);
         let recorder = SharedRecorder::default();

@@ -28,6 +28,8 @@ pub struct ReconcilerConfig {
     pub max_attempts: u32,
     /// How often the world is observed for drift while working.
     pub observe_every: Duration,
+    /// Actions one reconciliation may start before it is declared not to converge.
+    pub max_actions: u64,
 }
 
 impl Default for ReconcilerConfig {
@@ -35,6 +37,7 @@ impl Default for ReconcilerConfig {
         ReconcilerConfig {
             max_attempts: 3,
             observe_every: Duration::from_secs(30),
+            max_actions: 20_000,
         }
     }
 }
@@ -230,13 +233,20 @@ impl Reconciler {
         let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
         let mut error: Option<String> = None;
         let mut next_observe = tokio::time::Instant::now() + self.config.observe_every;
+        let mut started: u64 = 0;
         loop {
+            if started > self.config.max_actions && error.is_none() {
+                error = Some(format!(
+                    "the reconciliation does not converge: {started} actions started; this is a planner bug, please report it with the desired state"
+                ));
+            }
             if error.is_none() {
                 for kind in plan(d, &self.state) {
                     let action = Action {
                         op_id: self.state.next_op_id,
                         kind,
                     };
+                    started += 1;
                     let job = self.prepare(d, &action);
                     info!(op_id = action.op_id, desired_id = d.id, "start {action}");
                     self.commit(Event::ActionStarted(action));

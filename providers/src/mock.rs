@@ -73,6 +73,9 @@ pub struct World {
     pub cost: CostModel,
     pub lost_vms: Vec<String>,
     pub killed_programs: Vec<String>,
+    /// VMs whose program is being stopped right now: not counted as a live peer when
+    /// choosing a survivable fault.
+    pub stopping: BTreeSet<String>,
     rng: ChaCha8Rng,
     next_ip: u32,
 }
@@ -95,6 +98,7 @@ impl World {
             cost,
             lost_vms: Vec::new(),
             killed_programs: Vec::new(),
+            stopping: BTreeSet::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             next_ip: 10,
         }
@@ -140,6 +144,7 @@ impl World {
         let running_data = |g: u32| -> usize {
             self.vms
                 .values()
+                .filter(|v| !self.stopping.contains(&v.info.name))
                 .filter(|v| {
                     v.program.as_ref().is_some_and(|p| {
                         p.kind == agent_core::backend::ProgramKind::DataNode
@@ -153,6 +158,7 @@ impl World {
         let mgmds = self
             .vms
             .values()
+            .filter(|v| !self.stopping.contains(&v.info.name))
             .filter(|v| {
                 v.program
                     .as_ref()
@@ -161,6 +167,7 @@ impl World {
             .count();
         self.vms
             .values()
+            .filter(|v| !self.stopping.contains(&v.info.name))
             .filter(|v| match v.info.role {
                 Role::Ndbd => match &v.program {
                     Some(p) => p

@@ -30,6 +30,30 @@ fn failed(msg: String) -> BackendError {
     BackendError::Failed(msg)
 }
 
+/// Stopping the data node on `vm` would leave its node group without a started node while
+/// the cluster keeps running elsewhere (a full shutdown stops every node at once).
+fn would_lose_node_group(w: &World, vm: &str) -> bool {
+    let group_of = |name: &str| -> Option<u32> {
+        let p = w.vms.get(name)?.program.as_ref()?;
+        if p.kind != ProgramKind::DataNode {
+            return None;
+        }
+        p.node_ids
+            .first()
+            .and_then(|n| w.cluster_config.get(n))
+            .and_then(|s| s.node_group)
+    };
+    let Some(g) = group_of(vm) else {
+        return false;
+    };
+    let others_in_group = w.vms.keys().any(|n| n != vm && group_of(n) == Some(g));
+    let cluster_keeps_running = w
+        .vms
+        .keys()
+        .any(|n| group_of(n).is_some() && !w.stopping.contains(n));
+    !others_in_group && cluster_keeps_running
+}
+
 /// The slot is active and bound to this VM's address in the configuration RonDB uses.
 fn check_slot(w: &World, vm: &str, node_id: u32) -> Result<(), BackendError> {
     let addr = w
@@ -178,13 +202,22 @@ impl ProcessRuntime for DummyRuntime {
             ProgramKind::Api => c.stop_api,
         });
         let vm = vm.to_string();
-        step(&self.world, cost, Some(&vm.clone()), move |w| {
+        lock(&self.world).stopping.insert(vm.clone());
+        let name = vm.clone();
+        let r = step(&self.world, cost, Some(&vm.clone()), move |w| {
+            if would_lose_node_group(w, &vm) {
+                return Err(failed(format!(
+                    "RonDB refuses to stop the data node on {vm}: its node group would have no started node"
+                )));
+            }
             if let Some(v) = w.vms.get_mut(&vm) {
                 v.program = None;
             }
             Ok(())
         })
-        .await
+        .await;
+        lock(&self.world).stopping.remove(&name);
+        r
     }
 
     async fn status(&self, vm: &str) -> Result<ProgramStatus, BackendError> {
@@ -205,7 +238,23 @@ impl ProcessRuntime for DummyRuntime {
             _ => c.slot_change,
         });
         let (vm, cmd) = (vm.to_string(), cmd.clone());
-        step(&self.world, cost, Some(&vm.clone()), move |w| {
+        // DEACTIVATE stops the node's program: its VM is not a live peer meanwhile.
+        let target = match &cmd {
+            MgmCommand::Deactivate { node_id } => lock(&self.world)
+                .vms
+                .values()
+                .find(|v| {
+                    v.program
+                        .as_ref()
+                        .is_some_and(|p| p.node_ids.contains(node_id))
+                })
+                .map(|v| v.info.name.clone()),
+            _ => None,
+        };
+        if let Some(t) = &target {
+            lock(&self.world).stopping.insert(t.clone());
+        }
+        let r = step(&self.world, cost, Some(&vm.clone()), move |w| {
             let runs_mgmd = w
                 .vms
                 .get(&vm)
@@ -234,6 +283,23 @@ impl ProcessRuntime for DummyRuntime {
                     if !s.active {
                         return Err(failed(format!("node {node_id} is already inactive")));
                     }
+                    let host = w
+                        .vms
+                        .values()
+                        .find(|v| {
+                            v.program
+                                .as_ref()
+                                .is_some_and(|p| p.node_ids.contains(node_id))
+                        })
+                        .map(|v| v.info.name.clone());
+                    if host.is_some_and(|h| would_lose_node_group(w, &h)) {
+                        return Err(failed(format!(
+                            "RonDB refuses to deactivate node {node_id}: it would stop the cluster"
+                        )));
+                    }
+                    let Some(s) = w.cluster_config.get_mut(node_id) else {
+                        return Err(failed(format!("node {node_id} unknown")));
+                    };
                     s.active = false;
                     for v in w.vms.values_mut() {
                         let hit = v
@@ -290,7 +356,11 @@ impl ProcessRuntime for DummyRuntime {
                 }
             }
         })
-        .await
+        .await;
+        if let Some(t) = &target {
+            lock(&self.world).stopping.remove(t);
+        }
+        r
     }
 
     async fn restore(&self, vm: &str, run: &RestoreRun) -> Result<Vec<u32>, BackendError> {

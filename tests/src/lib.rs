@@ -1,1 +1,7 @@
-//! placeholder
+//! Shared harness of the cross-crate suites: random desired-state sequences, regression
+//! cases as JSON, and a runner that checks every safety rule after every event.
+
+pub mod case;
+pub mod generator;
+
+pub use case::{run_case, Case, Step};

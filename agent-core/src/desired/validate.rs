@@ -464,26 +464,21 @@ pub fn validate_transition(
                 format!("a rolling restart {why}"),
             ));
         }
-        if old.vm_type_ndbds != new.vm_type_ndbds
-            || old.storage_gib_per_ndbd_vm != new.storage_gib_per_ndbd_vm
-        {
-            out.push(Violation::changed(
-                "VmTypeNdbds/StorageGiBPerNdbdVm",
-                format!("{}/{}", old.vm_type_ndbds, old.storage_gib_per_ndbd_vm),
-                format!("{}/{}", new.vm_type_ndbds, new.storage_gib_per_ndbd_vm),
-                format!("replacing data-node VMs {why}"),
-            ));
-        }
     }
-    if !new.rondb_running
-        && (old.vm_type_ndbds != new.vm_type_ndbds
-            || old.storage_gib_per_ndbd_vm != new.storage_gib_per_ndbd_vm)
-    {
-        out.push(Violation::changed(
-            "VmTypeNdbds/StorageGiBPerNdbdVm",
-            format!("{}/{}", old.vm_type_ndbds, old.storage_gib_per_ndbd_vm),
-            format!("{}/{}", new.vm_type_ndbds, new.storage_gib_per_ndbd_vm),
-            "data-node VMs can only be replaced while RonDB runs (a new VM copies its data from a live replica); change it together with RonDBRunning true",
+    // Data-node VMs are replaced while RonDB runs, whether or not it ran before.
+    if stays_single && new.rondb_running && !can_surge && ndbd_vms_replaced(old, new) {
+        let why = "with ActiveReplicationFactor 1 this is only possible with a temporary replica VM per node group (the new VM copies its data from a live replica): set AllowRequestingTemporaryVms to true and MaxReplicationFactor >= 2, or raise ActiveReplicationFactor first";
+        out.push(ndbd_replacement(
+            old,
+            new,
+            format!("replacing data-node VMs {why}"),
+        ));
+    }
+    if !new.rondb_running && ndbd_vms_replaced(old, new) {
+        out.push(ndbd_replacement(
+            old,
+            new,
+            "data-node VMs can only be replaced while RonDB runs (a new VM copies its data from a live replica); change it together with RonDBRunning true".into(),
         ));
     }
     if !new.rondb_running {
@@ -519,6 +514,33 @@ pub fn validate_first(new: &DesiredState) -> Vec<Violation> {
         }
     }
     out
+}
+
+/// Data-node VMs must be replaced: their machine changes, or a zone they may sit in goes away.
+fn ndbd_vms_replaced(old: &DesiredState, new: &DesiredState) -> bool {
+    old.vm_type_ndbds != new.vm_type_ndbds
+        || old.storage_gib_per_ndbd_vm != new.storage_gib_per_ndbd_vm
+        || old
+            .availability_zones
+            .iter()
+            .any(|z| !new.availability_zones.contains(z))
+}
+
+fn ndbd_replacement(old: &DesiredState, new: &DesiredState, rule: String) -> Violation {
+    let show = |d: &DesiredState| {
+        format!(
+            "{}/{} GiB/zones {}",
+            d.vm_type_ndbds,
+            d.storage_gib_per_ndbd_vm,
+            d.availability_zones.join(",")
+        )
+    };
+    Violation::changed(
+        "VmTypeNdbds/StorageGiBPerNdbdVm/AvailabilityZones",
+        show(old),
+        show(new),
+        rule,
+    )
 }
 
 fn describe_restore(d: &DesiredState) -> String {

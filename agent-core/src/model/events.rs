@@ -195,8 +195,13 @@ impl ClusterState {
                 }
             }
             StartDataNode {
-                vm, version, clock, ..
+                vm,
+                version,
+                clock,
+                node_group,
+                ..
             } => {
+                self.started_groups.insert(*node_group);
                 if let Some(v) = self.vms.get_mut(vm) {
                     v.running = true;
                     v.version = Some(version.clone());

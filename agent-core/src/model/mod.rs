@@ -165,6 +165,10 @@ pub struct ClusterState {
     pub restore: RestoreProgress,
     /// A data node has started at least once: the cluster exists and holds data.
     pub rondb_has_run: bool,
+    /// Node groups that have had a started data node: they hold data from then on, so a
+    /// replica may start empty only by copying from a started peer.
+    #[serde(default)]
+    pub started_groups: BTreeSet<u32>,
     pub completed_actions: u64,
 }
 

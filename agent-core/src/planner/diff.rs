@@ -51,6 +51,16 @@ pub fn diff(d: &DesiredState, s: &ClusterState) -> Vec<String> {
                 "node group {g}: {active} active slot(s), want {want}"
             ));
         }
+        if d.rondb_running {
+            let mut zones: Vec<&str> = members.iter().map(|v| v.zone.as_str()).collect();
+            zones.sort();
+            zones.dedup();
+            if zones.len() < members.len().min(d.availability_zones.len()) {
+                out.push(format!(
+                    "node group {g}: replicas share a zone while another zone has none"
+                ));
+            }
+        }
         for v in &members {
             if s.active_slots_of(&v.name).count() != 1 {
                 out.push(format!("{}: holds no active slot", v.name));

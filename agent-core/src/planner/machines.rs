@@ -56,10 +56,11 @@ fn stateless_role(p: &mut Planner, role: Role) {
             victims = ranked(p, &members).into_iter().take(excess).collect();
         }
     } else if !nonconf.is_empty() {
-        if p.d.allow_requesting_temporary_vms {
+        // Surge (a new VM first) when allowed and there are slots for it; else drain first.
+        if p.d.allow_requesting_temporary_vms && free_slots(p, role) >= p.slots_per_vm(role) {
             create(p, role, None, true);
         } else {
-            victims = ranked(p, &members).into_iter().take(1).collect();
+            victims = ranked(p, &nonconf).into_iter().take(1).collect();
         }
     }
     for v in victims {
@@ -83,10 +84,11 @@ fn node_group(p: &mut Planner, g: u32) {
         .collect();
     let want = p.want_running();
     let needs_restart = want && p.active_members(g).any(|v| v.running && !p.current(v));
-    let up = p.ng_up(g);
     let room = (p.d.max_replication_factor as usize) > target;
     let surge_ok = p.d.allow_requesting_temporary_vms && room && want;
-    let extra = usize::from(surge_ok && (!nonconf.is_empty() || (needs_restart && up <= 1)));
+    // With one replica, restarting it would take the node group down: a temporary replica
+    // holds the data meanwhile.
+    let extra = usize::from(surge_ok && (!nonconf.is_empty() || (needs_restart && target <= 1)));
     let desired_n = target + extra;
     let n = members.len() + creating;
     if n < desired_n {
@@ -103,7 +105,8 @@ fn node_group(p: &mut Planner, g: u32) {
     if creating > 0 {
         return;
     }
-    if !nonconf.is_empty() && want {
+    // Replace only after restarts finish: the replicas being replaced are restart budget.
+    if !nonconf.is_empty() && want && !needs_restart {
         let enough = if surge_ok {
             members.len() > target
         } else {
@@ -120,7 +123,8 @@ fn node_group(p: &mut Planner, g: u32) {
         }
         return;
     }
-    if members.len() > desired_n {
+    // Fewer replicas only after restarts finish: the spare replicas are the disruption budget.
+    if members.len() > desired_n && !needs_restart {
         let excess = members.len() - desired_n;
         for v in ranked(p, &members).into_iter().take(excess) {
             p.retiring.insert(v.name.clone());
@@ -128,14 +132,32 @@ fn node_group(p: &mut Planner, g: u32) {
     }
 }
 
-/// Retirement order: VMs without an active slot, then ones that do not match the desired
-/// machine, then temporary ones, then stopped ones, then the newest.
+/// Slots of a role that no VM holds: room for one more VM.
+fn free_slots(p: &Planner, role: Role) -> usize {
+    let free =
+        p.s.slots
+            .values()
+            .filter(|x| x.kind == role && !x.active && !x.external)
+            .filter(|x| x.host.as_ref().is_none_or(|h| !p.s.vms.contains_key(h)))
+            .count();
+    // Slots that VMs of the role still have to bind are not free.
+    let k = p.slots_per_vm(role);
+    let still_needed: usize =
+        p.s.vms_of(role)
+            .map(|v| k.saturating_sub(p.s.active_slots_of(&v.name).count()))
+            .sum();
+    free.saturating_sub(still_needed)
+}
+
+/// Retirement order: VMs that do not match the desired machine, then ones without an active
+/// slot, then temporary ones, then stopped ones, then the newest.
 fn ranked<'a>(p: &Planner, vms: &[&'a Vm]) -> Vec<&'a Vm> {
     let mut out = vms.to_vec();
     out.sort_by_key(|v| {
         (
-            p.holds_active_slot(v),
             p.conforming(v),
+            p.holds_active_slot(v),
+            !p.shares_zone(v),
             !v.temporary,
             v.running,
             Reverse(v.seq),
@@ -189,7 +211,7 @@ fn pick_zone(p: &Planner, role: Role, ng: Option<u32>) -> String {
             p.s.vms
                 .values()
                 .filter(|v| v.role == role && &v.zone == z && !p.retiring.contains(&v.name))
-                .filter(|v| !same_group || v.node_group == ng)
+                .filter(|v| !same_group || (v.node_group == ng && p.spec_ok(v)))
                 .count();
         let new = planned
             .iter()
@@ -220,9 +242,13 @@ fn retire_step(p: &mut Planner, vm: &Vm) {
                     .active_members(g)
                     .filter(|w| w.name != vm.name && p.up(w))
                     .count();
-                let allowed = !p.want_running()
-                    || !vm.running
-                    || (others_up >= 1 && !p.backup_active && p.mgmd_up().is_some());
+                // Never release the last copy of a node group's data.
+                let others_hold_data = p.active_members(g).any(|w| w.name != vm.name && w.has_data);
+                let allowed = if p.want_running() {
+                    !vm.has_data || (others_up >= 1 && !p.backup_active && p.mgmd_up().is_some())
+                } else {
+                    !vm.has_data || others_hold_data || !p.s.started_groups.contains(&g)
+                };
                 if !allowed {
                     return;
                 }

@@ -197,6 +197,16 @@ impl<'a> Planner<'a> {
         })
     }
 
+    /// A management-server start is in flight or proposed.
+    pub fn mgmd_starting(&self) -> bool {
+        self.s
+            .in_flight
+            .values()
+            .map(|a| &a.kind)
+            .chain(self.proposals.iter())
+            .any(|k| matches!(k, ActionKind::StartMgmd { .. }))
+    }
+
     pub fn any_data_node_running(&self) -> bool {
         self.s.vms_of(Role::Ndbd).any(|v| v.running)
     }
@@ -205,6 +215,11 @@ impl<'a> Planner<'a> {
     /// while no RonDB runs (or for management-server slots when no management server runs),
     /// `None` = wait.
     pub fn slot_change_via(&self, kind: Role) -> Option<Option<String>> {
+        // A management server that is starting loads config.ini; a change now could be
+        // overwritten by the file it reads.
+        if self.mgmd_starting() {
+            return None;
+        }
         if let Some(m) = self.mgmd_up() {
             return Some(Some(m.name.clone()));
         }
@@ -227,8 +242,43 @@ impl<'a> Planner<'a> {
     /// The VM matches its role's machine type, storage and an allowed zone, and holds no
     /// slot reserved for an externally managed node.
     pub fn conforming(&self, vm: &Vm) -> bool {
+        self.spec_ok(vm) && !self.misplaced_replica(vm)
+    }
+
+    /// Machine type, storage and zone are allowed by the desired state.
+    pub fn spec_ok(&self, vm: &Vm) -> bool {
         let (t, st) = self.spec(vm.role);
         vm.vm_type == t && vm.storage_gib == st && self.d.availability_zones.contains(&vm.zone)
+    }
+
+    /// A replica sharing its zone with an older replica of its node group while another
+    /// zone has none: it should move so that one zone outage cannot take the group down.
+    pub fn misplaced_replica(&self, vm: &Vm) -> bool {
+        if vm.role != Role::Ndbd {
+            return false;
+        }
+        // Only replicas that stay count; the ones being replaced will leave their zone.
+        let members: Vec<&Vm> = self
+            .s
+            .vms_of(Role::Ndbd)
+            .filter(|w| w.node_group == vm.node_group && self.spec_ok(w))
+            .collect();
+        let older_same_zone = members.iter().any(|w| w.zone == vm.zone && w.seq < vm.seq);
+        older_same_zone
+            && self
+                .d
+                .availability_zones
+                .iter()
+                .any(|z| !members.iter().any(|w| &w.zone == z))
+    }
+
+    /// Another replica of the node group sits in the same zone.
+    pub fn shares_zone(&self, vm: &Vm) -> bool {
+        vm.role == Role::Ndbd
+            && self
+                .s
+                .vms_of(Role::Ndbd)
+                .any(|w| w.name != vm.name && w.node_group == vm.node_group && w.zone == vm.zone)
     }
 
     pub fn target(&self, role: Role) -> usize {

@@ -41,7 +41,8 @@ fn run(p: &mut Planner) {
             continue;
         }
         if !vm.running {
-            if p.version_gate(Role::Mgmd, &version) {
+            // It loads config.ini: not while slots change (the file would be stale).
+            if p.version_gate(Role::Mgmd, &version) && !p.slot_change_active {
                 p.propose(ActionKind::StartMgmd {
                     vm: vm.name.clone(),
                     node_id: node_ids(p, vm)[0],
@@ -67,7 +68,7 @@ fn run(p: &mut Planner) {
             let initial = !vm.has_data;
             // An empty node copies its data from a started replica of its node group; only
             // while the cluster is being created may every replica start empty.
-            if initial && p.s.rondb_has_run && p.ng_up(g) == 0 {
+            if initial && p.s.started_groups.contains(&g) && p.ng_up(g) == 0 {
                 continue;
             }
             p.propose(ActionKind::StartDataNode {
@@ -158,10 +159,9 @@ pub(super) fn may_stop(p: &Planner, vm: &Vm) -> bool {
         }
         Role::Mysqld | Role::Api => {
             let members: Vec<&Vm> = p.s.vms_of(vm.role).collect();
-            members.len() <= 1
-                || members
-                    .iter()
-                    .any(|w| w.name != vm.name && p.up(w) && !p.retiring.contains(&w.name))
+            // Counting VMs being drained too: scaling to zero stops all but one first, then
+            // the last one once the others are gone.
+            members.len() <= 1 || members.iter().any(|w| w.name != vm.name && p.up(w))
         }
         Role::Bootstrap => false,
     }

@@ -1,0 +1,165 @@
+//! A regression case: a sequence of desired states (each a JSON merge patch on the previous
+//! one, the first on `DesiredState::example()`), with the seed and faults of the world. Cases
+//! live in `tests/regressions/*.json` and are replayed by one test forever.
+
+use agent_core::desired::{self, DesiredState};
+use ndb_agent::simulation::{runtime, SimOptions, Simulation};
+use providers::FaultConfig;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One replayable scenario.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Case {
+    pub name: String,
+    #[serde(default)]
+    pub why: String,
+    #[serde(default = "one")]
+    pub seed: u64,
+    #[serde(default)]
+    pub fault_rate: f64,
+    #[serde(default)]
+    pub vm_loss_rate: f64,
+    #[serde(default)]
+    pub process_death_rate: f64,
+    #[serde(default)]
+    pub existing_backups: Vec<u64>,
+    #[serde(default = "three")]
+    pub max_attempts: u32,
+    pub steps: Vec<Step>,
+}
+
+fn one() -> u64 {
+    1
+}
+fn three() -> u32 {
+    3
+}
+
+/// Submit a desired state (patch), or lose a VM and let the cluster repair itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Step {
+    Submit {
+        desired: Value,
+        /// `AT_DESIRED_STATE` (default), `REJECTED` or `ERROR_STATE`.
+        #[serde(default)]
+        expect: Option<String>,
+        /// For `REJECTED`: a text the rejection must contain.
+        #[serde(default)]
+        rejection_contains: Option<String>,
+    },
+    LoseVm {
+        lose_vm: String,
+    },
+}
+
+fn merge(base: &mut Value, patch: &Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    b.remove(k);
+                } else {
+                    merge(b.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (b, p) => *b = p.clone(),
+    }
+}
+
+/// Runs a case; `Err` says which step failed and why, with every safety-rule violation.
+pub fn run_case(case: &Case) -> Result<(), String> {
+    let rt = runtime().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let opts = SimOptions {
+            seed: case.seed,
+            faults: FaultConfig {
+                action_failure_rate: case.fault_rate,
+                vm_loss_rate: case.vm_loss_rate,
+                process_death_rate: case.process_death_rate,
+            },
+            existing_backups: case.existing_backups.clone(),
+            max_attempts: case.max_attempts,
+            ..Default::default()
+        };
+        let mut sim = Simulation::new(&opts);
+        sim.set_verbose(std::env::var_os("REPLAY_VERBOSE").is_some());
+        let mut doc = serde_json::to_value(DesiredState::example()).map_err(|e| e.to_string())?;
+        for (i, step) in case.steps.iter().enumerate() {
+            let report = match step {
+                Step::Submit {
+                    desired,
+                    expect,
+                    rejection_contains,
+                } => {
+                    let mut next = doc.clone();
+                    merge(&mut next, desired);
+                    let d = desired::parse(next.to_string().as_bytes())
+                        .map_err(|e| format!("step {i}: desired state does not parse: {e}"))?;
+                    let report = sim.submit(d).await;
+                    let want = expect.as_deref().unwrap_or("AT_DESIRED_STATE");
+                    if report.outcome != want {
+                        return Err(format!(
+                            "step {i} (desired {}): outcome {}, expected {want}; rejection: {:?}; error: {:?}; remaining: {:?}; VMs: {}",
+                            report.desired_id, report.outcome, report.rejection, report.error, sim.remaining(), vms(&sim)
+                        ));
+                    }
+                    if let (Some(text), Some(r)) = (rejection_contains, &report.rejection) {
+                        if !r.contains(text.as_str()) {
+                            return Err(format!("step {i}: rejection {r:?} lacks {text:?}"));
+                        }
+                    }
+                    if report.outcome != "REJECTED" {
+                        doc = next;
+                    }
+                    report
+                }
+                Step::LoseVm { lose_vm } => {
+                    providers::mock::lock(&sim.world).lose_vm(lose_vm);
+                    let report = sim.repair().await;
+                    if report.outcome != "AT_DESIRED_STATE" {
+                        return Err(format!(
+                            "step {i} (lose {lose_vm}): outcome {}; error: {:?}; remaining: {:?}",
+                            report.outcome, report.error, sim.remaining()
+                        ));
+                    }
+                    report
+                }
+            };
+            if !report.invariant_violations.is_empty() {
+                return Err(format!(
+                    "step {i}: safety rules broken:\n  {}",
+                    report.invariant_violations.join("\n  ")
+                ));
+            }
+            if report.outcome == "AT_DESIRED_STATE" && !sim.remaining().is_empty() {
+                return Err(format!("step {i}: AT_DESIRED_STATE but {:?}", sim.remaining()));
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A one-line picture of the VMs, for failure messages.
+fn vms(sim: &Simulation) -> String {
+    let s = sim.state();
+    s.vms
+        .values()
+        .map(|v| {
+            let slots: Vec<u32> = s.active_slots_of(&v.name).map(|x| x.node_id).collect();
+            format!(
+                "{}[{} {} {}GiB{}{} slots {:?}]",
+                v.name,
+                v.zone,
+                v.vm_type,
+                v.storage_gib,
+                if v.running { " running" } else { "" },
+                if v.temporary { " temp" } else { "" },
+                slots
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
