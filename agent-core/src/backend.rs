@@ -129,8 +129,15 @@ pub trait ProcessRuntime: Send + Sync {
     async fn write_files(&self, vm: &str, files: &[ConfigFile]) -> Result<(), BackendError>;
     /// Starts the program; returns once it is started (a data node: `started` phase).
     async fn start_program(&self, vm: &str, spec: &ProgramSpec) -> Result<(), BackendError>;
-    /// Stops the program cleanly; stopping a stopped program succeeds.
-    async fn stop_program(&self, vm: &str, kind: ProgramKind) -> Result<(), BackendError>;
+    /// Stops the program cleanly; stopping a stopped program succeeds. `cluster_shutdown`
+    /// is set when all of RonDB stops: then the last data node of a node group may stop too
+    /// (otherwise RonDB refuses, as that would take the cluster down).
+    async fn stop_program(
+        &self,
+        vm: &str,
+        kind: ProgramKind,
+        cluster_shutdown: bool,
+    ) -> Result<(), BackendError>;
     /// The program's state now.
     async fn status(&self, vm: &str) -> Result<ProgramStatus, BackendError>;
     /// Runs `ndb_mgm -e` against the management server on `vm`; returns the data-node ids

@@ -377,11 +377,9 @@ impl Reconciler {
                 )
             }
             InstallSoftware { vm, version, .. } => {
-                let url = if version == d.rondb_version {
-                    d.rondb_download_link.clone()
-                } else {
-                    String::new()
-                };
+                // Another version than the desired one (a bridge during a downgrade) comes
+                // from the same place, with its own version in the name.
+                let url = d.rondb_download_link.replace(&d.rondb_version, &version);
                 Box::pin(async move {
                     let r = runtime.install_software(&vm, &version, &url).await;
                     (op_id, r.map(|_| Outcome::Done))
@@ -473,10 +471,12 @@ impl Reconciler {
                     initial: false,
                 },
             ),
-            StopMgmd { vm, .. } => stop(runtime, op_id, vm, ProgramKind::Mgmd),
-            StopDataNode { vm, .. } => stop(runtime, op_id, vm, ProgramKind::DataNode),
-            StopMysqld { vm } => stop(runtime, op_id, vm, ProgramKind::Mysqld),
-            StopApi { vm } => stop(runtime, op_id, vm, ProgramKind::Api),
+            StopMgmd { vm, .. } => stop(runtime, op_id, vm, ProgramKind::Mgmd, !d.rondb_running),
+            StopDataNode { vm, .. } => {
+                stop(runtime, op_id, vm, ProgramKind::DataNode, !d.rondb_running)
+            }
+            StopMysqld { vm } => stop(runtime, op_id, vm, ProgramKind::Mysqld, !d.rondb_running),
+            StopApi { vm } => stop(runtime, op_id, vm, ProgramKind::Api, !d.rondb_running),
             ActivateNode { node_id, via, .. } => {
                 mgm(runtime, op_id, via, MgmCommand::Activate { node_id })
             }
@@ -593,12 +593,16 @@ fn start(runtime: Arc<dyn ProcessRuntime>, op_id: u64, vm: String, spec: Program
     })
 }
 
-fn stop(runtime: Arc<dyn ProcessRuntime>, op_id: u64, vm: String, kind: ProgramKind) -> Running {
+fn stop(
+    runtime: Arc<dyn ProcessRuntime>,
+    op_id: u64,
+    vm: String,
+    kind: ProgramKind,
+    cluster_shutdown: bool,
+) -> Running {
     Box::pin(async move {
-        (
-            op_id,
-            runtime.stop_program(&vm, kind).await.map(|_| Outcome::Done),
-        )
+        let r = runtime.stop_program(&vm, kind, cluster_shutdown).await;
+        (op_id, r.map(|_| Outcome::Done))
     })
 }
 

@@ -131,6 +131,7 @@ impl World {
                 if let Some(v) = self.vms.get_mut(&name) {
                     v.program = None;
                 }
+                tracing::info!(vm = %name, "mock: injected death of the RonDB program");
                 self.killed_programs.push(name);
             }
         }
@@ -189,6 +190,7 @@ impl World {
     /// Makes a VM disappear, as a crashed cloud VM would.
     pub fn lose_vm(&mut self, name: &str) {
         if self.vms.remove(name).is_some() {
+            tracing::info!(vm = %name, "mock: injected loss of the VM");
             self.lost_vms.push(name.to_string());
         }
     }

@@ -30,8 +30,7 @@ fn failed(msg: String) -> BackendError {
     BackendError::Failed(msg)
 }
 
-/// Stopping the data node on `vm` would leave its node group without a started node while
-/// the cluster keeps running elsewhere (a full shutdown stops every node at once).
+/// Stopping the data node on `vm` would leave its node group without a started node.
 fn would_lose_node_group(w: &World, vm: &str) -> bool {
     let group_of = |name: &str| -> Option<u32> {
         let p = w.vms.get(name)?.program.as_ref()?;
@@ -46,12 +45,7 @@ fn would_lose_node_group(w: &World, vm: &str) -> bool {
     let Some(g) = group_of(vm) else {
         return false;
     };
-    let others_in_group = w.vms.keys().any(|n| n != vm && group_of(n) == Some(g));
-    let cluster_keeps_running = w
-        .vms
-        .keys()
-        .any(|n| group_of(n).is_some() && !w.stopping.contains(n));
-    !others_in_group && cluster_keeps_running
+    !w.vms.keys().any(|n| n != vm && group_of(n) == Some(g))
 }
 
 /// The slot is active and bound to this VM's address in the configuration RonDB uses.
@@ -194,7 +188,12 @@ impl ProcessRuntime for DummyRuntime {
         .await
     }
 
-    async fn stop_program(&self, vm: &str, _kind: ProgramKind) -> Result<(), BackendError> {
+    async fn stop_program(
+        &self,
+        vm: &str,
+        _kind: ProgramKind,
+        cluster_shutdown: bool,
+    ) -> Result<(), BackendError> {
         let cost = self.cost(|c| match _kind {
             ProgramKind::Mgmd => c.stop_mgmd,
             ProgramKind::DataNode => c.stop_data_node,
@@ -205,7 +204,7 @@ impl ProcessRuntime for DummyRuntime {
         lock(&self.world).stopping.insert(vm.clone());
         let name = vm.clone();
         let r = step(&self.world, cost, Some(&vm.clone()), move |w| {
-            if would_lose_node_group(w, &vm) {
+            if !cluster_shutdown && would_lose_node_group(w, &vm) {
                 return Err(failed(format!(
                     "RonDB refuses to stop the data node on {vm}: its node group would have no started node"
                 )));

@@ -471,7 +471,37 @@ const TRANSITION_RULES: &[(&str, Transition, Transition, &str)] = &[
             vm_type_ndbds: VmType::Large,
             ..o.clone()
         },
-        "VmTypeNdbds/StorageGiBPerNdbdVm",
+        "VmTypeNdbds/StorageGiBPerNdbdVm/AvailabilityZones",
+    ),
+    (
+        "zone removal moves data nodes, so needs RonDB running",
+        |o| DesiredState {
+            id: o.id + 1,
+            availability_zones: vec!["zone-a".into(), "zone-b".into()],
+            ..o.clone()
+        },
+        |o| DesiredState {
+            id: o.id + 1,
+            rondb_running: false,
+            availability_zones: vec!["zone-a".into(), "zone-b".into()],
+            ..o.clone()
+        },
+        "VmTypeNdbds/StorageGiBPerNdbdVm/AvailabilityZones",
+    ),
+    (
+        "data-node VM change with one replica needs a temporary replica",
+        |o| DesiredState {
+            id: o.id + 1,
+            storage_gib_per_ndbd_vm: 40,
+            ..o.clone()
+        },
+        |o| DesiredState {
+            id: o.id + 1,
+            allow_requesting_temporary_vms: false,
+            storage_gib_per_ndbd_vm: 40,
+            ..o.clone()
+        },
+        "VmTypeNdbds/StorageGiBPerNdbdVm/AvailabilityZones",
     ),
 ];
 

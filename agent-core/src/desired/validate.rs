@@ -443,7 +443,9 @@ pub fn validate_transition(
             "may be set or changed only while RonDB has never run in this cluster",
         ));
     }
-    let stays_single = old.active_replication_factor == 1 && new.active_replication_factor == 1;
+    // With one replica in the result, a restart needs a temporary peer: a replica the change
+    // removes (or one lost meanwhile) cannot be relied on. Reduce replicas in a later step.
+    let stays_single = new.active_replication_factor == 1;
     let serving = old.rondb_running && new.rondb_running;
     let can_surge = new.allow_requesting_temporary_vms && new.max_replication_factor >= 2;
     if stays_single && serving && !can_surge {
@@ -466,7 +468,11 @@ pub fn validate_transition(
         }
     }
     // Data-node VMs are replaced while RonDB runs, whether or not it ran before.
-    if stays_single && new.rondb_running && !can_surge && ndbd_vms_replaced(old, new) {
+    if new.active_replication_factor == 1
+        && new.rondb_running
+        && !can_surge
+        && ndbd_vms_replaced(old, new)
+    {
         let why = "with ActiveReplicationFactor 1 this is only possible with a temporary replica VM per node group (the new VM copies its data from a live replica): set AllowRequestingTemporaryVms to true and MaxReplicationFactor >= 2, or raise ActiveReplicationFactor first";
         out.push(ndbd_replacement(
             old,

@@ -53,6 +53,13 @@ pub enum Event {
 impl ClusterState {
     /// Applies one event. Never fails: events were checked before they were logged.
     pub fn apply(&mut self, event: &Event) {
+        self.apply_inner(event);
+        if self.vms.values().any(|v| v.temporary) {
+            self.settle_all_temporary_flags();
+        }
+    }
+
+    fn apply_inner(&mut self, event: &Event) {
         match event {
             Event::Accepted(d) => {
                 if self.slots.is_empty() {
@@ -324,6 +331,18 @@ impl ClusterState {
                     }
                 }
             }
+        }
+    }
+
+    fn settle_all_temporary_flags(&mut self) {
+        let groups: BTreeSet<(Role, Option<u32>)> = self
+            .vms
+            .values()
+            .filter(|v| v.temporary)
+            .map(|v| (v.role, v.node_group))
+            .collect();
+        for (role, ng) in groups {
+            self.settle_temporary_flags(role, ng);
         }
     }
 

@@ -45,15 +45,14 @@ fn stateless_role(p: &mut Planner, role: Role) {
         .collect();
     if members.len() > target {
         let excess = members.len() - target;
-        let staying_ready = !nonconf.is_empty() && {
-            // A surge replacement: drain the old VM once the new ones serve.
-            members
-                .iter()
-                .filter(|v| p.conforming(v))
-                .all(|v| !p.want_running() || v.running)
-        };
+        let chosen: Vec<&Vm> = ranked(p, &members).into_iter().take(excess).collect();
+        // A surge replacement drains the old VM only once the VMs that stay serve.
+        let staying_ready = members
+            .iter()
+            .filter(|v| !chosen.iter().any(|c| c.name == v.name))
+            .all(|v| !p.want_running() || v.running);
         if nonconf.is_empty() || staying_ready {
-            victims = ranked(p, &members).into_iter().take(excess).collect();
+            victims = chosen;
         }
     } else if !nonconf.is_empty() {
         // Surge (a new VM first) when allowed and there are slots for it; else drain first.
@@ -132,7 +131,7 @@ fn node_group(p: &mut Planner, g: u32) {
     }
 }
 
-/// Slots of a role that no VM holds: room for one more VM.
+/// Slots of a role that no VM holds nor still needs: room for one more VM.
 fn free_slots(p: &Planner, role: Role) -> usize {
     let free =
         p.s.slots
@@ -149,15 +148,15 @@ fn free_slots(p: &Planner, role: Role) -> usize {
     free.saturating_sub(still_needed)
 }
 
-/// Retirement order: VMs that do not match the desired machine, then ones without an active
-/// slot, then temporary ones, then stopped ones, then the newest.
+/// Retirement order: VMs that do not match the desired machine, then replicas sharing a zone,
+/// then ones without an active slot, then temporary ones, then stopped ones, then the newest.
 fn ranked<'a>(p: &Planner, vms: &[&'a Vm]) -> Vec<&'a Vm> {
     let mut out = vms.to_vec();
     out.sort_by_key(|v| {
         (
             p.conforming(v),
-            p.holds_active_slot(v),
             !p.shares_zone(v),
+            p.holds_active_slot(v),
             !v.temporary,
             v.running,
             Reverse(v.seq),

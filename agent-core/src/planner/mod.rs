@@ -347,6 +347,25 @@ impl<'a> Planner<'a> {
         })
     }
 
+    /// The version a stopped management server starts with: the desired one, unless the
+    /// upgrade order forbids it (a downgrade whose data nodes still run the newer version)
+    /// and no management server runs at all; then the newest version still running, so the
+    /// data nodes can be downgraded through it.
+    pub fn mgmd_start_version(&self) -> String {
+        let v = self.version();
+        if self.version_gate(Role::Mgmd, v) || self.mgmd_up().is_some() {
+            return v.to_string();
+        }
+        self.s
+            .vms
+            .values()
+            .filter(|w| w.running && w.role != Role::Mgmd)
+            .filter_map(|w| w.version.as_deref())
+            .max_by_key(|x| RonDbVersion::parse(x))
+            .unwrap_or(v)
+            .to_string()
+    }
+
     /// Restart order for a rolling restart: every active program of an earlier phase was
     /// already restarted for the desired clock.
     pub fn clock_gate(&self, role: Role) -> bool {

@@ -15,10 +15,15 @@ pub(super) fn plan(p: &mut Planner) {
 
 /// The VM is ready to run its program: software installed, slots bound, files current.
 fn ready(p: &mut Planner, vm: &Vm) -> bool {
+    let v = p.version().to_string();
+    ready_for(p, vm, &v)
+}
+
+fn ready_for(p: &mut Planner, vm: &Vm, version: &str) -> bool {
     if p.retiring.contains(&vm.name) || p.is_locked_vm(&vm.name) {
         return false;
     }
-    if !vm.installed.contains(p.version()) {
+    if !vm.installed.contains(version) {
         return false;
     }
     let held = p.s.active_slots_of(&vm.name).count();
@@ -36,17 +41,18 @@ fn run(p: &mut Planner) {
     let version = p.version().to_string();
     let clock = p.d.rondb_running_since;
     let mgmds: Vec<&Vm> = p.s.vms_of(Role::Mgmd).collect();
+    let mgmd_version = p.mgmd_start_version();
     for vm in mgmds {
-        if !ready(p, vm) {
+        if !ready_for(p, vm, &mgmd_version) {
             continue;
         }
         if !vm.running {
             // It loads config.ini: not while slots change (the file would be stale).
-            if p.version_gate(Role::Mgmd, &version) && !p.slot_change_active {
+            if p.version_gate(Role::Mgmd, &mgmd_version) && !p.slot_change_active {
                 p.propose(ActionKind::StartMgmd {
                     vm: vm.name.clone(),
                     node_id: node_ids(p, vm)[0],
-                    version: version.clone(),
+                    version: mgmd_version.clone(),
                     initial: !vm.mgmd_initialized,
                     clock,
                 });
@@ -141,7 +147,15 @@ pub(super) fn may_stop(p: &Planner, vm: &Vm) -> bool {
                 .active_members(g)
                 .filter(|w| w.name != vm.name && p.up(w))
                 .count();
-            others_up >= 1 && p.mgmd_up().is_some_and(|m| m.name != vm.name) && !p.backup_active
+            // One replica per node group at a time: every other replica is started.
+            let others_all_up = p
+                .active_members(g)
+                .filter(|w| w.name != vm.name)
+                .all(|w| p.up(w));
+            others_up >= 1
+                && others_all_up
+                && p.mgmd_up().is_some_and(|m| m.name != vm.name)
+                && !p.backup_active
         }
         Role::Mgmd => {
             let mgmd_disrupted = p.s.vms_of(Role::Mgmd).any(|m| p.is_disrupted(&m.name));

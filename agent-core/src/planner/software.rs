@@ -7,12 +7,25 @@ use crate::model::{Role, Vm};
 
 pub(super) fn plan(p: &mut Planner) {
     let version = p.version().to_string();
+    let bridge = p.mgmd_start_version();
     let vms: Vec<&Vm> = p.s.vms.values().collect();
     for vm in &vms {
         if vm.role == Role::Bootstrap || p.retiring.contains(&vm.name) {
             continue;
         }
-        if !vm.installed.contains(&version) {
+        // A stopped management server may first need the version the data nodes still run.
+        let wanted = if vm.role == Role::Mgmd && !vm.running && bridge != version {
+            &bridge
+        } else {
+            &version
+        };
+        if !vm.installed.contains(wanted) {
+            p.propose(ActionKind::InstallSoftware {
+                vm: vm.name.clone(),
+                role: vm.role,
+                version: wanted.clone(),
+            });
+        } else if !vm.installed.contains(&version) {
             p.propose(ActionKind::InstallSoftware {
                 vm: vm.name.clone(),
                 role: vm.role,
