@@ -38,12 +38,23 @@ impl InvariantChecker {
         if let Event::Accepted(_) = ev {
             self.baseline = counts(s);
         }
+        let mut held: BTreeMap<&str, Vec<&crate::model::Slot>> = BTreeMap::new();
+        for x in s.slots.values().filter(|x| x.active && !x.external) {
+            if let Some(h) = &x.host {
+                held.entry(h.as_str()).or_default().push(x);
+            }
+        }
+        let holds = |vm: &str| held.get(vm).is_some_and(|v| !v.is_empty());
         // Rule 1: a serving cluster keeps a started data node in every node group.
-        let ng_up = |g: u32| {
-            s.vms_of(Role::Ndbd).any(|v| {
-                v.node_group == Some(g) && v.running && s.active_slots_of(&v.name).next().is_some()
-            })
-        };
+        let mut up_groups = std::collections::BTreeSet::new();
+        for v in s.vms_of(Role::Ndbd) {
+            if v.running && holds(&v.name) {
+                if let Some(g) = v.node_group {
+                    up_groups.insert(g);
+                }
+            }
+        }
+        let ng_up = |g: u32| up_groups.contains(&g);
         let serving = (0..d.num_node_groups).all(ng_up);
         if !d.rondb_running {
             self.was_serving = false;
@@ -69,7 +80,7 @@ impl InvariantChecker {
                     &v.name != vm
                         && v.node_group == Some(*node_group)
                         && v.running
-                        && s.active_slots_of(&v.name).next().is_some()
+                        && holds(&v.name)
                 });
                 if s.started_groups.contains(node_group) && !peer {
                     bad.push(format!(
@@ -121,7 +132,8 @@ impl InvariantChecker {
         }
         // Rule 5: node ids in range, each data-node VM holds at most one slot of its group.
         for v in s.vms.values() {
-            let held: Vec<_> = s.active_slots_of(&v.name).collect();
+            let held: Vec<&crate::model::Slot> =
+                held.get(v.name.as_str()).cloned().unwrap_or_default();
             let max = match v.role {
                 Role::Mysqld => d.num_mysqld_slots_per_vm as usize,
                 Role::Api => d.num_api_slots_per_vm as usize,

@@ -2,6 +2,8 @@
 //! every safety rule checked after every event. Goal: >= 1,000/s.
 //! `cargo bench -p integration-tests --bench generative_throughput` (BENCH_CASES=N).
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a panic is the failure report
+
 use integration_tests::generator::{case_for, STEPS_PER_CASE};
 use integration_tests::run_case;
 use std::time::Instant;

@@ -1,6 +1,8 @@
 //! One planner call on the largest cluster (48 node groups x 3 replicas, 100 MySQLds).
 //! Goal: < 5 ms. `cargo bench -p integration-tests --bench planner`
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a panic is the failure report
+
 use agent_core::desired::DesiredState;
 use agent_core::plan;
 use criterion::{criterion_group, criterion_main, Criterion};

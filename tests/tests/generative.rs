@@ -2,8 +2,10 @@
 //! with and without transient faults and VM loss. After every event the safety rules hold;
 //! after every desired state the outcome is `AT_DESIRED_STATE` and the cluster matches it.
 //!
-//! CI runs at least 2,000 transitions; `GENERATIVE_TRANSITIONS=N` raises it. A failing case
+//! CI runs 4,000 transitions (at least 2,000 are required); `GENERATIVE_TRANSITIONS=N` raises it. A failing case
 //! is written to `tests/regressions/new/` (move it to `tests/regressions/` to keep it).
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a panic is the failure report
 
 use integration_tests::generator::{case_for, STEPS_PER_CASE};
 use integration_tests::{run_case, Case};
@@ -13,7 +15,7 @@ fn transitions() -> usize {
     std::env::var("GENERATIVE_TRANSITIONS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000)
+        .unwrap_or(4_000)
 }
 
 fn save(case: &Case) -> String {

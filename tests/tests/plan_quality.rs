@@ -2,6 +2,8 @@
 //! waves (node groups in parallel), and its simulated makespan is within 10% of the critical
 //! path of the cost model.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a panic is the failure report
+
 use agent_core::cost::CostModel;
 use agent_core::desired::DesiredState;
 use ndb_agent::simulation::{runtime, SimOptions, Simulation, StepReport};

@@ -1,6 +1,8 @@
 //! Replays every case of the regression corpus (`tests/regressions/*.json`): hand-written
 //! hard cases and failures the generative tests found. New bugs become new files.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a panic is the failure report
+
 use integration_tests::{run_case, Case};
 
 #[test]

@@ -5,7 +5,7 @@ use super::{ClusterState, Role, Vm};
 use crate::desired::DesiredState;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 
 /// A file the runtime writes on a VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,21 +114,42 @@ pub fn files_for(d: &DesiredState, s: &ClusterState, vm: &Vm, config_ini: &str) 
     }
 }
 
-/// A stable fingerprint of files, so the planner can tell whether a VM's files are current.
-pub fn config_hash(files: &[ConfigFile]) -> u64 {
-    // FNV-1a: stable across processes and Rust versions (the hash is stored in the state).
+/// A fingerprint of what a VM's files are made of (the same inputs the renderers use), so
+/// the planner can tell whether a VM's files are current without rendering them.
+pub fn config_fingerprint(d: &DesiredState, s: &ClusterState, vm: &Vm) -> u64 {
     let mut h = Fnv(0xcbf2_9ce4_8422_2325);
-    files.hash(&mut h);
-    h.finish()
-}
-
-impl Hash for ConfigFile {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write(self.path.as_bytes());
-        state.write_u8(0);
-        state.write(self.content.as_bytes());
-        state.write_u8(0);
+    h.write(vm.role.as_str().as_bytes());
+    h.write_u32(d.default_mgmd_port);
+    let addr = |host: &Option<String>, external: bool| -> String {
+        host_of(s, host, external).unwrap_or_default()
+    };
+    match vm.role {
+        Role::Mgmd => {
+            h.write_u32(d.max_replication_factor);
+            h.write(d.total_memory_config.as_bytes());
+            h.write_u32(d.default_ndbd_port);
+            for x in s.slots.values() {
+                h.write_u32(x.node_id);
+                h.write_u8(u8::from(x.active));
+                h.write(addr(&x.host, x.external).as_bytes());
+                h.write_u8(0);
+            }
+        }
+        Role::Mysqld | Role::Api => {
+            h.write_u32(d.default_mysqld_port);
+            for m in s.mgmd_addresses(d.default_mgmd_port) {
+                h.write(m.as_bytes());
+                h.write_u8(0);
+            }
+            for x in s.slots.values() {
+                if x.kind == vm.role && !x.external && x.host.as_deref() == Some(vm.name.as_str()) {
+                    h.write_u32(x.node_id);
+                }
+            }
+        }
+        Role::Ndbd | Role::Bootstrap => {}
     }
+    h.finish()
 }
 
 struct Fnv(u64);
@@ -137,8 +158,16 @@ impl Hasher for Fnv {
     fn finish(&self) -> u64 {
         self.0
     }
+    // FNV-1a over 8-byte words: the planner hashes every VM's files each round.
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.0 ^= u64::from_le_bytes(w);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+        for b in chunks.remainder() {
             self.0 ^= u64::from(*b);
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }

@@ -6,7 +6,7 @@ mod events;
 mod layout;
 
 pub use config::{
-    config_hash, files_for, render_api_cnf, render_config_ini, render_my_cnf, ConfigFile,
+    config_fingerprint, files_for, render_api_cnf, render_config_ini, render_my_cnf, ConfigFile,
     RONDB_HOME,
 };
 pub use events::{Event, Outcome};

@@ -76,7 +76,7 @@ fn restore(p: &mut Planner) {
             .values()
             .filter(|v| matches!(v.role, Role::Mysqld | Role::Api) && !v.running)
             .filter(|v| !p.retiring.contains(&v.name))
-            .filter_map(|v| p.s.active_slots_of(&v.name).next().map(|s| (v, s.node_id)))
+            .filter_map(|v| p.held(&v.name).first().map(|n| (v, *n)))
             .collect();
     let in_flight: BTreeSet<Option<u32>> =
         p.s.in_flight

@@ -3,7 +3,7 @@
 //! reconciliation is stuck and the text says why.
 
 use crate::desired::DesiredState;
-use crate::model::{config_hash, files_for, render_config_ini, ClusterState, Role};
+use crate::model::{config_fingerprint, ClusterState, Role};
 use std::collections::BTreeSet;
 
 pub fn diff(d: &DesiredState, s: &ClusterState) -> Vec<String> {
@@ -72,7 +72,6 @@ pub fn diff(d: &DesiredState, s: &ClusterState) -> Vec<String> {
             out.push(format!("slot {}: active without a VM", x.node_id));
         }
     }
-    let ini = render_config_ini(d, s);
     for v in s.vms.values() {
         let (t, st) = match v.role {
             Role::Mgmd => (d.vm_type_mgmds, d.storage_gib_per_mgmd_vm),
@@ -96,7 +95,7 @@ pub fn diff(d: &DesiredState, s: &ClusterState) -> Vec<String> {
             ));
         }
         if matches!(v.role, Role::Mgmd | Role::Mysqld | Role::Api)
-            && v.config_hash != Some(config_hash(&files_for(d, s, v, &ini)))
+            && v.config_hash != Some(config_fingerprint(d, s, v))
         {
             out.push(format!("{}: configuration files out of date", v.name));
         }

@@ -143,13 +143,14 @@ fn free_slots(p: &Planner, role: Role) -> usize {
     let k = p.slots_per_vm(role);
     let still_needed: usize =
         p.s.vms_of(role)
-            .map(|v| k.saturating_sub(p.s.active_slots_of(&v.name).count()))
+            .map(|v| k.saturating_sub(p.held(&v.name).len()))
             .sum();
     free.saturating_sub(still_needed)
 }
 
 /// Retirement order: VMs that do not match the desired machine, then replicas sharing a zone,
-/// then ones without an active slot, then temporary ones, then stopped ones, then the newest.
+/// then ones without an active slot, then ones holding no data, then temporary ones, then
+/// stopped ones, then the newest.
 fn ranked<'a>(p: &Planner, vms: &[&'a Vm]) -> Vec<&'a Vm> {
     let mut out = vms.to_vec();
     out.sort_by_key(|v| {
@@ -157,6 +158,7 @@ fn ranked<'a>(p: &Planner, vms: &[&'a Vm]) -> Vec<&'a Vm> {
             p.conforming(v),
             !p.shares_zone(v),
             p.holds_active_slot(v),
+            v.has_data,
             !v.temporary,
             v.running,
             Reverse(v.seq),
@@ -233,7 +235,7 @@ fn retire_step(p: &mut Planner, vm: &Vm) {
     }
     match vm.role {
         Role::Ndbd => {
-            let slot = p.s.active_slots_of(&vm.name).next().map(|s| s.node_id);
+            let slot = p.held(&vm.name).first().copied();
             if let Some(node_id) = slot {
                 let g = vm.node_group.unwrap_or(0);
                 // DEACTIVATE stops the node: another started replica must remain.
@@ -242,7 +244,9 @@ fn retire_step(p: &mut Planner, vm: &Vm) {
                     .filter(|w| w.name != vm.name && p.up(w))
                     .count();
                 // Never release the last copy of a node group's data.
-                let others_hold_data = p.active_members(g).any(|w| w.name != vm.name && w.has_data);
+                let others_hold_data = p
+                    .active_members(g)
+                    .any(|w| w.name != vm.name && w.has_data && !p.is_disrupted(&w.name));
                 let allowed = if p.want_running() {
                     !vm.has_data || (others_up >= 1 && !p.backup_active && p.mgmd_up().is_some())
                 } else {
@@ -273,7 +277,7 @@ fn retire_step(p: &mut Planner, vm: &Vm) {
                 }
                 return;
             }
-            let slots: Vec<u32> = p.s.active_slots_of(&vm.name).map(|s| s.node_id).collect();
+            let slots: Vec<u32> = p.held(&vm.name).to_vec();
             if slots.is_empty() {
                 p.propose(ActionKind::DeleteVm {
                     vm: vm.name.clone(),

@@ -20,7 +20,7 @@ pub use diff::diff;
 
 use crate::actions::{ActionKind, Subject};
 use crate::desired::{DesiredState, RonDbVersion, VmType};
-use crate::model::{config_hash, files_for, render_config_ini, ClusterState, Role, Vm};
+use crate::model::{config_fingerprint, ClusterState, Role, Vm};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Every action that is safe to start now, given the actions already in flight.
@@ -42,6 +42,7 @@ pub(crate) struct Planner<'a> {
     pub s: &'a ClusterState,
     pub proposals: Vec<ActionKind>,
     locked: BTreeSet<Subject>,
+    locked_vms: BTreeSet<String>,
     /// VMs whose RonDB program is stopping, starting or being removed (in flight or proposed).
     disrupted: BTreeSet<String>,
     /// VMs the machines planner is draining for deletion this round.
@@ -51,7 +52,9 @@ pub(crate) struct Planner<'a> {
     next_seq: u64,
     pub backup_active: bool,
     pub slot_change_active: bool,
-    config_ini: Option<String>,
+    config_hashes: BTreeMap<String, u64>,
+    /// Active slots per VM, computed once per round (the hot path of every budget check).
+    held: BTreeMap<String, Vec<u32>>,
 }
 
 impl<'a> Planner<'a> {
@@ -61,14 +64,21 @@ impl<'a> Planner<'a> {
             s,
             proposals: Vec::new(),
             locked: BTreeSet::new(),
+            locked_vms: BTreeSet::new(),
             disrupted: BTreeSet::new(),
             retiring: BTreeSet::new(),
             creating: BTreeMap::new(),
             next_seq: s.next_vm_seq,
             backup_active: false,
             slot_change_active: false,
-            config_ini: None,
+            config_hashes: BTreeMap::new(),
+            held: BTreeMap::new(),
         };
+        for slot in s.slots.values().filter(|x| x.active && !x.external) {
+            if let Some(h) = &slot.host {
+                p.held.entry(h.clone()).or_default().push(slot.node_id);
+            }
+        }
         for a in s.in_flight.values() {
             p.note(&a.kind);
         }
@@ -77,6 +87,9 @@ impl<'a> Planner<'a> {
 
     fn note(&mut self, k: &ActionKind) {
         for sub in k.subjects() {
+            if let Subject::Vm(v) = &sub {
+                self.locked_vms.insert(v.clone());
+            }
             self.locked.insert(sub);
         }
         use ActionKind::*;
@@ -122,7 +135,7 @@ impl<'a> Planner<'a> {
     }
 
     pub fn is_locked_vm(&self, vm: &str) -> bool {
-        self.locked.contains(&Subject::Vm(vm.to_string()))
+        self.locked_vms.contains(vm)
     }
 
     /// A slot is being bound to or activated on this VM.
@@ -167,7 +180,12 @@ impl<'a> Planner<'a> {
 
     /// Holds an active slot of its node group (data nodes) or any active slot (others).
     pub fn holds_active_slot(&self, vm: &Vm) -> bool {
-        self.s.active_slots_of(&vm.name).next().is_some()
+        !self.held(&vm.name).is_empty()
+    }
+
+    /// Node ids of the active slots bound to a VM.
+    pub fn held(&self, vm: &str) -> &[u32] {
+        self.held.get(vm).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// Data-node VMs of a node group that hold an active slot.
@@ -176,7 +194,7 @@ impl<'a> Planner<'a> {
         s.vms
             .values()
             .filter(move |v| v.role == Role::Ndbd && v.node_group == Some(ng))
-            .filter(move |v| s.active_slots_of(&v.name).next().is_some())
+            .filter(move |v| self.holds_active_slot(v))
     }
 
     pub fn ng_up(&self, ng: u32) -> usize {
@@ -311,11 +329,18 @@ impl<'a> Planner<'a> {
     }
 
     pub fn wanted_config_hash(&mut self, vm: &Vm) -> u64 {
-        if self.config_ini.is_none() {
-            self.config_ini = Some(render_config_ini(self.d, self.s));
+        // Every management server gets the same config.ini: fingerprint it once per round.
+        let key = if vm.role == Role::Mgmd {
+            ""
+        } else {
+            vm.name.as_str()
+        };
+        if let Some(h) = self.config_hashes.get(key) {
+            return *h;
         }
-        let ini = self.config_ini.as_deref().unwrap_or_default();
-        config_hash(&files_for(self.d, self.s, vm, ini))
+        let h = config_fingerprint(self.d, self.s, vm);
+        self.config_hashes.insert(key.to_string(), h);
+        h
     }
 
     pub fn version(&self) -> &'a str {
@@ -329,13 +354,16 @@ impl<'a> Planner<'a> {
             && vm.clock >= self.d.rondb_running_since
     }
 
-    /// Upgrade order: every running program of an earlier phase runs a version at least
-    /// `version`, every one of a later phase at most `version`.
+    /// Upgrade order: every running (or restarting) program of an earlier phase runs a
+    /// version at least `version`, every one of a later phase at most `version`.
     pub fn version_gate(&self, role: Role, version: &str) -> bool {
         let Some(want) = RonDbVersion::parse(version) else {
             return true;
         };
-        self.s.vms.values().filter(|w| w.running).all(|w| {
+        // Programs being restarted count with the version they had: MySQLds wait until the
+        // last data node is back on the new version.
+        let counted = |w: &&Vm| w.running || self.disrupted.contains(&w.name);
+        self.s.vms.values().filter(counted).all(|w| {
             let Some(have) = w.version.as_deref().and_then(RonDbVersion::parse) else {
                 return true;
             };

@@ -26,7 +26,7 @@ fn ready_for(p: &mut Planner, vm: &Vm, version: &str) -> bool {
     if !vm.installed.contains(version) {
         return false;
     }
-    let held = p.s.active_slots_of(&vm.name).count();
+    let held = p.held(&vm.name).len();
     if held == 0 || held < p.slots_per_vm(vm.role) {
         return false;
     }
@@ -34,7 +34,7 @@ fn ready_for(p: &mut Planner, vm: &Vm, version: &str) -> bool {
 }
 
 fn node_ids(p: &Planner, vm: &Vm) -> Vec<u32> {
-    p.s.active_slots_of(&vm.name).map(|s| s.node_id).collect()
+    p.held(&vm.name).to_vec()
 }
 
 fn run(p: &mut Planner) {
@@ -183,7 +183,7 @@ pub(super) fn may_stop(p: &Planner, vm: &Vm) -> bool {
 
 pub(super) fn stop(p: &mut Planner, vm: &Vm) {
     let name = vm.name.clone();
-    let node_id = p.s.active_slots_of(&vm.name).next().map(|s| s.node_id);
+    let node_id = p.held(&vm.name).first().copied();
     p.propose(match vm.role {
         Role::Mgmd => ActionKind::StopMgmd {
             vm: name,

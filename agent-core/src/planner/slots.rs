@@ -16,7 +16,7 @@ pub(super) fn plan(p: &mut Planner) {
             if p.retiring.contains(&vm.name) || p.is_locked_vm(&vm.name) {
                 continue;
             }
-            let held = p.s.active_slots_of(&vm.name).count();
+            let held = p.held(&vm.name).len();
             if held >= k {
                 continue;
             }
