@@ -371,18 +371,13 @@ impl Reconciler {
                     )
                 })
             }
-            DeleteVm { vm, .. } => {
-                Box::pin(
-                    async move { (op_id, provider.delete_vm(&vm).await.map(|_| Outcome::Done)) },
-                )
-            }
+            DeleteVm { vm, .. } => done(op_id, async move { provider.delete_vm(&vm).await }),
             InstallSoftware { vm, version, .. } => {
                 // Another version than the desired one (a bridge during a downgrade) comes
                 // from the same place, with its own version in the name.
                 let url = d.rondb_download_link.replace(&d.rondb_version, &version);
-                Box::pin(async move {
-                    let r = runtime.install_software(&vm, &version, &url).await;
-                    (op_id, r.map(|_| Outcome::Done))
+                done(op_id, async move {
+                    runtime.install_software(&vm, &version, &url).await
                 })
             }
             WriteConfig { vm, .. } => {
@@ -391,15 +386,7 @@ impl Reconciler {
                     .get(&vm)
                     .map(|v| files_for(d, s, v, &render_config_ini(d, s)))
                     .unwrap_or_default();
-                Box::pin(async move {
-                    (
-                        op_id,
-                        runtime
-                            .write_files(&vm, &files)
-                            .await
-                            .map(|_| Outcome::Done),
-                    )
-                })
+                done(op_id, async move { runtime.write_files(&vm, &files).await })
             }
             StartMgmd {
                 vm,
@@ -508,15 +495,10 @@ impl Reconciler {
                         sink_type: crate::desired::SinkType::Local,
                         sink_parameters: Default::default(),
                     });
-                Box::pin(async move {
-                    (
-                        op_id,
-                        runtime
-                            .delete_backup(&via, &spec)
-                            .await
-                            .map(|_| Outcome::Done),
-                    )
-                })
+                done(
+                    op_id,
+                    async move { runtime.delete_backup(&via, &spec).await },
+                )
             }
             RestoreBackup {
                 backup_id,
@@ -564,17 +546,11 @@ impl Reconciler {
                     )
                 })
             }
-            RestartAgent { vm, .. } => Box::pin(async move {
-                (
-                    op_id,
-                    runtime.restart_agent(&vm).await.map(|_| Outcome::Done),
-                )
-            }),
+            RestartAgent { vm, .. } => done(op_id, async move { runtime.restart_agent(&vm).await }),
             UpgradeAgent { vm, version, .. } => {
                 let url = d.ndb_agent_download_link.clone();
-                Box::pin(async move {
-                    let r = runtime.upgrade_agent(&vm, &version, &url).await;
-                    (op_id, r.map(|_| Outcome::Done))
+                done(op_id, async move {
+                    runtime.upgrade_agent(&vm, &version, &url).await
                 })
             }
         }
@@ -582,15 +558,10 @@ impl Reconciler {
 }
 
 fn start(runtime: Arc<dyn ProcessRuntime>, op_id: u64, vm: String, spec: ProgramSpec) -> Running {
-    Box::pin(async move {
-        (
-            op_id,
-            runtime
-                .start_program(&vm, &spec)
-                .await
-                .map(|_| Outcome::Done),
-        )
-    })
+    done(
+        op_id,
+        async move { runtime.start_program(&vm, &spec).await },
+    )
 }
 
 fn stop(
@@ -600,9 +571,8 @@ fn stop(
     kind: ProgramKind,
     cluster_shutdown: bool,
 ) -> Running {
-    Box::pin(async move {
-        let r = runtime.stop_program(&vm, kind, cluster_shutdown).await;
-        (op_id, r.map(|_| Outcome::Done))
+    done(op_id, async move {
+        runtime.stop_program(&vm, kind, cluster_shutdown).await
     })
 }
 
@@ -614,11 +584,18 @@ fn mgm(
     via: Option<String>,
     cmd: MgmCommand,
 ) -> Running {
-    Box::pin(async move {
-        let r = match via {
-            Some(m) => runtime.mgm_command(&m, &cmd).await.map(|_| Outcome::Done),
-            None => Ok(Outcome::Done),
-        };
-        (op_id, r)
+    done(op_id, async move {
+        match via {
+            Some(m) => runtime.mgm_command(&m, &cmd).await.map(|_| ()),
+            None => Ok(()),
+        }
     })
+}
+
+/// An action whose only result is success or failure.
+fn done<F>(op_id: u64, f: F) -> Running
+where
+    F: Future<Output = Result<(), BackendError>> + Send + 'static,
+{
+    Box::pin(async move { (op_id, f.await.map(|_| Outcome::Done)) })
 }

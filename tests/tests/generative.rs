@@ -40,8 +40,7 @@ fn check(seed: u64, faults: bool) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-#[test]
-fn random_transitions_without_faults_reach_every_desired_state() {
+fn run(faults: bool) {
     let cases = (transitions() / 2).div_ceil(STEPS_PER_CASE) as u32;
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases,
@@ -49,23 +48,17 @@ fn random_transitions_without_faults_reach_every_desired_state() {
         max_shrink_iters: 0,
         ..ProptestConfig::default()
     });
-    let result = runner.run(&any::<u64>(), |seed| check(seed, false));
-    if let Err(e) = result {
+    if let Err(e) = runner.run(&any::<u64>(), |seed| check(seed, faults)) {
         panic!("{e}");
     }
 }
 
 #[test]
+fn random_transitions_without_faults_reach_every_desired_state() {
+    run(false);
+}
+
+#[test]
 fn random_transitions_with_faults_and_vm_loss_reach_every_desired_state() {
-    let cases = (transitions() / 2).div_ceil(STEPS_PER_CASE) as u32;
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases,
-        failure_persistence: None,
-        max_shrink_iters: 0,
-        ..ProptestConfig::default()
-    });
-    let result = runner.run(&any::<u64>(), |seed| check(seed, true));
-    if let Err(e) = result {
-        panic!("{e}");
-    }
+    run(true);
 }
