@@ -241,7 +241,10 @@ impl<'a> Planner<'a> {
         if let Some(m) = self.mgmd_up() {
             return Some(Some(m.name.clone()));
         }
-        if !self.any_data_node_running() || kind == Role::Mgmd {
+        // Into config.ini only while no management server holds a live configuration (one
+        // that is stopping could fail to stop and keep the old one).
+        let mgmd_running = self.s.vms_of(Role::Mgmd).any(|m| m.running);
+        if !mgmd_running && (!self.any_data_node_running() || kind == Role::Mgmd) {
             return Some(None);
         }
         None
