@@ -137,8 +137,20 @@ impl EventHook for SharedRecorder {
                     });
                 }
             }
-            Event::Observed { .. } if r.verbose => {
-                println!("[{t:>7.1}s] observed drift (lost VM or dead program); repairing");
+            Event::Observed { vms, programs } if r.verbose => {
+                let lost: Vec<&String> = state
+                    .vms
+                    .keys()
+                    .filter(|n| !vms.iter().any(|v| &&v.name == n))
+                    .collect();
+                let stopped: Vec<&String> = programs
+                    .iter()
+                    .filter(|(_, p)| !p.running)
+                    .map(|(n, _)| n)
+                    .collect();
+                println!(
+                    "[{t:>7.1}s] observed drift; lost VMs {lost:?}; programs not running {stopped:?}; repairing"
+                );
             }
             _ => {}
         }

@@ -38,6 +38,15 @@ impl InvariantChecker {
         if let Event::Accepted(_) = ev {
             self.baseline = counts(s);
         }
+        // Only these events change VMs, slots or programs; the others cannot break a rule
+        // (a started action is checked for rule 2 alone).
+        let changes_world = matches!(
+            ev,
+            Event::Accepted(_) | Event::ActionSucceeded { .. } | Event::Observed { .. }
+        );
+        if !changes_world && !matches!(ev, Event::ActionStarted(_)) {
+            return;
+        }
         let mut held: BTreeMap<&str, Vec<&crate::model::Slot>> = BTreeMap::new();
         for x in s.slots.values().filter(|x| x.active && !x.external) {
             if let Some(h) = &x.host {
@@ -88,6 +97,12 @@ impl InvariantChecker {
                     ));
                 }
             }
+        }
+        if !changes_world {
+            for b in bad {
+                self.violations.push(format!("after {}: {b}", describe(ev)));
+            }
+            return;
         }
         // Rule 3: versions never increase along management -> data -> MySQLd/API.
         let mut lo: BTreeMap<u8, RonDbVersion> = BTreeMap::new();

@@ -319,6 +319,8 @@ impl Reconciler {
                     }
                     self.observe().await;
                 } else if let Some(a) = action {
+                    // A failure may come from drift (a program died): look before retrying.
+                    self.observe().await;
                     let n = self
                         .state
                         .failures

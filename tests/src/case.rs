@@ -163,4 +163,12 @@ fn vms(sim: &Simulation) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+        + &format!(
+            "; world programs: {:?}",
+            providers::mock::lock(&sim.world)
+                .vms
+                .iter()
+                .map(|(n, v)| (n.clone(), v.program.as_ref().map(|p| p.kind)))
+                .collect::<Vec<_>>()
+        )
 }

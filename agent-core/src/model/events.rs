@@ -391,11 +391,10 @@ impl ClusterState {
                 tracing::warn!(vm = %name, role = %gone.role, "VM lost; it will be replaced");
             }
         }
+        // Program states apply to busy VMs too: an action in flight records its own result
+        // after this, and a program that died under it must not be trusted meanwhile.
         let names: Vec<String> = self.vms.keys().cloned().collect();
         for name in names {
-            if busy.contains(name.as_str()) {
-                continue;
-            }
             if let (Some(v), Some(p)) = (self.vms.get_mut(&name), programs.get(&name)) {
                 if v.running && !p.running {
                     tracing::warn!(vm = %name, role = %v.role, "RonDB program died; it will be restarted");

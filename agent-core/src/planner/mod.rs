@@ -53,6 +53,7 @@ pub(crate) struct Planner<'a> {
     pub backup_active: bool,
     pub slot_change_active: bool,
     config_hashes: BTreeMap<String, u64>,
+    mgmd_version: Option<String>,
     /// Active slots per VM, computed once per round (the hot path of every budget check).
     held: BTreeMap<String, Vec<u32>>,
 }
@@ -72,6 +73,7 @@ impl<'a> Planner<'a> {
             backup_active: false,
             slot_change_active: false,
             config_hashes: BTreeMap::new(),
+            mgmd_version: None,
             held: BTreeMap::new(),
         };
         for slot in s.slots.values().filter(|x| x.active && !x.external) {
@@ -382,7 +384,16 @@ impl<'a> Planner<'a> {
     /// upgrade order forbids it (a downgrade whose data nodes still run the newer version)
     /// and no management server runs at all; then the newest version still running, so the
     /// data nodes can be downgraded through it.
-    pub fn mgmd_start_version(&self) -> String {
+    pub fn mgmd_start_version(&mut self) -> String {
+        if let Some(v) = &self.mgmd_version {
+            return v.clone();
+        }
+        let v = self.compute_mgmd_start_version();
+        self.mgmd_version = Some(v.clone());
+        v
+    }
+
+    fn compute_mgmd_start_version(&self) -> String {
         let v = self.version();
         if self.version_gate(Role::Mgmd, v) || self.mgmd_up().is_some() {
             return v.to_string();
