@@ -56,6 +56,10 @@ enum Command {
         /// Attempts of one action before ERROR_STATE.
         #[arg(long, default_value_t = 3)]
         max_attempts: u32,
+        /// JSON object overriding action durations in seconds, e.g.
+        /// {"create_vm": 120, "start_data_node_initial": 300}.
+        #[arg(long)]
+        cost_model: Option<PathBuf>,
     },
 }
 
@@ -85,7 +89,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             vm_loss_rate,
             existing_backup,
             max_attempts,
+            cost_model,
         } => {
+            let cost = match cost_model {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    serde_json::from_str(&text).with_context(|| {
+                        format!(
+                            "{}: not a cost model (a JSON object of action durations in seconds)",
+                            path.display()
+                        )
+                    })?
+                }
+                None => agent_core::cost::CostModel::default(),
+            };
             if !(0.0..=1.0).contains(&fault_rate) || !(0.0..=1.0).contains(&vm_loss_rate) {
                 anyhow::bail!("--fault-rate and --vm-loss-rate are probabilities between 0 and 1");
             }
@@ -98,7 +116,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 existing_backups: existing_backup,
                 max_attempts,
-                ..Default::default()
+                cost,
             };
             simulate(&files, json, &opts)
         }

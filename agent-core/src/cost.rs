@@ -4,8 +4,10 @@
 use crate::actions::ActionKind;
 use serde::{Deserialize, Serialize};
 
-/// Seconds per action kind; every field can be overridden.
+/// Seconds per action kind; every field can be overridden (`simulate --cost-model FILE`
+/// takes a JSON object with any subset of these fields).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CostModel {
     pub create_vm: f64,
     pub delete_vm: f64,

@@ -229,3 +229,36 @@ fn simulate_with_faults_still_reaches_the_desired_state() {
         .count();
     assert!(failed > 0, "a 20% fault rate shows failed attempts");
 }
+
+#[test]
+fn simulate_takes_a_cost_model_and_refuses_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cost = write(dir.path(), "cost.json", r#"{"create_vm": 600}"#);
+    let out = agent(&[
+        "simulate",
+        "--json",
+        "--cost-model",
+        &cost,
+        example().to_str().unwrap(),
+    ]);
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let create = line["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "CreateVm")
+        .unwrap();
+    assert_eq!(
+        create["end_s"].as_f64().unwrap() - create["start_s"].as_f64().unwrap(),
+        600.0
+    );
+    let bad = write(dir.path(), "bad.json", r#"{"create_vms": 600}"#);
+    let out = agent(&[
+        "simulate",
+        "--cost-model",
+        &bad,
+        example().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a cost model"));
+}
