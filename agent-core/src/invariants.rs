@@ -130,13 +130,11 @@ impl InvariantChecker {
         // Rule 4: no more VMs than desired (or than existed), plus temporary ones if allowed.
         let temp = usize::from(d.allow_requesting_temporary_vms);
         for ((role, ng), n) in counts(s) {
-            let target = match role {
-                Role::Mgmd => d.num_managed_mgmd_vms,
-                Role::Ndbd => d.active_replication_factor,
-                Role::Mysqld => d.num_managed_mysqld_vms,
-                Role::Api => d.num_managed_api_vms,
-                Role::Bootstrap => 1,
-            } as usize;
+            let target = if role == Role::Bootstrap {
+                1
+            } else {
+                crate::model::target_vms(d, role)
+            };
             let base = self.baseline.get(&(role, ng)).copied().unwrap_or(0);
             if n > target.max(base) + temp {
                 bad.push(format!(

@@ -351,13 +351,10 @@ impl ClusterState {
         let Some(d) = self.accepted.as_ref() else {
             return;
         };
-        let target = match role {
-            Role::Mgmd => d.num_managed_mgmd_vms,
-            Role::Ndbd => d.active_replication_factor,
-            Role::Mysqld => d.num_managed_mysqld_vms,
-            Role::Api => d.num_managed_api_vms,
-            Role::Bootstrap => return,
-        } as usize;
+        if role == Role::Bootstrap {
+            return;
+        }
+        let target = super::target_vms(d, role);
         let members: Vec<String> = self
             .vms
             .values()

@@ -80,6 +80,28 @@ impl fmt::Display for ReconciliationState {
     }
 }
 
+/// The machine type and storage a VM of `role` should have.
+pub fn machine_spec(d: &DesiredState, role: Role) -> (VmType, u32) {
+    match role {
+        Role::Mgmd => (d.vm_type_mgmds, d.storage_gib_per_mgmd_vm),
+        Role::Ndbd => (d.vm_type_ndbds, d.storage_gib_per_ndbd_vm),
+        Role::Mysqld => (d.vm_type_mysqlds, d.storage_gib_per_mysqld_vm),
+        Role::Api | Role::Bootstrap => (d.vm_type_apis, d.storage_gib_per_api_vm),
+    }
+}
+
+/// How many VMs of `role` the agents keep (for data nodes: per node group). The bootstrap
+/// VM is not managed.
+pub fn target_vms(d: &DesiredState, role: Role) -> usize {
+    (match role {
+        Role::Mgmd => d.num_managed_mgmd_vms,
+        Role::Ndbd => d.active_replication_factor,
+        Role::Mysqld => d.num_managed_mysqld_vms,
+        Role::Api => d.num_managed_api_vms,
+        Role::Bootstrap => 0,
+    }) as usize
+}
+
 /// A node id reserved in config.ini.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Slot {

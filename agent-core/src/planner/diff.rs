@@ -3,21 +3,17 @@
 //! reconciliation is stuck and the text says why.
 
 use crate::desired::DesiredState;
-use crate::model::{config_fingerprint, ClusterState, Role};
+use crate::model::{config_fingerprint, machine_spec, target_vms, ClusterState, Role};
 use std::collections::BTreeSet;
 
 pub fn diff(d: &DesiredState, s: &ClusterState) -> Vec<String> {
     let mut out = Vec::new();
-    let (mgmd_t, mysqld_t, api_t) = (
-        d.num_managed_mgmd_vms as usize,
-        d.num_managed_mysqld_vms as usize,
-        d.num_managed_api_vms as usize,
-    );
-    for (role, target, k) in [
-        (Role::Mgmd, mgmd_t, 1usize),
-        (Role::Mysqld, mysqld_t, d.num_mysqld_slots_per_vm as usize),
-        (Role::Api, api_t, d.num_api_slots_per_vm as usize),
+    for (role, k) in [
+        (Role::Mgmd, 1usize),
+        (Role::Mysqld, d.num_mysqld_slots_per_vm as usize),
+        (Role::Api, d.num_api_slots_per_vm as usize),
     ] {
+        let target = target_vms(d, role);
         let n = s.vms_of(role).count();
         if n != target {
             out.push(format!("{role}: {n} VM(s), want {target}"));
@@ -34,7 +30,7 @@ pub fn diff(d: &DesiredState, s: &ClusterState) -> Vec<String> {
             .vms_of(Role::Ndbd)
             .filter(|v| v.node_group == Some(g))
             .collect();
-        let want = d.active_replication_factor as usize;
+        let want = target_vms(d, Role::Ndbd);
         if members.len() != want {
             out.push(format!(
                 "node group {g}: {} VM(s), want {want}",
@@ -73,12 +69,7 @@ pub fn diff(d: &DesiredState, s: &ClusterState) -> Vec<String> {
         }
     }
     for v in s.vms.values() {
-        let (t, st) = match v.role {
-            Role::Mgmd => (d.vm_type_mgmds, d.storage_gib_per_mgmd_vm),
-            Role::Ndbd => (d.vm_type_ndbds, d.storage_gib_per_ndbd_vm),
-            Role::Mysqld => (d.vm_type_mysqlds, d.storage_gib_per_mysqld_vm),
-            Role::Api | Role::Bootstrap => (d.vm_type_apis, d.storage_gib_per_api_vm),
-        };
+        let (t, st) = machine_spec(d, v.role);
         if v.vm_type != t || v.storage_gib != st || !d.availability_zones.contains(&v.zone) {
             out.push(format!(
                 "{}: {} {} GiB in {}, want {t} {st} GiB in one of the zones",

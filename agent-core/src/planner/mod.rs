@@ -20,7 +20,7 @@ pub use diff::diff;
 
 use crate::actions::{ActionKind, Subject};
 use crate::desired::{DesiredState, RonDbVersion, VmType};
-use crate::model::{config_fingerprint, ClusterState, Role, Vm};
+use crate::model::{config_fingerprint, machine_spec, target_vms, ClusterState, Role, Vm};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Every action that is safe to start now, given the actions already in flight.
@@ -253,13 +253,7 @@ impl<'a> Planner<'a> {
     }
 
     pub fn spec(&self, role: Role) -> (VmType, u32) {
-        let d = self.d;
-        match role {
-            Role::Mgmd => (d.vm_type_mgmds, d.storage_gib_per_mgmd_vm),
-            Role::Ndbd => (d.vm_type_ndbds, d.storage_gib_per_ndbd_vm),
-            Role::Mysqld => (d.vm_type_mysqlds, d.storage_gib_per_mysqld_vm),
-            Role::Api | Role::Bootstrap => (d.vm_type_apis, d.storage_gib_per_api_vm),
-        }
+        machine_spec(self.d, role)
     }
 
     /// The VM matches its role's machine type, storage and an allowed zone, and holds no
@@ -305,14 +299,7 @@ impl<'a> Planner<'a> {
     }
 
     pub fn target(&self, role: Role) -> usize {
-        let d = self.d;
-        (match role {
-            Role::Mgmd => d.num_managed_mgmd_vms,
-            Role::Ndbd => d.active_replication_factor,
-            Role::Mysqld => d.num_managed_mysqld_vms,
-            Role::Api => d.num_managed_api_vms,
-            Role::Bootstrap => 0,
-        }) as usize
+        target_vms(self.d, role)
     }
 
     pub fn slots_per_vm(&self, role: Role) -> usize {

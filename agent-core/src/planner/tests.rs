@@ -18,12 +18,7 @@ fn at_desired(d: &DesiredState) -> ClusterState {
                 Some(g) => format!("ndbd-{g}-{seq}"),
                 None => format!("{role}-{seq}"),
             };
-            let (vm_type, storage_gib) = match role {
-                Role::Mgmd => (d.vm_type_mgmds, d.storage_gib_per_mgmd_vm),
-                Role::Ndbd => (d.vm_type_ndbds, d.storage_gib_per_ndbd_vm),
-                Role::Mysqld => (d.vm_type_mysqlds, d.storage_gib_per_mysqld_vm),
-                _ => (d.vm_type_apis, d.storage_gib_per_api_vm),
-            };
+            let (vm_type, storage_gib) = crate::model::machine_spec(d, role);
             for id in &slots {
                 if let Some(x) = s.slots.get_mut(id) {
                     x.active = true;
