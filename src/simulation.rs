@@ -213,7 +213,7 @@ impl Simulation {
             r.done.clear();
         }
         let desired_id = d.id;
-        if let Err(v) = self.reconciler.submit(d) {
+        if let Err(v) = self.reconciler.submit(d).await {
             let text = v
                 .iter()
                 .map(|x| x.to_string())

@@ -7,6 +7,18 @@ use crate::model::{ConfigFile, Role};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+tokio::task_local! {
+    /// The operation id of the action a backend call belongs to (set by the reconciler).
+    /// Remote backends send it along, so an agent that already ran an operation answers a
+    /// new leader's repeat with the first result instead of doing it twice.
+    pub static CURRENT_OP: u64;
+}
+
+/// The operation id of the running action; 0 outside an action (no deduplication).
+pub fn current_op() -> u64 {
+    CURRENT_OP.try_with(|v| *v).unwrap_or(0)
+}
+
 /// What the leader asks a provider to create.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmSpec {
@@ -28,6 +40,9 @@ pub struct VmInfo {
     pub vm_type: VmType,
     pub storage_gib: u32,
     pub address: String,
+    /// Where the VM's agent answers gRPC (`host:port`); empty where there is no real agent.
+    #[serde(default)]
+    pub agent_endpoint: String,
 }
 
 /// Why a backend call failed. `VmGone` is drift, not a failed attempt: the reconciler

@@ -20,6 +20,7 @@ pub use planner::{diff, plan};
 pub mod commands;
 pub mod cost;
 pub mod invariants;
+pub mod raft;
 pub mod reconcile;
 
-pub use reconcile::{EventHook, Reconciler, ReconcilerConfig, Submission};
+pub use reconcile::{EventHook, Journal, Reconciler, ReconcilerConfig, Submission, Submit};

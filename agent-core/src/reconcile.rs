@@ -58,6 +58,20 @@ pub trait EventHook: Send {
 
 type Running = Pin<Box<dyn Future<Output = (u64, Result<Outcome, BackendError>)> + Send>>;
 
+/// Where events become durable before they take effect: the Raft log on a real cluster.
+/// An error means this reconciler may no longer write (leadership lost): it stops at once,
+/// and the new leader resumes from what was committed.
+#[async_trait::async_trait]
+pub trait Journal: Send + Sync {
+    async fn append(&self, events: Vec<Event>) -> Result<(), String>;
+}
+
+/// A desired state handed to a running reconciler, with where to send the verdict.
+pub struct Submit {
+    pub desired: DesiredState,
+    pub reply: tokio::sync::oneshot::Sender<Result<Submission, Vec<Violation>>>,
+}
+
 /// The leader's reconciler over one cluster.
 pub struct Reconciler {
     provider: Arc<dyn CloudProvider>,
@@ -65,6 +79,10 @@ pub struct Reconciler {
     state: ClusterState,
     config: ReconcilerConfig,
     hooks: Vec<Box<dyn EventHook>>,
+    journal: Option<Arc<dyn Journal>>,
+    inbox: Option<tokio::sync::mpsc::Receiver<Submit>>,
+    /// Set when the journal refused a write: this reconciler must stop.
+    halted: Option<String>,
 }
 
 impl Reconciler {
@@ -80,7 +98,27 @@ impl Reconciler {
             state,
             config,
             hooks: Vec::new(),
+            journal: None,
+            inbox: None,
+            halted: None,
         }
+    }
+
+    /// Makes every event durable through `journal` before it is applied.
+    pub fn with_journal(mut self, journal: Arc<dyn Journal>) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// Desired states submitted while the reconciler runs ([`Reconciler::serve`]).
+    pub fn with_inbox(mut self, inbox: tokio::sync::mpsc::Receiver<Submit>) -> Self {
+        self.inbox = Some(inbox);
+        self
+    }
+
+    /// Why the reconciler stopped writing, if it did.
+    pub fn halted(&self) -> Option<&str> {
+        self.halted.as_deref()
     }
 
     pub fn add_hook(&mut self, hook: Box<dyn EventHook>) {
@@ -91,20 +129,66 @@ impl Reconciler {
         &self.state
     }
 
-    fn commit(&mut self, ev: Event) {
-        self.state.apply(&ev);
-        for h in &mut self.hooks {
-            h.on_event(&self.state, &ev);
+    async fn commit(&mut self, ev: Event) {
+        self.commit_all(vec![ev]).await;
+    }
+
+    /// Journals the events (one Raft entry), then applies them; nothing after a refusal.
+    async fn commit_all(&mut self, events: Vec<Event>) {
+        if self.halted.is_some() || events.is_empty() {
+            return;
+        }
+        if let Some(j) = &self.journal {
+            if let Err(e) = j.append(events.clone()).await {
+                warn!(error = %e, "cannot record events; this reconciler stops");
+                self.halted = Some(e);
+                return;
+            }
+        }
+        for ev in events {
+            self.state.apply(&ev);
+            for h in &mut self.hooks {
+                h.on_event(&self.state, &ev);
+            }
+        }
+    }
+
+    /// Runs as the leader's reconciler until the journal refuses a write: reconciles,
+    /// takes submissions from the inbox, and observes for drift while idle.
+    pub async fn serve(&mut self) -> String {
+        loop {
+            if let Some(h) = &self.halted {
+                return h.clone();
+            }
+            self.reconcile().await;
+            if let Some(h) = &self.halted {
+                return h.clone();
+            }
+            let wait = tokio::time::sleep(self.config.observe_every);
+            let msg = match self.inbox.as_mut() {
+                Some(inbox) => tokio::select! {
+                    m = inbox.recv() => m,
+                    _ = wait => None,
+                },
+                None => {
+                    wait.await;
+                    None
+                }
+            };
+            if let Some(m) = msg {
+                let r = self.submit(m.desired).await;
+                let _ = m.reply.send(r);
+            }
         }
     }
 
     /// Validates a desired state against its own rules and the transition from the accepted
     /// one. Bad input changes nothing; a good one is accepted now or queued as pending.
-    pub fn submit(&mut self, d: DesiredState) -> Result<Submission, Vec<Violation>> {
-        self.submit_checked(d, true)
+    pub async fn submit(&mut self, d: DesiredState) -> Result<Submission, Vec<Violation>> {
+        self.submit_checked(d, true).await
     }
 
-    fn submit_checked(
+    async fn submit_checked(
         &mut self,
         d: DesiredState,
         against_pending: bool,
@@ -138,12 +222,24 @@ impl Reconciler {
                 desired_id = d.id,
                 "desired state queued until the current one is reached"
             );
-            self.commit(Event::Queued(d));
-            Ok(Submission::Queued)
+            self.commit(Event::Queued(d)).await;
+            self.journaled(Submission::Queued)
         } else {
             info!(desired_id = d.id, "desired state accepted");
-            self.commit(Event::Accepted(d));
-            Ok(Submission::Accepted)
+            self.commit(Event::Accepted(d)).await;
+            self.journaled(Submission::Accepted)
+        }
+    }
+
+    fn journaled(&self, s: Submission) -> Result<Submission, Vec<Violation>> {
+        match &self.halted {
+            None => Ok(s),
+            Some(e) => Err(vec![Violation {
+                field: "Id".into(),
+                value: None,
+                old: None,
+                rule: format!("not recorded, submit it again: {e}"),
+            }]),
         }
     }
 
@@ -170,7 +266,7 @@ impl Reconciler {
         }
         let changed = self.observation_changes(&vms, &programs);
         if changed {
-            self.commit(Event::Observed { vms, programs });
+            self.commit(Event::Observed { vms, programs }).await;
         }
     }
 
@@ -196,6 +292,9 @@ impl Reconciler {
             let Some(d) = self.state.accepted.clone() else {
                 return self.state.reconciliation;
             };
+            if self.halted.is_some() {
+                return self.state.reconciliation;
+            }
             self.observe().await;
             if self.state.reconciliation != ReconciliationState::WORKING_TOWARDS_DESIRED_STATE {
                 if diff(&d, &self.state).is_empty() {
@@ -205,7 +304,8 @@ impl Reconciler {
                 self.commit(Event::ReconciliationChanged {
                     state: ReconciliationState::WORKING_TOWARDS_DESIRED_STATE,
                     error: None,
-                });
+                })
+                .await;
             }
             let span = tracing::info_span!("reconcile", desired_id = d.id);
             let outcome = self.run_once(&d).instrument(span).await;
@@ -213,14 +313,18 @@ impl Reconciler {
             match pending {
                 Some(p) if outcome != ReconciliationState::WORKING_TOWARDS_DESIRED_STATE => {
                     // Validated again: the rules may depend on what the cluster did meanwhile.
-                    if let Err(v) = self.submit_checked(p.clone(), false) {
+                    if self.halted.is_some() {
+                        return outcome;
+                    }
+                    if let Err(v) = self.submit_checked(p.clone(), false).await {
                         let reason = v
                             .iter()
                             .map(|x| x.to_string())
                             .collect::<Vec<_>>()
                             .join("; ");
                         warn!(desired_id = p.id, %reason, "pending desired state no longer valid; dropped");
-                        self.commit(Event::PendingDropped { id: p.id, reason });
+                        self.commit(Event::PendingDropped { id: p.id, reason })
+                            .await;
                         return outcome;
                     }
                 }
@@ -234,24 +338,54 @@ impl Reconciler {
         let mut error: Option<String> = None;
         let mut next_observe = tokio::time::Instant::now() + self.config.observe_every;
         let mut started: u64 = 0;
+        // Actions a previous leader started and did not record: run them again under the
+        // same operation id (agents answer a repeated id with its first result).
+        let resumed: Vec<Action> = self.state.in_flight.values().cloned().collect();
+        for action in resumed {
+            info!(op_id = action.op_id, desired_id = d.id, "resume {action}");
+            running.push(self.prepare(d, &action));
+        }
         loop {
+            if self.halted.is_some() {
+                return self.state.reconciliation;
+            }
             if started > self.config.max_actions && error.is_none() {
                 error = Some(format!(
                     "the reconciliation does not converge: {started} actions started; this is a planner bug, please report it with the desired state"
                 ));
             }
             if error.is_none() {
+                let mut batch = Vec::new();
+                let mut jobs = Vec::new();
                 for kind in plan(d, &self.state) {
                     let action = Action {
                         op_id: self.state.next_op_id,
                         kind,
                     };
                     started += 1;
-                    let job = self.prepare(d, &action);
+                    jobs.push(self.prepare(d, &action));
                     info!(op_id = action.op_id, desired_id = d.id, "start {action}");
-                    self.commit(Event::ActionStarted(action));
-                    running.push(job);
+                    let ev = Event::ActionStarted(action);
+                    self.state.apply(&ev);
+                    batch.push(ev);
                 }
+                // Journaled (one entry) before any of them runs, so a new leader knows what
+                // may have started. On a refusal this reconciler and its state are discarded.
+                if !batch.is_empty() {
+                    if let Some(j) = &self.journal {
+                        if let Err(e) = j.append(batch.clone()).await {
+                            warn!(error = %e, "cannot record started actions; this reconciler stops");
+                            self.halted = Some(e);
+                            return self.state.reconciliation;
+                        }
+                    }
+                    for ev in &batch {
+                        for h in &mut self.hooks {
+                            h.on_event(&self.state, ev);
+                        }
+                    }
+                }
+                running.extend(jobs);
             }
             if running.is_empty() {
                 let (state, err) = match error.take() {
@@ -273,7 +407,8 @@ impl Reconciler {
                     Some(e) => warn!(desired_id = d.id, error = %e, "reconciliation failed"),
                     None => info!(desired_id = d.id, "at desired state"),
                 }
-                self.commit(Event::ReconciliationChanged { state, error: err });
+                self.commit(Event::ReconciliationChanged { state, error: err })
+                    .await;
                 return state;
             }
             tokio::select! {
@@ -283,6 +418,10 @@ impl Reconciler {
                 _ = tokio::time::sleep_until(next_observe) => {
                     next_observe += self.config.observe_every;
                     self.observe().await;
+                }
+                Some(m) = recv(&mut self.inbox) => {
+                    let r = self.submit(m.desired).await;
+                    let _ = m.reply.send(r);
                 }
             }
         }
@@ -301,7 +440,7 @@ impl Reconciler {
                 if let Some(a) = &action {
                     info!(op_id, desired_id = d.id, "done {a}");
                 }
-                self.commit(Event::ActionSucceeded { op_id, outcome });
+                self.commit(Event::ActionSucceeded { op_id, outcome }).await;
             }
             Err(e) => {
                 let drift = matches!(e, BackendError::VmGone(_));
@@ -311,7 +450,8 @@ impl Reconciler {
                 self.commit(Event::ActionFailed {
                     op_id,
                     error: e.to_string(),
-                });
+                })
+                .await;
                 if drift {
                     // Not an attempt that failed: the world changed. Look and replan.
                     if let Some(a) = &action {
@@ -338,8 +478,14 @@ impl Reconciler {
         }
     }
 
-    /// Gathers everything the action needs from the state now, so it runs without it.
+    /// Gathers everything the action needs from the state now, so it runs without it; the
+    /// backends see the operation id as [`crate::backend::CURRENT_OP`].
     fn prepare(&self, d: &DesiredState, action: &Action) -> Running {
+        let job = self.prepare_job(d, action);
+        Box::pin(crate::backend::CURRENT_OP.scope(action.op_id, job))
+    }
+
+    fn prepare_job(&self, d: &DesiredState, action: &Action) -> Running {
         let provider = Arc::clone(&self.provider);
         let runtime = Arc::clone(&self.runtime);
         let s = &self.state;
@@ -556,6 +702,14 @@ impl Reconciler {
                 })
             }
         }
+    }
+}
+
+/// The next submission, or never when there is no inbox.
+async fn recv(inbox: &mut Option<tokio::sync::mpsc::Receiver<Submit>>) -> Option<Submit> {
+    match inbox {
+        Some(i) => i.recv().await,
+        None => std::future::pending().await,
     }
 }
 

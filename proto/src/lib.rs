@@ -1,4 +1,9 @@
 //! Protobuf definitions and generated gRPC code for agent-to-agent calls and the Raft
-//! transport. Empty until the distributed agents land: the reconciler core reaches backends
-//! through the `CloudProvider` and `ProcessRuntime` traits in `agent-core`, and this crate will
-//! carry those same operations over the network.
+//! transport. Generated at build time from `proto/agent.proto` by `protox` + `tonic-build`.
+
+#![allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+/// Version 1 of the agent protocol.
+pub mod v1 {
+    tonic::include_proto!("ndbagent.v1");
+}

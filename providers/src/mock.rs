@@ -336,6 +336,7 @@ impl CloudProvider for MockProvider {
                 vm_type: spec.vm_type,
                 storage_gib: spec.storage_gib,
                 address: w.allocate_address(),
+                agent_endpoint: String::new(),
             };
             w.vms.insert(
                 spec.name.clone(),

@@ -1,0 +1,99 @@
+//! Raft (openraft 0.9, storage v2): what the agents replicate, how it is stored, and how
+//! Raft messages travel between agents.
+//!
+//! The state machine is the cluster model itself: every reconcile event is a Raft entry, so
+//! a new leader starts from exactly what the old one had committed.
+
+pub mod network;
+pub mod store;
+
+use crate::model::{ClusterState, Event};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Cursor;
+
+/// Raft node ids: assigned by the leader from a counter in the state machine, never reused.
+pub type NodeId = u64;
+
+/// What the cluster knows about an agent; carried in the Raft membership so every agent can
+/// reach every other one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentNode {
+    pub vm: String,
+    pub role: String,
+    pub zone: String,
+    pub grpc_addr: String,
+    pub http_addr: String,
+}
+
+impl fmt::Display for AgentNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.vm, self.grpc_addr)
+    }
+}
+
+/// A replicated command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Reconcile events, applied in order to the cluster state.
+    Events(Vec<Event>),
+    /// Reserve the next Raft id for the agent of `vm`.
+    AllocateRaftId { vm: String },
+}
+
+/// The state machine's answer to a command.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    #[default]
+    Done,
+    RaftId(NodeId),
+}
+
+openraft::declare_raft_types!(
+    /// The Raft types of managed RonDB.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = AgentNode,
+);
+
+/// The openraft handle of an agent.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// Everything the state machine holds; also the snapshot's content.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Replicated {
+    pub last_applied: Option<openraft::LogId<NodeId>>,
+    pub membership: openraft::StoredMembership<NodeId, AgentNode>,
+    pub cluster: ClusterState,
+    /// The next Raft id to hand out (ids start at 2; 1 is the bootstrap agent).
+    pub next_raft_id: NodeId,
+    /// The Raft ids handed out per VM, latest last (a VM re-created gets a new id).
+    pub raft_ids: BTreeMap<String, Vec<NodeId>>,
+}
+
+impl Replicated {
+    /// Applies one command; deterministic, so every agent computes the same state.
+    pub fn apply_request(&mut self, req: &Request) -> Response {
+        match req {
+            Request::Events(events) => {
+                for ev in events {
+                    self.cluster.apply(ev);
+                }
+                Response::Done
+            }
+            Request::AllocateRaftId { vm } => {
+                let id = self.next_raft_id.max(FIRST_ALLOCATED_ID);
+                self.next_raft_id = id + 1;
+                self.raft_ids.entry(vm.clone()).or_default().push(id);
+                Response::RaftId(id)
+            }
+        }
+    }
+}
+
+/// The bootstrap agent's Raft id.
+pub const BOOTSTRAP_ID: NodeId = 1;
+const FIRST_ALLOCATED_ID: NodeId = 2;
