@@ -61,6 +61,54 @@ enum Command {
         #[arg(long)]
         cost_model: Option<PathBuf>,
     },
+    /// Start a managed cluster on this machine: runs the bootstrap agent (local provider:
+    /// every VM is an agent process under DATA_DIR/vms), applies the desired-state file,
+    /// follows every saved edit of it and prints the reconciliation's progress.
+    Up {
+        /// The desired-state file (JSONC) to apply and watch.
+        #[arg(long)]
+        desired_state: PathBuf,
+        /// Where the VMs' directories live.
+        #[arg(long, default_value = "ndb-data")]
+        data_dir: PathBuf,
+        /// The bootstrap agent's HTTP API address.
+        #[arg(long, default_value = "127.0.0.1:8181")]
+        http: String,
+        /// The ProcessRuntime of the agents.
+        #[arg(long, default_value = "dummy")]
+        runtime: String,
+    },
+    /// Run the agent of one local VM (started by the local provider).
+    Agent {
+        /// The VM's directory (holds vm.json).
+        #[arg(long)]
+        vm_dir: PathBuf,
+    },
+    /// Submit a desired state to a cluster (any agent; followers forward to the leader).
+    Apply {
+        /// The desired-state file (JSONC).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// An agent's HTTP API address.
+        #[arg(long, default_value = "127.0.0.1:8181")]
+        endpoint: String,
+    },
+    /// Show the reconciliation state, the agents and the VMs of a cluster.
+    Status {
+        /// An agent's HTTP API address.
+        #[arg(long, default_value = "127.0.0.1:8181")]
+        endpoint: String,
+        /// The raw JSON of GET /status.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop every agent of a local cluster (and with --remove, delete its data directory).
+    Down {
+        #[arg(long, default_value = "ndb-data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        remove: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -81,6 +129,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             previous,
             rondb_has_run,
         } => validate(&file, previous.as_deref(), rondb_has_run),
+        Command::Up {
+            desired_state,
+            data_dir,
+            http,
+            runtime,
+        } => ndb_agent::cluster::up_command(ndb_agent::cluster::UpOptions {
+            desired_state,
+            data_dir,
+            http,
+            runtime,
+        }),
+        Command::Agent { vm_dir } => {
+            ndb_agent::cluster::agent_command(&vm_dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Apply { file, endpoint } => ndb_agent::cluster::apply_command(&file, &endpoint),
+        Command::Status { endpoint, json } => ndb_agent::cluster::status_command(&endpoint, json),
+        Command::Down { data_dir, remove } => {
+            ndb_agent::cluster::down_command(&data_dir, remove)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Simulate {
             files,
             json,

@@ -20,6 +20,7 @@ pub use planner::{diff, plan};
 pub mod commands;
 pub mod cost;
 pub mod invariants;
+pub mod agent;
 pub mod raft;
 pub mod reconcile;
 

@@ -1,0 +1,426 @@
+//! The gRPC side of an agent: the agent service (runs operations on this VM through its
+//! local `ProcessRuntime`) and the Raft service (hands Raft messages to this agent's node).
+
+use super::AgentShared;
+use crate::actions::RestoreStep;
+use crate::backend::{
+    BackendError, MgmCommand, ProcessRuntime, ProgramKind, ProgramSpec, RestoreRun,
+};
+use crate::desired::{BackupSpec, SinkType};
+use crate::model::ConfigFile;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use ndb_proto::v1 as pb;
+use ndb_proto::v1::agent_server::Agent;
+use ndb_proto::v1::raft_server::Raft as RaftRpc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+type OpResult = Result<Vec<u32>, BackendError>;
+type OpFuture = Shared<BoxFuture<'static, OpResult>>;
+
+/// Operations this agent ran, by operation id: a repeated id gets the first run's result
+/// (or waits for it), so a new leader resuming an action never does it twice.
+#[derive(Default)]
+struct OpCache {
+    ops: HashMap<u64, OpFuture>,
+    order: VecDeque<u64>,
+}
+
+const OP_CACHE_SIZE: usize = 4096;
+
+/// The agent service of one VM.
+pub struct AgentService {
+    shared: Arc<AgentShared>,
+    runtime: Arc<dyn ProcessRuntime>,
+    ops: Mutex<OpCache>,
+}
+
+impl AgentService {
+    pub fn new(shared: Arc<AgentShared>, runtime: Arc<dyn ProcessRuntime>) -> Self {
+        AgentService {
+            shared,
+            runtime,
+            ops: Mutex::new(OpCache::default()),
+        }
+    }
+
+    fn check(&self, target: &Option<pb::Target>) -> Result<(String, u64), Status> {
+        let t = target
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("the request names no target VM"))?;
+        if t.vm != self.shared.vm {
+            return Err(Status::permission_denied(format!(
+                "this is the agent of VM {}, not of {}; the caller's address book is stale",
+                self.shared.vm, t.vm
+            )));
+        }
+        Ok((t.vm.clone(), t.op_id))
+    }
+
+    /// Runs `op` once per operation id; the run continues even if the caller goes away.
+    async fn run(
+        &self,
+        op_id: u64,
+        op: BoxFuture<'static, OpResult>,
+    ) -> Result<Response<pb::OpReply>, Status> {
+        let fut = if op_id == 0 {
+            op.shared()
+        } else {
+            let mut cache = self
+                .ops
+                .lock()
+                .map_err(|_| Status::internal("operation cache poisoned"))?;
+            if let Some(f) = cache.ops.get(&op_id) {
+                info!(op_id, vm = %self.shared.vm, "repeated operation: answering with its first result");
+                f.clone()
+            } else {
+                let handle = tokio::spawn(op);
+                let f: OpFuture = async move {
+                    handle
+                        .await
+                        .unwrap_or_else(|e| Err(BackendError::Failed(format!("operation panicked: {e}"))))
+                }
+                .boxed()
+                .shared();
+                cache.ops.insert(op_id, f.clone());
+                cache.order.push_back(op_id);
+                while cache.order.len() > OP_CACHE_SIZE {
+                    if let Some(old) = cache.order.pop_front() {
+                        cache.ops.remove(&old);
+                    }
+                }
+                f
+            }
+        };
+        match fut.await {
+            Ok(node_ids) => Ok(Response::new(pb::OpReply { node_ids })),
+            Err(e) => Err(to_status(e)),
+        }
+    }
+}
+
+/// Backend errors as gRPC statuses (and back, in [`super::remote`]).
+pub fn to_status(e: BackendError) -> Status {
+    match e {
+        BackendError::VmGone(m) => Status::not_found(m),
+        BackendError::Transient(m) => Status::unavailable(format!("agent: {m}")),
+        BackendError::Failed(m) => Status::failed_precondition(m),
+    }
+}
+
+pub fn kind_from_pb(k: i32) -> Result<ProgramKind, Status> {
+    match pb::ProgramKind::try_from(k) {
+        Ok(pb::ProgramKind::Mgmd) => Ok(ProgramKind::Mgmd),
+        Ok(pb::ProgramKind::DataNode) => Ok(ProgramKind::DataNode),
+        Ok(pb::ProgramKind::Mysqld) => Ok(ProgramKind::Mysqld),
+        Ok(pb::ProgramKind::Api) => Ok(ProgramKind::Api),
+        _ => Err(Status::invalid_argument(format!("unknown program kind {k}"))),
+    }
+}
+
+pub fn kind_to_pb(k: ProgramKind) -> pb::ProgramKind {
+    match k {
+        ProgramKind::Mgmd => pb::ProgramKind::Mgmd,
+        ProgramKind::DataNode => pb::ProgramKind::DataNode,
+        ProgramKind::Mysqld => pb::ProgramKind::Mysqld,
+        ProgramKind::Api => pb::ProgramKind::Api,
+    }
+}
+
+pub fn backup_from_pb(b: Option<pb::Backup>) -> Result<BackupSpec, Status> {
+    let b = b.ok_or_else(|| Status::invalid_argument("the request names no backup"))?;
+    let sink_type: SinkType = serde_json::from_value(serde_json::Value::String(b.sink_type.clone()))
+        .map_err(|e| Status::invalid_argument(format!("sink type {}: {e}", b.sink_type)))?;
+    let sink_parameters = if b.sink_parameters_json.is_empty() {
+        Default::default()
+    } else {
+        serde_json::from_str(&b.sink_parameters_json)
+            .map_err(|e| Status::invalid_argument(format!("sink parameters: {e}")))?
+    };
+    Ok(BackupSpec {
+        id: b.id,
+        sink_type,
+        sink_parameters,
+    })
+}
+
+pub fn backup_to_pb(b: &BackupSpec) -> pb::Backup {
+    pb::Backup {
+        id: b.id,
+        sink_type: serde_json::to_value(b.sink_type)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        sink_parameters_json: serde_json::to_string(&b.sink_parameters).unwrap_or_default(),
+    }
+}
+
+pub fn step_from_str(s: &str) -> Result<RestoreStep, Status> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|e| Status::invalid_argument(format!("restore step {s}: {e}")))
+}
+
+pub fn step_to_str(s: RestoreStep) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+macro_rules! op {
+    ($self:ident, $vm:ident, $body:expr) => {{
+        let rt = Arc::clone(&$self.runtime);
+        let $vm = $vm.clone();
+        async move {
+            let rt = rt;
+            $body(rt, $vm).await
+        }
+        .boxed()
+    }};
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn install_software(
+        &self,
+        req: Request<pb::InstallSoftwareRequest>,
+    ) -> Result<Response<pb::OpReply>, Status> {
+        let r = req.into_inner();
+        let (vm, op_id) = self.check(&r.target)?;
+        let (version, url) = (r.version, r.url);
+        let fut = op!(self, vm, |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
+            rt.install_software(&vm, &version, &url).await.map(|_| vec![])
+        });
+        self.run(op_id, fut).await
+    }
+
+    async fn write_files(
+        &self,
+        req: Request<pb::WriteFilesRequest>,
+    ) -> Result<Response<pb::OpReply>, Status> {
+        let r = req.into_inner();
+        let (vm, op_id) = self.check(&r.target)?;
+        let files: Vec<ConfigFile> = r
+            .files
+            .into_iter()
+            .map(|f| ConfigFile {
+                path: f.path,
+                content: f.content,
+            })
+            .collect();
+        let fut = op!(self, vm, |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
+            rt.write_files(&vm, &files).await.map(|_| vec![])
+        });
+        self.run(op_id, fut).await
+    }
+
+    async fn start_program(
+        &self,
+        req: Request<pb::StartProgramRequest>,
+    ) -> Result<Response<pb::OpReply>, Status> {
+        let r = req.into_inner();
+        let (vm, op_id) = self.check(&r.target)?;
+        let spec = ProgramSpec {
+            kind: kind_from_pb(r.kind)?,
+            version: r.version,
+            node_ids: r.node_ids,
+            initial: r.initial,
+            command: r.command,
+        };
+        let fut = op!(self, vm, |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
+            rt.start_program(&vm, &spec).await.map(|_| vec![])
+        });
+        self.run(op_id, fut).await
+    }
+
+    async fn stop_program(
+        &self,
+        req: Request<pb::StopProgramRequest>,
+    ) -> Result<Response<pb::OpReply>, Status> {
+        let r = req.into_inner();
+        let (vm, op_id) = self.check(&r.target)?;
+        let kind = kind_from_pb(r.kind)?;
+        let shutdown = r.cluster_shutdown;
+        let fut = op!(self, vm, |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
+            rt.stop_program(&vm, kind, shutdown).await.map(|_| vec![])
+        });
+        self.run(op_id, fut).await
+    }
+
+    async fn program_status(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::ProgramStatusReply>, Status> {
+        let r = req.into_inner();
+        let (vm, _) = self.check(&r.target)?;
+        let st = self.runtime.status(&vm).await.map_err(to_status)?;
+        Ok(Response::new(pb::ProgramStatusReply {
+            running: st.running,
+            version: st.version.unwrap_or_default(),
+        }))
+    }
+
+    async fn mgm_command(
+        &self,
+        req: Request<pb::MgmCommandRequest>,
+    ) -> Result<Response<pb::OpReply>, Status> {
+        let r = req.into_inner();
+        let (vm, op_id) = self.check(&r.target)?;
+        use pb::mgm_command_request::Command as C;
+        let cmd = match r.command {
+            Some(C::Activate(node_id)) => MgmCommand::Activate { node_id },
+            Some(C::Deactivate(node_id)) => MgmCommand::Deactivate { node_id },
+            Some(C::Hostname(h)) => MgmCommand::Hostname {
+                node_id: h.node_id,
+                host: h.host,
+            },
+            Some(C::StartBackup(backup_id)) => MgmCommand::StartBackup { backup_id },
+            None => return Err(Status::invalid_argument("no management command given")),
+        };
+        let fut = op!(self, vm, |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
+            rt.mgm_command(&vm, &cmd).await
+        });
+        self.run(op_id, fut).await
+    }
+
+    async fn restore(
+        &self,
+        req: Request<pb::RestoreRequest>,
+    ) -> Result<Response<pb::OpReply>, Status> {
+        let r = req.into_inner();
+        let (vm, op_id) = self.check(&r.target)?;
+        let run = RestoreRun {
+            backup: backup_from_pb(r.backup)?,
+            step: step_from_str(&r.step)?,
+            api_node_id: r.api_node_id,
+            original_node: r.original_node,
+            command: r.command,
+        };
+        let fut = op!(self, vm, |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
+            rt.restore(&vm, &run).await
+        });
+        self.run(op_id, fut).await
+    }
+
+    async fn delete_backup(
+        &self,
+        req: Request<pb::DeleteBackupRequest>,
+    ) -> Result<Response<pb::OpReply>, Status> {
+        let r = req.into_inner();
+        let (vm, op_id) = self.check(&r.target)?;
+        let backup = backup_from_pb(r.backup)?;
+        let fut = op!(self, vm, |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
+            rt.delete_backup(&vm, &backup).await.map(|_| vec![])
+        });
+        self.run(op_id, fut).await
+    }
+
+    async fn restart_agent(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::OpReply>, Status> {
+        let r = req.into_inner();
+        let (vm, _) = self.check(&r.target)?;
+        info!(%vm, "restart requested by the leader");
+        self.shared.request_restart();
+        Ok(Response::new(pb::OpReply { node_ids: vec![] }))
+    }
+
+    async fn upgrade_agent(
+        &self,
+        req: Request<pb::UpgradeAgentRequest>,
+    ) -> Result<Response<pb::OpReply>, Status> {
+        let r = req.into_inner();
+        let (vm, op_id) = self.check(&r.target)?;
+        let (version, url) = (r.version, r.url);
+        let fut = op!(self, vm, |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
+            rt.upgrade_agent(&vm, &version, &url).await.map(|_| vec![])
+        });
+        let reply = self.run(op_id, fut).await?;
+        self.shared.request_restart();
+        Ok(reply)
+    }
+
+    async fn get_identity(
+        &self,
+        _req: Request<pb::IdentityRequest>,
+    ) -> Result<Response<pb::Identity>, Status> {
+        Ok(Response::new(self.shared.identity()))
+    }
+
+    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::OpReply>, Status> {
+        let r = req.into_inner();
+        self.check(&r.target)?;
+        self.shared
+            .join(r.raft_id)
+            .await
+            .map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::OpReply { node_ids: vec![] }))
+    }
+}
+
+/// Hands Raft messages to this agent's Raft node, refusing ones meant for another id.
+pub struct RaftService {
+    shared: Arc<AgentShared>,
+}
+
+impl RaftService {
+    pub fn new(shared: Arc<AgentShared>) -> Self {
+        RaftService { shared }
+    }
+
+    fn raft(&self, target: u64) -> Result<crate::raft::Raft, Status> {
+        let (id, raft) = self
+            .shared
+            .raft()
+            .ok_or_else(|| Status::unavailable("this agent has not joined the Raft group yet"))?;
+        if id != target {
+            return Err(Status::permission_denied(format!(
+                "this agent is Raft node {id}, not {target}"
+            )));
+        }
+        Ok(raft)
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, Status> {
+    serde_json::from_slice(b).map_err(|e| Status::invalid_argument(format!("bad Raft message: {e}")))
+}
+
+fn reply<T: serde::Serialize>(v: &T) -> Result<Response<pb::RaftReply>, Status> {
+    serde_json::to_vec(v)
+        .map(|json| Response::new(pb::RaftReply { json }))
+        .map_err(|e| Status::internal(format!("cannot encode Raft reply: {e}")))
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(
+        &self,
+        req: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        let r = req.into_inner();
+        let raft = self.raft(r.target_raft_id)?;
+        let res = raft.append_entries(decode(&r.json)?).await;
+        reply(&res)
+    }
+
+    async fn vote(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let r = req.into_inner();
+        let raft = self.raft(r.target_raft_id)?;
+        let res = raft.vote(decode(&r.json)?).await;
+        reply(&res)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        let r = req.into_inner();
+        let raft = self.raft(r.target_raft_id)?;
+        let res = raft.install_snapshot(decode(&r.json)?).await;
+        reply(&res)
+    }
+}

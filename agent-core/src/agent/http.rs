@@ -1,0 +1,208 @@
+//! The HTTP API of every agent: `PUT /desired-state`, `GET /status`, `GET /health`.
+//! Followers forward a desired state to the leader; status is answered from this agent's
+//! replica of the state, which trails the leader's by at most a heartbeat.
+
+use super::AgentShared;
+use crate::desired::{self, Violation};
+use crate::reconcile::{Submission, Submit};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The routes of the agent API.
+pub fn router(shared: Arc<AgentShared>) -> Router {
+    Router::new()
+        .route("/desired-state", put(put_desired))
+        .route("/status", get(status))
+        .route("/health", get(health))
+        .with_state(shared)
+}
+
+/// One agent in `GET /status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentEntry {
+    pub vm: String,
+    pub role: String,
+    pub zone: String,
+    pub raft_id: u64,
+    pub voter: bool,
+    pub http_addr: String,
+}
+
+/// The body of `GET /status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub reconciliation_state: String,
+    pub accepted_id: Option<u64>,
+    pub pending_id: Option<u64>,
+    pub leader_vm: Option<String>,
+    pub last_error: Option<String>,
+    pub agents: Vec<AgentEntry>,
+    /// VMs of the cluster by name with their role.
+    pub vms: Vec<VmEntry>,
+    pub actions_in_flight: usize,
+    pub actions_completed: u64,
+    /// The agent that answered.
+    pub answered_by: String,
+}
+
+/// One VM in `GET /status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VmEntry {
+    pub name: String,
+    pub role: String,
+    pub zone: String,
+    pub running: bool,
+}
+
+fn error(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, Json(json!({ "errors": [msg.into()] }))).into_response()
+}
+
+/// Builds the status from this agent's replica.
+pub fn build_status(shared: &AgentShared) -> Option<Status> {
+    let rep = shared.replicated()?;
+    let (_, raft) = shared.raft()?;
+    let leader = raft.metrics().borrow().current_leader;
+    let m = rep.membership.membership();
+    let voters: std::collections::BTreeSet<u64> = m.voter_ids().collect();
+    let agents: Vec<AgentEntry> = m
+        .nodes()
+        .map(|(id, n)| AgentEntry {
+            vm: n.vm.clone(),
+            role: n.role.clone(),
+            zone: n.zone.clone(),
+            raft_id: *id,
+            voter: voters.contains(id),
+            http_addr: n.http_addr.clone(),
+        })
+        .collect();
+    let leader_vm = leader.and_then(|l| agents.iter().find(|a| a.raft_id == l).map(|a| a.vm.clone()));
+    let c = &rep.cluster;
+    Some(Status {
+        reconciliation_state: format!("{:?}", c.reconciliation),
+        accepted_id: c.accepted.as_ref().map(|d| d.id),
+        pending_id: c.pending.as_ref().map(|d| d.id),
+        leader_vm,
+        last_error: c.last_error.clone(),
+        agents,
+        vms: c
+            .vms
+            .values()
+            .map(|v| VmEntry {
+                name: v.name.clone(),
+                role: format!("{:?}", v.role).to_lowercase(),
+                zone: v.zone.clone(),
+                running: v.running,
+            })
+            .collect(),
+        actions_in_flight: c.in_flight.len(),
+        actions_completed: c.completed_actions,
+        answered_by: shared.vm.clone(),
+    })
+}
+
+async fn status(State(shared): State<Arc<AgentShared>>) -> Response {
+    match build_status(&shared) {
+        Some(s) => Json(s).into_response(),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the agent of {} has not joined the cluster yet; ask another agent or retry",
+                shared.vm
+            ),
+        ),
+    }
+}
+
+async fn health(State(shared): State<Arc<AgentShared>>) -> Response {
+    let leader = shared.leader_inbox().is_some();
+    Json(json!({
+        "vm": shared.vm,
+        "raft_id": shared.raft_id(),
+        "leader": leader,
+        "agent_version": shared.agent_version(),
+    }))
+    .into_response()
+}
+
+fn violations(v: &[Violation]) -> Response {
+    let list: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+    (StatusCode::BAD_REQUEST, Json(json!({ "errors": list }))).into_response()
+}
+
+async fn put_desired(State(shared): State<Arc<AgentShared>>, body: Bytes) -> Response {
+    // Parse errors are answered here; everything else needs the leader's view.
+    let d = match desired::parse(&body) {
+        Ok(d) => d,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "errors": e.problems() })),
+            )
+                .into_response()
+        }
+    };
+    let v = desired::validate(&d);
+    if !v.is_empty() {
+        return violations(&v);
+    }
+    if let Some(inbox) = shared.leader_inbox() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let id = d.id;
+        if inbox.send(Submit { desired: d, reply: tx }).await.is_err() {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "leadership is changing; retry");
+        }
+        return match rx.await {
+            Ok(Ok(s)) => (
+                StatusCode::ACCEPTED,
+                Json(json!({
+                    "id": id,
+                    "result": match s { Submission::Accepted => "accepted", Submission::Queued => "queued" },
+                })),
+            )
+                .into_response(),
+            Ok(Err(v)) => violations(&v),
+            Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "leadership changed before the desired state was recorded; retry"),
+        };
+    }
+    forward(&shared, body).await
+}
+
+/// Sends the body to the leader's HTTP API and relays its answer.
+async fn forward(shared: &AgentShared, body: Bytes) -> Response {
+    let Some(status) = build_status(shared) else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "this agent has not joined the cluster yet");
+    };
+    let Some(addr) = status
+        .leader_vm
+        .as_ref()
+        .and_then(|l| status.agents.iter().find(|a| &a.vm == l))
+        .map(|a| a.http_addr.clone())
+        .filter(|a| *a != shared.http_addr)
+    else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no leader is elected right now; retry in a few seconds");
+    };
+    let client = reqwest::Client::new();
+    match client
+        .put(format!("http://{addr}/desired-state"))
+        .timeout(Duration::from_secs(30))
+        .body(body)
+        .send()
+        .await
+    {
+        Ok(r) => {
+            let code = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let bytes = r.bytes().await.unwrap_or_default();
+            (code, [("content-type", "application/json")], bytes).into_response()
+        }
+        Err(e) => error(StatusCode::BAD_GATEWAY, format!("cannot reach the leader at {addr}: {e}")),
+    }
+}

@@ -1,0 +1,339 @@
+//! Raft membership follows the VMs: an agent on a new VM joins as a learner, up to five
+//! voters are kept, spread over zones, a VM leaves the membership before it is deleted, and
+//! agents that are dead or wiped are removed. Raft ids are never reused. One membership
+//! change runs at a time.
+
+use super::AgentShared;
+use crate::backend::{BackendError, CloudProvider, VmInfo, VmSpec};
+use crate::raft::{AgentNode, NodeId, Raft, Request, Response};
+use async_trait::async_trait;
+use openraft::ChangeMembers;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// Most voters the group keeps (more only slow down commits).
+pub const MAX_VOTERS: usize = 5;
+/// An agent silent this long, whose VM the provider no longer lists, leaves the membership.
+pub const DEAD_AFTER: Duration = Duration::from_secs(4);
+
+/// The leader's provider: the real one plus the membership bookkeeping around it.
+pub struct Membership {
+    shared: Arc<AgentShared>,
+    raft: Raft,
+    change: tokio::sync::Mutex<()>,
+    last_seen: Mutex<BTreeMap<NodeId, Instant>>,
+}
+
+fn transient(what: &str, e: impl std::fmt::Display) -> BackendError {
+    BackendError::Transient(format!("{what}: {e}"))
+}
+
+impl Membership {
+    pub fn new(shared: Arc<AgentShared>, raft: Raft) -> Self {
+        Membership {
+            shared,
+            raft,
+            change: tokio::sync::Mutex::new(()),
+            last_seen: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn members(&self) -> (BTreeSet<NodeId>, BTreeMap<NodeId, AgentNode>) {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<NodeId> = m.membership().voter_ids().collect();
+        let nodes = m
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.clone()))
+            .collect();
+        (voters, nodes)
+    }
+
+    /// Gives the agent of a new VM a Raft id and adds it as a learner (idempotent).
+    async fn admit(&self, info: &VmInfo) -> Result<(), BackendError> {
+        let ep = info.agent_endpoint.clone();
+        if ep.is_empty() {
+            return Ok(());
+        }
+        if let Ok(mut f) = self.shared.fresh.lock() {
+            f.insert(info.name.clone(), ep.clone());
+        }
+        let ident = self
+            .shared
+            .identity_of(&ep, Duration::from_secs(2))
+            .await
+            .map_err(|e| transient(&format!("the agent of {} does not answer", info.name), e))?;
+        if ident.vm != info.name {
+            return Err(BackendError::Failed(format!(
+                "the agent at {ep} is VM {}, not {}",
+                ident.vm, info.name
+            )));
+        }
+        let _g = self.change.lock().await;
+        let (_, nodes) = self.members();
+        let id = if ident.raft_id != 0 && nodes.contains_key(&ident.raft_id) {
+            ident.raft_id
+        } else {
+            let id = if ident.raft_id != 0 {
+                // Joined under an id the group no longer has: it cannot take another one.
+                return Err(BackendError::Failed(format!(
+                    "the agent of {} holds Raft id {} that left the group; wipe its directory",
+                    info.name, ident.raft_id
+                )));
+            } else {
+                match self
+                    .raft
+                    .client_write(Request::AllocateRaftId {
+                        vm: info.name.clone(),
+                    })
+                    .await
+                {
+                    Ok(r) => match r.data {
+                        Response::RaftId(id) => id,
+                        other => {
+                            return Err(BackendError::Failed(format!(
+                                "unexpected answer to a Raft id request: {other:?}"
+                            )))
+                        }
+                    },
+                    Err(e) => return Err(transient("cannot allocate a Raft id", e)),
+                }
+            };
+            let mut c = self
+                .shared
+                .agent_client(&ep)
+                .map_err(|e| transient("bad agent address", e))?;
+            c.join(ndb_proto::v1::JoinRequest {
+                target: Some(ndb_proto::v1::Target {
+                    vm: info.name.clone(),
+                    op_id: 0,
+                }),
+                raft_id: id,
+            })
+            .await
+            .map_err(|s| transient(&format!("{} refused to join", info.name), s.message()))?;
+            id
+        };
+        let node = AgentNode {
+            vm: ident.vm.clone(),
+            role: ident.role.clone(),
+            zone: ident.zone.clone(),
+            grpc_addr: ident.grpc_addr.clone(),
+            http_addr: ident.http_addr.clone(),
+        };
+        self.raft
+            .add_learner(id, node, true)
+            .await
+            .map_err(|e| transient(&format!("cannot add {} as a learner", info.name), e))?;
+        info!(vm = %info.name, raft_id = id, "agent joined as a learner");
+        Ok(())
+    }
+
+    /// Removes every Raft id of `vm` from the membership.
+    async fn expel(&self, vm: &str) -> Result<(), BackendError> {
+        let _g = self.change.lock().await;
+        let (voters, nodes) = self.members();
+        let ids: BTreeSet<NodeId> = nodes
+            .iter()
+            .filter(|(_, n)| n.vm == vm)
+            .map(|(id, _)| *id)
+            .collect();
+        self.remove_ids(&voters, ids).await
+    }
+
+    async fn remove_ids(
+        &self,
+        voters: &BTreeSet<NodeId>,
+        ids: BTreeSet<NodeId>,
+    ) -> Result<(), BackendError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let voting: BTreeSet<NodeId> = ids.intersection(voters).copied().collect();
+        if !voting.is_empty() {
+            if voters.len() <= voting.len() {
+                return Err(BackendError::Failed(
+                    "removing these agents would leave the Raft group without voters".into(),
+                ));
+            }
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(voting), false)
+                .await
+                .map_err(|e| transient("cannot remove voters", e))?;
+        }
+        self.raft
+            .change_membership(ChangeMembers::RemoveNodes(ids.clone()), false)
+            .await
+            .map_err(|e| transient("cannot remove agents from the group", e))?;
+        info!(raft_ids = ?ids, "agents left the Raft group");
+        Ok(())
+    }
+
+    /// The membership upkeep loop of the leader.
+    pub async fn upkeep(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.upkeep_once().await {
+                warn!(error = %e, "membership upkeep");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn upkeep_once(&self) -> Result<(), BackendError> {
+        let my_id = self.shared.raft_id().unwrap_or(0);
+        let (voters, nodes) = self.members();
+        let now = Instant::now();
+        let mut alive: BTreeSet<NodeId> = BTreeSet::from([my_id]);
+        let mut wiped: BTreeSet<NodeId> = BTreeSet::new();
+        for (id, node) in &nodes {
+            if *id == my_id {
+                continue;
+            }
+            match self
+                .shared
+                .identity_of(&node.grpc_addr, Duration::from_millis(500))
+                .await
+            {
+                Ok(ident) if ident.raft_id == *id && ident.vm == node.vm => {
+                    alive.insert(*id);
+                    if let Ok(mut s) = self.last_seen.lock() {
+                        s.insert(*id, now);
+                    }
+                }
+                Ok(ident) => {
+                    warn!(raft_id = id, vm = %node.vm, answered_as = ident.raft_id,
+                        "agent answers under another identity (wiped?); it is removed and comes back only under a new id");
+                    wiped.insert(*id);
+                }
+                Err(_) => {}
+            }
+        }
+        // Dead: silent for DEAD_AFTER and the provider no longer lists its VM.
+        let infos = match self.shared.provider.list_vms().await {
+            Ok(v) => v,
+            Err(_) => return Ok(()),
+        };
+        let listed: BTreeSet<String> = infos.iter().map(|v| v.name.clone()).collect();
+        let mut dead = wiped;
+        for (id, node) in &nodes {
+            if alive.contains(id) {
+                continue;
+            }
+            let seen = self
+                .last_seen
+                .lock()
+                .ok()
+                .and_then(|s| s.get(id).copied())
+                .unwrap_or_else(|| {
+                    if let Ok(mut s) = self.last_seen.lock() {
+                        s.insert(*id, now);
+                    }
+                    now
+                });
+            if now.duration_since(seen) >= DEAD_AFTER && !listed.contains(&node.vm) {
+                dead.insert(*id);
+            }
+        }
+        if !dead.is_empty() {
+            let _g = self.change.lock().await;
+            info!(raft_ids = ?dead, "removing dead or wiped agents from the Raft group");
+            self.remove_ids(&voters, dead.clone()).await?;
+            return Ok(());
+        }
+        // A VM whose agent is in no membership (wiped, or created by a leader that died
+        // before admitting it) joins under a new id.
+        for info in &infos {
+            if !nodes.values().any(|n| n.vm == info.name) {
+                info!(vm = %info.name, "agent of a listed VM is not in the Raft group; admitting it under a new id");
+                self.admit(info).await?;
+            }
+        }
+        // Voters: round-robin over zones, so losing a zone loses as few voters as possible;
+        // within a zone the leader first, then current voters (no churn), then long-lived
+        // roles.
+        let target = match alive.len() {
+            n if n >= MAX_VOTERS => MAX_VOTERS,
+            n if n >= 3 => 3,
+            _ => 1,
+        };
+        let mut by_zone: BTreeMap<String, Vec<((u8, u8, u8), NodeId)>> = BTreeMap::new();
+        for id in &alive {
+            let Some(n) = nodes.get(id) else { continue };
+            let key = (
+                u8::from(*id != my_id),
+                u8::from(!voters.contains(id)),
+                role_rank(&n.role),
+            );
+            by_zone.entry(n.zone.clone()).or_default().push((key, *id));
+        }
+        for v in by_zone.values_mut() {
+            v.sort();
+            v.reverse(); // pop() takes the best
+        }
+        let mut want: BTreeSet<NodeId> = BTreeSet::from([my_id]);
+        if let Some(v) = nodes.get(&my_id).and_then(|n| by_zone.get_mut(&n.zone)) {
+            v.retain(|(_, id)| *id != my_id);
+        }
+        while want.len() < target {
+            let before = want.len();
+            for v in by_zone.values_mut() {
+                if want.len() >= target {
+                    break;
+                }
+                if let Some((_, id)) = v.pop() {
+                    want.insert(id);
+                }
+            }
+            if want.len() == before {
+                break;
+            }
+        }
+        if want != voters {
+            let _g = self.change.lock().await;
+            info!(voters = ?want, "changing the Raft voters");
+            self.raft
+                .change_membership(want, true)
+                .await
+                .map_err(|e| transient("cannot change voters", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Voter preference: VMs that live long first.
+fn role_rank(role: &str) -> u8 {
+    match role {
+        "mgmd" => 0,
+        "ndbd" => 1,
+        "bootstrap" => 2,
+        "mysqld" => 3,
+        _ => 4,
+    }
+}
+
+#[async_trait]
+impl CloudProvider for Membership {
+    async fn create_vm(&self, spec: &VmSpec) -> Result<VmInfo, BackendError> {
+        let info = self.shared.provider.create_vm(spec).await?;
+        self.admit(&info).await?;
+        Ok(info)
+    }
+
+    async fn delete_vm(&self, name: &str) -> Result<(), BackendError> {
+        if name == self.shared.vm {
+            // The leader's own VM: leave the group first; the next leader deletes it.
+            self.expel(name).await?;
+            return Err(BackendError::Transient(format!(
+                "{name} runs the leader; leadership is handed over and the next leader deletes it"
+            )));
+        }
+        self.expel(name).await?;
+        self.shared.provider.delete_vm(name).await
+    }
+
+    async fn list_vms(&self) -> Result<Vec<VmInfo>, BackendError> {
+        self.shared.provider.list_vms().await
+    }
+}

@@ -1,0 +1,448 @@
+//! One agent: its gRPC services, its Raft node, its HTTP API and, while it leads, the
+//! reconciler. The binary wires in the backends; nothing here knows which ones.
+//!
+//! Lifecycle: an agent starts unjoined (no Raft id) unless it is the bootstrap agent or its
+//! directory holds a Raft id from an earlier run. The leader gives it an id (`Join`), adds it
+//! as a learner and may promote it to voter. Whoever leads runs the reconciler, whose every
+//! event is a Raft entry.
+
+pub mod grpc;
+pub mod http;
+pub mod membership;
+pub mod remote;
+
+use crate::backend::{BackendError, CloudProvider, ProcessRuntime};
+use crate::raft::network::{endpoint, GrpcNetwork};
+use crate::raft::store;
+use crate::raft::{AgentNode, NodeId, Raft, Replicated, Request, BOOTSTRAP_ID};
+use crate::reconcile::{Journal, Reconciler, ReconcilerConfig, Submit};
+use crate::model::Event;
+use ndb_proto::v1 as pb;
+use ndb_proto::v1::agent_client::AgentClient;
+use openraft::ServerState;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Notify};
+use tonic::transport::Channel;
+use tracing::{info, warn, Instrument};
+
+/// What an agent is and how it behaves.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub vm: String,
+    pub role: String,
+    pub zone: String,
+    /// This VM's directory: Raft store, Raft id, logs.
+    pub dir: PathBuf,
+    /// Start a one-node Raft group if the directory holds none.
+    pub bootstrap: bool,
+    pub agent_version: String,
+    pub reconciler: ReconcilerConfig,
+    /// Raft heartbeat; elections time out after 4-8 heartbeats.
+    pub heartbeat: Duration,
+}
+
+/// Why an agent stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The leader asked for a restart (or an upgrade): the binary execs itself again.
+    Restart,
+}
+
+/// Why an agent cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Store(#[from] store::OpenError),
+    #[error("Raft: {0}")]
+    Raft(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the local address of a listener: {0}")]
+    Listener(std::io::Error),
+}
+
+/// State every part of the agent shares.
+pub struct AgentShared {
+    pub vm: String,
+    pub role: String,
+    pub zone: String,
+    pub grpc_addr: String,
+    pub http_addr: String,
+    pub dir: PathBuf,
+    opts: AgentOptions,
+    raft: RwLock<Option<(NodeId, Raft)>>,
+    sm: RwLock<Option<Arc<RwLock<Replicated>>>>,
+    join_lock: tokio::sync::Mutex<()>,
+    restart: Notify,
+    /// The running reconciler's inbox while this agent leads.
+    inbox: Mutex<Option<mpsc::Sender<Submit>>>,
+    channels: Mutex<HashMap<String, Channel>>,
+    /// Agents created by this leader that may not be in the membership yet.
+    fresh: Mutex<BTreeMap<String, String>>,
+    provider: Arc<dyn CloudProvider>,
+}
+
+const RAFT_ID_FILE: &str = "raft_id";
+const RAFT_STORE_FILE: &str = "raft.redb";
+
+impl AgentShared {
+    /// This agent's identity as other agents see it.
+    pub fn identity(&self) -> pb::Identity {
+        pb::Identity {
+            vm: self.vm.clone(),
+            raft_id: self.raft_id().unwrap_or(0),
+            grpc_addr: self.grpc_addr.clone(),
+            http_addr: self.http_addr.clone(),
+            agent_version: self.agent_version(),
+            role: self.role.clone(),
+            zone: self.zone.clone(),
+        }
+    }
+
+    /// The agent version: the one installed by the last upgrade, else this build's.
+    pub fn agent_version(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent_version"))
+            .map(|s| s.trim().to_string())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| self.opts.agent_version.clone())
+    }
+
+    pub fn raft(&self) -> Option<(NodeId, Raft)> {
+        self.raft.read().ok().and_then(|r| r.clone())
+    }
+
+    pub fn raft_id(&self) -> Option<NodeId> {
+        self.raft().map(|(id, _)| id)
+    }
+
+    /// A copy of the replicated state as this agent has applied it.
+    pub fn replicated(&self) -> Option<Replicated> {
+        let sm = self.sm.read().ok()?.clone()?;
+        let r = sm.read().ok()?.clone();
+        Some(r)
+    }
+
+    fn node(&self) -> AgentNode {
+        AgentNode {
+            vm: self.vm.clone(),
+            role: self.role.clone(),
+            zone: self.zone.clone(),
+            grpc_addr: self.grpc_addr.clone(),
+            http_addr: self.http_addr.clone(),
+        }
+    }
+
+    pub fn request_restart(&self) {
+        self.restart.notify_one();
+    }
+
+    /// The gRPC address of `vm`'s agent: the newest membership entry, else one just created.
+    pub fn endpoint_of(&self, vm: &str) -> Option<String> {
+        let from_membership = self.replicated().and_then(|r| {
+            r.membership
+                .membership()
+                .nodes()
+                .filter(|(_, n)| n.vm == vm)
+                .max_by_key(|(id, _)| **id)
+                .map(|(_, n)| n.grpc_addr.clone())
+        });
+        from_membership.or_else(|| self.fresh.lock().ok()?.get(vm).cloned())
+    }
+
+    /// A client of the agent at `ep` over a cached channel.
+    pub fn agent_client(&self, ep: &str) -> Result<AgentClient<Channel>, tonic::transport::Error> {
+        let mut ch = self
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = ch.get(ep) {
+            return Ok(AgentClient::new(c.clone()));
+        }
+        let c = endpoint(ep)?.connect_lazy();
+        ch.insert(ep.to_string(), c.clone());
+        Ok(AgentClient::new(c))
+    }
+
+    /// Asks the agent at `ep` who it is.
+    pub async fn identity_of(&self, ep: &str, timeout: Duration) -> Result<pb::Identity, String> {
+        let mut c = self.agent_client(ep).map_err(|e| e.to_string())?;
+        let mut req = tonic::Request::new(pb::IdentityRequest {});
+        req.set_timeout(timeout);
+        c.get_identity(req)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| s.message().to_string())
+    }
+
+    /// After a restart or upgrade: waits until `vm`'s agent answers again.
+    pub async fn wait_agent_back(&self, vm: &str) -> Result<(), BackendError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        loop {
+            if let Some(ep) = self.endpoint_of(vm) {
+                if self.identity_of(&ep, Duration::from_secs(1)).await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BackendError::Transient(format!(
+                    "the agent of {vm} did not answer within 30 s of its restart"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Joins the Raft group under `raft_id` (assigned by the leader). Idempotent for the
+    /// same id; an agent never takes a second id (a wiped agent starts over unjoined).
+    pub async fn join(self: &Arc<Self>, raft_id: NodeId) -> Result<(), String> {
+        let _g = self.join_lock.lock().await;
+        match self.raft_id() {
+            Some(id) if id == raft_id => return Ok(()),
+            Some(id) => {
+                return Err(format!(
+                    "this agent is already Raft node {id}; it cannot become {raft_id}"
+                ))
+            }
+            None => {}
+        }
+        write_durably(&self.dir.join(RAFT_ID_FILE), raft_id.to_string().as_bytes())
+            .map_err(|e| e.to_string())?;
+        start_raft(self, raft_id).await.map_err(|e| e.to_string())?;
+        info!(vm = %self.vm, raft_id, "joined the cluster's Raft group");
+        Ok(())
+    }
+
+    /// Hands a desired state to the reconciler if this agent leads.
+    pub fn leader_inbox(&self) -> Option<mpsc::Sender<Submit>> {
+        self.inbox.lock().ok()?.clone()
+    }
+}
+
+/// Writes a small file and fsyncs it and its directory.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn raft_config(heartbeat: Duration) -> Result<openraft::Config, AgentError> {
+    let hb = heartbeat.as_millis() as u64;
+    openraft::Config {
+        cluster_name: "managed-rondb".into(),
+        heartbeat_interval: hb,
+        election_timeout_min: hb * 4,
+        election_timeout_max: hb * 8,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
+        max_in_snapshot_log_to_keep: 200,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| AgentError::Raft(e.to_string()))
+}
+
+async fn start_raft(shared: &Arc<AgentShared>, id: NodeId) -> Result<Raft, AgentError> {
+    let (log, sm) = store::open(&shared.dir.join(RAFT_STORE_FILE))?;
+    let sm_view = sm.shared();
+    let config = Arc::new(raft_config(shared.opts.heartbeat)?);
+    let raft = Raft::new(id, config, GrpcNetwork, log, sm)
+        .await
+        .map_err(|e| AgentError::Raft(e.to_string()))?;
+    if let Ok(mut w) = shared.sm.write() {
+        *w = Some(sm_view);
+    }
+    if let Ok(mut w) = shared.raft.write() {
+        *w = Some((id, raft.clone()));
+    }
+    tokio::spawn(watch_leadership(Arc::clone(shared), id, raft.clone()));
+    Ok(raft)
+}
+
+/// Runs an agent until it is asked to restart. `grpc` and `http` are bound listeners.
+pub async fn run(
+    opts: AgentOptions,
+    grpc: TcpListener,
+    http: TcpListener,
+    provider: Arc<dyn CloudProvider>,
+    runtime: Arc<dyn ProcessRuntime>,
+) -> Result<Exit, AgentError> {
+    let grpc_addr = grpc.local_addr().map_err(AgentError::Listener)?.to_string();
+    let http_addr = http.local_addr().map_err(AgentError::Listener)?.to_string();
+    std::fs::create_dir_all(&opts.dir).map_err(|source| AgentError::Io {
+        path: opts.dir.display().to_string(),
+        source,
+    })?;
+    let shared = Arc::new(AgentShared {
+        vm: opts.vm.clone(),
+        role: opts.role.clone(),
+        zone: opts.zone.clone(),
+        grpc_addr,
+        http_addr,
+        dir: opts.dir.clone(),
+        opts: opts.clone(),
+        raft: RwLock::new(None),
+        sm: RwLock::new(None),
+        join_lock: tokio::sync::Mutex::new(()),
+        restart: Notify::new(),
+        inbox: Mutex::new(None),
+        channels: Mutex::new(HashMap::new()),
+        fresh: Mutex::new(BTreeMap::new()),
+        provider,
+    });
+
+    // gRPC first: a restarted agent must answer its peers as soon as Raft runs.
+    let services = tonic::transport::Server::builder()
+        .add_service(ndb_proto::v1::agent_server::AgentServer::new(
+            grpc::AgentService::new(Arc::clone(&shared), runtime),
+        ))
+        .add_service(ndb_proto::v1::raft_server::RaftServer::new(
+            grpc::RaftService::new(Arc::clone(&shared)),
+        ))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc));
+    tokio::spawn(async move {
+        if let Err(e) = services.await {
+            warn!(error = %e, "gRPC server stopped");
+        }
+    });
+    let app = http::router(Arc::clone(&shared));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(http, app).await {
+            warn!(error = %e, "HTTP server stopped");
+        }
+    });
+
+    let id_file = opts.dir.join(RAFT_ID_FILE);
+    let stored_id = std::fs::read_to_string(&id_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<NodeId>().ok());
+    match stored_id {
+        Some(id) => {
+            info!(vm = %opts.vm, raft_id = id, "rejoining with the Raft id in {}", id_file.display());
+            start_raft(&shared, id).await?;
+        }
+        None if opts.bootstrap => {
+            write_durably(&id_file, BOOTSTRAP_ID.to_string().as_bytes()).map_err(|source| {
+                AgentError::Io {
+                    path: id_file.display().to_string(),
+                    source,
+                }
+            })?;
+            let raft = start_raft(&shared, BOOTSTRAP_ID).await?;
+            let members = BTreeMap::from([(BOOTSTRAP_ID, shared.node())]);
+            match raft.initialize(members).await {
+                Ok(()) => info!(vm = %opts.vm, "started a new one-node Raft group"),
+                Err(e) => info!(vm = %opts.vm, "Raft group already initialized ({e})"),
+            }
+        }
+        None => info!(vm = %opts.vm, "waiting for the leader to let this agent join"),
+    }
+    shared.restart.notified().await;
+    // Let the reply to the restart request leave before the process execs again.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    if let Some((_, raft)) = shared.raft() {
+        let _ = raft.shutdown().await;
+    }
+    Ok(Exit::Restart)
+}
+
+/// Starts the leader's duties when this node becomes leader, stops them when it stops.
+async fn watch_leadership(shared: Arc<AgentShared>, id: NodeId, raft: Raft) {
+    let mut metrics = raft.metrics();
+    let mut task: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        let leading = {
+            let m = metrics.borrow();
+            m.current_leader == Some(id) && m.state == ServerState::Leader
+        };
+        let running = task.as_ref().is_some_and(|t| !t.is_finished());
+        if leading && !running {
+            let span = tracing::info_span!("leader", vm = %shared.vm, raft_id = id);
+            task = Some(tokio::spawn(
+                lead(Arc::clone(&shared), raft.clone()).instrument(span),
+            ));
+        } else if !leading && running {
+            info!(vm = %shared.vm, "no longer the leader; the reconciler stops");
+            if let Some(t) = task.take() {
+                t.abort();
+            }
+            if let Ok(mut i) = shared.inbox.lock() {
+                *i = None;
+            }
+        }
+        tokio::select! {
+            r = metrics.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Records reconcile events as Raft entries.
+struct RaftJournal {
+    raft: Raft,
+}
+
+#[async_trait::async_trait]
+impl Journal for RaftJournal {
+    async fn append(&self, events: Vec<Event>) -> Result<(), String> {
+        self.raft
+            .client_write(Request::Events(events))
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("the Raft log refused the write: {e}"))
+    }
+}
+
+/// The leader's duties: membership upkeep and the reconciler, resumed from the log.
+async fn lead(shared: Arc<AgentShared>, raft: Raft) {
+    // Everything committed by earlier leaders is applied before we read the state.
+    if let Err(e) = raft.ensure_linearizable().await {
+        warn!(error = %e, "cannot confirm leadership; not leading");
+        return;
+    }
+    let Some(rep) = shared.replicated() else {
+        return;
+    };
+    info!(
+        vm = %shared.vm,
+        accepted_id = ?rep.cluster.accepted.as_ref().map(|d| d.id),
+        in_flight = rep.cluster.in_flight.len(),
+        "leading: resuming the reconciliation from the Raft log"
+    );
+    let (tx, rx) = mpsc::channel(16);
+    if let Ok(mut i) = shared.inbox.lock() {
+        *i = Some(tx);
+    }
+    let members = Arc::new(membership::Membership::new(Arc::clone(&shared), raft.clone()));
+    let upkeep = tokio::spawn(Arc::clone(&members).upkeep());
+    let runtime = Arc::new(remote::RemoteRuntime::new(Arc::clone(&shared)));
+    let mut reconciler = Reconciler::new(
+        members,
+        runtime,
+        rep.cluster,
+        shared.opts.reconciler.clone(),
+    )
+    .with_journal(Arc::new(RaftJournal { raft }))
+    .with_inbox(rx);
+    let why = reconciler.serve().await;
+    upkeep.abort();
+    if let Ok(mut i) = shared.inbox.lock() {
+        *i = None;
+    }
+    warn!(reason = %why, "reconciler stopped");
+}

@@ -1,0 +1,277 @@
+//! The leader's `ProcessRuntime`: every call goes over gRPC to the agent of the target VM,
+//! with the action's operation id, so a repeat after a leader change is answered, not redone.
+
+use super::grpc::{backup_to_pb, kind_to_pb, step_to_str};
+use super::AgentShared;
+use crate::backend::{
+    current_op, BackendError, MgmCommand, ProcessRuntime, ProgramKind, ProgramSpec,
+    ProgramStatus, RestoreRun,
+};
+use crate::desired::BackupSpec;
+use crate::model::ConfigFile;
+use async_trait::async_trait;
+use ndb_proto::v1 as pb;
+use ndb_proto::v1::agent_client::AgentClient;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// How long an agent may be unreachable before the VM counts as gone for this call.
+pub const UNREACHABLE_AFTER: Duration = Duration::from_secs(3);
+
+/// `ProcessRuntime` over the agents' gRPC services.
+pub struct RemoteRuntime {
+    shared: Arc<AgentShared>,
+}
+
+impl RemoteRuntime {
+    pub fn new(shared: Arc<AgentShared>) -> Self {
+        RemoteRuntime { shared }
+    }
+
+    async fn call<T, F, Fut>(&self, vm: &str, f: F) -> Result<T, BackendError>
+    where
+        F: Fn(AgentClient<Channel>, pb::Target) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + UNREACHABLE_AFTER;
+        loop {
+            let Some(ep) = self.shared.endpoint_of(vm) else {
+                return Err(BackendError::VmGone(format!(
+                    "{vm}: no agent of this VM is known to the cluster"
+                )));
+            };
+            let client = self.shared.agent_client(&ep).map_err(|e| {
+                BackendError::Failed(format!("{vm}: bad agent address {ep}: {e}"))
+            })?;
+            let target = pb::Target {
+                vm: vm.to_string(),
+                op_id: current_op(),
+            };
+            match f(client, target).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) if unreachable(&s) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(BackendError::VmGone(format!(
+                            "{vm}: agent at {ep} unreachable for {}s: {}",
+                            UNREACHABLE_AFTER.as_secs(),
+                            s.message()
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(s) => return Err(from_status(vm, s)),
+            }
+        }
+    }
+}
+
+/// The agent could not be reached at all (as opposed to an answer that says "failed").
+fn unreachable(s: &Status) -> bool {
+    match s.code() {
+        Code::Unavailable => !s.message().starts_with("agent:"),
+        Code::Unknown | Code::Cancelled => true,
+        _ => false,
+    }
+}
+
+/// gRPC statuses back into backend errors (see [`super::grpc::to_status`]).
+pub fn from_status(vm: &str, s: Status) -> BackendError {
+    match s.code() {
+        Code::NotFound => BackendError::VmGone(format!("{vm}: {}", s.message())),
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => {
+            BackendError::Transient(format!(
+                "{vm}: {}",
+                s.message().trim_start_matches("agent: ")
+            ))
+        }
+        _ => BackendError::Failed(format!("{vm}: {}", s.message())),
+    }
+}
+
+fn no_ids(r: Result<pb::OpReply, BackendError>) -> Result<(), BackendError> {
+    r.map(|_| ())
+}
+
+#[async_trait]
+impl ProcessRuntime for RemoteRuntime {
+    async fn install_software(
+        &self,
+        vm: &str,
+        version: &str,
+        url: &str,
+    ) -> Result<(), BackendError> {
+        no_ids(
+            self.call(vm, |mut c, target| async move {
+                c.install_software(pb::InstallSoftwareRequest {
+                    target: Some(target),
+                    version: version.to_string(),
+                    url: url.to_string(),
+                })
+                .await
+            })
+            .await,
+        )
+    }
+
+    async fn write_files(&self, vm: &str, files: &[ConfigFile]) -> Result<(), BackendError> {
+        let files: Vec<pb::ConfigFile> = files
+            .iter()
+            .map(|f| pb::ConfigFile {
+                path: f.path.clone(),
+                content: f.content.clone(),
+            })
+            .collect();
+        no_ids(
+            self.call(vm, |mut c, target| {
+                let files = files.clone();
+                async move {
+                    c.write_files(pb::WriteFilesRequest {
+                        target: Some(target),
+                        files,
+                    })
+                    .await
+                }
+            })
+            .await,
+        )
+    }
+
+    async fn start_program(&self, vm: &str, spec: &ProgramSpec) -> Result<(), BackendError> {
+        no_ids(
+            self.call(vm, |mut c, target| async move {
+                c.start_program(pb::StartProgramRequest {
+                    target: Some(target),
+                    kind: kind_to_pb(spec.kind) as i32,
+                    version: spec.version.clone(),
+                    node_ids: spec.node_ids.clone(),
+                    initial: spec.initial,
+                    command: spec.command.clone(),
+                })
+                .await
+            })
+            .await,
+        )
+    }
+
+    async fn stop_program(
+        &self,
+        vm: &str,
+        kind: ProgramKind,
+        cluster_shutdown: bool,
+    ) -> Result<(), BackendError> {
+        no_ids(
+            self.call(vm, |mut c, target| async move {
+                c.stop_program(pb::StopProgramRequest {
+                    target: Some(target),
+                    kind: kind_to_pb(kind) as i32,
+                    cluster_shutdown,
+                })
+                .await
+            })
+            .await,
+        )
+    }
+
+    async fn status(&self, vm: &str) -> Result<ProgramStatus, BackendError> {
+        let r = self
+            .call(vm, |mut c, target| async move {
+                let mut req = tonic::Request::new(pb::StatusRequest {
+                    target: Some(target),
+                });
+                req.set_timeout(Duration::from_secs(2));
+                c.program_status(req).await
+            })
+            .await?;
+        Ok(ProgramStatus {
+            running: r.running,
+            version: Some(r.version).filter(|v| !v.is_empty()),
+        })
+    }
+
+    async fn mgm_command(&self, vm: &str, cmd: &MgmCommand) -> Result<Vec<u32>, BackendError> {
+        use pb::mgm_command_request::Command as C;
+        let command = match cmd {
+            MgmCommand::Activate { node_id } => C::Activate(*node_id),
+            MgmCommand::Deactivate { node_id } => C::Deactivate(*node_id),
+            MgmCommand::Hostname { node_id, host } => C::Hostname(pb::Hostname {
+                node_id: *node_id,
+                host: host.clone(),
+            }),
+            MgmCommand::StartBackup { backup_id } => C::StartBackup(*backup_id),
+        };
+        let r = self
+            .call(vm, |mut c, target| {
+                let command = command.clone();
+                async move {
+                    c.mgm_command(pb::MgmCommandRequest {
+                        target: Some(target),
+                        command: Some(command),
+                    })
+                    .await
+                }
+            })
+            .await?;
+        Ok(r.node_ids)
+    }
+
+    async fn restore(&self, vm: &str, run: &RestoreRun) -> Result<Vec<u32>, BackendError> {
+        let r = self
+            .call(vm, |mut c, target| async move {
+                c.restore(pb::RestoreRequest {
+                    target: Some(target),
+                    backup: Some(backup_to_pb(&run.backup)),
+                    step: step_to_str(run.step),
+                    api_node_id: run.api_node_id,
+                    original_node: run.original_node,
+                    command: run.command.clone(),
+                })
+                .await
+            })
+            .await?;
+        Ok(r.node_ids)
+    }
+
+    async fn delete_backup(&self, vm: &str, backup: &BackupSpec) -> Result<(), BackendError> {
+        no_ids(
+            self.call(vm, |mut c, target| async move {
+                c.delete_backup(pb::DeleteBackupRequest {
+                    target: Some(target),
+                    backup: Some(backup_to_pb(backup)),
+                })
+                .await
+            })
+            .await,
+        )
+    }
+
+    async fn restart_agent(&self, vm: &str) -> Result<(), BackendError> {
+        no_ids(
+            self.call(vm, |mut c, target| async move {
+                c.restart_agent(pb::StatusRequest {
+                    target: Some(target),
+                })
+                .await
+            })
+            .await,
+        )?;
+        self.shared.wait_agent_back(vm).await
+    }
+
+    async fn upgrade_agent(&self, vm: &str, version: &str, url: &str) -> Result<(), BackendError> {
+        no_ids(
+            self.call(vm, |mut c, target| async move {
+                c.upgrade_agent(pb::UpgradeAgentRequest {
+                    target: Some(target),
+                    version: version.to_string(),
+                    url: url.to_string(),
+                })
+                .await
+            })
+            .await,
+        )?;
+        self.shared.wait_agent_back(vm).await
+    }
+}

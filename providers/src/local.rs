@@ -1,0 +1,290 @@
+//! The `local` provider: every VM is an `ndb-agent agent` process on this machine with its
+//! own directory `<data-dir>/vms/<vm>/` (its `vm.json`, `agent.pid`, `agent.json` with its
+//! loopback addresses, Raft store and logs). VMs outlive the process that created them (each
+//! agent runs in its own process group), any agent can list and delete them (the truth is the
+//! directory tree and the processes), and a dead agent process is a lost VM.
+
+use agent_core::backend::{BackendError, CloudProvider, VmInfo, VmSpec};
+use agent_core::model::Role;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// What a VM is: written by the provider before the agent starts; the agent reads it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LocalVm {
+    pub spec: VmSpec,
+    /// The cluster's data directory (parent of `vms/`).
+    pub data_dir: PathBuf,
+    /// The `ProcessRuntime` the agent uses.
+    pub runtime: String,
+}
+
+/// Where the agent answers: written by the agent once it listens.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentAddress {
+    pub pid: u32,
+    pub grpc_addr: String,
+    pub http_addr: String,
+}
+
+/// A VM whose agent has been dead this long is lost (and moved to `<data-dir>/lost/`);
+/// an agent restarted within it keeps its VM.
+pub const LOST_AFTER: Duration = Duration::from_secs(2);
+
+pub const VM_FILE: &str = "vm.json";
+pub const ADDRESS_FILE: &str = "agent.json";
+pub const PID_FILE: &str = "agent.pid";
+
+/// The `local` CloudProvider.
+pub struct LocalProvider {
+    data_dir: PathBuf,
+    program: PathBuf,
+    runtime: String,
+    dead_since: Mutex<BTreeMap<String, Instant>>,
+}
+
+fn failed(what: &str, e: impl std::fmt::Display) -> BackendError {
+    BackendError::Failed(format!("{what}: {e}"))
+}
+
+impl LocalProvider {
+    /// `program` is the `ndb-agent` binary each VM runs; `runtime` the runtime it uses.
+    pub fn new(data_dir: &Path, program: &Path, runtime: &str) -> Self {
+        LocalProvider {
+            data_dir: data_dir.to_path_buf(),
+            program: program.to_path_buf(),
+            runtime: runtime.to_string(),
+            dead_since: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn vms_dir(&self) -> PathBuf {
+        self.data_dir.join("vms")
+    }
+
+    pub fn vm_dir(&self, name: &str) -> PathBuf {
+        self.vms_dir().join(name)
+    }
+
+    fn info(&self, vm: &LocalVm, addr: &AgentAddress) -> VmInfo {
+        VmInfo {
+            name: vm.spec.name.clone(),
+            role: vm.spec.role,
+            zone: vm.spec.zone.clone(),
+            vm_type: vm.spec.vm_type,
+            storage_gib: vm.spec.storage_gib,
+            address: "127.0.0.1".into(),
+            agent_endpoint: addr.grpc_addr.clone(),
+        }
+    }
+
+    /// Starts the agent of the VM whose directory is `dir` (also used to restart one).
+    pub fn spawn_agent(&self, dir: &Path) -> Result<u32, BackendError> {
+        spawn_agent(&self.program, dir)
+    }
+}
+
+/// Starts `program agent --vm-dir dir` in its own process group, logs to `dir/agent.log`.
+pub fn spawn_agent(program: &Path, dir: &Path) -> Result<u32, BackendError> {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("agent.log"))
+        .map_err(|e| failed("cannot open agent.log", e))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| failed("cannot open agent.log", e))?;
+    let mut child = std::process::Command::new(program)
+        .arg("agent")
+        .arg("--vm-dir")
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| failed(&format!("cannot start {}", program.display()), e))?;
+    let pid = child.id();
+    // Reap it if it dies while we live; if we die first, init adopts it.
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    Ok(pid)
+}
+
+/// Reads a VM's `vm.json`.
+pub fn read_vm(dir: &Path) -> Result<LocalVm, String> {
+    let p = dir.join(VM_FILE);
+    let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// Reads a VM's `agent.json`.
+pub fn read_address(dir: &Path) -> Option<AgentAddress> {
+    let text = std::fs::read_to_string(dir.join(ADDRESS_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Writes a file atomically.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(tmp, path)
+}
+
+/// The pid in `dir/agent.pid` if that process is alive and is this VM's agent.
+pub fn live_pid(dir: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(dir.join(PID_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    let dir_s = dir.to_string_lossy();
+    cmdline.contains(dir_s.as_ref()).then_some(pid)
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    if let Ok(p) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), sig);
+    }
+}
+
+#[async_trait]
+impl CloudProvider for LocalProvider {
+    async fn create_vm(&self, spec: &VmSpec) -> Result<VmInfo, BackendError> {
+        let dir = self.vm_dir(&spec.name);
+        let vm = LocalVm {
+            spec: spec.clone(),
+            data_dir: self.data_dir.clone(),
+            runtime: self.runtime.clone(),
+        };
+        // Idempotent: a VM created by a leader that died before recording it is reused.
+        if let (Some(pid), Ok(existing)) = (live_pid(&dir), read_vm(&dir)) {
+            if let Some(addr) = read_address(&dir).filter(|a| a.pid == pid) {
+                return Ok(self.info(&existing, &addr));
+            }
+        }
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| failed(&format!("cannot create {}", dir.display()), e))?;
+        let _ = std::fs::remove_file(dir.join(ADDRESS_FILE));
+        let json = serde_json::to_vec_pretty(&vm).map_err(|e| failed("vm.json", e))?;
+        write_atomic(&dir.join(VM_FILE), &json).map_err(|e| failed("cannot write vm.json", e))?;
+        let pid = self.spawn_agent(&dir)?;
+        write_atomic(&dir.join(PID_FILE), pid.to_string().as_bytes())
+            .map_err(|e| failed("cannot write agent.pid", e))?;
+        info!(vm = %spec.name, pid, "started agent process");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(addr) = read_address(&dir).filter(|a| a.pid == pid) {
+                return Ok(self.info(&vm, &addr));
+            }
+            if live_pid(&dir).is_none() {
+                let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                return Err(BackendError::Transient(format!(
+                    "the agent of {} exited at start; last log lines: {}",
+                    spec.name,
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(BackendError::Transient(format!(
+                    "the agent of {} did not listen within 30 s",
+                    spec.name
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn delete_vm(&self, name: &str) -> Result<(), BackendError> {
+        let dir = self.vm_dir(name);
+        if let Some(pid) = live_pid(&dir) {
+            signal(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while live_pid(&dir).is_some() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if live_pid(&dir).is_some() {
+                signal(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(failed(&format!("cannot remove {}", dir.display()), e)),
+        }
+        info!(vm = %name, "deleted");
+        Ok(())
+    }
+
+    async fn list_vms(&self) -> Result<Vec<VmInfo>, BackendError> {
+        let entries = match std::fs::read_dir(self.vms_dir()) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(failed("cannot list VMs", e)),
+        };
+        let mut out = Vec::new();
+        let now = Instant::now();
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let Ok(vm) = read_vm(&dir) else { continue };
+            if vm.spec.role == Role::Bootstrap {
+                continue;
+            }
+            let name = vm.spec.name.clone();
+            let alive = live_pid(&dir);
+            let addr = read_address(&dir);
+            match (alive, addr) {
+                (Some(pid), Some(a)) if a.pid == pid => {
+                    if let Ok(mut d) = self.dead_since.lock() {
+                        d.remove(&name);
+                    }
+                    out.push(self.info(&vm, &a));
+                }
+                (_, addr) => {
+                    let since = self
+                        .dead_since
+                        .lock()
+                        .map(|mut d| *d.entry(name.clone()).or_insert(now))
+                        .unwrap_or(now);
+                    if now.duration_since(since) < LOST_AFTER {
+                        if let Some(a) = addr {
+                            out.push(self.info(&vm, &a));
+                        }
+                        continue;
+                    }
+                    let lost = self.data_dir.join("lost");
+                    let stamp = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    let _ = std::fs::create_dir_all(&lost);
+                    let to = lost.join(format!("{name}-{stamp}"));
+                    match std::fs::rename(&dir, &to) {
+                        Ok(()) => warn!(vm = %name, moved_to = %to.display(), "agent process is dead: VM lost"),
+                        Err(e) => warn!(vm = %name, error = %e, "agent process is dead: VM lost"),
+                    }
+                    if let Ok(mut d) = self.dead_since.lock() {
+                        d.remove(&name);
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}

@@ -1,0 +1,388 @@
+//! The distributed commands of `ndb-agent`: `agent` (one VM's agent, started by the `local`
+//! provider), `up` (the bootstrap agent that applies and watches a desired-state file),
+//! `down` (stops every agent of a data directory), and the HTTP clients `apply` and `status`.
+
+use agent_core::agent::http::Status;
+use agent_core::agent::{self, AgentOptions, Exit};
+use agent_core::backend::{CloudProvider, ProcessRuntime, VmSpec};
+use agent_core::desired::VmType;
+use agent_core::{ReconcilerConfig, Role};
+use anyhow::{bail, Context};
+use providers::local::{self, AgentAddress, LocalProvider, LocalVm};
+use runtime_backends::VmDummyRuntime;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+/// This build's agent version.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Logs to stderr, readable, Raft internals only when they matter.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=error,h2=warn,tower=warn,hyper=warn")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn make_runtime(name: &str, vm: &str, dir: &Path, data_dir: &Path) -> anyhow::Result<Arc<dyn ProcessRuntime>> {
+    match name {
+        "dummy" => Ok(Arc::new(VmDummyRuntime::new(vm, dir, &data_dir.join("backups")))),
+        other => bail!("unknown runtime {other:?}; this build has: dummy"),
+    }
+}
+
+async fn bind(preferred: Option<&str>, fallback: &str) -> anyhow::Result<TcpListener> {
+    let addr = preferred.unwrap_or(fallback);
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}; is another agent using it?"))
+}
+
+fn write_address(dir: &Path, grpc: &TcpListener, http: &TcpListener) -> anyhow::Result<()> {
+    let a = AgentAddress {
+        pid: std::process::id(),
+        grpc_addr: grpc.local_addr()?.to_string(),
+        http_addr: http.local_addr()?.to_string(),
+    };
+    local::write_atomic(&dir.join(local::PID_FILE), a.pid.to_string().as_bytes())?;
+    local::write_atomic(&dir.join(local::ADDRESS_FILE), &serde_json::to_vec_pretty(&a)?)?;
+    Ok(())
+}
+
+fn options(vm: &LocalVm, dir: &Path, bootstrap: bool) -> AgentOptions {
+    AgentOptions {
+        vm: vm.spec.name.clone(),
+        role: format!("{:?}", vm.spec.role).to_lowercase(),
+        zone: vm.spec.zone.clone(),
+        dir: dir.to_path_buf(),
+        bootstrap,
+        agent_version: AGENT_VERSION.to_string(),
+        reconciler: ReconcilerConfig {
+            observe_every: Duration::from_secs(2),
+            ..Default::default()
+        },
+        heartbeat: Duration::from_millis(150),
+    }
+}
+
+/// `ndb-agent agent --vm-dir DIR`: the agent of one local VM. On a restart request it execs
+/// itself again, keeping its pid, directory and ports.
+pub fn agent_command(dir: &Path) -> anyhow::Result<()> {
+    init_logging();
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("no VM directory {}", dir.display()))?;
+    let vm = local::read_vm(&dir).map_err(anyhow::Error::msg)?;
+    let program = std::env::current_exe().context("cannot find the ndb-agent binary")?;
+    let exit = tokio_runtime()?.block_on(async {
+        let prev = local::read_address(&dir);
+        let grpc = bind(prev.as_ref().map(|a| a.grpc_addr.as_str()), "127.0.0.1:0").await?;
+        let http = bind(prev.as_ref().map(|a| a.http_addr.as_str()), "127.0.0.1:0").await?;
+        write_address(&dir, &grpc, &http)?;
+        let provider: Arc<dyn CloudProvider> =
+            Arc::new(LocalProvider::new(&vm.data_dir, &program, &vm.runtime));
+        let runtime = make_runtime(&vm.runtime, &vm.spec.name, &dir, &vm.data_dir)?;
+        info!(vm = %vm.spec.name, role = ?vm.spec.role, "agent starting");
+        let exit = agent::run(options(&vm, &dir, false), grpc, http, provider, runtime).await?;
+        anyhow::Ok(exit)
+    })?;
+    match exit {
+        Exit::Restart => {
+            use std::os::unix::process::CommandExt;
+            info!("restarting");
+            let err = std::process::Command::new(&program)
+                .arg("agent")
+                .arg("--vm-dir")
+                .arg(&dir)
+                .exec();
+            bail!("cannot restart {}: {err}", program.display())
+        }
+    }
+}
+
+/// Settings of `ndb-agent up`.
+pub struct UpOptions {
+    pub desired_state: PathBuf,
+    pub data_dir: PathBuf,
+    pub http: String,
+    pub runtime: String,
+}
+
+fn read_desired(path: &Path) -> anyhow::Result<Result<agent_core::DesiredState, Vec<String>>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(match agent_core::desired::parse(&bytes) {
+        Ok(d) => {
+            let v = agent_core::desired::validate(&d);
+            if v.is_empty() {
+                Ok(d)
+            } else {
+                Err(v.iter().map(|x| x.to_string()).collect())
+            }
+        }
+        Err(e) => Err(e.problems()),
+    })
+}
+
+/// `ndb-agent up`: runs the bootstrap agent, applies the file, follows its edits, and prints
+/// the reconciliation's progress.
+pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
+    init_logging();
+    if let Err(problems) = read_desired(&o.desired_state)? {
+        eprintln!("{}: not a valid desired state; nothing was started:", o.desired_state.display());
+        for p in problems {
+            eprintln!("  - {p}");
+        }
+        return Ok(std::process::ExitCode::from(2));
+    }
+    std::fs::create_dir_all(&o.data_dir)
+        .with_context(|| format!("cannot create {}", o.data_dir.display()))?;
+    let data_dir = o.data_dir.canonicalize()?;
+    let dir = data_dir.join("vms").join("bootstrap");
+    std::fs::create_dir_all(&dir)?;
+    let vm = LocalVm {
+        spec: VmSpec {
+            name: "bootstrap".into(),
+            role: Role::Bootstrap,
+            zone: "bootstrap".into(),
+            vm_type: VmType::Mini,
+            storage_gib: 0,
+            temporary: false,
+            agent_version: AGENT_VERSION.into(),
+        },
+        data_dir: data_dir.clone(),
+        runtime: o.runtime.clone(),
+    };
+    local::write_atomic(&dir.join(local::VM_FILE), &serde_json::to_vec_pretty(&vm)?)?;
+    let program = std::env::current_exe().context("cannot find the ndb-agent binary")?;
+    tokio_runtime()?.block_on(async move {
+        let prev = local::read_address(&dir);
+        let grpc = bind(prev.as_ref().map(|a| a.grpc_addr.as_str()), "127.0.0.1:0").await?;
+        let http = bind(Some(&o.http), &o.http).await?;
+        write_address(&dir, &grpc, &http)?;
+        let provider: Arc<dyn CloudProvider> =
+            Arc::new(LocalProvider::new(&data_dir, &program, &o.runtime));
+        let runtime = make_runtime(&o.runtime, "bootstrap", &dir, &data_dir)?;
+        let agent = tokio::spawn(agent::run(options(&vm, &dir, true), grpc, http, provider, runtime));
+        println!(
+            "bootstrap agent: HTTP API on http://{}  data in {}",
+            o.http,
+            data_dir.display()
+        );
+        println!(
+            "edit and save {} to change the cluster; `ndb-agent status --endpoint {}` shows it",
+            o.desired_state.display(),
+            o.http
+        );
+        tokio::select! {
+            r = follow(&o.desired_state, &o.http) => r?,
+            r = agent => { r??; }
+            _ = tokio::signal::ctrl_c() => {
+                println!("stopping the bootstrap agent; the cluster's other agents keep running (`ndb-agent down --data-dir {}` stops them)", data_dir.display());
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Applies the file whenever its content changes and prints status changes.
+async fn follow(file: &Path, endpoint: &str) -> anyhow::Result<()> {
+    let mut applied: Option<Vec<u8>> = None;
+    let mut last_line = String::new();
+    loop {
+        if let Ok(bytes) = std::fs::read(file) {
+            if applied.as_ref() != Some(&bytes) {
+                match read_desired(file)? {
+                    Err(problems) => {
+                        println!("{}: not applied, fix it and save again:", file.display());
+                        for p in problems {
+                            println!("  - {p}");
+                        }
+                        applied = Some(bytes);
+                    }
+                    Ok(d) => match put_desired(endpoint, bytes.clone()).await {
+                        Ok((code, body)) if code == 202 => {
+                            println!("desired state {} {}", d.id, body["result"].as_str().unwrap_or("accepted"));
+                            applied = Some(bytes);
+                        }
+                        Ok((code, body)) if code == 400 => {
+                            println!("desired state {} refused:", d.id);
+                            for e in body["errors"].as_array().into_iter().flatten() {
+                                println!("  - {}", e.as_str().unwrap_or_default());
+                            }
+                            applied = Some(bytes);
+                        }
+                        // No leader yet (or moving): try again on the next round.
+                        Ok(_) | Err(_) => {}
+                    },
+                }
+            }
+        }
+        if let Ok(s) = get_status(endpoint).await {
+            let line = progress_line(&s);
+            if line != last_line {
+                println!("{line}");
+                last_line = line;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn progress_line(s: &Status) -> String {
+    let mut roles: std::collections::BTreeMap<&str, usize> = Default::default();
+    for v in &s.vms {
+        *roles.entry(v.role.as_str()).or_default() += 1;
+    }
+    let roles: Vec<String> = roles.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    format!(
+        "[desired {}{}] {}: {} action(s) done, {} running; VMs: {}; leader: {}; {} agent(s), {} voter(s){}",
+        s.accepted_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+        s.pending_id.map(|i| format!(", pending {i}")).unwrap_or_default(),
+        s.reconciliation_state,
+        s.actions_completed,
+        s.actions_in_flight,
+        if roles.is_empty() { "none".into() } else { roles.join(", ") },
+        s.leader_vm.as_deref().unwrap_or("none"),
+        s.agents.len(),
+        s.agents.iter().filter(|a| a.voter).count(),
+        s.last_error.as_ref().map(|e| format!("\n  error: {e}")).unwrap_or_default(),
+    )
+}
+
+async fn put_desired(endpoint: &str, body: Vec<u8>) -> anyhow::Result<(u16, serde_json::Value)> {
+    let r = reqwest::Client::new()
+        .put(format!("http://{endpoint}/desired-state"))
+        .timeout(Duration::from_secs(30))
+        .body(body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the agent at {endpoint}"))?;
+    let code = r.status().as_u16();
+    let body = r.json().await.unwrap_or(serde_json::Value::Null);
+    Ok((code, body))
+}
+
+async fn get_status(endpoint: &str) -> anyhow::Result<Status> {
+    let r = reqwest::Client::new()
+        .get(format!("http://{endpoint}/status"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the agent at {endpoint}"))?;
+    if !r.status().is_success() {
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        bail!("the agent at {endpoint} answered: {}", body["errors"]);
+    }
+    r.json().await.context("the agent's status is not the expected JSON")
+}
+
+/// `ndb-agent apply -f FILE --endpoint ADDR`.
+pub fn apply_command(file: &Path, endpoint: &str) -> anyhow::Result<std::process::ExitCode> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let (code, body) = tokio_runtime()?.block_on(put_desired(endpoint, bytes))?;
+    match code {
+        202 => {
+            println!("desired state {} {}", body["id"], body["result"].as_str().unwrap_or(""));
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        400 => {
+            eprintln!("refused; nothing changed:");
+            for e in body["errors"].as_array().into_iter().flatten() {
+                eprintln!("  - {}", e.as_str().unwrap_or_default());
+            }
+            Ok(std::process::ExitCode::from(2))
+        }
+        _ => {
+            eprintln!("the agent answered {code}: {}", body["errors"]);
+            Ok(std::process::ExitCode::from(1))
+        }
+    }
+}
+
+/// `ndb-agent status --endpoint ADDR [--json]`.
+pub fn status_command(endpoint: &str, json: bool) -> anyhow::Result<std::process::ExitCode> {
+    let s = tokio_runtime()?.block_on(get_status(endpoint))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    println!("reconciliation: {}", s.reconciliation_state);
+    println!("accepted id:    {}", s.accepted_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()));
+    println!("pending id:     {}", s.pending_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()));
+    println!("leader:         {}", s.leader_vm.as_deref().unwrap_or("none"));
+    println!("actions:        {} done, {} running", s.actions_completed, s.actions_in_flight);
+    if let Some(e) = &s.last_error {
+        println!("last error:     {e}");
+    }
+    println!();
+    println!("{:<16} {:<10} {:<8} {:>7} {:<6} {:<22}", "AGENT", "ROLE", "ZONE", "RAFT ID", "VOTER", "HTTP");
+    for a in &s.agents {
+        println!(
+            "{:<16} {:<10} {:<8} {:>7} {:<6} {:<22}",
+            a.vm, a.role, a.zone, a.raft_id, if a.voter { "yes" } else { "no" }, a.http_addr
+        );
+    }
+    println!();
+    println!("{:<16} {:<10} {:<8} {:<8}", "VM", "ROLE", "ZONE", "PROGRAM");
+    for v in &s.vms {
+        println!(
+            "{:<16} {:<10} {:<8} {:<8}",
+            v.name, v.role, v.zone, if v.running { "running" } else { "stopped" }
+        );
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `ndb-agent down --data-dir DIR`: stops every agent of the directory (the bootstrap too).
+pub fn down_command(data_dir: &Path, remove: bool) -> anyhow::Result<()> {
+    let vms = data_dir.join("vms");
+    let entries = match std::fs::read_dir(&vms) {
+        Ok(e) => e,
+        Err(_) => {
+            println!("no cluster in {}", data_dir.display());
+            return Ok(());
+        }
+    };
+    let mut stopped = 0;
+    for e in entries.flatten() {
+        let dir = e.path();
+        let pid = std::fs::read_to_string(dir.join(local::PID_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        if let Some(pid) = pid {
+            let alive = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("ndb-agent"))
+                .unwrap_or(false);
+            if alive {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                stopped += 1;
+            }
+        }
+    }
+    println!("stopped {stopped} agent(s) of {}", data_dir.display());
+    if remove {
+        std::fs::remove_dir_all(data_dir)
+            .with_context(|| format!("cannot remove {}", data_dir.display()))?;
+        println!("removed {}", data_dir.display());
+    } else {
+        warn!("data kept in {}", data_dir.display());
+    }
+    Ok(())
+}
