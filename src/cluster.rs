@@ -16,6 +16,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+/// Milliseconds a pretended program start/stop takes in the dummy runtime (inherited by
+/// the agents `up` starts).
+pub const DUMMY_DELAY_ENV: &str = "NDB_DUMMY_PROGRAM_DELAY_MS";
+
 /// This build's agent version.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -40,18 +44,57 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn make_runtime(name: &str, vm: &str, dir: &Path, data_dir: &Path) -> anyhow::Result<Arc<dyn ProcessRuntime>> {
+fn make_runtime(
+    name: &str,
+    vm: &str,
+    dir: &Path,
+    data_dir: &Path,
+) -> anyhow::Result<Arc<dyn ProcessRuntime>> {
     match name {
-        "dummy" => Ok(Arc::new(VmDummyRuntime::new(vm, dir, &data_dir.join("backups")))),
+        "dummy" => {
+            let delay = std::env::var(DUMMY_DELAY_ENV)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            Ok(Arc::new(VmDummyRuntime::new(
+                vm,
+                dir,
+                &data_dir.join("backups"),
+                Duration::from_millis(delay),
+            )))
+        }
         other => bail!("unknown runtime {other:?}; this build has: dummy"),
     }
 }
 
+/// Binds with SO_REUSEADDR (a restarted agent takes back its port while the killed one's
+/// connections linger), retrying for a few seconds.
 async fn bind(preferred: Option<&str>, fallback: &str) -> anyhow::Result<TcpListener> {
-    let addr = preferred.unwrap_or(fallback);
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}; is another agent using it?"))
+    let addr: std::net::SocketAddr = preferred
+        .unwrap_or(fallback)
+        .parse()
+        .with_context(|| format!("not an address: {}", preferred.unwrap_or(fallback)))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(1024)) {
+            Ok(l) => return Ok(l),
+            Err(e) if std::time::Instant::now() < deadline => {
+                warn!(%addr, error = %e, "cannot listen yet; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot listen on {addr}; is another agent using it?")
+                })
+            }
+        }
+    }
 }
 
 fn write_address(dir: &Path, grpc: &TcpListener, http: &TcpListener) -> anyhow::Result<()> {
@@ -61,7 +104,10 @@ fn write_address(dir: &Path, grpc: &TcpListener, http: &TcpListener) -> anyhow::
         http_addr: http.local_addr()?.to_string(),
     };
     local::write_atomic(&dir.join(local::PID_FILE), a.pid.to_string().as_bytes())?;
-    local::write_atomic(&dir.join(local::ADDRESS_FILE), &serde_json::to_vec_pretty(&a)?)?;
+    local::write_atomic(
+        &dir.join(local::ADDRESS_FILE),
+        &serde_json::to_vec_pretty(&a)?,
+    )?;
     Ok(())
 }
 
@@ -77,7 +123,7 @@ fn options(vm: &LocalVm, dir: &Path, bootstrap: bool) -> AgentOptions {
             observe_every: Duration::from_secs(2),
             ..Default::default()
         },
-        heartbeat: Duration::from_millis(150),
+        heartbeat: Duration::from_millis(100),
     }
 }
 
@@ -144,7 +190,10 @@ fn read_desired(path: &Path) -> anyhow::Result<Result<agent_core::DesiredState, 
 pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
     init_logging();
     if let Err(problems) = read_desired(&o.desired_state)? {
-        eprintln!("{}: not a valid desired state; nothing was started:", o.desired_state.display());
+        eprintln!(
+            "{}: not a valid desired state; nothing was started:",
+            o.desired_state.display()
+        );
         for p in problems {
             eprintln!("  - {p}");
         }
@@ -217,11 +266,15 @@ async fn follow(file: &Path, endpoint: &str) -> anyhow::Result<()> {
                         applied = Some(bytes);
                     }
                     Ok(d) => match put_desired(endpoint, bytes.clone()).await {
-                        Ok((code, body)) if code == 202 => {
-                            println!("desired state {} {}", d.id, body["result"].as_str().unwrap_or("accepted"));
+                        Ok((202, body)) => {
+                            println!(
+                                "desired state {} {}",
+                                d.id,
+                                body["result"].as_str().unwrap_or("accepted")
+                            );
                             applied = Some(bytes);
                         }
-                        Ok((code, body)) if code == 400 => {
+                        Ok((400, body)) => {
                             println!("desired state {} refused:", d.id);
                             for e in body["errors"].as_array().into_iter().flatten() {
                                 println!("  - {}", e.as_str().unwrap_or_default());
@@ -290,7 +343,9 @@ async fn get_status(endpoint: &str) -> anyhow::Result<Status> {
         let body: serde_json::Value = r.json().await.unwrap_or_default();
         bail!("the agent at {endpoint} answered: {}", body["errors"]);
     }
-    r.json().await.context("the agent's status is not the expected JSON")
+    r.json()
+        .await
+        .context("the agent's status is not the expected JSON")
 }
 
 /// `ndb-agent apply -f FILE --endpoint ADDR`.
@@ -299,7 +354,11 @@ pub fn apply_command(file: &Path, endpoint: &str) -> anyhow::Result<std::process
     let (code, body) = tokio_runtime()?.block_on(put_desired(endpoint, bytes))?;
     match code {
         202 => {
-            println!("desired state {} {}", body["id"], body["result"].as_str().unwrap_or(""));
+            println!(
+                "desired state {} {}",
+                body["id"],
+                body["result"].as_str().unwrap_or("")
+            );
             Ok(std::process::ExitCode::SUCCESS)
         }
         400 => {
@@ -324,19 +383,43 @@ pub fn status_command(endpoint: &str, json: bool) -> anyhow::Result<std::process
         return Ok(std::process::ExitCode::SUCCESS);
     }
     println!("reconciliation: {}", s.reconciliation_state);
-    println!("accepted id:    {}", s.accepted_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()));
-    println!("pending id:     {}", s.pending_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()));
-    println!("leader:         {}", s.leader_vm.as_deref().unwrap_or("none"));
-    println!("actions:        {} done, {} running", s.actions_completed, s.actions_in_flight);
+    println!(
+        "accepted id:    {}",
+        s.accepted_id
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| "-".into())
+    );
+    println!(
+        "pending id:     {}",
+        s.pending_id
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| "-".into())
+    );
+    println!(
+        "leader:         {}",
+        s.leader_vm.as_deref().unwrap_or("none")
+    );
+    println!(
+        "actions:        {} done, {} running",
+        s.actions_completed, s.actions_in_flight
+    );
     if let Some(e) = &s.last_error {
         println!("last error:     {e}");
     }
     println!();
-    println!("{:<16} {:<10} {:<8} {:>7} {:<6} {:<22}", "AGENT", "ROLE", "ZONE", "RAFT ID", "VOTER", "HTTP");
+    println!(
+        "{:<16} {:<10} {:<8} {:>7} {:<6} {:<22}",
+        "AGENT", "ROLE", "ZONE", "RAFT ID", "VOTER", "HTTP"
+    );
     for a in &s.agents {
         println!(
             "{:<16} {:<10} {:<8} {:>7} {:<6} {:<22}",
-            a.vm, a.role, a.zone, a.raft_id, if a.voter { "yes" } else { "no" }, a.http_addr
+            a.vm,
+            a.role,
+            a.zone,
+            a.raft_id,
+            if a.voter { "yes" } else { "no" },
+            a.http_addr
         );
     }
     println!();
@@ -344,7 +427,10 @@ pub fn status_command(endpoint: &str, json: bool) -> anyhow::Result<std::process
     for v in &s.vms {
         println!(
             "{:<16} {:<10} {:<8} {:<8}",
-            v.name, v.role, v.zone, if v.running { "running" } else { "stopped" }
+            v.name,
+            v.role,
+            v.zone,
+            if v.running { "running" } else { "stopped" }
         );
     }
     Ok(std::process::ExitCode::SUCCESS)
@@ -371,7 +457,10 @@ pub fn down_command(data_dir: &Path, remove: bool) -> anyhow::Result<()> {
                 .map(|c| String::from_utf8_lossy(&c).contains("ndb-agent"))
                 .unwrap_or(false);
             if alive {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
                 stopped += 1;
             }
         }

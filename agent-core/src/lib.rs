@@ -17,10 +17,10 @@ pub use actions::{Action, ActionKind};
 pub use backend::{CloudProvider, ProcessRuntime};
 pub use model::{ClusterState, ReconciliationState, Role};
 pub use planner::{diff, plan};
+pub mod agent;
 pub mod commands;
 pub mod cost;
 pub mod invariants;
-pub mod agent;
 pub mod raft;
 pub mod reconcile;
 

@@ -253,15 +253,21 @@ impl Reconciler {
             }
         };
         let mut programs = BTreeMap::new();
-        for vm in &vms {
-            if self.state.vms.contains_key(&vm.name) {
-                match self.runtime.status(&vm.name).await {
-                    Ok(st) => {
-                        programs.insert(vm.name.clone(), st);
-                    }
-                    Err(BackendError::VmGone(_)) => {}
-                    Err(e) => warn!(vm = %vm.name, error = %e, "cannot query program status"),
+        // All VMs at once: one slow or dead agent must not delay the others.
+        let queries = vms
+            .iter()
+            .filter(|vm| self.state.vms.contains_key(&vm.name))
+            .map(|vm| {
+                let runtime = Arc::clone(&self.runtime);
+                async move { (vm.name.clone(), runtime.status(&vm.name).await) }
+            });
+        for (name, r) in futures::future::join_all(queries).await {
+            match r {
+                Ok(st) => {
+                    programs.insert(name, st);
                 }
+                Err(BackendError::VmGone(_)) => {}
+                Err(e) => warn!(vm = %name, error = %e, "cannot query program status"),
             }
         }
         let changed = self.observation_changes(&vms, &programs);

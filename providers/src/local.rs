@@ -275,7 +275,9 @@ impl CloudProvider for LocalProvider {
                     let _ = std::fs::create_dir_all(&lost);
                     let to = lost.join(format!("{name}-{stamp}"));
                     match std::fs::rename(&dir, &to) {
-                        Ok(()) => warn!(vm = %name, moved_to = %to.display(), "agent process is dead: VM lost"),
+                        Ok(()) => {
+                            warn!(vm = %name, moved_to = %to.display(), "agent process is dead: VM lost")
+                        }
                         Err(e) => warn!(vm = %name, error = %e, "agent process is dead: VM lost"),
                     }
                     if let Ok(mut d) = self.dead_since.lock() {

@@ -41,6 +41,9 @@ pub struct VmDummyRuntime {
     dir: PathBuf,
     /// Where backups go (shared by the VMs of one machine, like a cloud bucket).
     sink: PathBuf,
+    /// How long a pretended program start or stop takes (0 by default; demos and failover
+    /// tests slow it down to watch a rolling change).
+    delay: std::time::Duration,
     state: Mutex<State>,
 }
 
@@ -53,7 +56,7 @@ fn io(what: &str, e: std::io::Error) -> BackendError {
 }
 
 impl VmDummyRuntime {
-    pub fn new(vm: &str, dir: &Path, sink: &Path) -> Self {
+    pub fn new(vm: &str, dir: &Path, sink: &Path, delay: std::time::Duration) -> Self {
         let state = std::fs::read_to_string(dir.join("runtime/state.json"))
             .ok()
             .and_then(|s| serde_json::from_str(&s).ok())
@@ -62,6 +65,7 @@ impl VmDummyRuntime {
             vm: vm.to_string(),
             dir: dir.to_path_buf(),
             sink: sink.to_path_buf(),
+            delay,
             state: Mutex::new(state),
         }
     }
@@ -70,7 +74,10 @@ impl VmDummyRuntime {
         if vm == self.vm {
             Ok(())
         } else {
-            Err(failed(format!("this runtime runs on {}, not {vm}", self.vm)))
+            Err(failed(format!(
+                "this runtime runs on {}, not {vm}",
+                self.vm
+            )))
         }
     }
 
@@ -105,7 +112,8 @@ impl VmDummyRuntime {
 
     /// Active data nodes in the config.ini this VM holds.
     fn data_nodes(&self) -> Vec<u32> {
-        let text = std::fs::read_to_string(self.root_path("/srv/rondb/mgmd/config.ini")).unwrap_or_default();
+        let text = std::fs::read_to_string(self.root_path("/srv/rondb/mgmd/config.ini"))
+            .unwrap_or_default();
         let mut out = Vec::new();
         let mut section = String::new();
         let mut node: Option<u32> = None;
@@ -136,7 +144,12 @@ impl VmDummyRuntime {
 
 #[async_trait]
 impl ProcessRuntime for VmDummyRuntime {
-    async fn install_software(&self, vm: &str, version: &str, url: &str) -> Result<(), BackendError> {
+    async fn install_software(
+        &self,
+        vm: &str,
+        version: &str,
+        url: &str,
+    ) -> Result<(), BackendError> {
         self.check(vm)?;
         let mut s = self.state.lock().await;
         self.record(&format!("install {version} from {url}"))?;
@@ -171,10 +184,14 @@ impl ProcessRuntime for VmDummyRuntime {
                 spec.version, spec.kind
             )));
         }
-        if spec.kind == ProgramKind::Mgmd && !self.root_path("/srv/rondb/mgmd/config.ini").exists() {
-            return Err(failed(format!("{vm} has no config.ini; ndb_mgmd cannot start")));
+        if spec.kind == ProgramKind::Mgmd && !self.root_path("/srv/rondb/mgmd/config.ini").exists()
+        {
+            return Err(failed(format!(
+                "{vm} has no config.ini; ndb_mgmd cannot start"
+            )));
         }
         self.record(&format!("start {}", spec.command.join(" ")))?;
+        tokio::time::sleep(self.delay).await;
         s.program = Program {
             kind: Some(spec.kind),
             version: spec.version.clone(),
@@ -184,10 +201,18 @@ impl ProcessRuntime for VmDummyRuntime {
         self.save(&s)
     }
 
-    async fn stop_program(&self, vm: &str, kind: ProgramKind, cluster_shutdown: bool) -> Result<(), BackendError> {
+    async fn stop_program(
+        &self,
+        vm: &str,
+        kind: ProgramKind,
+        cluster_shutdown: bool,
+    ) -> Result<(), BackendError> {
         self.check(vm)?;
         let mut s = self.state.lock().await;
-        self.record(&format!("stop {kind:?} cluster_shutdown={cluster_shutdown}"))?;
+        self.record(&format!(
+            "stop {kind:?} cluster_shutdown={cluster_shutdown}"
+        ))?;
+        tokio::time::sleep(self.delay).await;
         s.program.running = false;
         self.save(&s)
     }
@@ -242,7 +267,8 @@ impl ProcessRuntime for VmDummyRuntime {
         let _s = self.state.lock().await;
         let d = self.backup_dir(run.backup.id);
         let nodes: Vec<u32> = match std::fs::read(d.join("nodes.json")) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| failed(format!("backup {}: {e}", run.backup.id)))?,
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| failed(format!("backup {}: {e}", run.backup.id)))?,
             Err(_) => {
                 return Err(failed(format!(
                     "backup {} is not in the sink {}",
@@ -252,7 +278,11 @@ impl ProcessRuntime for VmDummyRuntime {
             }
         };
         self.record(&format!("restore {}", run.command.join(" ")))?;
-        Ok(if run.step == RestoreStep::Meta { nodes } else { vec![] })
+        Ok(if run.step == RestoreStep::Meta {
+            nodes
+        } else {
+            vec![]
+        })
     }
 
     async fn delete_backup(&self, vm: &str, backup: &BackupSpec) -> Result<(), BackendError> {

@@ -1,6 +1,9 @@
 //! The gRPC side of an agent: the agent service (runs operations on this VM through its
 //! local `ProcessRuntime`) and the Raft service (hands Raft messages to this agent's node).
 
+// Handlers answer `tonic::Status` directly; boxing it would only move the allocation.
+#![allow(clippy::result_large_err)]
+
 use super::AgentShared;
 use crate::actions::RestoreStep;
 use crate::backend::{
@@ -78,9 +81,9 @@ impl AgentService {
             } else {
                 let handle = tokio::spawn(op);
                 let f: OpFuture = async move {
-                    handle
-                        .await
-                        .unwrap_or_else(|e| Err(BackendError::Failed(format!("operation panicked: {e}"))))
+                    handle.await.unwrap_or_else(|e| {
+                        Err(BackendError::Failed(format!("operation panicked: {e}")))
+                    })
                 }
                 .boxed()
                 .shared();
@@ -116,7 +119,9 @@ pub fn kind_from_pb(k: i32) -> Result<ProgramKind, Status> {
         Ok(pb::ProgramKind::DataNode) => Ok(ProgramKind::DataNode),
         Ok(pb::ProgramKind::Mysqld) => Ok(ProgramKind::Mysqld),
         Ok(pb::ProgramKind::Api) => Ok(ProgramKind::Api),
-        _ => Err(Status::invalid_argument(format!("unknown program kind {k}"))),
+        _ => Err(Status::invalid_argument(format!(
+            "unknown program kind {k}"
+        ))),
     }
 }
 
@@ -131,8 +136,9 @@ pub fn kind_to_pb(k: ProgramKind) -> pb::ProgramKind {
 
 pub fn backup_from_pb(b: Option<pb::Backup>) -> Result<BackupSpec, Status> {
     let b = b.ok_or_else(|| Status::invalid_argument("the request names no backup"))?;
-    let sink_type: SinkType = serde_json::from_value(serde_json::Value::String(b.sink_type.clone()))
-        .map_err(|e| Status::invalid_argument(format!("sink type {}: {e}", b.sink_type)))?;
+    let sink_type: SinkType =
+        serde_json::from_value(serde_json::Value::String(b.sink_type.clone()))
+            .map_err(|e| Status::invalid_argument(format!("sink type {}: {e}", b.sink_type)))?;
     let sink_parameters = if b.sink_parameters_json.is_empty() {
         Default::default()
     } else {
@@ -190,9 +196,15 @@ impl Agent for AgentService {
         let r = req.into_inner();
         let (vm, op_id) = self.check(&r.target)?;
         let (version, url) = (r.version, r.url);
-        let fut = op!(self, vm, |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
-            rt.install_software(&vm, &version, &url).await.map(|_| vec![])
-        });
+        let fut = op!(
+            self,
+            vm,
+            |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
+                rt.install_software(&vm, &version, &url)
+                    .await
+                    .map(|_| vec![])
+            }
+        );
         self.run(op_id, fut).await
     }
 
@@ -210,9 +222,13 @@ impl Agent for AgentService {
                 content: f.content,
             })
             .collect();
-        let fut = op!(self, vm, |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
-            rt.write_files(&vm, &files).await.map(|_| vec![])
-        });
+        let fut = op!(
+            self,
+            vm,
+            |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
+                rt.write_files(&vm, &files).await.map(|_| vec![])
+            }
+        );
         self.run(op_id, fut).await
     }
 
@@ -229,9 +245,13 @@ impl Agent for AgentService {
             initial: r.initial,
             command: r.command,
         };
-        let fut = op!(self, vm, |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
-            rt.start_program(&vm, &spec).await.map(|_| vec![])
-        });
+        let fut = op!(
+            self,
+            vm,
+            |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
+                rt.start_program(&vm, &spec).await.map(|_| vec![])
+            }
+        );
         self.run(op_id, fut).await
     }
 
@@ -243,9 +263,13 @@ impl Agent for AgentService {
         let (vm, op_id) = self.check(&r.target)?;
         let kind = kind_from_pb(r.kind)?;
         let shutdown = r.cluster_shutdown;
-        let fut = op!(self, vm, |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
-            rt.stop_program(&vm, kind, shutdown).await.map(|_| vec![])
-        });
+        let fut = op!(
+            self,
+            vm,
+            |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
+                rt.stop_program(&vm, kind, shutdown).await.map(|_| vec![])
+            }
+        );
         self.run(op_id, fut).await
     }
 
@@ -279,9 +303,11 @@ impl Agent for AgentService {
             Some(C::StartBackup(backup_id)) => MgmCommand::StartBackup { backup_id },
             None => return Err(Status::invalid_argument("no management command given")),
         };
-        let fut = op!(self, vm, |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
-            rt.mgm_command(&vm, &cmd).await
-        });
+        let fut = op!(
+            self,
+            vm,
+            |rt: Arc<dyn ProcessRuntime>, vm: String| async move { rt.mgm_command(&vm, &cmd).await }
+        );
         self.run(op_id, fut).await
     }
 
@@ -298,9 +324,11 @@ impl Agent for AgentService {
             original_node: r.original_node,
             command: r.command,
         };
-        let fut = op!(self, vm, |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
-            rt.restore(&vm, &run).await
-        });
+        let fut = op!(
+            self,
+            vm,
+            |rt: Arc<dyn ProcessRuntime>, vm: String| async move { rt.restore(&vm, &run).await }
+        );
         self.run(op_id, fut).await
     }
 
@@ -311,9 +339,13 @@ impl Agent for AgentService {
         let r = req.into_inner();
         let (vm, op_id) = self.check(&r.target)?;
         let backup = backup_from_pb(r.backup)?;
-        let fut = op!(self, vm, |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
-            rt.delete_backup(&vm, &backup).await.map(|_| vec![])
-        });
+        let fut = op!(
+            self,
+            vm,
+            |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
+                rt.delete_backup(&vm, &backup).await.map(|_| vec![])
+            }
+        );
         self.run(op_id, fut).await
     }
 
@@ -335,9 +367,13 @@ impl Agent for AgentService {
         let r = req.into_inner();
         let (vm, op_id) = self.check(&r.target)?;
         let (version, url) = (r.version, r.url);
-        let fut = op!(self, vm, |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
-            rt.upgrade_agent(&vm, &version, &url).await.map(|_| vec![])
-        });
+        let fut = op!(
+            self,
+            vm,
+            |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
+                rt.upgrade_agent(&vm, &version, &url).await.map(|_| vec![])
+            }
+        );
         let reply = self.run(op_id, fut).await?;
         self.shared.request_restart();
         Ok(reply)
@@ -386,7 +422,8 @@ impl RaftService {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, Status> {
-    serde_json::from_slice(b).map_err(|e| Status::invalid_argument(format!("bad Raft message: {e}")))
+    serde_json::from_slice(b)
+        .map_err(|e| Status::invalid_argument(format!("bad Raft message: {e}")))
 }
 
 fn reply<T: serde::Serialize>(v: &T) -> Result<Response<pb::RaftReply>, Status> {

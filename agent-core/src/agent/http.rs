@@ -84,7 +84,8 @@ pub fn build_status(shared: &AgentShared) -> Option<Status> {
             http_addr: n.http_addr.clone(),
         })
         .collect();
-    let leader_vm = leader.and_then(|l| agents.iter().find(|a| a.raft_id == l).map(|a| a.vm.clone()));
+    let leader_vm =
+        leader.and_then(|l| agents.iter().find(|a| a.raft_id == l).map(|a| a.vm.clone()));
     let c = &rep.cluster;
     Some(Status {
         reconciliation_state: format!("{:?}", c.reconciliation),
@@ -157,8 +158,18 @@ async fn put_desired(State(shared): State<Arc<AgentShared>>, body: Bytes) -> Res
     if let Some(inbox) = shared.leader_inbox() {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let id = d.id;
-        if inbox.send(Submit { desired: d, reply: tx }).await.is_err() {
-            return error(StatusCode::SERVICE_UNAVAILABLE, "leadership is changing; retry");
+        if inbox
+            .send(Submit {
+                desired: d,
+                reply: tx,
+            })
+            .await
+            .is_err()
+        {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "leadership is changing; retry",
+            );
         }
         return match rx.await {
             Ok(Ok(s)) => (
@@ -179,7 +190,10 @@ async fn put_desired(State(shared): State<Arc<AgentShared>>, body: Bytes) -> Res
 /// Sends the body to the leader's HTTP API and relays its answer.
 async fn forward(shared: &AgentShared, body: Bytes) -> Response {
     let Some(status) = build_status(shared) else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "this agent has not joined the cluster yet");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this agent has not joined the cluster yet",
+        );
     };
     let Some(addr) = status
         .leader_vm
@@ -188,7 +202,10 @@ async fn forward(shared: &AgentShared, body: Bytes) -> Response {
         .map(|a| a.http_addr.clone())
         .filter(|a| *a != shared.http_addr)
     else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "no leader is elected right now; retry in a few seconds");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no leader is elected right now; retry in a few seconds",
+        );
     };
     let client = reqwest::Client::new();
     match client
@@ -203,6 +220,9 @@ async fn forward(shared: &AgentShared, body: Bytes) -> Response {
             let bytes = r.bytes().await.unwrap_or_default();
             (code, [("content-type", "application/json")], bytes).into_response()
         }
-        Err(e) => error(StatusCode::BAD_GATEWAY, format!("cannot reach the leader at {addr}: {e}")),
+        Err(e) => error(
+            StatusCode::BAD_GATEWAY,
+            format!("cannot reach the leader at {addr}: {e}"),
+        ),
     }
 }

@@ -73,13 +73,19 @@ impl Membership {
         }
         let _g = self.change.lock().await;
         let (_, nodes) = self.members();
-        let id = if ident.raft_id != 0 && nodes.contains_key(&ident.raft_id) {
+        let rep = self.shared.replicated().unwrap_or_default();
+        let latest = rep.raft_ids.get(&info.name).and_then(|v| v.last().copied());
+        let id = if ident.raft_id != 0
+            && (nodes.contains_key(&ident.raft_id)
+                || (latest == Some(ident.raft_id) && !rep.retired.contains(&ident.raft_id)))
+        {
+            // Already a member, or joined before its learner entry was written.
             ident.raft_id
         } else {
             let id = if ident.raft_id != 0 {
-                // Joined under an id the group no longer has: it cannot take another one.
+                // Joined under an id the group removed: it never comes back under it.
                 return Err(BackendError::Failed(format!(
-                    "the agent of {} holds Raft id {} that left the group; wipe its directory",
+                    "the agent of {} holds Raft id {} that left the group; wipe its Raft data (raft.redb, raft_id) so it can join under a new id",
                     info.name, ident.raft_id
                 )));
             } else {
@@ -151,6 +157,10 @@ impl Membership {
         if ids.is_empty() {
             return Ok(());
         }
+        self.raft
+            .client_write(Request::RetireRaftIds(ids.clone()))
+            .await
+            .map_err(|e| transient("cannot record the removal", e))?;
         let voting: BTreeSet<NodeId> = ids.intersection(voters).copied().collect();
         if !voting.is_empty() {
             if voters.len() <= voting.len() {
@@ -244,8 +254,14 @@ impl Membership {
         }
         // A VM whose agent is in no membership (wiped, or created by a leader that died
         // before admitting it) joins under a new id.
+        let known = self
+            .shared
+            .replicated()
+            .map(|r| r.cluster.vms)
+            .unwrap_or_default();
         for info in &infos {
-            if !nodes.values().any(|n| n.vm == info.name) {
+            // Only VMs the cluster state holds: one being created is admitted by create_vm.
+            if known.contains_key(&info.name) && !nodes.values().any(|n| n.vm == info.name) {
                 info!(vm = %info.name, "agent of a listed VM is not in the Raft group; admitting it under a new id");
                 self.admit(info).await?;
             }
@@ -258,7 +274,7 @@ impl Membership {
             n if n >= 3 => 3,
             _ => 1,
         };
-        let mut by_zone: BTreeMap<String, Vec<((u8, u8, u8), NodeId)>> = BTreeMap::new();
+        let mut by_zone: BTreeMap<String, Vec<VoterCandidate>> = BTreeMap::new();
         for id in &alive {
             let Some(n) = nodes.get(id) else { continue };
             let key = (
@@ -302,6 +318,9 @@ impl Membership {
     }
 }
 
+/// (is not the leader, is not a voter, role rank) and the id: smaller is preferred.
+type VoterCandidate = ((u8, u8, u8), NodeId);
+
 /// Voter preference: VMs that live long first.
 fn role_rank(role: &str) -> u8 {
     match role {
@@ -317,7 +336,13 @@ fn role_rank(role: &str) -> u8 {
 impl CloudProvider for Membership {
     async fn create_vm(&self, spec: &VmSpec) -> Result<VmInfo, BackendError> {
         let info = self.shared.provider.create_vm(spec).await?;
-        self.admit(&info).await?;
+        if let Err(e) = self.admit(&info).await {
+            // No half-made VMs: the retry creates it again.
+            warn!(vm = %info.name, error = %e, "agent could not join; deleting the VM");
+            let _ = self.expel(&info.name).await;
+            let _ = self.shared.provider.delete_vm(&info.name).await;
+            return Err(e);
+        }
         Ok(info)
     }
 

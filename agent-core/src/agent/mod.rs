@@ -12,11 +12,11 @@ pub mod membership;
 pub mod remote;
 
 use crate::backend::{BackendError, CloudProvider, ProcessRuntime};
+use crate::model::Event;
 use crate::raft::network::{endpoint, GrpcNetwork};
 use crate::raft::store;
 use crate::raft::{AgentNode, NodeId, Raft, Replicated, Request, BOOTSTRAP_ID};
 use crate::reconcile::{Journal, Reconciler, ReconcilerConfig, Submit};
-use crate::model::Event;
 use ndb_proto::v1 as pb;
 use ndb_proto::v1::agent_client::AgentClient;
 use openraft::ServerState;
@@ -160,10 +160,7 @@ impl AgentShared {
 
     /// A client of the agent at `ep` over a cached channel.
     pub fn agent_client(&self, ep: &str) -> Result<AgentClient<Channel>, tonic::transport::Error> {
-        let mut ch = self
-            .channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut ch = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = ch.get(ep) {
             return Ok(AgentClient::new(c.clone()));
         }
@@ -428,7 +425,10 @@ async fn lead(shared: Arc<AgentShared>, raft: Raft) {
     if let Ok(mut i) = shared.inbox.lock() {
         *i = Some(tx);
     }
-    let members = Arc::new(membership::Membership::new(Arc::clone(&shared), raft.clone()));
+    let members = Arc::new(membership::Membership::new(
+        Arc::clone(&shared),
+        raft.clone(),
+    ));
     let upkeep = tokio::spawn(Arc::clone(&members).upkeep());
     let runtime = Arc::new(remote::RemoteRuntime::new(Arc::clone(&shared)));
     let mut reconciler = Reconciler::new(

@@ -4,8 +4,8 @@
 use super::grpc::{backup_to_pb, kind_to_pb, step_to_str};
 use super::AgentShared;
 use crate::backend::{
-    current_op, BackendError, MgmCommand, ProcessRuntime, ProgramKind, ProgramSpec,
-    ProgramStatus, RestoreRun,
+    current_op, BackendError, MgmCommand, ProcessRuntime, ProgramKind, ProgramSpec, ProgramStatus,
+    RestoreRun,
 };
 use crate::desired::BackupSpec;
 use crate::model::ConfigFile;
@@ -36,16 +36,31 @@ impl RemoteRuntime {
         F: Fn(AgentClient<Channel>, pb::Target) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let deadline = tokio::time::Instant::now() + UNREACHABLE_AFTER;
+        self.call_within(vm, UNREACHABLE_AFTER, f).await
+    }
+
+    /// Calls `vm`'s agent, retrying while it is unreachable for up to `patience`.
+    async fn call_within<T, F, Fut>(
+        &self,
+        vm: &str,
+        patience: Duration,
+        f: F,
+    ) -> Result<T, BackendError>
+    where
+        F: Fn(AgentClient<Channel>, pb::Target) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + patience;
         loop {
             let Some(ep) = self.shared.endpoint_of(vm) else {
                 return Err(BackendError::VmGone(format!(
                     "{vm}: no agent of this VM is known to the cluster"
                 )));
             };
-            let client = self.shared.agent_client(&ep).map_err(|e| {
-                BackendError::Failed(format!("{vm}: bad agent address {ep}: {e}"))
-            })?;
+            let client = self
+                .shared
+                .agent_client(&ep)
+                .map_err(|e| BackendError::Failed(format!("{vm}: bad agent address {ep}: {e}")))?;
             let target = pb::Target {
                 vm: vm.to_string(),
                 op_id: current_op(),
@@ -55,8 +70,8 @@ impl RemoteRuntime {
                 Err(s) if unreachable(&s) => {
                     if tokio::time::Instant::now() >= deadline {
                         return Err(BackendError::VmGone(format!(
-                            "{vm}: agent at {ep} unreachable for {}s: {}",
-                            UNREACHABLE_AFTER.as_secs(),
+                            "{vm}: agent at {ep} unreachable for {:.1}s: {}",
+                            patience.as_secs_f64(),
                             s.message()
                         )));
                     }
@@ -176,12 +191,13 @@ impl ProcessRuntime for RemoteRuntime {
     }
 
     async fn status(&self, vm: &str) -> Result<ProgramStatus, BackendError> {
+        // Observation must be quick: one attempt; a dead agent is the provider's to judge.
         let r = self
-            .call(vm, |mut c, target| async move {
+            .call_within(vm, Duration::ZERO, |mut c, target| async move {
                 let mut req = tonic::Request::new(pb::StatusRequest {
                     target: Some(target),
                 });
-                req.set_timeout(Duration::from_secs(2));
+                req.set_timeout(Duration::from_secs(1));
                 c.program_status(req).await
             })
             .await?;

@@ -40,6 +40,8 @@ pub enum Request {
     Events(Vec<Event>),
     /// Reserve the next Raft id for the agent of `vm`.
     AllocateRaftId { vm: String },
+    /// These ids left the group for good: an agent holding one must start over.
+    RetireRaftIds(std::collections::BTreeSet<NodeId>),
 }
 
 /// The state machine's answer to a command.
@@ -72,6 +74,9 @@ pub struct Replicated {
     pub next_raft_id: NodeId,
     /// The Raft ids handed out per VM, latest last (a VM re-created gets a new id).
     pub raft_ids: BTreeMap<String, Vec<NodeId>>,
+    /// Ids removed from the group; never admitted again.
+    #[serde(default)]
+    pub retired: std::collections::BTreeSet<NodeId>,
 }
 
 impl Replicated {
@@ -89,6 +94,10 @@ impl Replicated {
                 self.next_raft_id = id + 1;
                 self.raft_ids.entry(vm.clone()).or_default().push(id);
                 Response::RaftId(id)
+            }
+            Request::RetireRaftIds(ids) => {
+                self.retired.extend(ids.iter().copied());
+                Response::Done
             }
         }
     }

@@ -2,6 +2,9 @@
 //! machine and the last snapshot. redb commits with fsync (`Durability::Immediate`), so
 //! nothing is acknowledged to openraft before it is on disk.
 
+// openraft's trait signatures fix the error type (`StorageError`); helpers return it too.
+#![allow(clippy::result_large_err)]
+
 use super::{NodeId, Replicated, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
@@ -49,11 +52,11 @@ fn io_err<E: std::error::Error + 'static>(
 }
 
 fn read_err<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
-    io_err(|a| StorageIOError::read(a))(e)
+    io_err(StorageIOError::read)(e)
 }
 
 fn write_err<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
-    io_err(|a| StorageIOError::write(a))(e)
+    io_err(StorageIOError::write)(e)
 }
 
 fn encode<T: Serialize>(v: &T) -> StResult<Vec<u8>> {

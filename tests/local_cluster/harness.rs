@@ -1,0 +1,301 @@
+//! A local cluster for tests and benchmarks: `ndb-agent up` as a child process, every VM an
+//! agent process under a temporary data directory, observed through the HTTP API. Dropping
+//! it kills every agent it started, also when a test fails.
+
+#![allow(dead_code)]
+
+use agent_core::agent::http::Status;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct LocalCluster {
+    pub dir: tempfile::TempDir,
+    pub bin: PathBuf,
+    pub http: String,
+    up: Child,
+    extra: Vec<Child>,
+    client: reqwest::blocking::Client,
+    /// HTTP addresses of agents seen so far, to ask another one when one is dead.
+    known: std::cell::RefCell<Vec<String>>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl LocalCluster {
+    /// Starts `ndb-agent up` on `desired` (JSONC text); `delay_ms` slows the dummy runtime's
+    /// program starts and stops.
+    pub fn start(bin: &Path, desired: &str, delay_ms: u64) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("desired_state.jsonc");
+        std::fs::write(&file, desired).expect("write desired state");
+        let http = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(dir.path().join("up.log")).expect("up.log");
+        let up = Command::new(bin)
+            .arg("up")
+            .arg("--desired-state")
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--http")
+            .arg(&http)
+            .env("NDB_DUMMY_PROGRAM_DELAY_MS", delay_ms.to_string())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start ndb-agent up");
+        LocalCluster {
+            bin: bin.to_path_buf(),
+            http: http.clone(),
+            up,
+            extra: vec![],
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("http client"),
+            known: std::cell::RefCell::new(vec![http]),
+            dir,
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn vm_dir(&self, vm: &str) -> PathBuf {
+        self.data_dir().join("vms").join(vm)
+    }
+
+    /// The status from the agent at `addr`.
+    pub fn status_at(&self, addr: &str) -> Option<Status> {
+        let r = self
+            .client
+            .get(format!("http://{addr}/status"))
+            .send()
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.json().ok()
+    }
+
+    /// The status from any live agent, preferring the leader's view.
+    pub fn status(&self) -> Option<Status> {
+        let known = self.known.borrow().clone();
+        for addr in known.iter().rev() {
+            if let Some(s) = self.status_at(addr) {
+                let mut k = self.known.borrow_mut();
+                for a in &s.agents {
+                    if !k.contains(&a.http_addr) {
+                        k.push(a.http_addr.clone());
+                    }
+                }
+                // Ask the leader itself when it is known, so the view is the newest.
+                if let Some(l) = s
+                    .leader_vm
+                    .as_ref()
+                    .and_then(|l| s.agents.iter().find(|a| &a.vm == l))
+                {
+                    if l.http_addr != *addr {
+                        if let Some(ls) = self.status_at(&l.http_addr) {
+                            return Some(ls);
+                        }
+                    }
+                }
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Waits until `pred` holds for the status; panics with the last status and log tails.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Status) -> bool,
+    ) -> Status {
+        let t0 = Instant::now();
+        let mut last = None;
+        while t0.elapsed() < timeout {
+            if let Some(s) = self.status() {
+                if pred(&s) {
+                    return s;
+                }
+                last = Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "timed out after {timeout:?} waiting for {what}\nlast status: {}\nup.log tail:\n{}",
+            serde_json::to_string_pretty(&last).unwrap_or_default(),
+            self.tail("up.log", 40)
+        );
+    }
+
+    pub fn tail(&self, rel: &str, n: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join(rel)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    pub fn pid_of(&self, vm: &str) -> Option<i32> {
+        std::fs::read_to_string(self.vm_dir(vm).join("agent.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// SIGKILLs the agent of `vm`.
+    pub fn kill(&self, vm: &str) {
+        let pid = self.pid_of(vm).unwrap_or_else(|| panic!("no pid for {vm}"));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap_or_else(|e| panic!("kill {vm} ({pid}): {e}"));
+    }
+
+    /// Starts the agent of `vm` again on its directory.
+    pub fn restart_agent(&mut self, vm: &str) {
+        let dir = self.vm_dir(vm);
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(dir.join("agent.log"))
+            .expect("agent.log");
+        let child = Command::new(&self.bin)
+            .arg("agent")
+            .arg("--vm-dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("restart agent");
+        std::fs::write(dir.join("agent.pid"), child.id().to_string()).expect("agent.pid");
+        self.extra.push(child);
+    }
+
+    /// PUT /desired-state at `addr`; returns the HTTP code and body.
+    pub fn apply_at(&self, addr: &str, desired: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .put(format!("http://{addr}/desired-state"))
+            .body(desired.to_string())
+            .send()
+            .expect("PUT /desired-state");
+        let code = r.status().as_u16();
+        (code, r.json().unwrap_or_default())
+    }
+
+    /// The data directories' agent processes still alive.
+    fn all_pids(&self) -> Vec<i32> {
+        let mut out = vec![];
+        if let Ok(entries) = std::fs::read_dir(self.data_dir().join("vms")) {
+            for e in entries.flatten() {
+                if let Some(pid) = std::fs::read_to_string(e.path().join("agent.pid"))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                {
+                    out.push(pid);
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let _ = self.up.kill();
+        let _ = self.up.wait();
+        for c in &mut self.extra {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for pid in self.all_pids() {
+            let is_agent = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("ndb-agent"))
+                .unwrap_or(false);
+            if is_agent {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        if std::env::var_os("KEEP_CLUSTER_DIR").is_some() {
+            let p = self.dir.path().to_path_buf();
+            eprintln!("cluster directory kept: {}", p.display());
+            std::mem::forget(std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().expect("tmp"),
+            ));
+        }
+    }
+}
+
+/// The example cluster: 2 node groups x 2 replicas, 1 mgmd, 2 MySQLds, 1 API (8 VMs).
+pub fn desired(id: u64, running_since: u64) -> String {
+    format!(
+        r#"{{
+  "Id": {id},
+  "RonDBRunning": true,
+  "RonDBRunningSince": {running_since},
+  "RonDBVersion": "22.10.1",
+  "RonDBDownloadLink": "http://artifacts:8080/rondb/rondb-22.10.1-linux-glibc2.28-x86_64.tar.gz",
+  "NdbAgentRunningSince": 1,
+  "NdbAgentVersion": "1.0",
+  "NdbAgentDownloadLink": "http://artifacts:8080/ndb-agent/ndb-agent-1.0.tar.gz",
+  "SingleBackups": [],
+  "TotalMemoryConfig": "2400M",
+  "MaxReplicationFactor": 3,
+  "ActiveReplicationFactor": 2,
+  "NumNodeGroups": 2,
+  "NumTotalMgmdSlots": 2,
+  "NumTotalMysqldSlots": 8,
+  "NumTotalApiSlots": 8,
+  "NumMysqldSlotsPerVm": 1,
+  "NumApiSlotsPerVm": 1,
+  "NumManagedMgmdVms": 1,
+  "NumManagedMysqldVms": 2,
+  "NumManagedApiVms": 1,
+  "ExternallyManagedNodes": [],
+  "AllowRequestingTemporaryVms": true,
+  "Region": "local",
+  "AvailabilityZones": ["zone-a", "zone-b", "zone-c"],
+  "VmTypeMgmds": "mini",
+  "VmTypeNdbds": "small",
+  "VmTypeMysqlds": "mini",
+  "VmTypeApis": "mini",
+  "StorageGiBPerMgmdVm": 5,
+  "StorageGiBPerNdbdVm": 20,
+  "StorageGiBPerMysqldVm": 5,
+  "StorageGiBPerApiVm": 5,
+  "DefaultMgmdPort": 1186,
+  "DefaultNdbdPort": 11860,
+  "DefaultMysqldPort": 3306
+}}"#
+    )
+}
+
+pub fn at_desired(s: &Status, id: u64) -> bool {
+    s.accepted_id == Some(id)
+        && s.pending_id.is_none()
+        && s.reconciliation_state == "AT_DESIRED_STATE"
+}
+
+pub fn count_role(s: &Status, role: &str) -> usize {
+    s.vms.iter().filter(|v| v.role == role).count()
+}
+
+pub fn voters(s: &Status) -> usize {
+    s.agents.iter().filter(|a| a.voter).count()
+}
