@@ -84,13 +84,20 @@ impl LocalProvider {
     }
 
     /// Starts the agent of the VM whose directory is `dir` (also used to restart one).
-    pub fn spawn_agent(&self, dir: &Path) -> Result<u32, BackendError> {
+    pub fn spawn_agent(&self, dir: &Path) -> Result<Spawned, BackendError> {
         spawn_agent(&self.program, dir)
     }
 }
 
+/// A started agent process.
+pub struct Spawned {
+    pub pid: u32,
+    /// Set once the process has exited (while the spawner lives).
+    pub exited: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// Starts `program agent --vm-dir dir` in its own process group, logs to `dir/agent.log`.
-pub fn spawn_agent(program: &Path, dir: &Path) -> Result<u32, BackendError> {
+pub fn spawn_agent(program: &Path, dir: &Path) -> Result<Spawned, BackendError> {
     use std::os::unix::process::CommandExt;
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -111,11 +118,14 @@ pub fn spawn_agent(program: &Path, dir: &Path) -> Result<u32, BackendError> {
         .spawn()
         .map_err(|e| failed(&format!("cannot start {}", program.display()), e))?;
     let pid = child.id();
+    let exited = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&exited);
     // Reap it if it dies while we live; if we die first, init adopts it.
     std::thread::spawn(move || {
         let _ = child.wait();
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
     });
-    Ok(pid)
+    Ok(Spawned { pid, exited })
 }
 
 /// Reads a VM's `vm.json`.
@@ -182,7 +192,8 @@ impl CloudProvider for LocalProvider {
         let _ = std::fs::remove_file(dir.join(ADDRESS_FILE));
         let json = serde_json::to_vec_pretty(&vm).map_err(|e| failed("vm.json", e))?;
         write_atomic(&dir.join(VM_FILE), &json).map_err(|e| failed("cannot write vm.json", e))?;
-        let pid = self.spawn_agent(&dir)?;
+        let spawned = self.spawn_agent(&dir)?;
+        let pid = spawned.pid;
         write_atomic(&dir.join(PID_FILE), pid.to_string().as_bytes())
             .map_err(|e| failed("cannot write agent.pid", e))?;
         info!(vm = %spec.name, pid, "started agent process");
@@ -191,9 +202,11 @@ impl CloudProvider for LocalProvider {
             if let Some(addr) = read_address(&dir).filter(|a| a.pid == pid) {
                 return Ok(self.info(&vm, &addr));
             }
-            if live_pid(&dir).is_none() {
+            // (Not /proc: between fork and exec a child still shows its parent's command.)
+            if spawned.exited.load(std::sync::atomic::Ordering::SeqCst) {
                 let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                let _ = std::fs::remove_dir_all(&dir);
                 return Err(BackendError::Transient(format!(
                     "the agent of {} exited at start; last log lines: {}",
                     spec.name,
@@ -201,8 +214,9 @@ impl CloudProvider for LocalProvider {
                 )));
             }
             if Instant::now() > deadline {
+                let _ = self.delete_vm(&spec.name).await;
                 return Err(BackendError::Transient(format!(
-                    "the agent of {} did not listen within 30 s",
+                    "the agent of {} did not listen within 30 s; the VM was removed",
                     spec.name
                 )));
             }

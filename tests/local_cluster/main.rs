@@ -42,6 +42,12 @@ fn leader_failover_rejoin_and_wipe() {
     assert_eq!(s.leader_vm.as_deref(), Some("bootstrap"));
     let mut seen_ids: Vec<u64> = s.agents.iter().map(|a| a.raft_id).collect();
 
+    // 0. `up` follows the file: a saved edit is the next desired state.
+    std::fs::write(c.dir.path().join("desired_state.jsonc"), desired(2, 1)).unwrap();
+    c.wait_for("desired state 2 from the edited file", long, |s| {
+        at_desired(s, 2)
+    });
+
     // 1. SIGKILL the leader (the bootstrap agent) at rest.
     let t = Instant::now();
     c.kill("bootstrap");
@@ -56,7 +62,7 @@ fn leader_failover_rejoin_and_wipe() {
         t.elapsed()
     );
     let s = c.wait_for("the dead bootstrap agent leaves the group", long, |s| {
-        !s.agents.iter().any(|a| a.vm == "bootstrap") && voters(s) == 5 && at_desired(s, 1)
+        !s.agents.iter().any(|a| a.vm == "bootstrap") && voters(s) == 5 && at_desired(s, 2)
     });
     let leader = s.leader_vm.clone().unwrap();
     let follower = s
@@ -68,11 +74,11 @@ fn leader_failover_rejoin_and_wipe() {
         .clone();
 
     // 2. A rolling restart, submitted to a follower (forwarded to the leader) ...
-    let (code, body) = c.apply_at(&follower, &desired(2, 2));
+    let (code, body) = c.apply_at(&follower, &desired(3, 2));
     assert_eq!(code, 202, "{body}");
     let base = s.actions_completed;
     let s = c.wait_for("the rolling restart under way", long, |s| {
-        s.accepted_id == Some(2)
+        s.accepted_id == Some(3)
             && s.reconciliation_state == "WORKING_TOWARDS_DESIRED_STATE"
             && s.actions_completed >= base + 3
     });
@@ -96,10 +102,10 @@ fn leader_failover_rejoin_and_wipe() {
         t.elapsed()
     );
     let s = c.wait_for(
-        "desired state 2 after the failover, lost VM replaced",
+        "desired state 3 after the failover, lost VM replaced",
         long,
         |s| {
-            at_desired(s, 2)
+            at_desired(s, 3)
                 && roles_match(s)
                 && !s.vms.iter().any(|v| v.name == leader)
                 && !s.agents.iter().any(|a| a.vm == leader)
@@ -134,11 +140,11 @@ fn leader_failover_rejoin_and_wipe() {
     c.restart_agent(&victim.vm);
     let s = c.wait_for("the restarted agent rejoins", long, |s| {
         c.status_at(&victim.http_addr)
-            .is_some_and(|own| own.answered_by == victim.vm && own.accepted_id == Some(2))
+            .is_some_and(|own| own.answered_by == victim.vm && own.accepted_id == Some(3))
             && s.agents
                 .iter()
                 .any(|a| a.vm == victim.vm && a.raft_id == victim.raft_id)
-            && at_desired(s, 2)
+            && at_desired(s, 3)
     });
     assert!(s.vms.iter().any(|v| v.name == victim.vm), "its VM was kept");
 
@@ -161,7 +167,7 @@ fn leader_failover_rejoin_and_wipe() {
             && s.agents
                 .iter()
                 .any(|a| a.vm == wiped.vm && a.raft_id > max_before)
-            && at_desired(s, 2)
+            && at_desired(s, 3)
             && roles_match(s)
     });
     eprintln!(
@@ -170,12 +176,39 @@ fn leader_failover_rejoin_and_wipe() {
         s.agents.iter().find(|a| a.vm == wiped.vm)
     );
 
-    // Nothing accepted was lost: every agent's own replica holds desired state 2.
-    c.wait_for("every agent's replica at desired state 2", long, |s| {
+    // Nothing accepted was lost: every agent's own replica holds desired state 3.
+    c.wait_for("every agent's replica at desired state 3", long, |s| {
         s.agents.iter().all(|a| {
             c.status_at(&a.http_addr).is_some_and(|own| {
-                own.accepted_id == Some(2) && own.reconciliation_state == "AT_DESIRED_STATE"
+                own.accepted_id == Some(3) && own.reconciliation_state == "AT_DESIRED_STATE"
             })
         })
     });
+
+    // Bad input gets a clear error and changes nothing.
+    let s = c.status().unwrap();
+    let any = &s.agents[0].http_addr;
+    let (code, body) = c.apply_at(any, "{ \"Id\": ");
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["errors"][0].as_str().unwrap().contains("syntax"),
+        "{body}"
+    );
+    let (code, body) = c.apply_at(any, &desired(1, 1));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.to_string().contains("Id"), "{body}");
+    let after = c.status().unwrap();
+    assert_eq!((after.accepted_id, after.pending_id), (Some(3), None));
+
+    // No half-made VMs: the provider's VMs are exactly the cluster state's.
+    let mut on_disk: Vec<String> = std::fs::read_dir(c.data_dir().join("vms"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n != "bootstrap")
+        .collect();
+    on_disk.sort();
+    let mut in_state: Vec<String> = after.vms.iter().map(|v| v.name.clone()).collect();
+    in_state.sort();
+    assert_eq!(on_disk, in_state, "orphan or missing VM directories");
 }

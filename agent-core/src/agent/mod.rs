@@ -446,3 +446,6 @@ async fn lead(shared: Arc<AgentShared>, raft: Raft) {
     }
     warn!(reason = %why, "reconciler stopped");
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,176 @@
+//! The agent's gRPC contract: calls meant for another VM or Raft id are refused, and an
+//! operation id runs once however often it is sent.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+use crate::backend::{
+    MgmCommand, ProgramKind, ProgramSpec, ProgramStatus, RestoreRun, VmInfo, VmSpec,
+};
+use crate::desired::BackupSpec;
+use crate::model::ConfigFile;
+use async_trait::async_trait;
+use ndb_proto::v1::raft_client::RaftClient;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+#[derive(Default)]
+struct Counting {
+    starts: AtomicU32,
+}
+
+#[async_trait]
+impl ProcessRuntime for Counting {
+    async fn install_software(&self, _: &str, _: &str, _: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+    async fn write_files(&self, _: &str, _: &[ConfigFile]) -> Result<(), BackendError> {
+        Ok(())
+    }
+    async fn start_program(&self, _: &str, _: &ProgramSpec) -> Result<(), BackendError> {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.starts.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn stop_program(&self, _: &str, _: ProgramKind, _: bool) -> Result<(), BackendError> {
+        Ok(())
+    }
+    async fn status(&self, _: &str) -> Result<ProgramStatus, BackendError> {
+        Ok(ProgramStatus::default())
+    }
+    async fn mgm_command(&self, _: &str, _: &MgmCommand) -> Result<Vec<u32>, BackendError> {
+        Ok(vec![])
+    }
+    async fn restore(&self, _: &str, _: &RestoreRun) -> Result<Vec<u32>, BackendError> {
+        Ok(vec![])
+    }
+    async fn delete_backup(&self, _: &str, _: &BackupSpec) -> Result<(), BackendError> {
+        Ok(())
+    }
+    async fn restart_agent(&self, _: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+    async fn upgrade_agent(&self, _: &str, _: &str, _: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
+
+struct NoProvider;
+
+#[async_trait]
+impl CloudProvider for NoProvider {
+    async fn create_vm(&self, _: &VmSpec) -> Result<VmInfo, BackendError> {
+        Err(BackendError::Failed("no provider in this test".into()))
+    }
+    async fn delete_vm(&self, _: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+    async fn list_vms(&self) -> Result<Vec<VmInfo>, BackendError> {
+        Ok(vec![])
+    }
+}
+
+fn start_request(vm: &str, op_id: u64) -> pb::StartProgramRequest {
+    pb::StartProgramRequest {
+        target: Some(pb::Target {
+            vm: vm.into(),
+            op_id,
+        }),
+        kind: pb::ProgramKind::DataNode as i32,
+        version: "22.10.1".into(),
+        node_ids: vec![1],
+        initial: false,
+        command: vec!["ndbmtd".into()],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_other_targets_and_runs_an_operation_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = grpc.local_addr().unwrap().to_string();
+    let runtime = Arc::new(Counting::default());
+    let opts = AgentOptions {
+        vm: "vm-a".into(),
+        role: "ndbd".into(),
+        zone: "z".into(),
+        dir: dir.path().to_path_buf(),
+        bootstrap: false,
+        agent_version: "test".into(),
+        reconciler: ReconcilerConfig::default(),
+        heartbeat: Duration::from_millis(100),
+    };
+    let rt: Arc<dyn ProcessRuntime> = runtime.clone();
+    tokio::spawn(run(opts, grpc, http, Arc::new(NoProvider), rt));
+    let ch = endpoint(&addr).unwrap().connect_lazy();
+    let mut agent = AgentClient::new(ch.clone());
+    let mut raft = RaftClient::new(ch);
+
+    // Wait for the server.
+    let mut ident = None;
+    for _ in 0..100 {
+        if let Ok(r) = agent.get_identity(pb::IdentityRequest {}).await {
+            ident = Some(r.into_inner());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ident = ident.expect("the agent answers");
+    assert_eq!((ident.vm.as_str(), ident.raft_id), ("vm-a", 0));
+
+    // Another VM's call is refused and does nothing.
+    let e = agent
+        .start_program(start_request("vm-b", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert_eq!(runtime.starts.load(Ordering::SeqCst), 0);
+
+    // One operation id, sent three times (two at once): one start.
+    let (mut c1, mut c2) = (agent.clone(), agent.clone());
+    let (a, b) = tokio::join!(
+        c1.start_program(start_request("vm-a", 7)),
+        c2.start_program(start_request("vm-a", 7)),
+    );
+    a.unwrap();
+    b.unwrap();
+    agent.start_program(start_request("vm-a", 7)).await.unwrap();
+    assert_eq!(runtime.starts.load(Ordering::SeqCst), 1);
+    // Another id is another start.
+    agent.start_program(start_request("vm-a", 8)).await.unwrap();
+    assert_eq!(runtime.starts.load(Ordering::SeqCst), 2);
+
+    // Raft messages before joining, for another id after joining, and a second id: refused.
+    let msg = |target| pb::RaftRequest {
+        target_raft_id: target,
+        json: b"{}".to_vec(),
+    };
+    let e = raft.vote(msg(5)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+    agent
+        .join(pb::JoinRequest {
+            target: Some(pb::Target {
+                vm: "vm-a".into(),
+                op_id: 0,
+            }),
+            raft_id: 5,
+        })
+        .await
+        .unwrap();
+    let e = raft.vote(msg(6)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    let e = agent
+        .join(pb::JoinRequest {
+            target: Some(pb::Target {
+                vm: "vm-a".into(),
+                op_id: 0,
+            }),
+            raft_id: 6,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+    // The id is durable: it is what a restart rejoins with.
+    let stored = std::fs::read_to_string(dir.path().join(RAFT_ID_FILE)).unwrap();
+    assert_eq!(stored.trim(), "5");
+}
