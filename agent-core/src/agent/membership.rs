@@ -187,7 +187,7 @@ impl Membership {
             if let Err(e) = self.upkeep_once().await {
                 warn!(error = %e, "membership upkeep");
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
 

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs the README's main job for real and checks it: `ndb-agent up` on the example desired
+# state (local provider: every VM an agent process; dummy runtime), waits for
+# AT_DESIRED_STATE, then applies the live operations of compose/examples/ one by one through
+# the HTTP API and waits for each. Cleans up every agent it started, also on failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked -q
+BIN=target/release/ndb-agent
+DIR=$(mktemp -d)
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 18181)
+EP=127.0.0.1:$PORT
+cleanup() {
+  kill "$UP_PID" 2>/dev/null || true
+  "$BIN" down --data-dir "$DIR/data" --remove >/dev/null 2>&1 || true
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+"$BIN" up --desired-state compose/desired_state.jsonc --data-dir "$DIR/data" --http "$EP" >"$DIR/up.log" 2>&1 &
+UP_PID=$!
+
+wait_for() { # ID: waits until desired state ID is reached, via any live agent
+  local id=$1
+  for _ in $(seq 1 240); do
+    if "$BIN" status --endpoint "$EP" --json 2>/dev/null | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+ok = s["accepted_id"] == int(sys.argv[1]) and s["pending_id"] is None and s["reconciliation_state"] == "AT_DESIRED_STATE"
+sys.exit(0 if ok else 1)' "$id"; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  echo "desired state $id not reached in 120 s; last status and log:" >&2
+  "$BIN" status --endpoint "$EP" >&2 || true
+  tail -40 "$DIR/up.log" >&2
+  return 1
+}
+
+t0=$(date +%s.%N)
+wait_for 1
+printf '== up: desired state 1 (compose/desired_state.jsonc) reached in %.1f s\n' "$(echo "$(date +%s.%N) - $t0" | bc)"
+for f in compose/examples/*.jsonc; do
+  id=$(python3 -c 'import re,sys; print(re.search(r"\"Id\":\s*(\d+)", open(sys.argv[1]).read()).group(1))' "$f")
+  t0=$(date +%s.%N)
+  "$BIN" apply -f "$f" --endpoint "$EP"
+  wait_for "$id"
+  printf '== up: %s (desired state %s) reached in %.1f s\n' "$f" "$id" "$(echo "$(date +%s.%N) - $t0" | bc)"
+done
+"$BIN" status --endpoint "$EP"
