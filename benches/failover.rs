@@ -37,36 +37,56 @@ fn cpu_ticks(pid: i32) -> Option<u64> {
 }
 
 fn main() {
-    let rounds: usize = std::env::var("FAILOVERS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let rounds: usize = std::env::var("FAILOVERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let long = Duration::from_secs(180);
     let c = LocalCluster::start(Path::new(BIN), &desired(1, 1), 150);
     let t0 = Instant::now();
-    c.wait_for("the first desired state", long, |s| at_desired(s, 1) && voters(s) == 5);
-    println!("cluster of 8 VMs + bootstrap at its desired state after {:.1} s", t0.elapsed().as_secs_f64());
+    c.wait_for("the first desired state", long, |s| {
+        at_desired(s, 1) && voters(s) == 5
+    });
+    println!(
+        "cluster of 8 VMs + bootstrap at its desired state after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
 
     let (mut elected, mut resumed) = (vec![], vec![]);
     for round in 0..rounds {
         let id = round as u64 + 2;
         let s = c.status().expect("status");
-        let any = s.agents.iter().find(|a| a.vm == s.answered_by).unwrap().http_addr.clone();
+        let any = s
+            .agents
+            .iter()
+            .find(|a| a.vm == s.answered_by)
+            .unwrap()
+            .http_addr
+            .clone();
         let base = s.actions_completed;
         let (code, body) = c.apply_at(&any, &desired(id, id));
         assert_eq!(code, 202, "{body}");
         let s = c.wait_for("a rolling restart in progress", long, |s| {
-            s.accepted_id == Some(id) && s.reconciliation_state == "WORKING_TOWARDS_DESIRED_STATE" && s.actions_completed >= base + 3
+            s.accepted_id == Some(id)
+                && s.reconciliation_state == "WORKING_TOWARDS_DESIRED_STATE"
+                && s.actions_completed >= base + 3
         });
         let leader = s.leader_vm.clone().unwrap();
         let done = s.actions_completed;
         let t = Instant::now();
         c.kill(&leader);
-        c.wait_for("a new leader", long, |s| s.leader_vm.as_deref().is_some_and(|l| l != leader));
+        c.wait_for("a new leader", long, |s| {
+            s.leader_vm.as_deref().is_some_and(|l| l != leader)
+        });
         let e = t.elapsed().as_secs_f64();
         c.wait_for("progress again", long, |s| s.actions_completed > done);
         let r = t.elapsed().as_secs_f64();
         println!("round {}: killed leader {leader}: new leader after {e:.2} s, reconciliation resumed after {r:.2} s", round + 1);
         elected.push(e);
         resumed.push(r);
-        c.wait_for("the rolling restart finished", long, |s| at_desired(s, id) && voters(s) == 5);
+        c.wait_for("the rolling restart finished", long, |s| {
+            at_desired(s, id) && voters(s) == 5
+        });
     }
     println!(
         "failover over {rounds} rounds: median new leader {:.2} s (max {:.2}), median resumed {:.2} s (max {:.2})",
@@ -92,10 +112,20 @@ fn main() {
     let mut rss = vec![];
     let mut cpu = vec![];
     for ((vm, pid), b) in pids.iter().zip(before) {
-        let (Some(b), Some(a)) = (b, cpu_ticks(*pid)) else { continue };
+        let (Some(b), Some(a)) = (b, cpu_ticks(*pid)) else {
+            continue;
+        };
         let pct = (a - b) as f64 / hz / window.as_secs_f64() * 100.0;
         let kib = proc_field(*pid, "VmRSS:").unwrap_or(0.0);
-        println!("  {vm:<12}{} RSS {:>5.1} MiB  CPU {pct:.2}% of a core", if *vm == leader { " (leader)" } else { "         " }, kib / 1024.0);
+        println!(
+            "  {vm:<12}{} RSS {:>5.1} MiB  CPU {pct:.2}% of a core",
+            if *vm == leader {
+                " (leader)"
+            } else {
+                "         "
+            },
+            kib / 1024.0
+        );
         rss.push(kib / 1024.0);
         cpu.push(pct);
     }

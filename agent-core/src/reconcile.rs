@@ -456,13 +456,11 @@ impl Reconciler {
                 self.commit(Event::ActionFailed {
                     op_id,
                     error: e.to_string(),
+                    drift,
                 })
                 .await;
                 if drift {
                     // Not an attempt that failed: the world changed. Look and replan.
-                    if let Some(a) = &action {
-                        self.state.failures.remove(&a.kind.retry_key());
-                    }
                     self.observe().await;
                 } else if let Some(a) = action {
                     // A failure may come from drift (a program died): look before retrying.

@@ -38,6 +38,10 @@ pub enum Event {
     ActionFailed {
         op_id: u64,
         error: String,
+        /// The world changed under the action (its VM is gone): not an attempt that counts
+        /// towards the retry limit.
+        #[serde(default)]
+        drift: bool,
     },
     /// What the backends report now; VMs that vanished are lost, programs that stopped died.
     Observed {
@@ -96,9 +100,17 @@ impl ClusterState {
                     self.apply_success(&a.kind, outcome);
                 }
             }
-            Event::ActionFailed { op_id, error } => {
+            Event::ActionFailed {
+                op_id,
+                error,
+                drift,
+            } => {
                 if let Some(a) = self.in_flight.remove(op_id) {
-                    *self.failures.entry(a.kind.retry_key()).or_insert(0) += 1;
+                    if *drift {
+                        self.failures.remove(&a.kind.retry_key());
+                    } else {
+                        *self.failures.entry(a.kind.retry_key()).or_insert(0) += 1;
+                    }
                     self.last_error = Some(format!("{a} failed: {error}"));
                 }
             }
