@@ -8,7 +8,9 @@ use agent_core::backend::{CloudProvider, ProcessRuntime, VmSpec};
 use agent_core::desired::VmType;
 use agent_core::{ReconcilerConfig, Role};
 use anyhow::{bail, Context};
-use providers::local::{self, AgentAddress, LocalProvider, LocalVm};
+use providers::docker::{DockerConfig, DockerProvider, AGENT_GRPC_PORT, AGENT_HTTP_PORT, VM_ENV};
+use providers::local::{self, AgentAddress, LocalProvider};
+use providers::{ProviderConfig, VmConfig};
 use runtime_backends::VmDummyRuntime;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -111,7 +113,7 @@ fn write_address(dir: &Path, grpc: &TcpListener, http: &TcpListener) -> anyhow::
     Ok(())
 }
 
-fn options(vm: &LocalVm, dir: &Path, bootstrap: bool) -> AgentOptions {
+fn options(vm: &VmConfig, dir: &Path, bootstrap: bool, advertise: Option<String>) -> AgentOptions {
     AgentOptions {
         vm: vm.spec.name.clone(),
         role: format!("{:?}", vm.spec.role).to_lowercase(),
@@ -124,28 +126,100 @@ fn options(vm: &LocalVm, dir: &Path, bootstrap: bool) -> AgentOptions {
             ..Default::default()
         },
         heartbeat: Duration::from_millis(100),
+        advertise_host: advertise,
     }
+}
+
+/// The provider a VM's configuration names.
+fn make_provider(vm: &VmConfig, program: &Path) -> anyhow::Result<Arc<dyn CloudProvider>> {
+    Ok(match &vm.provider {
+        ProviderConfig::Local { data_dir } => {
+            Arc::new(LocalProvider::new(data_dir, program, &vm.runtime))
+        }
+        ProviderConfig::Docker(cfg) => Arc::new(
+            DockerProvider::new(cfg.clone(), &vm.runtime).map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+    })
+}
+
+/// This container's address on its network (Docker maps the hostname to it).
+async fn own_address() -> anyhow::Result<String> {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .context("cannot read /etc/hostname")?
+        .trim()
+        .to_string();
+    let addrs = tokio::net::lookup_host((host.as_str(), 0))
+        .await
+        .with_context(|| format!("cannot resolve this container's hostname {host}"))?;
+    let ip = addrs
+        .map(|a| a.ip())
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback());
+    ip.map(|ip| ip.to_string())
+        .with_context(|| format!("{host} resolves to no network address"))
+}
+
+/// Listeners and advertised host: loopback ports (kept across restarts) for local VMs,
+/// fixed ports on all interfaces for containers.
+async fn listeners(
+    vm: &VmConfig,
+    dir: &Path,
+    http: Option<&str>,
+) -> anyhow::Result<(TcpListener, TcpListener, Option<String>)> {
+    match vm.provider {
+        ProviderConfig::Local { .. } => {
+            let prev = local::read_address(dir);
+            let grpc = bind(prev.as_ref().map(|a| a.grpc_addr.as_str()), "127.0.0.1:0").await?;
+            let http = match http {
+                Some(h) => bind(Some(h), h).await?,
+                None => bind(prev.as_ref().map(|a| a.http_addr.as_str()), "127.0.0.1:0").await?,
+            };
+            Ok((grpc, http, None))
+        }
+        ProviderConfig::Docker(_) => {
+            let grpc = bind(None, &format!("0.0.0.0:{AGENT_GRPC_PORT}")).await?;
+            let http = bind(None, http.unwrap_or(&format!("0.0.0.0:{AGENT_HTTP_PORT}"))).await?;
+            Ok((grpc, http, Some(own_address().await?)))
+        }
+    }
+}
+
+fn sink_dir(vm: &VmConfig, dir: &Path) -> PathBuf {
+    vm.local_data_dir()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.to_path_buf())
 }
 
 /// `ndb-agent agent --vm-dir DIR`: the agent of one local VM. On a restart request it execs
 /// itself again, keeping its pid, directory and ports.
 pub fn agent_command(dir: &Path) -> anyhow::Result<()> {
     init_logging();
+    // A container gets its configuration in the environment; it is kept in the VM's
+    // directory (its volume) from then on.
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if !dir.join(local::VM_FILE).exists() {
+        if let Ok(json) = std::env::var(VM_ENV) {
+            local::write_atomic(&dir.join(local::VM_FILE), json.as_bytes())?;
+        }
+    }
     let dir = dir
         .canonicalize()
         .with_context(|| format!("no VM directory {}", dir.display()))?;
     let vm = local::read_vm(&dir).map_err(anyhow::Error::msg)?;
     let program = std::env::current_exe().context("cannot find the ndb-agent binary")?;
     let exit = tokio_runtime()?.block_on(async {
-        let prev = local::read_address(&dir);
-        let grpc = bind(prev.as_ref().map(|a| a.grpc_addr.as_str()), "127.0.0.1:0").await?;
-        let http = bind(prev.as_ref().map(|a| a.http_addr.as_str()), "127.0.0.1:0").await?;
+        let (grpc, http, advertise) = listeners(&vm, &dir, None).await?;
         write_address(&dir, &grpc, &http)?;
-        let provider: Arc<dyn CloudProvider> =
-            Arc::new(LocalProvider::new(&vm.data_dir, &program, &vm.runtime));
-        let runtime = make_runtime(&vm.runtime, &vm.spec.name, &dir, &vm.data_dir)?;
+        let provider = make_provider(&vm, &program)?;
+        let runtime = make_runtime(&vm.runtime, &vm.spec.name, &dir, &sink_dir(&vm, &dir))?;
         info!(vm = %vm.spec.name, role = ?vm.spec.role, "agent starting");
-        let exit = agent::run(options(&vm, &dir, false), grpc, http, provider, runtime).await?;
+        let exit = agent::run(
+            options(&vm, &dir, false, advertise),
+            grpc,
+            http,
+            provider,
+            runtime,
+        )
+        .await?;
         anyhow::Ok(exit)
     })?;
     match exit {
@@ -168,6 +242,8 @@ pub struct UpOptions {
     pub data_dir: PathBuf,
     pub http: String,
     pub runtime: String,
+    /// `None`: the local provider; `Some`: VMs are containers.
+    pub docker: Option<DockerConfig>,
 }
 
 fn read_desired(path: &Path) -> anyhow::Result<Result<agent_core::DesiredState, Vec<String>>> {
@@ -202,9 +278,14 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
     std::fs::create_dir_all(&o.data_dir)
         .with_context(|| format!("cannot create {}", o.data_dir.display()))?;
     let data_dir = o.data_dir.canonicalize()?;
-    let dir = data_dir.join("vms").join("bootstrap");
+    // Locally the bootstrap agent is one of the VM directories; in a container its
+    // directory is the data directory (its volume).
+    let dir = match o.docker {
+        None => data_dir.join("vms").join("bootstrap"),
+        Some(_) => data_dir.clone(),
+    };
     std::fs::create_dir_all(&dir)?;
-    let vm = LocalVm {
+    let vm = VmConfig {
         spec: VmSpec {
             name: "bootstrap".into(),
             role: Role::Bootstrap,
@@ -214,20 +295,28 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
             temporary: false,
             agent_version: AGENT_VERSION.into(),
         },
-        data_dir: data_dir.clone(),
         runtime: o.runtime.clone(),
+        provider: match &o.docker {
+            None => ProviderConfig::Local {
+                data_dir: data_dir.clone(),
+            },
+            Some(d) => ProviderConfig::Docker(d.clone()),
+        },
     };
     local::write_atomic(&dir.join(local::VM_FILE), &serde_json::to_vec_pretty(&vm)?)?;
     let program = std::env::current_exe().context("cannot find the ndb-agent binary")?;
     tokio_runtime()?.block_on(async move {
-        let prev = local::read_address(&dir);
-        let grpc = bind(prev.as_ref().map(|a| a.grpc_addr.as_str()), "127.0.0.1:0").await?;
-        let http = bind(Some(&o.http), &o.http).await?;
+        let (grpc, http, advertise) = listeners(&vm, &dir, Some(&o.http)).await?;
         write_address(&dir, &grpc, &http)?;
-        let provider: Arc<dyn CloudProvider> =
-            Arc::new(LocalProvider::new(&data_dir, &program, &o.runtime));
-        let runtime = make_runtime(&o.runtime, "bootstrap", &dir, &data_dir)?;
-        let agent = tokio::spawn(agent::run(options(&vm, &dir, true), grpc, http, provider, runtime));
+        let provider = make_provider(&vm, &program)?;
+        let runtime = make_runtime(&o.runtime, "bootstrap", &dir, &sink_dir(&vm, &dir))?;
+        let agent = tokio::spawn(agent::run(
+            options(&vm, &dir, true, advertise),
+            grpc,
+            http,
+            provider,
+            runtime,
+        ));
         println!(
             "bootstrap agent: HTTP API on http://{}  data in {}",
             o.http,

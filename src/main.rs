@@ -77,6 +77,18 @@ enum Command {
         /// The ProcessRuntime of the agents.
         #[arg(long, default_value = "dummy")]
         runtime: String,
+        /// Where VMs live: `local` (agent processes) or `docker` (containers).
+        #[arg(long, default_value = "local")]
+        provider: String,
+        /// docker: the cluster's name (container and volume names, label value).
+        #[arg(long, default_value = "managed-rondb")]
+        cluster_name: String,
+        /// docker: the user-defined network of the VMs.
+        #[arg(long, default_value = "managed-rondb")]
+        docker_network: String,
+        /// docker: the agent image of the VMs.
+        #[arg(long, default_value = "managed-rondb/ndb-agent:latest")]
+        agent_image: String,
     },
     /// Run the agent of one local VM (started by the local provider).
     Agent {
@@ -134,12 +146,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             data_dir,
             http,
             runtime,
-        } => ndb_agent::cluster::up_command(ndb_agent::cluster::UpOptions {
-            desired_state,
-            data_dir,
-            http,
-            runtime,
-        }),
+            provider,
+            cluster_name,
+            docker_network,
+            agent_image,
+        } => {
+            let docker = match provider.as_str() {
+                "local" => None,
+                "docker" => Some(providers::DockerConfig {
+                    cluster: cluster_name,
+                    network: docker_network,
+                    image: agent_image,
+                    env: std::env::vars()
+                        .filter(|(k, _)| k == ndb_agent::cluster::DUMMY_DELAY_ENV)
+                        .collect(),
+                }),
+                other => anyhow::bail!("unknown provider {other:?}; use local or docker"),
+            };
+            ndb_agent::cluster::up_command(ndb_agent::cluster::UpOptions {
+                desired_state,
+                data_dir,
+                http,
+                runtime,
+                docker,
+            })
+        }
         Command::Agent { vm_dir } => {
             ndb_agent::cluster::agent_command(&vm_dir)?;
             Ok(ExitCode::SUCCESS)

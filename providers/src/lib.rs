@@ -1,10 +1,47 @@
 //! `CloudProvider` implementations: `mock`, an in-memory world with simulated time and fault
-//! injection (used by `simulate` and the generative tests), and `local`, where each VM is an
-//! agent process on this machine (the embedded default). `docker` and `terraform` follow the
-//! same trait.
+//! injection (used by `simulate` and the generative tests); `local`, where each VM is an
+//! agent process on this machine (the embedded default); `docker`, where each VM is a
+//! container on a user-defined network. `terraform` follows the same trait.
 
+pub mod docker;
 pub mod local;
 pub mod mock;
 
+pub use docker::{DockerConfig, DockerProvider};
 pub use local::LocalProvider;
 pub use mock::{FaultConfig, MockProvider, World};
+
+use agent_core::backend::VmSpec;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Which provider a cluster uses, with its settings. Every agent carries it, so whichever
+/// agent leads creates and deletes VMs the same way.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ProviderConfig {
+    /// VMs are agent processes under `data_dir/vms/`.
+    Local { data_dir: PathBuf },
+    /// VMs are containers.
+    Docker(DockerConfig),
+}
+
+/// What a VM is, handed to its agent at creation (`vm.json`, or the `NDB_AGENT_VM`
+/// environment variable of a container).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VmConfig {
+    pub spec: VmSpec,
+    /// The `ProcessRuntime` the agent uses.
+    pub runtime: String,
+    pub provider: ProviderConfig,
+}
+
+impl VmConfig {
+    /// Where backups of the dummy runtime go and local VMs live (None for containers).
+    pub fn local_data_dir(&self) -> Option<&std::path::Path> {
+        match &self.provider {
+            ProviderConfig::Local { data_dir } => Some(data_dir),
+            ProviderConfig::Docker(_) => None,
+        }
+    }
+}

@@ -4,6 +4,7 @@
 //! agent runs in its own process group), any agent can list and delete them (the truth is the
 //! directory tree and the processes), and a dead agent process is a lost VM.
 
+pub use crate::{ProviderConfig, VmConfig};
 use agent_core::backend::{BackendError, CloudProvider, VmInfo, VmSpec};
 use agent_core::model::Role;
 use async_trait::async_trait;
@@ -13,16 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
-
-/// What a VM is: written by the provider before the agent starts; the agent reads it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct LocalVm {
-    pub spec: VmSpec,
-    /// The cluster's data directory (parent of `vms/`).
-    pub data_dir: PathBuf,
-    /// The `ProcessRuntime` the agent uses.
-    pub runtime: String,
-}
 
 /// Where the agent answers: written by the agent once it listens.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -71,7 +62,7 @@ impl LocalProvider {
         self.vms_dir().join(name)
     }
 
-    fn info(&self, vm: &LocalVm, addr: &AgentAddress) -> VmInfo {
+    fn info(&self, vm: &VmConfig, addr: &AgentAddress) -> VmInfo {
         VmInfo {
             name: vm.spec.name.clone(),
             role: vm.spec.role,
@@ -129,7 +120,7 @@ pub fn spawn_agent(program: &Path, dir: &Path) -> Result<Spawned, BackendError> 
 }
 
 /// Reads a VM's `vm.json`.
-pub fn read_vm(dir: &Path) -> Result<LocalVm, String> {
+pub fn read_vm(dir: &Path) -> Result<VmConfig, String> {
     let p = dir.join(VM_FILE);
     let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
@@ -176,10 +167,12 @@ fn signal(pid: u32, sig: nix::sys::signal::Signal) {
 impl CloudProvider for LocalProvider {
     async fn create_vm(&self, spec: &VmSpec) -> Result<VmInfo, BackendError> {
         let dir = self.vm_dir(&spec.name);
-        let vm = LocalVm {
+        let vm = VmConfig {
             spec: spec.clone(),
-            data_dir: self.data_dir.clone(),
             runtime: self.runtime.clone(),
+            provider: ProviderConfig::Local {
+                data_dir: self.data_dir.clone(),
+            },
         };
         // Idempotent: a VM created by a leader that died before recording it is reused.
         if let (Some(pid), Ok(existing)) = (live_pid(&dir), read_vm(&dir)) {

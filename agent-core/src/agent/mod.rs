@@ -43,6 +43,9 @@ pub struct AgentOptions {
     pub reconciler: ReconcilerConfig,
     /// Raft heartbeat; elections time out after 4-8 heartbeats.
     pub heartbeat: Duration,
+    /// The host other agents reach this one at, when it is not the listeners' own address
+    /// (a container listening on all interfaces).
+    pub advertise_host: Option<String>,
 }
 
 /// Why an agent stopped.
@@ -279,8 +282,15 @@ pub async fn run(
     provider: Arc<dyn CloudProvider>,
     runtime: Arc<dyn ProcessRuntime>,
 ) -> Result<Exit, AgentError> {
-    let grpc_addr = grpc.local_addr().map_err(AgentError::Listener)?.to_string();
-    let http_addr = http.local_addr().map_err(AgentError::Listener)?.to_string();
+    let advertised = |l: &TcpListener| -> Result<String, AgentError> {
+        let a = l.local_addr().map_err(AgentError::Listener)?;
+        Ok(match &opts.advertise_host {
+            Some(h) => format!("{h}:{}", a.port()),
+            None => a.to_string(),
+        })
+    };
+    let grpc_addr = advertised(&grpc)?;
+    let http_addr = advertised(&http)?;
     std::fs::create_dir_all(&opts.dir).map_err(|source| AgentError::Io {
         path: opts.dir.display().to_string(),
         source,

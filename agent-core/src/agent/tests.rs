@@ -99,6 +99,7 @@ async fn refuses_other_targets_and_runs_an_operation_once() {
         agent_version: "test".into(),
         reconciler: ReconcilerConfig::default(),
         heartbeat: Duration::from_millis(100),
+        advertise_host: None,
     };
     let rt: Arc<dyn ProcessRuntime> = runtime.clone();
     tokio::spawn(run(opts, grpc, http, Arc::new(NoProvider), rt));
