@@ -205,6 +205,10 @@ pub fn agent_command(dir: &Path) -> anyhow::Result<()> {
         .canonicalize()
         .with_context(|| format!("no VM directory {}", dir.display()))?;
     let vm = local::read_vm(&dir).map_err(anyhow::Error::msg)?;
+    // A new VM runs the agent version it was created for until it is upgraded.
+    if !dir.join("agent_version").exists() {
+        local::write_atomic(&dir.join("agent_version"), vm.spec.agent_version.as_bytes())?;
+    }
     let program = std::env::current_exe().context("cannot find the ndb-agent binary")?;
     let exit = tokio_runtime()?.block_on(async {
         let (grpc, http, advertise) = listeners(&vm, &dir, None).await?;
@@ -225,7 +229,10 @@ pub fn agent_command(dir: &Path) -> anyhow::Result<()> {
     match exit {
         Exit::Restart => {
             use std::os::unix::process::CommandExt;
-            info!("restarting");
+            // After an upgrade, the build the upgrade installed.
+            let current = dir.join("current/bin/ndb-agent");
+            let program = if current.exists() { current } else { program };
+            info!(program = %program.display(), "restarting");
             let err = std::process::Command::new(&program)
                 .arg("agent")
                 .arg("--vm-dir")

@@ -9,8 +9,13 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 "$ROOT/compose/images/build-base.sh"
 BASE=${BASE_IMAGE:-managed-rondb/base:bookworm-1}
-cargo build --release --locked -q -p ndb-agent
-BIN="$ROOT/target/release/ndb-agent"
+# NDB_AGENT_BIN: an ndb-agent already built (the test suite passes its own).
+if [ -n "${NDB_AGENT_BIN:-}" ]; then
+  BIN=$NDB_AGENT_BIN
+else
+  cargo build --release --locked -q -p ndb-agent
+  BIN="$ROOT/target/release/ndb-agent"
+fi
 SHA=$(sha256sum "$BIN" | cut -c1-12)
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 

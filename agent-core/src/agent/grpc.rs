@@ -367,16 +367,36 @@ impl Agent for AgentService {
         let r = req.into_inner();
         let (vm, op_id) = self.check(&r.target)?;
         let (version, url) = (r.version, r.url);
+        let dir = self.shared.dir.clone();
         let fut = op!(
             self,
             vm,
             |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
+                super::upgrade::install(&dir, &version, &url).await?;
                 rt.upgrade_agent(&vm, &version, &url).await.map(|_| vec![])
             }
         );
         let reply = self.run(op_id, fut).await?;
         self.shared.request_restart();
         Ok(reply)
+    }
+
+    async fn take_leadership(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::OpReply>, Status> {
+        let r = req.into_inner();
+        self.check(&r.target)?;
+        let (_, raft) = self
+            .shared
+            .raft()
+            .ok_or_else(|| Status::unavailable("this agent has not joined the Raft group"))?;
+        info!(vm = %self.shared.vm, "standing for election (leadership handover)");
+        raft.trigger()
+            .elect()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::OpReply { node_ids: vec![] }))
     }
 
     async fn get_identity(

@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod http;
 pub mod membership;
 pub mod remote;
+pub mod upgrade;
 
 use crate::backend::{BackendError, CloudProvider, ProcessRuntime};
 use crate::model::Event;
@@ -222,6 +223,59 @@ impl AgentShared {
         Ok(())
     }
 
+    /// Makes another voter leader (before this agent restarts or upgrades itself): stops
+    /// heartbeats so the followers' leases run out, asks a live voter to stand, and waits
+    /// until someone else leads.
+    pub async fn hand_over_leadership(&self) -> Result<(), BackendError> {
+        let Some((my_id, raft)) = self.raft() else {
+            return Ok(());
+        };
+        let m = raft.metrics().borrow().clone();
+        let candidates: Vec<AgentNode> = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|id| *id != my_id)
+            .filter_map(|id| m.membership_config.membership().get_node(&id).cloned())
+            .collect();
+        if candidates.is_empty() {
+            return Err(BackendError::Failed(
+                "no other voter can take over the leadership".into(),
+            ));
+        }
+        info!(vm = %self.vm, "handing the leadership over before this agent restarts");
+        raft.runtime_config().heartbeat(false);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut asked = false;
+        while tokio::time::Instant::now() < deadline {
+            let leader = raft.metrics().borrow().current_leader;
+            if leader.is_some() && leader != Some(my_id) {
+                return Ok(());
+            }
+            if !asked {
+                for n in &candidates {
+                    if let Ok(mut c) = self.agent_client(&n.grpc_addr) {
+                        let req = pb::StatusRequest {
+                            target: Some(pb::Target {
+                                vm: n.vm.clone(),
+                                op_id: 0,
+                            }),
+                        };
+                        if c.take_leadership(req).await.is_ok() {
+                            asked = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        raft.runtime_config().heartbeat(true);
+        Err(BackendError::Transient(
+            "no other agent took over the leadership within 10 s".into(),
+        ))
+    }
+
     /// Hands a desired state to the reconciler if this agent leads.
     pub fn leader_inbox(&self) -> Option<mpsc::Sender<Submit>> {
         self.inbox.lock().ok()?.clone()
@@ -379,6 +433,8 @@ async fn watch_leadership(shared: Arc<AgentShared>, id: NodeId, raft: Raft) {
         };
         let running = task.as_ref().is_some_and(|t| !t.is_finished());
         if leading && !running {
+            // A handover may have switched heartbeats off; a leader always sends them.
+            raft.runtime_config().heartbeat(true);
             let span = tracing::info_span!("leader", vm = %shared.vm, raft_id = id);
             task = Some(tokio::spawn(
                 lead(Arc::clone(&shared), raft.clone()).instrument(span),

@@ -83,6 +83,20 @@ impl RemoteRuntime {
     }
 }
 
+impl RemoteRuntime {
+    /// The leader never restarts under its own feet: it hands the leadership over first;
+    /// the next leader resumes the same action (same operation id) on this VM.
+    async fn leader_last(&self, vm: &str) -> Result<(), BackendError> {
+        if vm != self.shared.vm {
+            return Ok(());
+        }
+        self.shared.hand_over_leadership().await?;
+        Err(BackendError::Transient(format!(
+            "{vm} runs the leader; leadership was handed over and the next leader does this"
+        )))
+    }
+}
+
 /// The agent could not be reached at all (as opposed to an answer that says "failed").
 fn unreachable(s: &Status) -> bool {
     match s.code() {
@@ -264,6 +278,7 @@ impl ProcessRuntime for RemoteRuntime {
     }
 
     async fn restart_agent(&self, vm: &str) -> Result<(), BackendError> {
+        self.leader_last(vm).await?;
         no_ids(
             self.call(vm, |mut c, target| async move {
                 c.restart_agent(pb::StatusRequest {
@@ -277,6 +292,7 @@ impl ProcessRuntime for RemoteRuntime {
     }
 
     async fn upgrade_agent(&self, vm: &str, version: &str, url: &str) -> Result<(), BackendError> {
+        self.leader_last(vm).await?;
         no_ids(
             self.call(vm, |mut c, target| async move {
                 c.upgrade_agent(pb::UpgradeAgentRequest {

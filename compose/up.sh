@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The Docker demo: builds the images if missing (no registry: debootstrap + docker import),
+# then starts the bootstrap agent and the artifact server with docker-compose. The bootstrap
+# agent applies DESIRED_STATE_FILE (default compose/desired_state.jsonc) and follows every
+# saved edit of it. `docker logs -f bootstrap_agent` shows the progress; the HTTP API is on
+# 127.0.0.1:${NDB_AGENT_HTTP_PORT:-8181}; compose/down.sh removes everything.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+FILE=${1:-$HERE/desired_state.jsonc}
+[ -f "$FILE" ] || { echo "no desired-state file $FILE" >&2; exit 2; }
+FILE=$(cd "$(dirname "$FILE")" && pwd)/$(basename "$FILE")
+"$HERE/images/build.sh"
+export DESIRED_STATE_DIR=$(dirname "$FILE") DESIRED_STATE_NAME=$(basename "$FILE")
+docker-compose -p managed-rondb -f "$HERE/docker-compose.yml" up -d
+cat <<MSG
+
+The bootstrap agent follows $FILE: edit and save it (raise "Id" each time).
+  progress:  docker logs -f bootstrap_agent
+  status:    curl -s http://127.0.0.1:${NDB_AGENT_HTTP_PORT:-8181}/status
+             (or: target/release/ndb-agent status --endpoint 127.0.0.1:${NDB_AGENT_HTTP_PORT:-8181})
+  VMs:       docker ps --filter label=managed-rondb.cluster=managed-rondb
+  remove:    $HERE/down.sh
+MSG

@@ -1,0 +1,648 @@
+//! The RonDB-detached Docker tier: the docker provider (bollard) and the dummy runtime, the
+//! images built here (compose/images/build.sh), agents talking across containers. A fixed
+//! sequence of desired states, each asserted to reach AT_DESIRED_STATE with the containers by
+//! role matching it: create 2x2 + 2 MySQLds + 1 API; MySQLds 2 -> 4 -> 1; replicas 2 -> 3;
+//! rolling restart; agent 0.999 -> 1.0 -> 0.999 (the version each container runs checked);
+//! a backup taken and deleted; a VM-type change replacing containers; replicas 3 -> 1; the
+//! bootstrap container removed and leadership moved; the leader container killed
+//! (`docker kill`) in the middle of a change and the change completed.
+//! Everything it creates carries the label `managed-rondb.cluster=<unique name>` and is removed
+//! at the end, also when the test fails. Docker must be running: without it the test fails.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use agent_core::agent::http::Status;
+use bollard::container::{
+    Config, CreateContainerOptions, KillContainerOptions, ListContainersOptions,
+    RemoveContainerOptions,
+};
+use bollard::models::HostConfig;
+use bollard::network::CreateNetworkOptions;
+use bollard::Docker;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ndb-agent");
+const IMAGE: &str = "managed-rondb/ndb-agent:latest";
+
+#[derive(Clone)]
+struct Spec {
+    id: u64,
+    running_since: u64,
+    replicas: u32,
+    mysqlds: u32,
+    agent: &'static str,
+    backups: Vec<u64>,
+    mysqld_type: &'static str,
+}
+
+fn render(s: &Spec, cluster: &str) -> String {
+    let backups: Vec<String> = s
+        .backups
+        .iter()
+        .map(|id| format!(r#"{{ "Id": {id}, "SinkType": "local", "SinkParameters": {{ "Directory": "/var/lib/ndb-agent/backups" }} }}"#))
+        .collect();
+    format!(
+        r#"{{
+  "Id": {id}, "RonDBRunning": true, "RonDBRunningSince": {rs},
+  "RonDBVersion": "22.10.1",
+  "RonDBDownloadLink": "http://{cluster}-artifacts:8080/rondb/rondb-22.10.1-linux-glibc2.28-x86_64.tar.gz",
+  "NdbAgentRunningSince": 1, "NdbAgentVersion": "{agent}",
+  "NdbAgentDownloadLink": "http://{cluster}-artifacts:8080/ndb-agent/ndb-agent-{agent}.tar.gz",
+  "SingleBackups": [{backups}],
+  "TotalMemoryConfig": "2400M", "MaxReplicationFactor": 3, "ActiveReplicationFactor": {replicas},
+  "NumNodeGroups": 2, "NumTotalMgmdSlots": 2, "NumTotalMysqldSlots": 8, "NumTotalApiSlots": 8,
+  "NumMysqldSlotsPerVm": 1, "NumApiSlotsPerVm": 1,
+  "NumManagedMgmdVms": 1, "NumManagedMysqldVms": {mysqlds}, "NumManagedApiVms": 1,
+  "ExternallyManagedNodes": [], "AllowRequestingTemporaryVms": true,
+  "Region": "local", "AvailabilityZones": ["zone-a", "zone-b", "zone-c"],
+  "VmTypeMgmds": "mini", "VmTypeNdbds": "small", "VmTypeMysqlds": "{mt}", "VmTypeApis": "mini",
+  "StorageGiBPerMgmdVm": 5, "StorageGiBPerNdbdVm": 20, "StorageGiBPerMysqldVm": 5, "StorageGiBPerApiVm": 5,
+  "DefaultMgmdPort": 1186, "DefaultNdbdPort": 11860, "DefaultMysqldPort": 3306
+}}"#,
+        id = s.id,
+        rs = s.running_since,
+        agent = s.agent,
+        backups = backups.join(", "),
+        replicas = s.replicas,
+        mysqlds = s.mysqlds,
+        mt = s.mysqld_type,
+    )
+}
+
+/// Everything the test created, removed on drop.
+struct Cluster {
+    docker: Docker,
+    rt: tokio::runtime::Runtime,
+    name: String,
+    dir: tempfile::TempDir,
+    http: reqwest::blocking::Client,
+    known: std::cell::RefCell<Vec<String>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let label = format!("managed-rondb.cluster={}", self.name);
+        for (what, args) in [
+            ("containers", vec!["ps", "-aq", "--filter"]),
+            ("volumes", vec!["volume", "ls", "-q", "--filter"]),
+            ("networks", vec!["network", "ls", "-q", "--filter"]),
+        ] {
+            let out = std::process::Command::new("docker")
+                .args(&args)
+                .arg(format!("label={label}"))
+                .output();
+            let ids: Vec<String> = out
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .split_whitespace()
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if ids.is_empty() {
+                continue;
+            }
+            let rm: Vec<&str> = match what {
+                "containers" => vec!["rm", "-f", "-v"],
+                "volumes" => vec!["volume", "rm", "-f"],
+                _ => vec!["network", "rm"],
+            };
+            let _ = std::process::Command::new("docker")
+                .args(&rm)
+                .args(&ids)
+                .output();
+        }
+    }
+}
+
+impl Cluster {
+    fn list(&self) -> Vec<bollard::models::ContainerSummary> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("managed-rondb.cluster={}", self.name)],
+        )]);
+        self.rt
+            .block_on(self.docker.list_containers(Some(ListContainersOptions {
+                all: false,
+                filters,
+                ..Default::default()
+            })))
+            .expect("docker ps")
+    }
+
+    /// Running VM containers per role (bootstrap and artifact server excluded).
+    fn roles(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for c in self.list() {
+            let role = c
+                .labels
+                .unwrap_or_default()
+                .get("managed-rondb.role")
+                .cloned()
+                .unwrap_or_default();
+            if ["mgmd", "ndbd", "mysqld", "api"].contains(&role.as_str()) {
+                *out.entry(role).or_insert(0) += 1;
+            }
+        }
+        out
+    }
+
+    fn vm_containers(&self) -> Vec<(String, String)> {
+        self.list()
+            .into_iter()
+            .filter_map(|c| {
+                let l = c.labels.unwrap_or_default();
+                let role = l.get("managed-rondb.role")?.clone();
+                ["mgmd", "ndbd", "mysqld", "api"]
+                    .contains(&role.as_str())
+                    .then(|| {
+                        (
+                            c.names
+                                .unwrap_or_default()
+                                .first()
+                                .cloned()
+                                .unwrap_or_default()
+                                .trim_start_matches('/')
+                                .to_string(),
+                            role,
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    fn status_at(&self, addr: &str) -> Option<Status> {
+        let r = self.http.get(format!("http://{addr}/status")).send().ok()?;
+        r.status().is_success().then(|| r.json().ok()).flatten()
+    }
+
+    fn status(&self) -> Option<Status> {
+        let known = self.known.borrow().clone();
+        for a in known.iter().rev() {
+            if let Some(s) = self.status_at(a) {
+                let mut k = self.known.borrow_mut();
+                for ag in &s.agents {
+                    if !k.contains(&ag.http_addr) {
+                        k.push(ag.http_addr.clone());
+                    }
+                }
+                if let Some(l) = s
+                    .leader_vm
+                    .as_ref()
+                    .and_then(|l| s.agents.iter().find(|a| &a.vm == l))
+                {
+                    if let Some(ls) = self.status_at(&l.http_addr) {
+                        return Some(ls);
+                    }
+                }
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn wait(&self, what: &str, pred: impl Fn(&Status, &Cluster) -> bool) -> Status {
+        let t0 = Instant::now();
+        let mut last = None;
+        while t0.elapsed() < Duration::from_secs(240) {
+            if let Some(s) = self.status() {
+                if pred(&s, self) {
+                    eprintln!("  {what}: {:.1} s", t0.elapsed().as_secs_f64());
+                    return s;
+                }
+                last = Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let logs = std::process::Command::new("docker")
+            .args(["logs", "--tail", "40", &format!("{}-bootstrap", self.name)])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+            })
+            .unwrap_or_default();
+        panic!(
+            "timed out waiting for {what}\nlast status: {}\ncontainers: {:?}\nbootstrap log:\n{logs}",
+            serde_json::to_string_pretty(&last).unwrap_or_default(),
+            self.vm_containers()
+        );
+    }
+
+    fn apply(&self, s: &Spec) {
+        let body = render(s, &self.name);
+        let st = self.status().expect("a live agent");
+        let addr = st
+            .agents
+            .iter()
+            .find(|a| a.vm == st.answered_by)
+            .map(|a| a.http_addr.clone())
+            .unwrap();
+        let r = self
+            .http
+            .put(format!("http://{addr}/desired-state"))
+            .body(body)
+            .send()
+            .expect("PUT /desired-state");
+        let code = r.status().as_u16();
+        let text = r.text().unwrap_or_default();
+        assert_eq!(code, 202, "desired state {} refused: {text}", s.id);
+    }
+
+    fn agent_versions(&self) -> Vec<String> {
+        let st = self.status().expect("status");
+        st.agents
+            .iter()
+            .filter(|a| a.role != "bootstrap")
+            .filter_map(|a| {
+                let r = self
+                    .http
+                    .get(format!("http://{}/health", a.http_addr))
+                    .send()
+                    .ok()?;
+                let v: serde_json::Value = r.json().ok()?;
+                v["agent_version"].as_str().map(str::to_string)
+            })
+            .collect()
+    }
+
+    fn docker_exec_grep(&self, role: &str, pattern: &str) -> bool {
+        self.vm_containers()
+            .iter()
+            .filter(|(_, r)| r == role)
+            .any(|(name, _)| {
+                std::process::Command::new("docker")
+                    .args([
+                        "exec",
+                        name,
+                        "grep",
+                        "-q",
+                        pattern,
+                        "/var/lib/ndb-agent/runtime/calls.log",
+                    ])
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false)
+            })
+    }
+}
+
+fn reached(id: u64, roles: &'static [(&'static str, usize)]) -> impl Fn(&Status, &Cluster) -> bool {
+    move |s, c| {
+        let want: BTreeMap<String, usize> =
+            roles.iter().map(|(r, n)| (r.to_string(), *n)).collect();
+        s.accepted_id == Some(id)
+            && s.pending_id.is_none()
+            && s.reconciliation_state == "AT_DESIRED_STATE"
+            && c.roles() == want
+    }
+}
+
+#[test]
+fn docker_tier_sequence() {
+    let docker = Docker::connect_with_local_defaults()
+        .expect("Docker must be running for the Docker tier tests");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(docker.ping())
+        .expect("Docker must be running for the Docker tier tests");
+    let build = std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/compose/images/build.sh"
+    ))
+    .env("NDB_AGENT_BIN", BIN)
+    .status()
+    .expect("run compose/images/build.sh");
+    assert!(build.success(), "building the images failed");
+
+    let name = format!("mrdb-t{}", std::process::id());
+    let c = Cluster {
+        docker,
+        rt,
+        name: name.clone(),
+        dir: tempfile::tempdir().unwrap(),
+        http: reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap(),
+        known: std::cell::RefCell::new(vec![]),
+    };
+    let labels = |role: &str| {
+        HashMap::from([
+            ("managed-rondb.cluster".to_string(), name.clone()),
+            ("managed-rondb.role".to_string(), role.to_string()),
+        ])
+    };
+    c.rt.block_on(c.docker.create_network(CreateNetworkOptions {
+        name: name.clone(),
+        labels: labels("network"),
+        ..Default::default()
+    }))
+    .expect("docker network create");
+    let run = |cname: String,
+               image: &str,
+               cmd: Option<Vec<String>>,
+               binds: Vec<String>,
+               env: Vec<String>,
+               role: &str| {
+        c.rt.block_on(c.docker.create_container(
+            Some(CreateContainerOptions {
+                name: cname.clone(),
+                platform: None,
+            }),
+            Config {
+                image: Some(image.to_string()),
+                hostname: Some(cname.clone()),
+                cmd,
+                env: Some(env),
+                labels: Some(labels(role)),
+                host_config: Some(HostConfig {
+                    network_mode: Some(name.clone()),
+                    binds: Some(binds),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ))
+        .expect("docker create");
+        c.rt.block_on(c.docker.start_container::<String>(&cname, None))
+            .expect("docker start");
+    };
+    run(
+        format!("{name}-artifacts"),
+        "managed-rondb/artifacts:latest",
+        None,
+        vec![],
+        vec![],
+        "artifacts",
+    );
+
+    let mut spec = Spec {
+        id: 1,
+        running_since: 1,
+        replicas: 2,
+        mysqlds: 2,
+        agent: "0.999",
+        backups: vec![],
+        mysqld_type: "mini",
+    };
+    std::fs::write(
+        c.dir.path().join("desired_state.jsonc"),
+        render(&spec, &name),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    run(
+        format!("{name}-bootstrap"),
+        IMAGE,
+        Some(
+            [
+                "ndb-agent",
+                "up",
+                "--provider=docker",
+                "--desired-state=/config/desired_state.jsonc",
+                "--data-dir=/var/lib/ndb-agent",
+                "--http=0.0.0.0:8181",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                format!("--cluster-name={name}"),
+                format!("--docker-network={name}"),
+                format!("--agent-image={IMAGE}"),
+            ])
+            .collect(),
+        ),
+        vec![
+            format!("{}:/config:ro", c.dir.path().display()),
+            "/var/run/docker.sock:/var/run/docker.sock".into(),
+        ],
+        vec!["NDB_DUMMY_PROGRAM_DELAY_MS=100".into()],
+        "bootstrap",
+    );
+    let ip =
+        c.rt.block_on(
+            c.docker
+                .inspect_container(&format!("{name}-bootstrap"), None),
+        )
+        .unwrap()
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|n| n.get(&name).cloned())
+        .and_then(|n| n.ip_address)
+        .expect("bootstrap address");
+    c.known.borrow_mut().push(format!("{ip}:8181"));
+
+    // 1. Create: 2 node groups x 2 replicas, 2 MySQLds, 1 API.
+    c.wait(
+        "create 2x2 + 2 MySQLds + 1 API",
+        reached(1, &[("api", 1), ("mgmd", 1), ("mysqld", 2), ("ndbd", 4)]),
+    );
+    eprintln!(
+        "cluster created from a cold bootstrap container in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        c.agent_versions().iter().all(|v| v == "0.999"),
+        "{:?}",
+        c.agent_versions()
+    );
+
+    // 2. MySQLds 2 -> 4 -> 1.
+    spec = Spec {
+        id: 2,
+        mysqlds: 4,
+        ..spec
+    };
+    c.apply(&spec);
+    c.wait(
+        "MySQLds 2 -> 4",
+        reached(2, &[("api", 1), ("mgmd", 1), ("mysqld", 4), ("ndbd", 4)]),
+    );
+    spec = Spec {
+        id: 3,
+        mysqlds: 1,
+        ..spec
+    };
+    c.apply(&spec);
+    c.wait(
+        "MySQLds 4 -> 1",
+        reached(3, &[("api", 1), ("mgmd", 1), ("mysqld", 1), ("ndbd", 4)]),
+    );
+
+    // 3. Replicas 2 -> 3.
+    spec = Spec {
+        id: 4,
+        replicas: 3,
+        ..spec
+    };
+    c.apply(&spec);
+    c.wait(
+        "replicas 2 -> 3",
+        reached(4, &[("api", 1), ("mgmd", 1), ("mysqld", 1), ("ndbd", 6)]),
+    );
+
+    // 4. Rolling restart: every data node restarted.
+    spec = Spec {
+        id: 5,
+        running_since: 5,
+        ..spec
+    };
+    c.apply(&spec);
+    c.wait(
+        "rolling restart",
+        reached(5, &[("api", 1), ("mgmd", 1), ("mysqld", 1), ("ndbd", 6)]),
+    );
+
+    // 5. Agent 0.999 -> 1.0 -> 0.999, downloaded from the artifact server.
+    for (id, v) in [(6, "1.0"), (7, "0.999")] {
+        spec = Spec {
+            id,
+            agent: v,
+            ..spec.clone()
+        };
+        c.apply(&spec);
+        c.wait(&format!("agents on {v}"), move |s, c| {
+            reached(id, &[("api", 1), ("mgmd", 1), ("mysqld", 1), ("ndbd", 6)])(s, c) && {
+                let vs = c.agent_versions();
+                vs.len() == 9 && vs.iter().all(|x| x == v)
+            }
+        });
+    }
+
+    // 6. A backup taken and deleted.
+    spec = Spec {
+        id: 8,
+        backups: vec![42],
+        ..spec.clone()
+    };
+    c.apply(&spec);
+    c.wait(
+        "backup 42 taken",
+        reached(8, &[("api", 1), ("mgmd", 1), ("mysqld", 1), ("ndbd", 6)]),
+    );
+    assert!(
+        c.docker_exec_grep("mgmd", "START BACKUP 42"),
+        "no START BACKUP 42 on the management server"
+    );
+    spec = Spec {
+        id: 9,
+        backups: vec![],
+        ..spec.clone()
+    };
+    c.apply(&spec);
+    c.wait(
+        "backup 42 deleted",
+        reached(9, &[("api", 1), ("mgmd", 1), ("mysqld", 1), ("ndbd", 6)]),
+    );
+    assert!(
+        ["mgmd", "ndbd", "mysqld", "api"]
+            .iter()
+            .any(|r| c.docker_exec_grep(r, "delete backup 42")),
+        "backup 42 was not deleted"
+    );
+
+    // 7. A VM-type change replaces the MySQLd container (mini 256 MiB -> small 512 MiB).
+    let before: Vec<String> = c
+        .vm_containers()
+        .into_iter()
+        .filter(|(_, r)| r == "mysqld")
+        .map(|(n, _)| n)
+        .collect();
+    spec = Spec {
+        id: 10,
+        mysqld_type: "small",
+        ..spec.clone()
+    };
+    c.apply(&spec);
+    c.wait(
+        "MySQLd VM type mini -> small",
+        reached(10, &[("api", 1), ("mgmd", 1), ("mysqld", 1), ("ndbd", 6)]),
+    );
+    let after: Vec<String> = c
+        .vm_containers()
+        .into_iter()
+        .filter(|(_, r)| r == "mysqld")
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        before.iter().all(|b| !after.contains(b)),
+        "MySQLd containers not replaced: {before:?} -> {after:?}"
+    );
+    let mem =
+        c.rt.block_on(c.docker.inspect_container(&after[0], None))
+            .unwrap()
+            .host_config
+            .and_then(|h| h.memory);
+    assert_eq!(mem, Some(512 * 1024 * 1024));
+
+    // 8. The bootstrap container removed: another agent leads, and changes still work.
+    c.rt.block_on(c.docker.remove_container(
+        &format!("{name}-bootstrap"),
+        Some(RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        }),
+    ))
+    .unwrap();
+    c.wait(
+        "leadership moved off the removed bootstrap agent",
+        |s, _| {
+            s.leader_vm.as_deref().is_some_and(|l| l != "bootstrap")
+                && !s.agents.iter().any(|a| a.vm == "bootstrap")
+        },
+    );
+    spec = Spec {
+        id: 11,
+        mysqlds: 2,
+        ..spec.clone()
+    };
+    c.apply(&spec);
+    c.wait(
+        "MySQLds 1 -> 2 without the bootstrap agent",
+        reached(11, &[("api", 1), ("mgmd", 1), ("mysqld", 2), ("ndbd", 6)]),
+    );
+
+    // 9. The leader container killed (with 3 replicas: a lost data node is survivable) in the middle of a change; the change completes.
+    spec = Spec {
+        id: 12,
+        mysqlds: 4,
+        ..spec.clone()
+    };
+    let base = c.status().unwrap().actions_completed;
+    c.apply(&spec);
+    let s = c.wait("the change under way", move |s, _| {
+        s.accepted_id == Some(12)
+            && s.reconciliation_state == "WORKING_TOWARDS_DESIRED_STATE"
+            && s.actions_completed > base
+    });
+    let leader = s.leader_vm.clone().unwrap();
+    c.rt.block_on(c.docker.kill_container(
+        &format!("{name}-{leader}"),
+        None::<KillContainerOptions<String>>,
+    ))
+    .unwrap();
+    let s = c.wait("the change completed by a new leader", move |s, c| {
+        s.leader_vm.as_deref().is_some_and(|l| l != leader)
+            && reached(12, &[("api", 1), ("mgmd", 1), ("mysqld", 4), ("ndbd", 6)])(s, c)
+    });
+    eprintln!(
+        "leader after the kill {:?}, {} agents",
+        s.leader_vm,
+        s.agents.len()
+    );
+
+    // 10. Replicas 3 -> 1.
+    spec = Spec {
+        id: 13,
+        replicas: 1,
+        ..spec.clone()
+    };
+    c.apply(&spec);
+    c.wait(
+        "replicas 3 -> 1",
+        reached(13, &[("api", 1), ("mgmd", 1), ("mysqld", 4), ("ndbd", 2)]),
+    );
+}
