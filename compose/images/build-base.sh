@@ -11,7 +11,8 @@ if docker image inspect "$TAG" >/dev/null 2>&1; then
 fi
 if ! command -v debootstrap >/dev/null 2>&1; then
   echo "installing debootstrap (Debian package)"
-  if [ "$(id -u)" = 0 ]; then apt-get install -y -q debootstrap >/dev/null; else sudo apt-get install -y -q debootstrap >/dev/null; fi
+  APT="apt-get"; [ "$(id -u)" = 0 ] || APT="sudo apt-get"
+  $APT install -y -q debootstrap >/dev/null 2>&1 || { $APT update -q >/dev/null && $APT install -y -q debootstrap >/dev/null; }
 fi
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 ROOT=$(mktemp -d)
