@@ -218,5 +218,6 @@ fn describe(ev: &Event) -> String {
         Event::ActionFailed { op_id, .. } => format!("failure of #{op_id}"),
         Event::Observed { .. } => "an observation".into(),
         Event::ReconciliationChanged { state, .. } => format!("change to {state}"),
+        Event::LeaderChanged { vm } => format!("{vm} taking the leadership"),
     }
 }

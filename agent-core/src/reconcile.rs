@@ -116,6 +116,14 @@ impl Reconciler {
         self
     }
 
+    /// Records that this reconciler's agent (on `vm`) leads now.
+    pub async fn record_leader(&mut self, vm: &str) {
+        if self.state.leader_vm.as_deref() != Some(vm) {
+            self.commit(Event::LeaderChanged { vm: vm.to_string() })
+                .await;
+        }
+    }
+
     /// Why the reconciler stopped writing, if it did.
     pub fn halted(&self) -> Option<&str> {
         self.halted.as_deref()
@@ -156,6 +164,7 @@ impl Reconciler {
     /// Runs as the leader's reconciler until the journal refuses a write: reconciles,
     /// takes submissions from the inbox, and observes for drift while idle.
     pub async fn serve(&mut self) -> String {
+        let mut failed_rounds: u32 = 0;
         loop {
             if let Some(h) = &self.halted {
                 return h.clone();
@@ -164,7 +173,16 @@ impl Reconciler {
             if let Some(h) = &self.halted {
                 return h.clone();
             }
-            let wait = tokio::time::sleep(self.config.observe_every);
+            // After ERROR_STATE, retry less and less often (up to 64 observation periods):
+            // a stuck cluster is reported, not hammered. A new desired state retries at once.
+            let pause = if self.state.reconciliation == ReconciliationState::ERROR_STATE {
+                failed_rounds += 1;
+                self.config.observe_every * 2u32.pow(failed_rounds.min(6))
+            } else {
+                failed_rounds = 0;
+                self.config.observe_every
+            };
+            let wait = tokio::time::sleep(pause);
             let msg = match self.inbox.as_mut() {
                 Some(inbox) => tokio::select! {
                     m = inbox.recv() => m,
@@ -176,6 +194,7 @@ impl Reconciler {
                 }
             };
             if let Some(m) = msg {
+                failed_rounds = 0;
                 let r = self.submit(m.desired).await;
                 let _ = m.reply.send(r);
             }

@@ -505,6 +505,7 @@ async fn lead(shared: Arc<AgentShared>, raft: Raft) {
     )
     .with_journal(Arc::new(RaftJournal { raft }))
     .with_inbox(rx);
+    reconciler.record_leader(&shared.vm).await;
     let why = reconciler.serve().await;
     upkeep.abort();
     if let Ok(mut i) = shared.inbox.lock() {

@@ -52,6 +52,10 @@ pub enum Event {
         state: ReconciliationState,
         error: Option<String>,
     },
+    /// The agent on `vm` leads now (its reconciler writes the events that follow).
+    LeaderChanged {
+        vm: String,
+    },
 }
 
 impl ClusterState {
@@ -115,6 +119,7 @@ impl ClusterState {
                 }
             }
             Event::Observed { vms, programs } => self.apply_observation(vms, programs),
+            Event::LeaderChanged { vm } => self.leader_vm = Some(vm.clone()),
             Event::ReconciliationChanged { state, error } => {
                 self.reconciliation = *state;
                 if *state == ReconciliationState::WORKING_TOWARDS_DESIRED_STATE {

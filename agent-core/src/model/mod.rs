@@ -192,6 +192,9 @@ pub struct ClusterState {
     #[serde(default)]
     pub started_groups: BTreeSet<u32>,
     pub completed_actions: u64,
+    /// The VM whose agent leads (agent restarts and upgrades do it last).
+    #[serde(default)]
+    pub leader_vm: Option<String>,
 }
 
 impl ClusterState {

@@ -1,5 +1,5 @@
 //! Agents: roll a new agent version or an agent restart over the VMs one at a time, so the
-//! control plane never loses more than one agent at once.
+//! control plane never loses more than one agent at once, the leader's VM last.
 
 use super::Planner;
 use crate::actions::ActionKind;
@@ -16,11 +16,20 @@ pub(super) fn plan(p: &mut Planner) {
     }
     let version = &p.d.ndb_agent_version;
     let clock = p.d.ndb_agent_running_since;
-    let candidate =
+    // The leader's VM last: its agent hands the leadership over when its turn comes.
+    let leader = p.s.leader_vm.as_deref();
+    let mut due =
         p.s.vms
             .values()
             .filter(|v| !p.retiring.contains(&v.name) && !p.is_locked_vm(&v.name))
-            .find(|v| &v.agent_version != version || v.agent_clock < clock);
+            .filter(|v| &v.agent_version != version || v.agent_clock < clock);
+    let candidate = {
+        let all: Vec<_> = due.by_ref().collect();
+        all.iter()
+            .find(|v| Some(v.name.as_str()) != leader)
+            .or_else(|| all.first())
+            .copied()
+    };
     if let Some(vm) = candidate {
         let k = if &vm.agent_version != version {
             ActionKind::UpgradeAgent {

@@ -277,3 +277,32 @@ fn in_flight_actions_hold_their_vm() {
     }
     assert!(plan(&d, &s).is_empty(), "{:?}", kinds(&plan(&d, &s)));
 }
+
+#[test]
+fn agent_upgrades_go_one_vm_at_a_time_and_the_leaders_vm_last() {
+    let old = DesiredState::example();
+    let mut s = at_desired(&old);
+    let mut d = old.clone();
+    d.id += 1;
+    d.ndb_agent_version = "9.9".into();
+    let leader = s.vms.keys().next().cloned().unwrap();
+    s.apply(&crate::model::Event::LeaderChanged { vm: leader.clone() });
+    let mut upgraded = vec![];
+    for _ in 0..s.vms.len() {
+        let actions = plan(&d, &s);
+        assert_eq!(actions.len(), 1, "one agent at a time: {actions:?}");
+        let ActionKind::UpgradeAgent { vm, .. } = &actions[0] else {
+            panic!("expected an agent upgrade, got {actions:?}");
+        };
+        upgraded.push(vm.clone());
+        if let Some(v) = s.vms.get_mut(vm) {
+            v.agent_version = "9.9".into();
+        }
+    }
+    assert_eq!(
+        upgraded.last(),
+        Some(&leader),
+        "the leader's VM goes last: {upgraded:?}"
+    );
+    assert!(plan(&d, &s).is_empty());
+}
