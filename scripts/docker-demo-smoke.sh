@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Checks the Docker demo as a new user meets it: compose/up.sh on a copy of the example,
+# wait for AT_DESIRED_STATE with the containers by role, edit and save the file (one more
+# MySQLd), wait for the new container, then compose/down.sh must leave nothing behind.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$(mktemp -d)
+export NDB_AGENT_HTTP_PORT=${NDB_AGENT_HTTP_PORT:-18181}
+trap '"$ROOT/compose/down.sh" >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
+cp "$ROOT/compose/desired_state.jsonc" "$WORK/desired_state.jsonc"
+"$ROOT/compose/up.sh" "$WORK/desired_state.jsonc" >/dev/null
+
+count() { docker ps -q --filter label=managed-rondb.cluster=managed-rondb --filter "label=managed-rondb.role=$1" | wc -l; }
+wait_for() { # ID MYSQLDS
+  for _ in $(seq 1 240); do
+    if curl -sf "http://127.0.0.1:$NDB_AGENT_HTTP_PORT/status" 2>/dev/null \
+        | grep -q "\"reconciliation_state\":\"AT_DESIRED_STATE\",\"accepted_id\":$1," \
+       && [ "$(count mysqld)" = "$2" ] && [ "$(count ndbd)" = 4 ] && [ "$(count mgmd)" = 1 ] && [ "$(count api)" = 1 ]; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  echo "desired state $1 not reached; bootstrap log:" >&2
+  docker logs --tail 30 bootstrap_agent >&2
+  return 1
+}
+wait_for 1 2
+echo "== docker demo: desired state 1 reached (4 ndbd, 1 mgmd, 2 mysqld, 1 api containers)"
+# The user edits and saves the file: one more MySQLd.
+sed -i -e 's/^  "Id": 1,/  "Id": 2,/' -e 's/"NumManagedMysqldVms": 2,/"NumManagedMysqldVms": 3,/' "$WORK/desired_state.jsonc"
+wait_for 2 3
+echo "== docker demo: the saved edit was followed (3 mysqld containers)"
+"$ROOT/compose/down.sh"
+left=$(docker ps -aq --filter label=managed-rondb.cluster=managed-rondb; docker volume ls -q --filter label=managed-rondb.cluster=managed-rondb; docker network ls -q --filter name=managed-rondb)
+[ -z "$left" ] || { echo "compose/down.sh left: $left" >&2; exit 1; }
+echo "== docker demo: compose/down.sh left nothing"
