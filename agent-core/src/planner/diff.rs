@@ -8,6 +8,20 @@ use std::collections::BTreeSet;
 
 pub fn diff(d: &DesiredState, s: &ClusterState) -> Vec<String> {
     let mut out = Vec::new();
+    // A node group that held data and has no running data node left cannot be recovered
+    // by the agents (nothing to copy from): say so first, with what to do.
+    if d.rondb_running && s.vms_of(Role::Ndbd).any(|v| v.running) {
+        for g in &s.started_groups {
+            let alive = s
+                .vms_of(Role::Ndbd)
+                .any(|v| v.running && v.node_group == Some(*g));
+            if !alive {
+                out.push(format!(
+                    "node group {g} lost every replica that held its data; the agents cannot rebuild it: restore a backup into a new cluster (RestoreFromBackup), and keep ActiveReplicationFactor >= 2 to survive a VM loss"
+                ));
+            }
+        }
+    }
     for (role, k) in [
         (Role::Mgmd, 1usize),
         (Role::Mysqld, d.num_mysqld_slots_per_vm as usize),
