@@ -83,6 +83,9 @@ pub struct AgentShared {
     pub dir: PathBuf,
     opts: AgentOptions,
     raft: RwLock<Option<(NodeId, Raft)>>,
+    /// The Raft id in this agent's directory, known before Raft has started: a restarting
+    /// agent must never look unjoined (it would be taken for a wiped one).
+    stored_raft_id: std::sync::atomic::AtomicU64,
     sm: RwLock<Option<Arc<RwLock<Replicated>>>>,
     join_lock: tokio::sync::Mutex<()>,
     restart: Notify,
@@ -102,7 +105,10 @@ impl AgentShared {
     pub fn identity(&self) -> pb::Identity {
         pb::Identity {
             vm: self.vm.clone(),
-            raft_id: self.raft_id().unwrap_or(0),
+            raft_id: self.raft_id().unwrap_or_else(|| {
+                self.stored_raft_id
+                    .load(std::sync::atomic::Ordering::SeqCst)
+            }),
             grpc_addr: self.grpc_addr.clone(),
             http_addr: self.http_addr.clone(),
             agent_version: self.agent_version(),
@@ -218,6 +224,8 @@ impl AgentShared {
         }
         write_durably(&self.dir.join(RAFT_ID_FILE), raft_id.to_string().as_bytes())
             .map_err(|e| e.to_string())?;
+        self.stored_raft_id
+            .store(raft_id, std::sync::atomic::Ordering::SeqCst);
         start_raft(self, raft_id).await.map_err(|e| e.to_string())?;
         info!(vm = %self.vm, raft_id, "joined the cluster's Raft group");
         Ok(())
@@ -358,6 +366,7 @@ pub async fn run(
         dir: opts.dir.clone(),
         opts: opts.clone(),
         raft: RwLock::new(None),
+        stored_raft_id: std::sync::atomic::AtomicU64::new(0),
         sm: RwLock::new(None),
         join_lock: tokio::sync::Mutex::new(()),
         restart: Notify::new(),
@@ -366,6 +375,16 @@ pub async fn run(
         fresh: Mutex::new(BTreeMap::new()),
         provider,
     });
+
+    let id_file = opts.dir.join(RAFT_ID_FILE);
+    let stored_id = std::fs::read_to_string(&id_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<NodeId>().ok());
+    if let Some(id) = stored_id {
+        shared
+            .stored_raft_id
+            .store(id, std::sync::atomic::Ordering::SeqCst);
+    }
 
     // gRPC first: a restarted agent must answer its peers as soon as Raft runs.
     let services = tonic::transport::Server::builder()
@@ -388,10 +407,6 @@ pub async fn run(
         }
     });
 
-    let id_file = opts.dir.join(RAFT_ID_FILE);
-    let stored_id = std::fs::read_to_string(&id_file)
-        .ok()
-        .and_then(|s| s.trim().parse::<NodeId>().ok());
     match stored_id {
         Some(id) => {
             info!(vm = %opts.vm, raft_id = id, "rejoining with the Raft id in {}", id_file.display());
