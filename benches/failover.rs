@@ -8,6 +8,8 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+#[path = "../tests/common/agents_client.rs"]
+mod agents_client;
 #[path = "../tests/local_cluster/harness.rs"]
 mod harness;
 

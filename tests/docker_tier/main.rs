@@ -11,7 +11,11 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+#[path = "../common/agents_client.rs"]
+mod agents_client;
+
 use agent_core::agent::http::Status;
+use agents_client::AgentsClient;
 use bollard::container::{
     Config, CreateContainerOptions, KillContainerOptions, ListContainersOptions,
     RemoveContainerOptions,
@@ -76,8 +80,7 @@ struct Cluster {
     rt: tokio::runtime::Runtime,
     name: String,
     dir: tempfile::TempDir,
-    http: reqwest::blocking::Client,
-    known: std::cell::RefCell<Vec<String>>,
+    agents: AgentsClient,
 }
 
 impl Drop for Cluster {
@@ -172,49 +175,21 @@ impl Cluster {
             .collect()
     }
 
-    fn status_at(&self, addr: &str) -> Option<Status> {
-        let r = self.http.get(format!("http://{addr}/status")).send().ok()?;
-        r.status().is_success().then(|| r.json().ok()).flatten()
-    }
-
     fn status(&self) -> Option<Status> {
-        let known = self.known.borrow().clone();
-        for a in known.iter().rev() {
-            if let Some(s) = self.status_at(a) {
-                let mut k = self.known.borrow_mut();
-                for ag in &s.agents {
-                    if !k.contains(&ag.http_addr) {
-                        k.push(ag.http_addr.clone());
-                    }
-                }
-                if let Some(l) = s
-                    .leader_vm
-                    .as_ref()
-                    .and_then(|l| s.agents.iter().find(|a| &a.vm == l))
-                {
-                    if let Some(ls) = self.status_at(&l.http_addr) {
-                        return Some(ls);
-                    }
-                }
-                return Some(s);
-            }
-        }
-        None
+        self.agents.status()
     }
 
     fn wait(&self, what: &str, pred: impl Fn(&Status, &Cluster) -> bool) -> Status {
-        let t0 = Instant::now();
-        let mut last = None;
-        while t0.elapsed() < Duration::from_secs(240) {
-            if let Some(s) = self.status() {
-                if pred(&s, self) {
-                    eprintln!("  {what}: {:.1} s", t0.elapsed().as_secs_f64());
-                    return s;
-                }
-                last = Some(s);
+        let last = match self
+            .agents
+            .wait_until(Duration::from_secs(240), |s| pred(s, self))
+        {
+            Ok((s, took)) => {
+                eprintln!("  {what}: {:.1} s", took.as_secs_f64());
+                return s;
             }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            Err(last) => *last,
+        };
         let logs = std::process::Command::new("docker")
             .args(["logs", "--tail", "40", &format!("{}-bootstrap", self.name)])
             .output()
@@ -238,15 +213,8 @@ impl Cluster {
             .find(|a| a.vm == st.answered_by)
             .map(|a| a.http_addr.clone())
             .unwrap();
-        let r = self
-            .http
-            .put(format!("http://{addr}/desired-state"))
-            .body(body)
-            .send()
-            .expect("PUT /desired-state");
-        let code = r.status().as_u16();
-        let text = r.text().unwrap_or_default();
-        assert_eq!(code, 202, "desired state {} refused: {text}", s.id);
+        let (code, body) = self.agents.put_desired(&addr, &body);
+        assert_eq!(code, 202, "desired state {} refused: {body}", s.id);
     }
 
     fn agent_versions(&self) -> Vec<String> {
@@ -255,12 +223,7 @@ impl Cluster {
             .iter()
             .filter(|a| a.role != "bootstrap")
             .filter_map(|a| {
-                let r = self
-                    .http
-                    .get(format!("http://{}/health", a.http_addr))
-                    .send()
-                    .ok()?;
-                let v: serde_json::Value = r.json().ok()?;
+                let v = self.agents.health(&a.http_addr)?;
                 v["agent_version"].as_str().map(str::to_string)
             })
             .collect()
@@ -323,11 +286,7 @@ fn docker_tier_sequence() {
         rt,
         name: name.clone(),
         dir: tempfile::tempdir().unwrap(),
-        http: reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap(),
-        known: std::cell::RefCell::new(vec![]),
+        agents: AgentsClient::new(),
     };
     let labels = |role: &str| {
         HashMap::from([
@@ -433,7 +392,7 @@ fn docker_tier_sequence() {
         .and_then(|n| n.get(&name).cloned())
         .and_then(|n| n.ip_address)
         .expect("bootstrap address");
-    c.known.borrow_mut().push(format!("{ip}:8181"));
+    c.agents.learn(&format!("{ip}:8181"));
 
     // 1. Create: 2 node groups x 2 replicas, 2 MySQLds, 1 API.
     c.wait(

@@ -4,10 +4,11 @@
 
 #![allow(dead_code)]
 
+use crate::agents_client::AgentsClient;
 use agent_core::agent::http::Status;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct LocalCluster {
     pub dir: tempfile::TempDir,
@@ -15,9 +16,7 @@ pub struct LocalCluster {
     pub http: String,
     up: Child,
     extra: Vec<Child>,
-    client: reqwest::blocking::Client,
-    /// HTTP addresses of agents seen so far, to ask another one when one is dead.
-    known: std::cell::RefCell<Vec<String>>,
+    pub agents: AgentsClient,
 }
 
 fn free_port() -> u16 {
@@ -54,11 +53,11 @@ impl LocalCluster {
             http: http.clone(),
             up,
             extra: vec![],
-            client: reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .expect("http client"),
-            known: std::cell::RefCell::new(vec![http]),
+            agents: {
+                let a = AgentsClient::new();
+                a.learn(&http);
+                a
+            },
             dir,
         }
     }
@@ -73,44 +72,12 @@ impl LocalCluster {
 
     /// The status from the agent at `addr`.
     pub fn status_at(&self, addr: &str) -> Option<Status> {
-        let r = self
-            .client
-            .get(format!("http://{addr}/status"))
-            .send()
-            .ok()?;
-        if !r.status().is_success() {
-            return None;
-        }
-        r.json().ok()
+        self.agents.status_at(addr)
     }
 
     /// The status from any live agent, preferring the leader's view.
     pub fn status(&self) -> Option<Status> {
-        let known = self.known.borrow().clone();
-        for addr in known.iter().rev() {
-            if let Some(s) = self.status_at(addr) {
-                let mut k = self.known.borrow_mut();
-                for a in &s.agents {
-                    if !k.contains(&a.http_addr) {
-                        k.push(a.http_addr.clone());
-                    }
-                }
-                // Ask the leader itself when it is known, so the view is the newest.
-                if let Some(l) = s
-                    .leader_vm
-                    .as_ref()
-                    .and_then(|l| s.agents.iter().find(|a| &a.vm == l))
-                {
-                    if l.http_addr != *addr {
-                        if let Some(ls) = self.status_at(&l.http_addr) {
-                            return Some(ls);
-                        }
-                    }
-                }
-                return Some(s);
-            }
-        }
-        None
+        self.agents.status()
     }
 
     /// Waits until `pred` holds for the status; panics with the last status and log tails.
@@ -120,17 +87,10 @@ impl LocalCluster {
         timeout: Duration,
         pred: impl Fn(&Status) -> bool,
     ) -> Status {
-        let t0 = Instant::now();
-        let mut last = None;
-        while t0.elapsed() < timeout {
-            if let Some(s) = self.status() {
-                if pred(&s) {
-                    return s;
-                }
-                last = Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let last = match self.agents.wait_until(timeout, pred) {
+            Ok((s, _)) => return s,
+            Err(last) => *last,
+        };
         panic!(
             "timed out after {timeout:?} waiting for {what}\nlast status: {}\nup.log tail:\n{}",
             serde_json::to_string_pretty(&last).unwrap_or_default(),
@@ -185,14 +145,7 @@ impl LocalCluster {
 
     /// PUT /desired-state at `addr`; returns the HTTP code and body.
     pub fn apply_at(&self, addr: &str, desired: &str) -> (u16, serde_json::Value) {
-        let r = self
-            .client
-            .put(format!("http://{addr}/desired-state"))
-            .body(desired.to_string())
-            .send()
-            .expect("PUT /desired-state");
-        let code = r.status().as_u16();
-        (code, r.json().unwrap_or_default())
+        self.agents.put_desired(addr, desired)
     }
 
     /// The data directories' agent processes still alive.

@@ -6,6 +6,8 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+#[path = "../common/agents_client.rs"]
+mod agents_client;
 mod harness;
 
 use harness::{at_desired, count_role, desired, voters, LocalCluster};
