@@ -50,6 +50,10 @@ enum Command {
         /// Probability, per action, that a VM whose loss the cluster survives disappears.
         #[arg(long, default_value_t = 0.0)]
         vm_loss_rate: f64,
+        /// Simulates the agents' Raft log too: the leader hands over before its own VM goes,
+        /// dies with its VM, and loses its leadership at each write with this probability.
+        #[arg(long)]
+        leader_change_rate: Option<f64>,
         /// A backup of another cluster already present in the sink (repeatable).
         #[arg(long = "existing-backup")]
         existing_backup: Vec<u64>,
@@ -187,6 +191,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             seed,
             fault_rate,
             vm_loss_rate,
+            leader_change_rate,
             existing_backup,
             max_attempts,
             cost_model,
@@ -204,8 +209,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => agent_core::cost::CostModel::default(),
             };
-            if !(0.0..=1.0).contains(&fault_rate) || !(0.0..=1.0).contains(&vm_loss_rate) {
-                anyhow::bail!("--fault-rate and --vm-loss-rate are probabilities between 0 and 1");
+            if [fault_rate, vm_loss_rate, leader_change_rate.unwrap_or(0.0)]
+                .iter()
+                .any(|p| !(0.0..=1.0).contains(p))
+            {
+                anyhow::bail!("--fault-rate, --vm-loss-rate and --leader-change-rate are probabilities between 0 and 1");
             }
             let opts = ndb_agent::simulation::SimOptions {
                 seed,
@@ -217,6 +225,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 existing_backups: existing_backup,
                 max_attempts,
                 cost,
+                leader_change_rate,
             };
             simulate(&files, json, &opts)
         }

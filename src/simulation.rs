@@ -1,13 +1,30 @@
 //! `ndb-agent simulate`: the real reconciler with the `mock` provider and `dummy` runtime in
 //! simulated time (tokio's paused clock), starting from an empty world.
+//!
+//! With leader changes on, the simulation also plays the part of Raft: every event goes
+//! through a journal that holds the committed state, and the leader can lose its leadership
+//! between any two writes (at random, when its VM is lost, or when it hands the leadership
+//! over before its own VM is deleted or its agent restarted). The next leader starts from the
+//! committed state on a VM chosen at random, observes the world and resumes the actions in
+//! flight under their operation ids, which the mock world runs once each, as agents do.
 
 use agent_core::actions::ActionKind;
+use agent_core::backend::{
+    BackendError, CloudProvider, MgmCommand, ProcessRuntime, ProgramKind, ProgramSpec,
+    ProgramStatus, RestoreRun, VmInfo, VmSpec,
+};
 use agent_core::cost::CostModel;
+use agent_core::desired::BackupSpec;
 use agent_core::desired::DesiredState;
 use agent_core::invariants::{check_settled, InvariantChecker};
+use agent_core::model::ConfigFile;
 use agent_core::model::{ClusterState, Event, ReconciliationState};
+use agent_core::Journal;
 use agent_core::{diff, EventHook, Reconciler, ReconcilerConfig};
+use async_trait::async_trait;
 use providers::mock::{lock, FaultConfig, MockProvider, SharedWorld, SinkBackup, World};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use runtime_backends::DummyRuntime;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -23,6 +40,11 @@ pub struct SimOptions {
     pub existing_backups: Vec<u64>,
     pub cost: CostModel,
     pub max_attempts: u32,
+    /// `Some(p)` turns on the Raft part (a journal, handovers before the leader's own VM is
+    /// deleted or its agent restarted, the leader dying with its VM), and the leader also
+    /// loses its leadership at any one write to the log with probability `p`. `None`: one
+    /// leader throughout, events applied as they come.
+    pub leader_change_rate: Option<f64>,
 }
 
 impl Default for SimOptions {
@@ -33,7 +55,158 @@ impl Default for SimOptions {
             existing_backups: vec![],
             cost: CostModel::default(),
             max_attempts: 3,
+            leader_change_rate: None,
         }
+    }
+}
+
+/// Leader changes per reconciliation beyond which the simulation stops: a leader that keeps
+/// losing its leadership before doing anything is a bug of the simulation or the handover.
+const MAX_LEADER_CHANGES: u32 = 10_000;
+
+/// How long handing the leadership over takes (the membership change and an election);
+/// the old leader's writes still commit meanwhile.
+const HANDOVER: Duration = Duration::from_millis(1500);
+
+/// The Raft log of the simulation: committed events, and the leader losing its leadership.
+struct SimJournal {
+    world: SharedWorld,
+    inner: Mutex<JournalState>,
+}
+
+struct JournalState {
+    committed: ClusterState,
+    /// Random leadership loss only while reconciling (a submission is never cut).
+    armed: bool,
+    rate: f64,
+    rng: ChaCha8Rng,
+    /// The leader loses its leadership right after the success of an action of this kind
+    /// (`DeactivateNode`, ...) is committed: a deterministic cut for regression cases.
+    cut_after: Option<String>,
+    cut_next: bool,
+}
+
+impl SimJournal {
+    fn state(&self) -> std::sync::MutexGuard<'_, JournalState> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl Journal for SimJournal {
+    async fn append(&self, events: Vec<Event>) -> Result<(), String> {
+        let gone = lock(&self.world).leader_gone;
+        let mut j = self.state();
+        if gone {
+            return Err("this agent is no longer the leader (handed over or its VM lost)".into());
+        }
+        if std::mem::take(&mut j.cut_next) {
+            return Err("this agent lost its leadership (simulated, at a chosen point)".into());
+        }
+        let rate = j.rate;
+        if j.armed && rate > 0.0 && j.rng.gen_bool(rate.min(1.0)) {
+            return Err("this agent lost its leadership (simulated)".into());
+        }
+        for ev in &events {
+            if let (Event::ActionSucceeded { op_id, .. }, Some(kind)) = (ev, &j.cut_after) {
+                let hit = j
+                    .committed
+                    .in_flight
+                    .get(op_id)
+                    .is_some_and(|a| a.kind.name() == kind);
+                if hit {
+                    j.cut_after = None;
+                    j.cut_next = true;
+                }
+            }
+            j.committed.apply(ev);
+        }
+        Ok(())
+    }
+}
+
+/// The leader's VM is special to its own agent: deleting it, or restarting or upgrading its
+/// agent, first hands the leadership over (the next leader does it), as the agents do.
+fn leads(world: &SharedWorld, vm: &str) -> bool {
+    lock(world).leader.as_deref() == Some(vm)
+}
+
+async fn hand_over(world: &SharedWorld, vm: &str) -> BackendError {
+    tokio::time::sleep(HANDOVER).await;
+    lock(world).leader_gone = true;
+    BackendError::Transient(format!(
+        "{vm} runs the leader; leadership was handed over and the next leader does this"
+    ))
+}
+
+struct LeaderAwareProvider {
+    inner: MockProvider,
+    world: SharedWorld,
+}
+
+#[async_trait]
+impl CloudProvider for LeaderAwareProvider {
+    async fn create_vm(&self, spec: &VmSpec) -> Result<VmInfo, BackendError> {
+        self.inner.create_vm(spec).await
+    }
+    async fn delete_vm(&self, name: &str) -> Result<(), BackendError> {
+        if leads(&self.world, name) {
+            return Err(hand_over(&self.world, name).await);
+        }
+        self.inner.delete_vm(name).await
+    }
+    async fn list_vms(&self) -> Result<Vec<VmInfo>, BackendError> {
+        self.inner.list_vms().await
+    }
+}
+
+struct LeaderAwareRuntime {
+    inner: DummyRuntime,
+    world: SharedWorld,
+}
+
+#[async_trait]
+impl ProcessRuntime for LeaderAwareRuntime {
+    async fn install_software(&self, vm: &str, v: &str, url: &str) -> Result<(), BackendError> {
+        self.inner.install_software(vm, v, url).await
+    }
+    async fn write_files(&self, vm: &str, files: &[ConfigFile]) -> Result<(), BackendError> {
+        self.inner.write_files(vm, files).await
+    }
+    async fn start_program(&self, vm: &str, spec: &ProgramSpec) -> Result<(), BackendError> {
+        self.inner.start_program(vm, spec).await
+    }
+    async fn stop_program(
+        &self,
+        vm: &str,
+        kind: ProgramKind,
+        cluster_shutdown: bool,
+    ) -> Result<(), BackendError> {
+        self.inner.stop_program(vm, kind, cluster_shutdown).await
+    }
+    async fn status(&self, vm: &str) -> Result<ProgramStatus, BackendError> {
+        self.inner.status(vm).await
+    }
+    async fn mgm_command(&self, vm: &str, cmd: &MgmCommand) -> Result<Vec<u32>, BackendError> {
+        self.inner.mgm_command(vm, cmd).await
+    }
+    async fn restore(&self, vm: &str, run: &RestoreRun) -> Result<Vec<u32>, BackendError> {
+        self.inner.restore(vm, run).await
+    }
+    async fn delete_backup(&self, vm: &str, backup: &BackupSpec) -> Result<(), BackendError> {
+        self.inner.delete_backup(vm, backup).await
+    }
+    async fn restart_agent(&self, vm: &str) -> Result<(), BackendError> {
+        if leads(&self.world, vm) {
+            return Err(hand_over(&self.world, vm).await);
+        }
+        self.inner.restart_agent(vm).await
+    }
+    async fn upgrade_agent(&self, vm: &str, version: &str, url: &str) -> Result<(), BackendError> {
+        if leads(&self.world, vm) {
+            return Err(hand_over(&self.world, vm).await);
+        }
+        self.inner.upgrade_agent(vm, version, url).await
     }
 }
 
@@ -163,6 +336,14 @@ pub struct Simulation {
     pub world: SharedWorld,
     reconciler: Reconciler,
     recorder: SharedRecorder,
+    provider: Arc<dyn CloudProvider>,
+    runtime: Arc<dyn ProcessRuntime>,
+    config: ReconcilerConfig,
+    /// The Raft part, with leader changes on.
+    journal: Option<Arc<SimJournal>>,
+    leader_rng: ChaCha8Rng,
+    /// Leaders so far (the bootstrap agent first).
+    pub leader_changes: u64,
 }
 
 impl Simulation {
@@ -178,21 +359,145 @@ impl Simulation {
             );
         }
         let world = world.shared();
-        let provider = Arc::new(MockProvider::new(world.clone()));
-        let runtime = Arc::new(DummyRuntime::new(world.clone()));
+        let (provider, runtime): (Arc<dyn CloudProvider>, Arc<dyn ProcessRuntime>) =
+            if opts.leader_change_rate.is_some() {
+                (
+                    Arc::new(LeaderAwareProvider {
+                        inner: MockProvider::new(world.clone()),
+                        world: world.clone(),
+                    }),
+                    Arc::new(LeaderAwareRuntime {
+                        inner: DummyRuntime::new(world.clone()),
+                        world: world.clone(),
+                    }),
+                )
+            } else {
+                (
+                    Arc::new(MockProvider::new(world.clone())),
+                    Arc::new(DummyRuntime::new(world.clone())),
+                )
+            };
         let config = ReconcilerConfig {
             max_attempts: opts.max_attempts,
             observe_every: Duration::from_secs(30),
             ..Default::default()
         };
-        let mut reconciler = Reconciler::new(provider, runtime, ClusterState::default(), config);
+        // Its own stream, so that turning leader changes on leaves the world's draws alone.
+        let mut leader_rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0x1ead_e7c4_a46e);
+        let journal = opts.leader_change_rate.map(|rate| {
+            Arc::new(SimJournal {
+                world: world.clone(),
+                inner: Mutex::new(JournalState {
+                    committed: ClusterState::default(),
+                    armed: false,
+                    rate,
+                    rng: ChaCha8Rng::seed_from_u64(leader_rng.gen()),
+                    cut_after: None,
+                    cut_next: false,
+                }),
+            })
+        });
         let recorder = SharedRecorder::default();
         recorder.lock().epoch = Some(tokio::time::Instant::now());
-        reconciler.add_hook(Box::new(recorder.clone()));
+        let reconciler = Self::reconciler_for(
+            &provider,
+            &runtime,
+            &config,
+            &journal,
+            &recorder,
+            ClusterState::default(),
+        );
         Simulation {
             world,
             reconciler,
             recorder,
+            provider,
+            runtime,
+            config,
+            journal,
+            leader_rng,
+            leader_changes: 0,
+        }
+    }
+
+    fn reconciler_for(
+        provider: &Arc<dyn CloudProvider>,
+        runtime: &Arc<dyn ProcessRuntime>,
+        config: &ReconcilerConfig,
+        journal: &Option<Arc<SimJournal>>,
+        recorder: &SharedRecorder,
+        state: ClusterState,
+    ) -> Reconciler {
+        let mut r = Reconciler::new(
+            Arc::clone(provider),
+            Arc::clone(runtime),
+            state,
+            config.clone(),
+        );
+        if let Some(j) = journal {
+            r = r.with_journal(Arc::clone(j) as Arc<dyn Journal>);
+        }
+        r.add_hook(Box::new(recorder.clone()));
+        r
+    }
+
+    /// The leader's agent is gone or stepped down: another agent, on a VM chosen at random
+    /// (any VM may lead), takes over from what was committed. With `to`, that VM leads.
+    pub async fn change_leader(&mut self, to: Option<&str>) {
+        let Some(journal) = self.journal.clone() else {
+            return;
+        };
+        let committed = journal.state().committed.clone();
+        let leader = match to {
+            Some(vm) => Some(vm.to_string()),
+            None => {
+                let w = lock(&self.world);
+                let candidates: Vec<&String> = w.vms.keys().collect();
+                (!candidates.is_empty())
+                    .then(|| candidates[self.leader_rng.gen_range(0..candidates.len())].clone())
+            }
+        };
+        {
+            let mut w = lock(&self.world);
+            w.leader = leader.clone();
+            w.leader_gone = false;
+        }
+        self.leader_changes += 1;
+        if self.recorder.lock().verbose {
+            let t = self.recorder.lock().now();
+            println!(
+                "[{t:>7.1}s] leader change: {} takes over",
+                leader.as_deref().unwrap_or("the bootstrap agent")
+            );
+        }
+        self.reconciler = Self::reconciler_for(
+            &self.provider,
+            &self.runtime,
+            &self.config,
+            &self.journal,
+            &self.recorder,
+            committed,
+        );
+        if let Some(vm) = &leader {
+            self.reconciler.record_leader(vm).await;
+        }
+    }
+
+    /// The leader will lose its leadership right after the next success of an action of
+    /// `kind` is committed (needs leader changes on).
+    pub fn cut_leader_after(&self, kind: &str) -> bool {
+        match &self.journal {
+            Some(j) => {
+                j.state().cut_after = Some(kind.to_string());
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn arm(&self, on: bool) {
+        if let Some(j) = &self.journal {
+            j.state().armed = on;
         }
     }
 
@@ -213,6 +518,9 @@ impl Simulation {
             r.done.clear();
         }
         let desired_id = d.id;
+        if self.reconciler.halted().is_some() || lock(&self.world).leader_gone {
+            self.change_leader(None).await;
+        }
         if let Err(v) = self.reconciler.submit(d).await {
             let text = v
                 .iter()
@@ -242,7 +550,20 @@ impl Simulation {
     }
 
     async fn settle(&mut self, t0: f64, desired_id: u64) -> StepReport {
-        let outcome = self.reconciler.reconcile().await;
+        let mut changes = 0;
+        let outcome = loop {
+            self.arm(true);
+            let outcome = self.reconciler.reconcile().await;
+            self.arm(false);
+            if self.reconciler.halted().is_none() {
+                break outcome;
+            }
+            changes += 1;
+            if changes > MAX_LEADER_CHANGES {
+                break ReconciliationState::ERROR_STATE;
+            }
+            self.change_leader(None).await;
+        };
         let mut r = self.recorder.lock();
         let t1 = r.now();
         let mut actions = std::mem::take(&mut r.done);

@@ -28,6 +28,9 @@ pub struct CostModel {
     pub restore_backup: f64,
     pub restart_agent: f64,
     pub upgrade_agent: f64,
+    /// Not an action: how long a data node's process takes to exit after `DEACTIVATE`
+    /// reported success (RonDB's client waits up to 3 s for the stop to begin, not to end).
+    pub data_node_exit_after_deactivate: f64,
 }
 
 impl Default for CostModel {
@@ -52,6 +55,7 @@ impl Default for CostModel {
             restore_backup: 120.0,
             restart_agent: 5.0,
             upgrade_agent: 10.0,
+            data_node_exit_after_deactivate: 3.0,
         }
     }
 }

@@ -8,9 +8,12 @@ use agent_core::backend::{BackendError, CloudProvider, VmInfo, VmSpec};
 use agent_core::cost::CostModel;
 use agent_core::model::Role;
 use async_trait::async_trait;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Probabilities of injected faults, each drawn per action from the world's seeded RNG.
@@ -76,9 +79,31 @@ pub struct World {
     /// VMs whose program is being stopped right now: not counted as a live peer when
     /// choosing a survivable fault.
     pub stopping: BTreeSet<String>,
+    /// Data-node processes that `DEACTIVATE` stopped but that have not exited yet, with when
+    /// they exit: RonDB's client reports success once the stop has begun, so for a while the
+    /// VM's agent still sees the process run.
+    pub exiting: BTreeMap<String, (WorldProgram, tokio::time::Instant)>,
+    /// The VM whose agent leads (the simulation moves it); `None` = the bootstrap agent.
+    pub leader: Option<String>,
+    /// The leader's agent is gone (its VM was lost) or handed its leadership over: its next
+    /// write to the Raft log is refused.
+    pub leader_gone: bool,
+    ops: OpCache,
     rng: ChaCha8Rng,
     next_ip: u32,
 }
+
+/// Operations the agents ran, by operation id (see [`once`]).
+#[derive(Default)]
+struct OpCache(BTreeMap<u64, Box<dyn Any + Send>>);
+
+impl std::fmt::Debug for OpCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} operation(s)", self.0.len())
+    }
+}
+
+type OpResult<T> = Shared<BoxFuture<'static, Result<T, BackendError>>>;
 
 /// The world shared by the mock provider and the dummy runtime.
 pub type SharedWorld = Arc<Mutex<World>>;
@@ -99,6 +124,10 @@ impl World {
             lost_vms: Vec::new(),
             killed_programs: Vec::new(),
             stopping: BTreeSet::new(),
+            exiting: BTreeMap::new(),
+            leader: None,
+            leader_gone: false,
+            ops: OpCache::default(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             next_ip: 10,
         }
@@ -189,10 +218,25 @@ impl World {
 
     /// Makes a VM disappear, as a crashed cloud VM would.
     pub fn lose_vm(&mut self, name: &str) {
+        self.exiting.remove(name);
         if self.vms.remove(name).is_some() {
             tracing::info!(vm = %name, "mock: injected loss of the VM");
             self.lost_vms.push(name.to_string());
+            if self.leader.as_deref() == Some(name) {
+                self.leader_gone = true;
+            }
         }
+    }
+
+    /// The program the VM's agent sees: a running one, or one still exiting.
+    pub fn visible_program(&self, vm: &str) -> Option<&WorldProgram> {
+        let running = self.vms.get(vm).and_then(|v| v.program.as_ref());
+        running.or_else(|| {
+            self.exiting
+                .get(vm)
+                .filter(|(_, at)| tokio::time::Instant::now() < *at)
+                .map(|(p, _)| p)
+        })
     }
 
     /// Whether a running management server exists (data nodes need one to start).
@@ -305,6 +349,59 @@ pub async fn step<T>(
     f(&mut w)
 }
 
+/// Runs an operation the way an agent does: to its end even if the leader that asked for it
+/// is gone (the work is spawned), and once per operation id: a new leader repeating an
+/// operation it found in flight gets the first run's result, waiting for it if needed.
+/// Outside an action (operation id 0) the work simply runs.
+pub async fn once<T, F>(world: &SharedWorld, work: F) -> Result<T, BackendError>
+where
+    T: Clone + Send + Sync + 'static,
+    F: Future<Output = Result<T, BackendError>> + Send + 'static,
+{
+    let op = agent_core::backend::current_op();
+    if op == 0 {
+        return work.await;
+    }
+    let shared: OpResult<T> = {
+        let mut w = lock(world);
+        let known = w
+            .ops
+            .0
+            .get(&op)
+            .and_then(|b| b.downcast_ref::<OpResult<T>>())
+            .cloned();
+        match known {
+            Some(s) => s,
+            None => {
+                let handle = tokio::spawn(work);
+                let s = async move {
+                    handle.await.unwrap_or_else(|e| {
+                        Err(BackendError::Failed(format!(
+                            "operation {op} panicked: {e}"
+                        )))
+                    })
+                }
+                .boxed()
+                .shared();
+                w.ops.0.insert(op, Box::new(s.clone()));
+                s
+            }
+        }
+    };
+    shared.await
+}
+
+/// Runs provider work in its own task, so that it finishes even if the caller goes away.
+async fn spawned<T: Send + 'static>(
+    work: impl Future<Output = Result<T, BackendError>> + Send + 'static,
+) -> Result<T, BackendError> {
+    tokio::spawn(work).await.unwrap_or_else(|e| {
+        Err(BackendError::Failed(format!(
+            "provider operation panicked: {e}"
+        )))
+    })
+}
+
 /// `CloudProvider` over the mock world.
 #[derive(Clone)]
 pub struct MockProvider {
@@ -322,45 +419,54 @@ impl CloudProvider for MockProvider {
     async fn create_vm(&self, spec: &VmSpec) -> Result<VmInfo, BackendError> {
         let cost = lock(&self.world).cost.create_vm;
         let spec = spec.clone();
-        step(&self.world, cost, None, move |w| {
-            if w.vms.contains_key(&spec.name) {
-                return Err(BackendError::Failed(format!(
-                    "VM {} already exists",
-                    spec.name
-                )));
-            }
-            let info = VmInfo {
-                name: spec.name.clone(),
-                role: spec.role,
-                zone: spec.zone.clone(),
-                vm_type: spec.vm_type,
-                storage_gib: spec.storage_gib,
-                address: w.allocate_address(),
-                agent_endpoint: String::new(),
-            };
-            w.vms.insert(
-                spec.name.clone(),
-                WorldVm {
-                    info: info.clone(),
-                    installed: BTreeSet::new(),
-                    files: BTreeMap::new(),
-                    program: None,
-                    fs: BTreeSet::new(),
-                    agent_version: spec.agent_version.clone(),
-                    agent_restarts: 0,
-                },
-            );
-            Ok(info)
-        })
-        .await
+        let world = self.world.clone();
+        // Spawned: a cloud finishes a create even when the leader that asked is gone.
+        let work = async move {
+            step(&world, cost, None, move |w| {
+                // Idempotent by name, as every real provider: a new leader repeating the create
+                // of a VM the old one made gets that VM.
+                if let Some(v) = w.vms.get(&spec.name) {
+                    return Ok(v.info.clone());
+                }
+                let info = VmInfo {
+                    name: spec.name.clone(),
+                    role: spec.role,
+                    zone: spec.zone.clone(),
+                    vm_type: spec.vm_type,
+                    storage_gib: spec.storage_gib,
+                    address: w.allocate_address(),
+                    agent_endpoint: String::new(),
+                };
+                w.vms.insert(
+                    spec.name.clone(),
+                    WorldVm {
+                        info: info.clone(),
+                        installed: BTreeSet::new(),
+                        files: BTreeMap::new(),
+                        program: None,
+                        fs: BTreeSet::new(),
+                        agent_version: spec.agent_version.clone(),
+                        agent_restarts: 0,
+                    },
+                );
+                Ok(info)
+            })
+            .await
+        };
+        spawned(work).await
     }
 
     async fn delete_vm(&self, name: &str) -> Result<(), BackendError> {
         let cost = lock(&self.world).cost.delete_vm;
         let name = name.to_string();
-        step(&self.world, cost, None, move |w| {
-            w.vms.remove(&name);
-            Ok(())
+        let world = self.world.clone();
+        spawned(async move {
+            step(&world, cost, None, move |w| {
+                w.vms.remove(&name);
+                w.exiting.remove(&name);
+                Ok(())
+            })
+            .await
         })
         .await
     }

@@ -8,7 +8,8 @@ use agent_core::backend::{
 use agent_core::desired::BackupSpec;
 use agent_core::model::ConfigFile;
 use async_trait::async_trait;
-use providers::mock::{lock, step, SharedWorld, SinkBackup, World, WorldProgram};
+use providers::mock::{lock, once, step, SharedWorld, SinkBackup, World, WorldProgram};
+use std::future::Future;
 
 /// `ProcessRuntime` over the mock world.
 #[derive(Clone)]
@@ -23,6 +24,22 @@ impl DummyRuntime {
 
     fn cost(&self, f: impl FnOnce(&agent_core::cost::CostModel) -> f64) -> f64 {
         f(&lock(&self.world).cost)
+    }
+
+    /// One operation on `vm`, run once per operation id as the VM's agent would.
+    fn run<T>(
+        &self,
+        seconds: f64,
+        vm: String,
+        f: impl FnOnce(&mut World) -> Result<T, BackendError> + Send + 'static,
+    ) -> impl Future<Output = Result<T, BackendError>> + '_
+    where
+        T: Clone + Send + Sync + 'static,
+    {
+        let world = self.world.clone();
+        once(&self.world, async move {
+            step(&world, seconds, Some(&vm), f).await
+        })
     }
 }
 
@@ -78,7 +95,7 @@ impl ProcessRuntime for DummyRuntime {
     ) -> Result<(), BackendError> {
         let cost = self.cost(|c| c.install_software);
         let (vm, version) = (vm.to_string(), version.to_string());
-        step(&self.world, cost, Some(&vm.clone()), move |w| {
+        self.run(cost, vm.clone(), move |w| {
             if let Some(v) = w.vms.get_mut(&vm) {
                 v.installed.insert(version);
             }
@@ -90,7 +107,7 @@ impl ProcessRuntime for DummyRuntime {
     async fn write_files(&self, vm: &str, files: &[ConfigFile]) -> Result<(), BackendError> {
         let cost = self.cost(|c| c.write_config);
         let (vm, files) = (vm.to_string(), files.to_vec());
-        step(&self.world, cost, Some(&vm.clone()), move |w| {
+        self.run(cost, vm.clone(), move |w| {
             if let Some(v) = w.vms.get_mut(&vm) {
                 for f in files {
                     v.files.insert(f.path, f.content);
@@ -110,7 +127,9 @@ impl ProcessRuntime for DummyRuntime {
             ProgramKind::Api => c.start_api,
         });
         let (vm, spec) = (vm.to_string(), spec.clone());
-        step(&self.world, cost, Some(&vm.clone()), move |w| {
+        self.run(cost, vm.clone(), move |w| {
+            // The start waits for a process that is still exiting.
+            w.exiting.remove(&vm);
             let v = w
                 .vms
                 .get(&vm)
@@ -203,12 +222,14 @@ impl ProcessRuntime for DummyRuntime {
         let vm = vm.to_string();
         lock(&self.world).stopping.insert(vm.clone());
         let name = vm.clone();
-        let r = step(&self.world, cost, Some(&vm.clone()), move |w| {
+        let r = self.run(cost, vm.clone(), move |w| {
             if !cluster_shutdown && would_lose_node_group(w, &vm) {
                 return Err(failed(format!(
                     "RonDB refuses to stop the data node on {vm}: its node group would have no started node"
                 )));
             }
+            // A stop also waits for a process that is still exiting.
+            w.exiting.remove(&vm);
             if let Some(v) = w.vms.get_mut(&vm) {
                 v.program = None;
             }
@@ -221,13 +242,13 @@ impl ProcessRuntime for DummyRuntime {
 
     async fn status(&self, vm: &str) -> Result<ProgramStatus, BackendError> {
         let w = lock(&self.world);
-        let v = w
-            .vms
-            .get(vm)
-            .ok_or_else(|| BackendError::VmGone(vm.to_string()))?;
+        if !w.vms.contains_key(vm) {
+            return Err(BackendError::VmGone(vm.to_string()));
+        }
+        let p = w.visible_program(vm);
         Ok(ProgramStatus {
-            running: v.program.is_some(),
-            version: v.program.as_ref().map(|p| p.version.clone()),
+            running: p.is_some(),
+            version: p.map(|p| p.version.clone()),
         })
     }
 
@@ -253,109 +274,114 @@ impl ProcessRuntime for DummyRuntime {
         if let Some(t) = &target {
             lock(&self.world).stopping.insert(t.clone());
         }
-        let r = step(&self.world, cost, Some(&vm.clone()), move |w| {
-            let runs_mgmd = w
-                .vms
-                .get(&vm)
-                .and_then(|v| v.program.as_ref())
-                .map(|p| p.kind)
-                == Some(ProgramKind::Mgmd);
-            if !runs_mgmd {
-                return Err(failed(format!(
-                    "ndb_mgm: no management server runs on {vm}"
-                )));
-            }
-            match &cmd {
-                MgmCommand::Activate { node_id } => {
-                    let s = w
-                        .cluster_config
-                        .get_mut(node_id)
-                        .ok_or_else(|| failed(format!("node {node_id} unknown")))?;
-                    s.active = true;
-                    Ok(vec![])
+        let r = self
+            .run(cost, vm.clone(), move |w| {
+                let runs_mgmd = w
+                    .vms
+                    .get(&vm)
+                    .and_then(|v| v.program.as_ref())
+                    .map(|p| p.kind)
+                    == Some(ProgramKind::Mgmd);
+                if !runs_mgmd {
+                    return Err(failed(format!(
+                        "ndb_mgm: no management server runs on {vm}"
+                    )));
                 }
-                MgmCommand::Deactivate { node_id } => {
-                    let s = w
-                        .cluster_config
-                        .get_mut(node_id)
-                        .ok_or_else(|| failed(format!("node {node_id} unknown")))?;
-                    if !s.active {
-                        return Err(failed(format!("node {node_id} is already inactive")));
+                match &cmd {
+                    MgmCommand::Activate { node_id } => {
+                        let s = w
+                            .cluster_config
+                            .get_mut(node_id)
+                            .ok_or_else(|| failed(format!("node {node_id} unknown")))?;
+                        s.active = true;
+                        Ok(vec![])
                     }
-                    let host = w
-                        .vms
-                        .values()
-                        .find(|v| {
-                            v.program
-                                .as_ref()
-                                .is_some_and(|p| p.node_ids.contains(node_id))
-                        })
-                        .map(|v| v.info.name.clone());
-                    if host.is_some_and(|h| would_lose_node_group(w, &h)) {
-                        return Err(failed(format!(
+                    MgmCommand::Deactivate { node_id } => {
+                        let s = w
+                            .cluster_config
+                            .get_mut(node_id)
+                            .ok_or_else(|| failed(format!("node {node_id} unknown")))?;
+                        if !s.active {
+                            return Err(failed(format!("node {node_id} is already inactive")));
+                        }
+                        let host = w
+                            .vms
+                            .values()
+                            .find(|v| {
+                                v.program
+                                    .as_ref()
+                                    .is_some_and(|p| p.node_ids.contains(node_id))
+                            })
+                            .map(|v| v.info.name.clone());
+                        if host.is_some_and(|h| would_lose_node_group(w, &h)) {
+                            return Err(failed(format!(
                             "RonDB refuses to deactivate node {node_id}: it would stop the cluster"
                         )));
-                    }
-                    let Some(s) = w.cluster_config.get_mut(node_id) else {
-                        return Err(failed(format!("node {node_id} unknown")));
-                    };
-                    s.active = false;
-                    for v in w.vms.values_mut() {
-                        let hit = v
-                            .program
-                            .as_ref()
-                            .is_some_and(|p| p.node_ids.contains(node_id));
-                        if hit
-                            && v.program
-                                .as_ref()
-                                .is_some_and(|p| p.kind == ProgramKind::DataNode)
-                        {
-                            v.program = None;
                         }
-                        v.fs.remove(node_id);
+                        let Some(s) = w.cluster_config.get_mut(node_id) else {
+                            return Err(failed(format!("node {node_id} unknown")));
+                        };
+                        s.active = false;
+                        // The node leaves the cluster now; its process exits a little later.
+                        let exit_at = tokio::time::Instant::now()
+                            + std::time::Duration::from_secs_f64(
+                                w.cost.data_node_exit_after_deactivate.max(0.0),
+                            );
+                        let mut exiting = Vec::new();
+                        for (name, v) in w.vms.iter_mut() {
+                            let hit = v.program.as_ref().is_some_and(|p| {
+                                p.node_ids.contains(node_id) && p.kind == ProgramKind::DataNode
+                            });
+                            if hit {
+                                if let Some(p) = v.program.take() {
+                                    exiting.push((name.clone(), (p, exit_at)));
+                                }
+                            }
+                            v.fs.remove(node_id);
+                        }
+                        w.exiting.extend(exiting);
+                        Ok(vec![])
                     }
-                    Ok(vec![])
+                    MgmCommand::Hostname { node_id, host } => {
+                        let s = w
+                            .cluster_config
+                            .get_mut(node_id)
+                            .ok_or_else(|| failed(format!("node {node_id} unknown")))?;
+                        if s.active {
+                            return Err(failed(format!(
+                                "HOSTNAME needs node {node_id} to be deactivated first"
+                            )));
+                        }
+                        s.host = Some(host.clone());
+                        Ok(vec![])
+                    }
+                    MgmCommand::StartBackup { backup_id } => {
+                        if !w.all_node_groups_started() {
+                            return Err(failed("backup needs every node group started".into()));
+                        }
+                        if w.sink.contains_key(backup_id) {
+                            return Err(failed(format!(
+                                "backup {backup_id} already exists in the sink"
+                            )));
+                        }
+                        let nodes: Vec<u32> = w
+                            .vms
+                            .values()
+                            .filter_map(|v| v.program.as_ref())
+                            .filter(|p| p.kind == ProgramKind::DataNode)
+                            .flat_map(|p| p.node_ids.clone())
+                            .collect();
+                        w.sink.insert(
+                            *backup_id,
+                            SinkBackup {
+                                data_nodes: nodes.clone(),
+                            },
+                        );
+                        Ok(nodes)
+                    }
                 }
-                MgmCommand::Hostname { node_id, host } => {
-                    let s = w
-                        .cluster_config
-                        .get_mut(node_id)
-                        .ok_or_else(|| failed(format!("node {node_id} unknown")))?;
-                    if s.active {
-                        return Err(failed(format!(
-                            "HOSTNAME needs node {node_id} to be deactivated first"
-                        )));
-                    }
-                    s.host = Some(host.clone());
-                    Ok(vec![])
-                }
-                MgmCommand::StartBackup { backup_id } => {
-                    if !w.all_node_groups_started() {
-                        return Err(failed("backup needs every node group started".into()));
-                    }
-                    if w.sink.contains_key(backup_id) {
-                        return Err(failed(format!(
-                            "backup {backup_id} already exists in the sink"
-                        )));
-                    }
-                    let nodes: Vec<u32> = w
-                        .vms
-                        .values()
-                        .filter_map(|v| v.program.as_ref())
-                        .filter(|p| p.kind == ProgramKind::DataNode)
-                        .flat_map(|p| p.node_ids.clone())
-                        .collect();
-                    w.sink.insert(
-                        *backup_id,
-                        SinkBackup {
-                            data_nodes: nodes.clone(),
-                        },
-                    );
-                    Ok(nodes)
-                }
-            }
-        })
-        .await;
+            })
+            .await;
         if let Some(t) = &target {
             lock(&self.world).stopping.remove(t);
         }
@@ -365,7 +391,7 @@ impl ProcessRuntime for DummyRuntime {
     async fn restore(&self, vm: &str, run: &RestoreRun) -> Result<Vec<u32>, BackendError> {
         let cost = self.cost(|c| c.restore_backup);
         let (vm, run) = (vm.to_string(), run.clone());
-        step(&self.world, cost, Some(&vm.clone()), move |w| {
+        self.run(cost, vm.clone(), move |w| {
             let b =
                 w.sink.get(&run.backup.id).cloned().ok_or_else(|| {
                     failed(format!("backup {} not found in its sink", run.backup.id))
@@ -394,7 +420,7 @@ impl ProcessRuntime for DummyRuntime {
     async fn delete_backup(&self, vm: &str, backup: &BackupSpec) -> Result<(), BackendError> {
         let cost = self.cost(|c| c.delete_backup);
         let (vm, id) = (vm.to_string(), backup.id);
-        step(&self.world, cost, Some(&vm.clone()), move |w| {
+        self.run(cost, vm.clone(), move |w| {
             w.sink.remove(&id);
             Ok(())
         })
@@ -404,7 +430,7 @@ impl ProcessRuntime for DummyRuntime {
     async fn restart_agent(&self, vm: &str) -> Result<(), BackendError> {
         let cost = self.cost(|c| c.restart_agent);
         let vm = vm.to_string();
-        step(&self.world, cost, Some(&vm.clone()), move |w| {
+        self.run(cost, vm.clone(), move |w| {
             if let Some(v) = w.vms.get_mut(&vm) {
                 v.agent_restarts += 1;
             }
@@ -416,7 +442,7 @@ impl ProcessRuntime for DummyRuntime {
     async fn upgrade_agent(&self, vm: &str, version: &str, _url: &str) -> Result<(), BackendError> {
         let cost = self.cost(|c| c.upgrade_agent);
         let (vm, version) = (vm.to_string(), version.to_string());
-        step(&self.world, cost, Some(&vm.clone()), move |w| {
+        self.run(cost, vm.clone(), move |w| {
             if let Some(v) = w.vms.get_mut(&vm) {
                 v.agent_version = version;
                 v.agent_restarts += 1;

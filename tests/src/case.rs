@@ -26,6 +26,11 @@ pub struct Case {
     pub existing_backups: Vec<u64>,
     #[serde(default = "three")]
     pub max_attempts: u32,
+    /// Present: the agents' Raft log is simulated (handovers, the leader dying with its VM),
+    /// and the leader loses its leadership at any one write with this probability. Absent:
+    /// one leader throughout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_change_rate: Option<f64>,
     pub steps: Vec<Step>,
 }
 
@@ -51,6 +56,15 @@ pub enum Step {
     },
     LoseVm {
         lose_vm: String,
+    },
+    /// The agent on this VM takes the leadership (needs `leader_change_rate`).
+    MoveLeader {
+        move_leader_to: String,
+    },
+    /// During the next steps, the leader loses its leadership right after the next success
+    /// of an action of this kind (`DeactivateNode`, ...) is committed.
+    CutLeaderAfter {
+        cut_leader_after: String,
     },
 }
 
@@ -82,6 +96,7 @@ pub fn run_case(case: &Case) -> Result<(), String> {
             },
             existing_backups: case.existing_backups.clone(),
             max_attempts: case.max_attempts,
+            leader_change_rate: case.leader_change_rate,
             ..Default::default()
         };
         let mut sim = Simulation::new(&opts);
@@ -116,6 +131,32 @@ pub fn run_case(case: &Case) -> Result<(), String> {
                         doc = next;
                     }
                     report
+                }
+                Step::MoveLeader { move_leader_to } => {
+                    if case.leader_change_rate.is_none() {
+                        return Err(format!(
+                            "step {i}: move_leader_to needs leader_change_rate (0 for none at random)"
+                        ));
+                    }
+                    if !providers::mock::lock(&sim.world)
+                        .vms
+                        .contains_key(move_leader_to)
+                    {
+                        return Err(format!(
+                            "step {i}: no VM {move_leader_to} to move the leader to; VMs: {}",
+                            vms(&sim)
+                        ));
+                    }
+                    sim.change_leader(Some(move_leader_to)).await;
+                    continue;
+                }
+                Step::CutLeaderAfter { cut_leader_after } => {
+                    if !sim.cut_leader_after(cut_leader_after) {
+                        return Err(format!(
+                            "step {i}: cut_leader_after needs leader_change_rate (0 for none at random)"
+                        ));
+                    }
+                    continue;
                 }
                 Step::LoseVm { lose_vm } => {
                     providers::mock::lock(&sim.world).lose_vm(lose_vm);

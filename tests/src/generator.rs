@@ -151,6 +151,13 @@ fn mutate(rng: &mut impl Rng, d: &mut DesiredState) {
 /// Builds the case a seed stands for: the desired states are fixed up front, so a failure
 /// replays exactly from the saved JSON.
 pub fn case_for(seed: u64, faults: bool) -> Case {
+    case_with(seed, faults, false)
+}
+
+/// [`case_for`], and with `leader_changes` the leader also moves at random: it loses its
+/// leadership between any two writes of the log (rate drawn per case), hands it over before
+/// its own VM is deleted or its agent restarted, and dies with its VM.
+pub fn case_with(seed: u64, faults: bool, leader_changes: bool) -> Case {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut states: Vec<DesiredState> = vec![first(&mut rng)];
     // rondb_has_run is known only by running; assume it has run once RonDB was running in
@@ -164,8 +171,13 @@ pub fn case_for(seed: u64, faults: bool) -> Case {
     }
     Case {
         name: format!(
-            "generated seed {seed}{}",
-            if faults { " with faults" } else { "" }
+            "generated seed {seed}{}{}",
+            if faults { " with faults" } else { "" },
+            if leader_changes {
+                " and leader changes"
+            } else {
+                ""
+            }
         ),
         why: "saved by the generative test".into(),
         seed,
@@ -188,6 +200,8 @@ pub fn case_for(seed: u64, faults: bool) -> Case {
         // With faults, a run of failures of one action is expected now and then; the
         // generative check is that the reconciler gets there, not the retry limit.
         max_attempts: if faults { 25 } else { 3 },
+        // Drawn last, so the desired states and faults of a seed stay what they were.
+        leader_change_rate: leader_changes.then(|| rng.gen_range(0.002..0.05)),
         steps: states
             .into_iter()
             .map(|d| Step::Submit {

@@ -263,7 +263,12 @@ fn retire_step(p: &mut Planner, vm: &Vm) {
                         via,
                     });
                 }
-            } else if !vm.running {
+            } else if vm.running {
+                // Its process outlived DEACTIVATE (RonDB reports success once the stop has
+                // begun; a new leader may look before it exits): stop it, then delete. It
+                // holds no slot, so no node group loses a replica by it.
+                super::processes::stop(p, vm);
+            } else {
                 p.propose(ActionKind::DeleteVm {
                     vm: vm.name.clone(),
                     role: vm.role,

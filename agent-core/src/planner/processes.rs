@@ -64,6 +64,9 @@ fn run(p: &mut Planner) {
     let data_nodes: Vec<&Vm> = p.s.vms_of(Role::Ndbd).collect();
     for vm in data_nodes {
         if !ready(p, vm) {
+            if stray(p, vm) {
+                stop(p, vm);
+            }
             continue;
         }
         let g = vm.node_group.unwrap_or(0);
@@ -181,9 +184,26 @@ pub(super) fn may_stop(p: &Planner, vm: &Vm) -> bool {
     }
 }
 
+/// A data node whose program runs though its VM holds no active slot (its process outlived
+/// `DEACTIVATE`): it is no replica of anything, so stopping it is always safe, and nothing
+/// can start on the VM until it is stopped. Retiring VMs are stopped by the machines planner.
+fn stray(p: &Planner, vm: &Vm) -> bool {
+    vm.running
+        && p.held(&vm.name).is_empty()
+        && !p.retiring.contains(&vm.name)
+        && !p.is_locked_vm(&vm.name)
+        && !p.binding_in_flight(&vm.name)
+}
+
 pub(super) fn stop(p: &mut Planner, vm: &Vm) {
     let name = vm.name.clone();
-    let node_id = p.held(&vm.name).first().copied();
+    // A deactivated slot stays bound to its VM: the node id of a stray process.
+    let node_id = p.held(&vm.name).first().copied().or_else(|| {
+        p.s.slots
+            .values()
+            .find(|x| !x.external && x.host.as_deref() == Some(vm.name.as_str()))
+            .map(|x| x.node_id)
+    });
     p.propose(match vm.role {
         Role::Mgmd => ActionKind::StopMgmd {
             vm: name,

@@ -4,12 +4,14 @@
 fn main() -> std::process::ExitCode {
     let mut failed = false;
     let args: Vec<String> = std::env::args().skip(1).collect();
-    // `replay --generated SEED [faults]`: run the generated case of a seed (as the
+    // `replay --generated SEED [faults] [leaders]`: run the generated case of a seed (as the
     // generative test and the throughput bench build it), and save it if it fails.
     if args.first().map(String::as_str) == Some("--generated") {
         let seed: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let faults = args.get(2).is_some_and(|s| s == "faults");
-        let case = integration_tests::generator::case_for(seed, faults);
+        let rest = args.get(2..).unwrap_or(&[]);
+        let faults = rest.iter().any(|s| s == "faults");
+        let leaders = rest.iter().any(|s| s == "leaders");
+        let case = integration_tests::generator::case_with(seed, faults, leaders);
         return match integration_tests::run_case(&case) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
