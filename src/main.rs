@@ -217,7 +217,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let opts = ndb_agent::simulation::SimOptions {
                 seed,
-                faults: providers::FaultConfig {
+                faults: sim_world::FaultConfig {
                     action_failure_rate: fault_rate,
                     vm_loss_rate,
                     process_death_rate: 0.0,

@@ -1,5 +1,5 @@
-//! `CloudProvider` implementations: `mock`, an in-memory world with simulated time and fault
-//! injection (used by `simulate` and the generative tests); `local`, where each VM is an
+//! `CloudProvider` implementations: `mock`, over the simulated world of the `sim-world` crate
+//! (used by `simulate` and the generative tests); `local`, where each VM is an
 //! agent process on this machine (the embedded default); `docker`, where each VM is a
 //! container on a user-defined network. `terraform` follows the same trait.
 
@@ -9,7 +9,7 @@ pub mod mock;
 
 pub use docker::{DockerConfig, DockerProvider};
 pub use local::LocalProvider;
-pub use mock::{FaultConfig, MockProvider, World};
+pub use mock::MockProvider;
 
 use agent_core::backend::VmSpec;
 use serde::{Deserialize, Serialize};

@@ -8,7 +8,7 @@ use agent_core::backend::{
 use agent_core::desired::BackupSpec;
 use agent_core::model::ConfigFile;
 use async_trait::async_trait;
-use providers::mock::{lock, once, step, SharedWorld, SinkBackup, World, WorldProgram};
+use sim_world::{lock, once, step, SharedWorld, SinkBackup, World, WorldProgram};
 use std::future::Future;
 
 /// `ProcessRuntime` over the mock world.

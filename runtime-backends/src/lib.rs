@@ -1,5 +1,5 @@
-//! `ProcessRuntime` implementations: `dummy` changes the simulated world as a real run
-//! would; `dummy_vm` is the dummy of one real agent (files written, programs pretended).
+//! `ProcessRuntime` implementations: `dummy` changes the simulated world (`sim-world`) as a
+//! real run would; `dummy_vm` is the dummy of one real agent (files written, programs pretended).
 //! `direct` (spawned processes) and `supervisord` follow the same trait.
 
 pub mod dummy;

@@ -4,9 +4,9 @@
 
 use agent_core::desired::DesiredState;
 use ndb_agent::simulation::{runtime, SimOptions, Simulation};
-use providers::FaultConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sim_world::FaultConfig;
 
 /// One replayable scenario.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -138,7 +138,7 @@ pub fn run_case(case: &Case) -> Result<(), String> {
                             "step {i}: move_leader_to needs leader_change_rate (0 for none at random)"
                         ));
                     }
-                    if !providers::mock::lock(&sim.world)
+                    if !sim_world::lock(&sim.world)
                         .vms
                         .contains_key(move_leader_to)
                     {
@@ -159,7 +159,7 @@ pub fn run_case(case: &Case) -> Result<(), String> {
                     continue;
                 }
                 Step::LoseVm { lose_vm } => {
-                    providers::mock::lock(&sim.world).lose_vm(lose_vm);
+                    sim_world::lock(&sim.world).lose_vm(lose_vm);
                     let report = sim.repair().await;
                     if report.outcome != "AT_DESIRED_STATE" {
                         return Err(format!(
@@ -206,7 +206,7 @@ fn vms(sim: &Simulation) -> String {
         .join(" ")
         + &format!(
             "; world programs: {:?}",
-            providers::mock::lock(&sim.world)
+            sim_world::lock(&sim.world)
                 .vms
                 .iter()
                 .map(|(n, v)| (n.clone(), v.program.as_ref().map(|p| p.kind)))
