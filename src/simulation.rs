@@ -9,6 +9,7 @@
 //! flight under their operation ids, which the mock world runs once each, as agents do.
 
 use agent_core::actions::ActionKind;
+use agent_core::backend::OpId;
 use agent_core::backend::{
     BackendError, CloudProvider, MgmCommand, ProcessRuntime, ProgramKind, ProgramSpec,
     ProgramStatus, RestoreRun, VmInfo, VmSpec,
@@ -147,14 +148,14 @@ struct LeaderAwareProvider {
 
 #[async_trait]
 impl CloudProvider for LeaderAwareProvider {
-    async fn create_vm(&self, spec: &VmSpec) -> Result<VmInfo, BackendError> {
-        self.inner.create_vm(spec).await
+    async fn create_vm(&self, op: OpId, spec: &VmSpec) -> Result<VmInfo, BackendError> {
+        self.inner.create_vm(op, spec).await
     }
-    async fn delete_vm(&self, name: &str) -> Result<(), BackendError> {
+    async fn delete_vm(&self, op: OpId, name: &str) -> Result<(), BackendError> {
         if leads(&self.world, name) {
             return Err(hand_over(&self.world, name).await);
         }
-        self.inner.delete_vm(name).await
+        self.inner.delete_vm(op, name).await
     }
     async fn list_vms(&self) -> Result<Vec<VmInfo>, BackendError> {
         self.inner.list_vms().await
@@ -168,46 +169,86 @@ struct LeaderAwareRuntime {
 
 #[async_trait]
 impl ProcessRuntime for LeaderAwareRuntime {
-    async fn install_software(&self, vm: &str, v: &str, url: &str) -> Result<(), BackendError> {
-        self.inner.install_software(vm, v, url).await
+    async fn install_software(
+        &self,
+        op: OpId,
+        vm: &str,
+        v: &str,
+        url: &str,
+    ) -> Result<(), BackendError> {
+        self.inner.install_software(op, vm, v, url).await
     }
-    async fn write_files(&self, vm: &str, files: &[ConfigFile]) -> Result<(), BackendError> {
-        self.inner.write_files(vm, files).await
+    async fn write_files(
+        &self,
+        op: OpId,
+        vm: &str,
+        files: &[ConfigFile],
+    ) -> Result<(), BackendError> {
+        self.inner.write_files(op, vm, files).await
     }
-    async fn start_program(&self, vm: &str, spec: &ProgramSpec) -> Result<(), BackendError> {
-        self.inner.start_program(vm, spec).await
+    async fn start_program(
+        &self,
+        op: OpId,
+        vm: &str,
+        spec: &ProgramSpec,
+    ) -> Result<(), BackendError> {
+        self.inner.start_program(op, vm, spec).await
     }
     async fn stop_program(
         &self,
+        op: OpId,
         vm: &str,
         kind: ProgramKind,
         cluster_shutdown: bool,
     ) -> Result<(), BackendError> {
-        self.inner.stop_program(vm, kind, cluster_shutdown).await
+        self.inner
+            .stop_program(op, vm, kind, cluster_shutdown)
+            .await
     }
     async fn status(&self, vm: &str) -> Result<ProgramStatus, BackendError> {
         self.inner.status(vm).await
     }
-    async fn mgm_command(&self, vm: &str, cmd: &MgmCommand) -> Result<Vec<u32>, BackendError> {
-        self.inner.mgm_command(vm, cmd).await
+    async fn mgm_command(
+        &self,
+        op: OpId,
+        vm: &str,
+        cmd: &MgmCommand,
+    ) -> Result<Vec<u32>, BackendError> {
+        self.inner.mgm_command(op, vm, cmd).await
     }
-    async fn restore(&self, vm: &str, run: &RestoreRun) -> Result<Vec<u32>, BackendError> {
-        self.inner.restore(vm, run).await
+    async fn restore(
+        &self,
+        op: OpId,
+        vm: &str,
+        run: &RestoreRun,
+    ) -> Result<Vec<u32>, BackendError> {
+        self.inner.restore(op, vm, run).await
     }
-    async fn delete_backup(&self, vm: &str, backup: &BackupSpec) -> Result<(), BackendError> {
-        self.inner.delete_backup(vm, backup).await
+    async fn delete_backup(
+        &self,
+        op: OpId,
+        vm: &str,
+        backup: &BackupSpec,
+    ) -> Result<(), BackendError> {
+        self.inner.delete_backup(op, vm, backup).await
     }
-    async fn restart_agent(&self, vm: &str) -> Result<(), BackendError> {
+    async fn restart_agent(&self, op: OpId, vm: &str) -> Result<(), BackendError> {
         if leads(&self.world, vm) {
             return Err(hand_over(&self.world, vm).await);
         }
-        self.inner.restart_agent(vm).await
+        self.inner.restart_agent(op, vm).await
     }
-    async fn upgrade_agent(&self, vm: &str, version: &str, url: &str) -> Result<(), BackendError> {
+    async fn upgrade_agent(
+        &self,
+        op: OpId,
+        vm: &str,
+        version: &str,
+        url: &str,
+    ) -> Result<(), BackendError> {
         if leads(&self.world, vm) {
             return Err(hand_over(&self.world, vm).await);
         }
-        self.inner.upgrade_agent(vm, version, url).await
+        self.inner.upgrade_agent(op, vm, version, url).await
     }
 }
 

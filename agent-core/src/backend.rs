@@ -7,16 +7,22 @@ use crate::model::{ConfigFile, Role};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-tokio::task_local! {
-    /// The operation id of the action a backend call belongs to (set by the reconciler).
-    /// Remote backends send it along, so an agent that already ran an operation answers a
-    /// new leader's repeat with the first result instead of doing it twice.
-    pub static CURRENT_OP: u64;
+/// The operation id of the action a backend call belongs to. Remote backends send it along,
+/// so an agent that already ran an operation answers a new leader's repeat with the first
+/// result instead of doing it twice. [`OpId::NONE`] outside an action: no deduplication.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+pub struct OpId(pub u64);
+
+impl OpId {
+    pub const NONE: OpId = OpId(0);
 }
 
-/// The operation id of the running action; 0 outside an action (no deduplication).
-pub fn current_op() -> u64 {
-    CURRENT_OP.try_with(|v| *v).unwrap_or(0)
+impl std::fmt::Display for OpId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
+    }
 }
 
 /// What the leader asks a provider to create.
@@ -61,9 +67,9 @@ pub enum BackendError {
 #[async_trait]
 pub trait CloudProvider: Send + Sync {
     /// Creates a VM with an agent of `spec.agent_version` on it; returns when the agent answers.
-    async fn create_vm(&self, spec: &VmSpec) -> Result<VmInfo, BackendError>;
+    async fn create_vm(&self, op: OpId, spec: &VmSpec) -> Result<VmInfo, BackendError>;
     /// Deletes a VM and its storage. Deleting a VM that is already gone succeeds.
-    async fn delete_vm(&self, name: &str) -> Result<(), BackendError>;
+    async fn delete_vm(&self, op: OpId, name: &str) -> Result<(), BackendError>;
     /// Every VM of this cluster the provider knows, created by any leader.
     async fn list_vms(&self) -> Result<Vec<VmInfo>, BackendError>;
 }
@@ -136,19 +142,31 @@ pub trait ProcessRuntime: Send + Sync {
     /// Downloads and unpacks a RonDB tarball next to the installed ones.
     async fn install_software(
         &self,
+        op: OpId,
         vm: &str,
         version: &str,
         url: &str,
     ) -> Result<(), BackendError>;
     /// Writes configuration files atomically.
-    async fn write_files(&self, vm: &str, files: &[ConfigFile]) -> Result<(), BackendError>;
+    async fn write_files(
+        &self,
+        op: OpId,
+        vm: &str,
+        files: &[ConfigFile],
+    ) -> Result<(), BackendError>;
     /// Starts the program; returns once it is started (a data node: `started` phase).
-    async fn start_program(&self, vm: &str, spec: &ProgramSpec) -> Result<(), BackendError>;
+    async fn start_program(
+        &self,
+        op: OpId,
+        vm: &str,
+        spec: &ProgramSpec,
+    ) -> Result<(), BackendError>;
     /// Stops the program cleanly; stopping a stopped program succeeds. `cluster_shutdown`
     /// is set when all of RonDB stops: then the last data node of a node group may stop too
     /// (otherwise RonDB refuses, as that would take the cluster down).
     async fn stop_program(
         &self,
+        op: OpId,
         vm: &str,
         kind: ProgramKind,
         cluster_shutdown: bool,
@@ -157,13 +175,30 @@ pub trait ProcessRuntime: Send + Sync {
     async fn status(&self, vm: &str) -> Result<ProgramStatus, BackendError>;
     /// Runs `ndb_mgm -e` against the management server on `vm`; returns the data-node ids
     /// involved for backups.
-    async fn mgm_command(&self, vm: &str, cmd: &MgmCommand) -> Result<Vec<u32>, BackendError>;
+    async fn mgm_command(
+        &self,
+        op: OpId,
+        vm: &str,
+        cmd: &MgmCommand,
+    ) -> Result<Vec<u32>, BackendError>;
     /// Runs one `ndb_restore` step; the metadata step returns the backup's original node ids.
-    async fn restore(&self, vm: &str, run: &RestoreRun) -> Result<Vec<u32>, BackendError>;
+    async fn restore(&self, op: OpId, vm: &str, run: &RestoreRun)
+        -> Result<Vec<u32>, BackendError>;
     /// Removes a backup from its sink.
-    async fn delete_backup(&self, vm: &str, backup: &BackupSpec) -> Result<(), BackendError>;
+    async fn delete_backup(
+        &self,
+        op: OpId,
+        vm: &str,
+        backup: &BackupSpec,
+    ) -> Result<(), BackendError>;
     /// Restarts the agent on `vm` (RonDB programs keep running under their supervisor).
-    async fn restart_agent(&self, vm: &str) -> Result<(), BackendError>;
+    async fn restart_agent(&self, op: OpId, vm: &str) -> Result<(), BackendError>;
     /// Downloads another agent build, checks it, swaps the binary and restarts.
-    async fn upgrade_agent(&self, vm: &str, version: &str, url: &str) -> Result<(), BackendError>;
+    async fn upgrade_agent(
+        &self,
+        op: OpId,
+        vm: &str,
+        version: &str,
+        url: &str,
+    ) -> Result<(), BackendError>;
 }

@@ -4,7 +4,7 @@
 
 use crate::actions::{Action, ActionKind, RestoreStep};
 use crate::backend::{
-    BackendError, CloudProvider, MgmCommand, ProcessRuntime, ProgramKind, ProgramSpec,
+    BackendError, CloudProvider, MgmCommand, OpId, ProcessRuntime, ProgramKind, ProgramSpec,
     ProgramStatus, RestoreRun, VmSpec,
 };
 use crate::commands;
@@ -501,14 +501,9 @@ impl Reconciler {
         }
     }
 
-    /// Gathers everything the action needs from the state now, so it runs without it; the
-    /// backends see the operation id as [`crate::backend::CURRENT_OP`].
+    /// Gathers everything the action needs from the state now, so it runs without it; every
+    /// backend call carries the action's operation id.
     fn prepare(&self, d: &DesiredState, action: &Action) -> Running {
-        let job = self.prepare_job(d, action);
-        Box::pin(crate::backend::CURRENT_OP.scope(action.op_id, job))
-    }
-
-    fn prepare_job(&self, d: &DesiredState, action: &Action) -> Running {
         let provider = Arc::clone(&self.provider);
         let runtime = Arc::clone(&self.runtime);
         let s = &self.state;
@@ -538,17 +533,27 @@ impl Reconciler {
                 Box::pin(async move {
                     (
                         op_id,
-                        provider.create_vm(&spec).await.map(Outcome::VmCreated),
+                        provider
+                            .create_vm(OpId(op_id), &spec)
+                            .await
+                            .map(Outcome::VmCreated),
                     )
                 })
             }
-            DeleteVm { vm, .. } => done(op_id, async move { provider.delete_vm(&vm).await }),
+            DeleteVm { vm, .. } => {
+                done(
+                    op_id,
+                    async move { provider.delete_vm(OpId(op_id), &vm).await },
+                )
+            }
             InstallSoftware { vm, version, .. } => {
                 // Another version than the desired one (a bridge during a downgrade) comes
                 // from the same place, with its own version in the name.
                 let url = d.rondb_download_link.replace(&d.rondb_version, &version);
                 done(op_id, async move {
-                    runtime.install_software(&vm, &version, &url).await
+                    runtime
+                        .install_software(OpId(op_id), &vm, &version, &url)
+                        .await
                 })
             }
             WriteConfig { vm, .. } => {
@@ -557,7 +562,9 @@ impl Reconciler {
                     .get(&vm)
                     .map(|v| files_for(d, s, v, &render_config_ini(d, s)))
                     .unwrap_or_default();
-                done(op_id, async move { runtime.write_files(&vm, &files).await })
+                done(op_id, async move {
+                    runtime.write_files(OpId(op_id), &vm, &files).await
+                })
             }
             StartMgmd {
                 vm,
@@ -649,7 +656,7 @@ impl Reconciler {
             }
             CreateBackup { backup_id, via } => Box::pin(async move {
                 let r = runtime
-                    .mgm_command(&via, &MgmCommand::StartBackup { backup_id })
+                    .mgm_command(OpId(op_id), &via, &MgmCommand::StartBackup { backup_id })
                     .await;
                 (
                     op_id,
@@ -666,10 +673,9 @@ impl Reconciler {
                         sink_type: crate::desired::SinkType::Local,
                         sink_parameters: Default::default(),
                     });
-                done(
-                    op_id,
-                    async move { runtime.delete_backup(&via, &spec).await },
-                )
+                done(op_id, async move {
+                    runtime.delete_backup(OpId(op_id), &via, &spec).await
+                })
             }
             RestoreBackup {
                 backup_id,
@@ -705,7 +711,7 @@ impl Reconciler {
                     original_node: node_id,
                 };
                 Box::pin(async move {
-                    let r = runtime.restore(&vm, &run).await;
+                    let r = runtime.restore(OpId(op_id), &vm, &run).await;
                     (
                         op_id,
                         r.map(|nodes| match step {
@@ -717,11 +723,15 @@ impl Reconciler {
                     )
                 })
             }
-            RestartAgent { vm, .. } => done(op_id, async move { runtime.restart_agent(&vm).await }),
+            RestartAgent { vm, .. } => done(op_id, async move {
+                runtime.restart_agent(OpId(op_id), &vm).await
+            }),
             UpgradeAgent { vm, version, .. } => {
                 let url = d.ndb_agent_download_link.clone();
                 done(op_id, async move {
-                    runtime.upgrade_agent(&vm, &version, &url).await
+                    runtime
+                        .upgrade_agent(OpId(op_id), &vm, &version, &url)
+                        .await
                 })
             }
         }
@@ -737,10 +747,9 @@ async fn recv(inbox: &mut Option<tokio::sync::mpsc::Receiver<Submit>>) -> Option
 }
 
 fn start(runtime: Arc<dyn ProcessRuntime>, op_id: u64, vm: String, spec: ProgramSpec) -> Running {
-    done(
-        op_id,
-        async move { runtime.start_program(&vm, &spec).await },
-    )
+    done(op_id, async move {
+        runtime.start_program(OpId(op_id), &vm, &spec).await
+    })
 }
 
 fn stop(
@@ -751,7 +760,9 @@ fn stop(
     cluster_shutdown: bool,
 ) -> Running {
     done(op_id, async move {
-        runtime.stop_program(&vm, kind, cluster_shutdown).await
+        runtime
+            .stop_program(OpId(op_id), &vm, kind, cluster_shutdown)
+            .await
     })
 }
 
@@ -765,7 +776,7 @@ fn mgm(
 ) -> Running {
     done(op_id, async move {
         match via {
-            Some(m) => runtime.mgm_command(&m, &cmd).await.map(|_| ()),
+            Some(m) => runtime.mgm_command(OpId(op_id), &m, &cmd).await.map(|_| ()),
             None => Ok(()),
         }
     })

@@ -5,6 +5,7 @@
 //! truth; only containers and volumes carrying this cluster's label are ever removed.
 
 use crate::{ProviderConfig, VmConfig};
+use agent_core::backend::OpId;
 use agent_core::backend::{BackendError, CloudProvider, VmInfo, VmSpec};
 use agent_core::desired::VmType;
 use agent_core::model::Role;
@@ -161,7 +162,7 @@ impl DockerProvider {
 
 #[async_trait]
 impl CloudProvider for DockerProvider {
-    async fn create_vm(&self, spec: &VmSpec) -> Result<VmInfo, BackendError> {
+    async fn create_vm(&self, _op: OpId, spec: &VmSpec) -> Result<VmInfo, BackendError> {
         let name = self.container_name(&spec.name);
         let vm_type = serde_json::to_value(spec.vm_type)
             .ok()
@@ -248,7 +249,7 @@ impl CloudProvider for DockerProvider {
                 }
             }
             if Instant::now() > deadline {
-                let _ = self.delete_vm(&spec.name).await;
+                let _ = self.delete_vm(OpId::NONE, &spec.name).await;
                 return Err(transient(
                     &format!("the agent of {} did not answer within 60 s", spec.name),
                     "the container was removed",
@@ -258,7 +259,7 @@ impl CloudProvider for DockerProvider {
         }
     }
 
-    async fn delete_vm(&self, vm: &str) -> Result<(), BackendError> {
+    async fn delete_vm(&self, _op: OpId, vm: &str) -> Result<(), BackendError> {
         let name = self.container_name(vm);
         // Only what this cluster created.
         match self.docker.inspect_container(&name, None).await {
@@ -353,7 +354,7 @@ impl CloudProvider for DockerProvider {
                         .unwrap_or(now);
                     if now.duration_since(since) >= crate::local::LOST_AFTER {
                         warn!(%vm, state = ?c.state, "container is not running: VM lost; removing it");
-                        if let Err(e) = self.delete_vm(&vm).await {
+                        if let Err(e) = self.delete_vm(OpId::NONE, &vm).await {
                             warn!(%vm, error = %e, "cannot remove the lost VM's container");
                         }
                         if let Ok(mut d) = self.dead_since.lock() {

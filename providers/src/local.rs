@@ -5,6 +5,7 @@
 //! directory tree and the processes), and a dead agent process is a lost VM.
 
 pub use crate::{ProviderConfig, VmConfig};
+use agent_core::backend::OpId;
 use agent_core::backend::{BackendError, CloudProvider, VmInfo, VmSpec};
 use agent_core::model::Role;
 use async_trait::async_trait;
@@ -165,7 +166,7 @@ fn signal(pid: u32, sig: nix::sys::signal::Signal) {
 
 #[async_trait]
 impl CloudProvider for LocalProvider {
-    async fn create_vm(&self, spec: &VmSpec) -> Result<VmInfo, BackendError> {
+    async fn create_vm(&self, _op: OpId, spec: &VmSpec) -> Result<VmInfo, BackendError> {
         let dir = self.vm_dir(&spec.name);
         let vm = VmConfig {
             spec: spec.clone(),
@@ -207,7 +208,7 @@ impl CloudProvider for LocalProvider {
                 )));
             }
             if Instant::now() > deadline {
-                let _ = self.delete_vm(&spec.name).await;
+                let _ = self.delete_vm(OpId::NONE, &spec.name).await;
                 return Err(BackendError::Transient(format!(
                     "the agent of {} did not listen within 30 s; the VM was removed",
                     spec.name
@@ -217,7 +218,7 @@ impl CloudProvider for LocalProvider {
         }
     }
 
-    async fn delete_vm(&self, name: &str) -> Result<(), BackendError> {
+    async fn delete_vm(&self, _op: OpId, name: &str) -> Result<(), BackendError> {
         let dir = self.vm_dir(name);
         if let Some(pid) = live_pid(&dir) {
             signal(pid, nix::sys::signal::Signal::SIGTERM);

@@ -1,6 +1,7 @@
 //! `mock`: the `CloudProvider` of the simulated world (`sim-world`), used by `simulate` and
 //! the generative tests.
 
+use agent_core::backend::OpId;
 use agent_core::backend::{BackendError, CloudProvider, VmInfo, VmSpec};
 use async_trait::async_trait;
 use sim_world::{lock, step, SharedWorld, WorldVm};
@@ -32,7 +33,7 @@ impl MockProvider {
 
 #[async_trait]
 impl CloudProvider for MockProvider {
-    async fn create_vm(&self, spec: &VmSpec) -> Result<VmInfo, BackendError> {
+    async fn create_vm(&self, _op: OpId, spec: &VmSpec) -> Result<VmInfo, BackendError> {
         let cost = lock(&self.world).cost.create_vm;
         let spec = spec.clone();
         let world = self.world.clone();
@@ -72,7 +73,7 @@ impl CloudProvider for MockProvider {
         spawned(work).await
     }
 
-    async fn delete_vm(&self, name: &str) -> Result<(), BackendError> {
+    async fn delete_vm(&self, _op: OpId, name: &str) -> Result<(), BackendError> {
         let cost = lock(&self.world).cost.delete_vm;
         let name = name.to_string();
         let world = self.world.clone();

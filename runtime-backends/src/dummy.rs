@@ -2,6 +2,7 @@
 //! the real program would, refusing what RonDB would refuse.
 
 use agent_core::actions::RestoreStep;
+use agent_core::backend::OpId;
 use agent_core::backend::{
     BackendError, MgmCommand, ProcessRuntime, ProgramKind, ProgramSpec, ProgramStatus, RestoreRun,
 };
@@ -29,6 +30,7 @@ impl DummyRuntime {
     /// One operation on `vm`, run once per operation id as the VM's agent would.
     fn run<T>(
         &self,
+        op: OpId,
         seconds: f64,
         vm: String,
         f: impl FnOnce(&mut World) -> Result<T, BackendError> + Send + 'static,
@@ -37,7 +39,7 @@ impl DummyRuntime {
         T: Clone + Send + Sync + 'static,
     {
         let world = self.world.clone();
-        once(&self.world, async move {
+        once(&self.world, op, async move {
             step(&world, seconds, Some(&vm), f).await
         })
     }
@@ -89,13 +91,14 @@ fn check_slot(w: &World, vm: &str, node_id: u32) -> Result<(), BackendError> {
 impl ProcessRuntime for DummyRuntime {
     async fn install_software(
         &self,
+        op: OpId,
         vm: &str,
         version: &str,
         _url: &str,
     ) -> Result<(), BackendError> {
         let cost = self.cost(|c| c.install_software);
         let (vm, version) = (vm.to_string(), version.to_string());
-        self.run(cost, vm.clone(), move |w| {
+        self.run(op, cost, vm.clone(), move |w| {
             if let Some(v) = w.vms.get_mut(&vm) {
                 v.installed.insert(version);
             }
@@ -104,10 +107,15 @@ impl ProcessRuntime for DummyRuntime {
         .await
     }
 
-    async fn write_files(&self, vm: &str, files: &[ConfigFile]) -> Result<(), BackendError> {
+    async fn write_files(
+        &self,
+        op: OpId,
+        vm: &str,
+        files: &[ConfigFile],
+    ) -> Result<(), BackendError> {
         let cost = self.cost(|c| c.write_config);
         let (vm, files) = (vm.to_string(), files.to_vec());
-        self.run(cost, vm.clone(), move |w| {
+        self.run(op, cost, vm.clone(), move |w| {
             if let Some(v) = w.vms.get_mut(&vm) {
                 for f in files {
                     v.files.insert(f.path, f.content);
@@ -118,7 +126,12 @@ impl ProcessRuntime for DummyRuntime {
         .await
     }
 
-    async fn start_program(&self, vm: &str, spec: &ProgramSpec) -> Result<(), BackendError> {
+    async fn start_program(
+        &self,
+        op: OpId,
+        vm: &str,
+        spec: &ProgramSpec,
+    ) -> Result<(), BackendError> {
         let cost = self.cost(|c| match spec.kind {
             ProgramKind::Mgmd => c.start_mgmd,
             ProgramKind::DataNode if spec.initial => c.start_data_node_initial,
@@ -127,7 +140,7 @@ impl ProcessRuntime for DummyRuntime {
             ProgramKind::Api => c.start_api,
         });
         let (vm, spec) = (vm.to_string(), spec.clone());
-        self.run(cost, vm.clone(), move |w| {
+        self.run(op, cost, vm.clone(), move |w| {
             // The start waits for a process that is still exiting.
             w.exiting.remove(&vm);
             let v = w
@@ -209,6 +222,7 @@ impl ProcessRuntime for DummyRuntime {
 
     async fn stop_program(
         &self,
+        op: OpId,
         vm: &str,
         _kind: ProgramKind,
         cluster_shutdown: bool,
@@ -222,7 +236,7 @@ impl ProcessRuntime for DummyRuntime {
         let vm = vm.to_string();
         lock(&self.world).stopping.insert(vm.clone());
         let name = vm.clone();
-        let r = self.run(cost, vm.clone(), move |w| {
+        let r = self.run(op, cost, vm.clone(), move |w| {
             if !cluster_shutdown && would_lose_node_group(w, &vm) {
                 return Err(failed(format!(
                     "RonDB refuses to stop the data node on {vm}: its node group would have no started node"
@@ -252,7 +266,12 @@ impl ProcessRuntime for DummyRuntime {
         })
     }
 
-    async fn mgm_command(&self, vm: &str, cmd: &MgmCommand) -> Result<Vec<u32>, BackendError> {
+    async fn mgm_command(
+        &self,
+        op: OpId,
+        vm: &str,
+        cmd: &MgmCommand,
+    ) -> Result<Vec<u32>, BackendError> {
         let cost = self.cost(|c| match cmd {
             MgmCommand::StartBackup { .. } => c.create_backup,
             _ => c.slot_change,
@@ -275,7 +294,7 @@ impl ProcessRuntime for DummyRuntime {
             lock(&self.world).stopping.insert(t.clone());
         }
         let r = self
-            .run(cost, vm.clone(), move |w| {
+            .run(op, cost, vm.clone(), move |w| {
                 let runs_mgmd = w
                     .vms
                     .get(&vm)
@@ -388,10 +407,15 @@ impl ProcessRuntime for DummyRuntime {
         r
     }
 
-    async fn restore(&self, vm: &str, run: &RestoreRun) -> Result<Vec<u32>, BackendError> {
+    async fn restore(
+        &self,
+        op: OpId,
+        vm: &str,
+        run: &RestoreRun,
+    ) -> Result<Vec<u32>, BackendError> {
         let cost = self.cost(|c| c.restore_backup);
         let (vm, run) = (vm.to_string(), run.clone());
-        self.run(cost, vm.clone(), move |w| {
+        self.run(op, cost, vm.clone(), move |w| {
             let b =
                 w.sink.get(&run.backup.id).cloned().ok_or_else(|| {
                     failed(format!("backup {} not found in its sink", run.backup.id))
@@ -417,20 +441,25 @@ impl ProcessRuntime for DummyRuntime {
         .await
     }
 
-    async fn delete_backup(&self, vm: &str, backup: &BackupSpec) -> Result<(), BackendError> {
+    async fn delete_backup(
+        &self,
+        op: OpId,
+        vm: &str,
+        backup: &BackupSpec,
+    ) -> Result<(), BackendError> {
         let cost = self.cost(|c| c.delete_backup);
         let (vm, id) = (vm.to_string(), backup.id);
-        self.run(cost, vm.clone(), move |w| {
+        self.run(op, cost, vm.clone(), move |w| {
             w.sink.remove(&id);
             Ok(())
         })
         .await
     }
 
-    async fn restart_agent(&self, vm: &str) -> Result<(), BackendError> {
+    async fn restart_agent(&self, op: OpId, vm: &str) -> Result<(), BackendError> {
         let cost = self.cost(|c| c.restart_agent);
         let vm = vm.to_string();
-        self.run(cost, vm.clone(), move |w| {
+        self.run(op, cost, vm.clone(), move |w| {
             if let Some(v) = w.vms.get_mut(&vm) {
                 v.agent_restarts += 1;
             }
@@ -439,10 +468,16 @@ impl ProcessRuntime for DummyRuntime {
         .await
     }
 
-    async fn upgrade_agent(&self, vm: &str, version: &str, _url: &str) -> Result<(), BackendError> {
+    async fn upgrade_agent(
+        &self,
+        op: OpId,
+        vm: &str,
+        version: &str,
+        _url: &str,
+    ) -> Result<(), BackendError> {
         let cost = self.cost(|c| c.upgrade_agent);
         let (vm, version) = (vm.to_string(), version.to_string());
-        self.run(cost, vm.clone(), move |w| {
+        self.run(op, cost, vm.clone(), move |w| {
             if let Some(v) = w.vms.get_mut(&vm) {
                 v.agent_version = version;
                 v.agent_restarts += 1;

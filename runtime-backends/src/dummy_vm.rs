@@ -6,6 +6,7 @@
 //! that is not in the sink).
 
 use agent_core::actions::RestoreStep;
+use agent_core::backend::OpId;
 use agent_core::backend::{
     BackendError, MgmCommand, ProcessRuntime, ProgramKind, ProgramSpec, ProgramStatus, RestoreRun,
 };
@@ -146,6 +147,7 @@ impl VmDummyRuntime {
 impl ProcessRuntime for VmDummyRuntime {
     async fn install_software(
         &self,
+        _op: OpId,
         vm: &str,
         version: &str,
         url: &str,
@@ -159,7 +161,12 @@ impl ProcessRuntime for VmDummyRuntime {
         self.save(&s)
     }
 
-    async fn write_files(&self, vm: &str, files: &[ConfigFile]) -> Result<(), BackendError> {
+    async fn write_files(
+        &self,
+        _op: OpId,
+        vm: &str,
+        files: &[ConfigFile],
+    ) -> Result<(), BackendError> {
         self.check(vm)?;
         let _s = self.state.lock().await;
         for f in files {
@@ -175,7 +182,12 @@ impl ProcessRuntime for VmDummyRuntime {
         Ok(())
     }
 
-    async fn start_program(&self, vm: &str, spec: &ProgramSpec) -> Result<(), BackendError> {
+    async fn start_program(
+        &self,
+        _op: OpId,
+        vm: &str,
+        spec: &ProgramSpec,
+    ) -> Result<(), BackendError> {
         self.check(vm)?;
         let mut s = self.state.lock().await;
         if !s.installed.contains(&spec.version) {
@@ -203,6 +215,7 @@ impl ProcessRuntime for VmDummyRuntime {
 
     async fn stop_program(
         &self,
+        _op: OpId,
         vm: &str,
         kind: ProgramKind,
         cluster_shutdown: bool,
@@ -226,7 +239,12 @@ impl ProcessRuntime for VmDummyRuntime {
         })
     }
 
-    async fn mgm_command(&self, vm: &str, cmd: &MgmCommand) -> Result<Vec<u32>, BackendError> {
+    async fn mgm_command(
+        &self,
+        _op: OpId,
+        vm: &str,
+        cmd: &MgmCommand,
+    ) -> Result<Vec<u32>, BackendError> {
         self.check(vm)?;
         let mut s = self.state.lock().await;
         if !(s.program.running && s.program.kind == Some(ProgramKind::Mgmd)) {
@@ -262,7 +280,12 @@ impl ProcessRuntime for VmDummyRuntime {
         Ok(out)
     }
 
-    async fn restore(&self, vm: &str, run: &RestoreRun) -> Result<Vec<u32>, BackendError> {
+    async fn restore(
+        &self,
+        _op: OpId,
+        vm: &str,
+        run: &RestoreRun,
+    ) -> Result<Vec<u32>, BackendError> {
         self.check(vm)?;
         let _s = self.state.lock().await;
         let d = self.backup_dir(run.backup.id);
@@ -285,7 +308,12 @@ impl ProcessRuntime for VmDummyRuntime {
         })
     }
 
-    async fn delete_backup(&self, vm: &str, backup: &BackupSpec) -> Result<(), BackendError> {
+    async fn delete_backup(
+        &self,
+        _op: OpId,
+        vm: &str,
+        backup: &BackupSpec,
+    ) -> Result<(), BackendError> {
         self.check(vm)?;
         self.record(&format!("delete backup {}", backup.id))?;
         match std::fs::remove_dir_all(self.backup_dir(backup.id)) {
@@ -295,12 +323,18 @@ impl ProcessRuntime for VmDummyRuntime {
         }
     }
 
-    async fn restart_agent(&self, vm: &str) -> Result<(), BackendError> {
+    async fn restart_agent(&self, _op: OpId, vm: &str) -> Result<(), BackendError> {
         self.check(vm)?;
         self.record("restart agent")
     }
 
-    async fn upgrade_agent(&self, vm: &str, version: &str, url: &str) -> Result<(), BackendError> {
+    async fn upgrade_agent(
+        &self,
+        _op: OpId,
+        vm: &str,
+        version: &str,
+        url: &str,
+    ) -> Result<(), BackendError> {
         self.check(vm)?;
         self.record(&format!("upgrade agent to {version} from {url}"))?;
         // The dummy keeps this build and only records the version it was asked to run.

@@ -6,7 +6,7 @@
 //! `DEACTIVATE` of an inactive node fails, `HOSTNAME` needs an inactive node, ...), so a
 //! planner mistake shows up as a failed action rather than passing silently.
 
-use agent_core::backend::{BackendError, VmInfo};
+use agent_core::backend::{BackendError, OpId, VmInfo};
 use agent_core::cost::CostModel;
 use agent_core::model::Role;
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -355,15 +355,15 @@ pub async fn step<T>(
 /// is gone (the work is spawned), and once per operation id: a new leader repeating an
 /// operation it found in flight gets the first run's result, waiting for it if needed.
 /// Outside an action (operation id 0) the work simply runs.
-pub async fn once<T, F>(world: &SharedWorld, work: F) -> Result<T, BackendError>
+pub async fn once<T, F>(world: &SharedWorld, op: OpId, work: F) -> Result<T, BackendError>
 where
     T: Clone + Send + Sync + 'static,
     F: Future<Output = Result<T, BackendError>> + Send + 'static,
 {
-    let op = agent_core::backend::current_op();
-    if op == 0 {
+    if op == OpId::NONE {
         return work.await;
     }
+    let op = op.0;
     let shared: OpResult<T> = {
         let mut w = lock(world);
         let known = w

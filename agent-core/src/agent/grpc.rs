@@ -6,6 +6,7 @@
 
 use super::AgentShared;
 use crate::actions::RestoreStep;
+use crate::backend::OpId;
 use crate::backend::{
     BackendError, MgmCommand, ProcessRuntime, ProgramKind, ProgramSpec, RestoreRun,
 };
@@ -200,7 +201,7 @@ impl Agent for AgentService {
             self,
             vm,
             |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
-                rt.install_software(&vm, &version, &url)
+                rt.install_software(OpId(op_id), &vm, &version, &url)
                     .await
                     .map(|_| vec![])
             }
@@ -226,7 +227,9 @@ impl Agent for AgentService {
             self,
             vm,
             |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
-                rt.write_files(&vm, &files).await.map(|_| vec![])
+                rt.write_files(OpId(op_id), &vm, &files)
+                    .await
+                    .map(|_| vec![])
             }
         );
         self.run(op_id, fut).await
@@ -249,7 +252,9 @@ impl Agent for AgentService {
             self,
             vm,
             |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
-                rt.start_program(&vm, &spec).await.map(|_| vec![])
+                rt.start_program(OpId(op_id), &vm, &spec)
+                    .await
+                    .map(|_| vec![])
             }
         );
         self.run(op_id, fut).await
@@ -267,7 +272,9 @@ impl Agent for AgentService {
             self,
             vm,
             |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
-                rt.stop_program(&vm, kind, shutdown).await.map(|_| vec![])
+                rt.stop_program(OpId(op_id), &vm, kind, shutdown)
+                    .await
+                    .map(|_| vec![])
             }
         );
         self.run(op_id, fut).await
@@ -306,7 +313,9 @@ impl Agent for AgentService {
         let fut = op!(
             self,
             vm,
-            |rt: Arc<dyn ProcessRuntime>, vm: String| async move { rt.mgm_command(&vm, &cmd).await }
+            |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
+                rt.mgm_command(OpId(op_id), &vm, &cmd).await
+            }
         );
         self.run(op_id, fut).await
     }
@@ -327,7 +336,9 @@ impl Agent for AgentService {
         let fut = op!(
             self,
             vm,
-            |rt: Arc<dyn ProcessRuntime>, vm: String| async move { rt.restore(&vm, &run).await }
+            |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
+                rt.restore(OpId(op_id), &vm, &run).await
+            }
         );
         self.run(op_id, fut).await
     }
@@ -343,7 +354,9 @@ impl Agent for AgentService {
             self,
             vm,
             |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
-                rt.delete_backup(&vm, &backup).await.map(|_| vec![])
+                rt.delete_backup(OpId(op_id), &vm, &backup)
+                    .await
+                    .map(|_| vec![])
             }
         );
         self.run(op_id, fut).await
@@ -373,7 +386,9 @@ impl Agent for AgentService {
             vm,
             |rt: Arc<dyn ProcessRuntime>, vm: String| async move {
                 super::upgrade::install(&dir, &version, &url).await?;
-                rt.upgrade_agent(&vm, &version, &url).await.map(|_| vec![])
+                rt.upgrade_agent(OpId(op_id), &vm, &version, &url)
+                    .await
+                    .map(|_| vec![])
             }
         );
         let reply = self.run(op_id, fut).await?;

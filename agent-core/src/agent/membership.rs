@@ -4,6 +4,7 @@
 //! change runs at a time.
 
 use super::AgentShared;
+use crate::backend::OpId;
 use crate::backend::{BackendError, CloudProvider, VmInfo, VmSpec};
 use crate::raft::{AgentNode, NodeId, Raft, Request, Response};
 use async_trait::async_trait;
@@ -334,19 +335,19 @@ fn role_rank(role: &str) -> u8 {
 
 #[async_trait]
 impl CloudProvider for Membership {
-    async fn create_vm(&self, spec: &VmSpec) -> Result<VmInfo, BackendError> {
-        let info = self.shared.provider.create_vm(spec).await?;
+    async fn create_vm(&self, op: OpId, spec: &VmSpec) -> Result<VmInfo, BackendError> {
+        let info = self.shared.provider.create_vm(op, spec).await?;
         if let Err(e) = self.admit(&info).await {
             // No half-made VMs: the retry creates it again.
             warn!(vm = %info.name, error = %e, "agent could not join; deleting the VM");
             let _ = self.expel(&info.name).await;
-            let _ = self.shared.provider.delete_vm(&info.name).await;
+            let _ = self.shared.provider.delete_vm(op, &info.name).await;
             return Err(e);
         }
         Ok(info)
     }
 
-    async fn delete_vm(&self, name: &str) -> Result<(), BackendError> {
+    async fn delete_vm(&self, op: OpId, name: &str) -> Result<(), BackendError> {
         if name == self.shared.vm {
             // The leader's own VM: leave the group first; the next leader deletes it.
             self.expel(name).await?;
@@ -355,7 +356,7 @@ impl CloudProvider for Membership {
             )));
         }
         self.expel(name).await?;
-        self.shared.provider.delete_vm(name).await
+        self.shared.provider.delete_vm(op, name).await
     }
 
     async fn list_vms(&self) -> Result<Vec<VmInfo>, BackendError> {

@@ -4,7 +4,7 @@
 use super::grpc::{backup_to_pb, kind_to_pb, step_to_str};
 use super::AgentShared;
 use crate::backend::{
-    current_op, BackendError, MgmCommand, ProcessRuntime, ProgramKind, ProgramSpec, ProgramStatus,
+    BackendError, MgmCommand, OpId, ProcessRuntime, ProgramKind, ProgramSpec, ProgramStatus,
     RestoreRun,
 };
 use crate::desired::BackupSpec;
@@ -31,17 +31,18 @@ impl RemoteRuntime {
         RemoteRuntime { shared }
     }
 
-    async fn call<T, F, Fut>(&self, vm: &str, f: F) -> Result<T, BackendError>
+    async fn call<T, F, Fut>(&self, op: OpId, vm: &str, f: F) -> Result<T, BackendError>
     where
         F: Fn(AgentClient<Channel>, pb::Target) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.call_within(vm, UNREACHABLE_AFTER, f).await
+        self.call_within(op, vm, UNREACHABLE_AFTER, f).await
     }
 
     /// Calls `vm`'s agent, retrying while it is unreachable for up to `patience`.
     async fn call_within<T, F, Fut>(
         &self,
+        op: OpId,
         vm: &str,
         patience: Duration,
         f: F,
@@ -63,7 +64,7 @@ impl RemoteRuntime {
                 .map_err(|e| BackendError::Failed(format!("{vm}: bad agent address {ep}: {e}")))?;
             let target = pb::Target {
                 vm: vm.to_string(),
-                op_id: current_op(),
+                op_id: op.0,
             };
             match f(client, target).await {
                 Ok(r) => return Ok(r.into_inner()),
@@ -128,12 +129,13 @@ fn no_ids(r: Result<pb::OpReply, BackendError>) -> Result<(), BackendError> {
 impl ProcessRuntime for RemoteRuntime {
     async fn install_software(
         &self,
+        op: OpId,
         vm: &str,
         version: &str,
         url: &str,
     ) -> Result<(), BackendError> {
         no_ids(
-            self.call(vm, |mut c, target| async move {
+            self.call(op, vm, |mut c, target| async move {
                 c.install_software(pb::InstallSoftwareRequest {
                     target: Some(target),
                     version: version.to_string(),
@@ -145,7 +147,12 @@ impl ProcessRuntime for RemoteRuntime {
         )
     }
 
-    async fn write_files(&self, vm: &str, files: &[ConfigFile]) -> Result<(), BackendError> {
+    async fn write_files(
+        &self,
+        op: OpId,
+        vm: &str,
+        files: &[ConfigFile],
+    ) -> Result<(), BackendError> {
         let files: Vec<pb::ConfigFile> = files
             .iter()
             .map(|f| pb::ConfigFile {
@@ -154,7 +161,7 @@ impl ProcessRuntime for RemoteRuntime {
             })
             .collect();
         no_ids(
-            self.call(vm, |mut c, target| {
+            self.call(op, vm, |mut c, target| {
                 let files = files.clone();
                 async move {
                     c.write_files(pb::WriteFilesRequest {
@@ -168,9 +175,14 @@ impl ProcessRuntime for RemoteRuntime {
         )
     }
 
-    async fn start_program(&self, vm: &str, spec: &ProgramSpec) -> Result<(), BackendError> {
+    async fn start_program(
+        &self,
+        op: OpId,
+        vm: &str,
+        spec: &ProgramSpec,
+    ) -> Result<(), BackendError> {
         no_ids(
-            self.call(vm, |mut c, target| async move {
+            self.call(op, vm, |mut c, target| async move {
                 c.start_program(pb::StartProgramRequest {
                     target: Some(target),
                     kind: kind_to_pb(spec.kind) as i32,
@@ -187,12 +199,13 @@ impl ProcessRuntime for RemoteRuntime {
 
     async fn stop_program(
         &self,
+        op: OpId,
         vm: &str,
         kind: ProgramKind,
         cluster_shutdown: bool,
     ) -> Result<(), BackendError> {
         no_ids(
-            self.call(vm, |mut c, target| async move {
+            self.call(op, vm, |mut c, target| async move {
                 c.stop_program(pb::StopProgramRequest {
                     target: Some(target),
                     kind: kind_to_pb(kind) as i32,
@@ -207,7 +220,7 @@ impl ProcessRuntime for RemoteRuntime {
     async fn status(&self, vm: &str) -> Result<ProgramStatus, BackendError> {
         // Observation must be quick: one attempt; a dead agent is the provider's to judge.
         let r = self
-            .call_within(vm, Duration::ZERO, |mut c, target| async move {
+            .call_within(OpId::NONE, vm, Duration::ZERO, |mut c, target| async move {
                 let mut req = tonic::Request::new(pb::StatusRequest {
                     target: Some(target),
                 });
@@ -221,7 +234,12 @@ impl ProcessRuntime for RemoteRuntime {
         })
     }
 
-    async fn mgm_command(&self, vm: &str, cmd: &MgmCommand) -> Result<Vec<u32>, BackendError> {
+    async fn mgm_command(
+        &self,
+        op: OpId,
+        vm: &str,
+        cmd: &MgmCommand,
+    ) -> Result<Vec<u32>, BackendError> {
         use pb::mgm_command_request::Command as C;
         let command = match cmd {
             MgmCommand::Activate { node_id } => C::Activate(*node_id),
@@ -233,7 +251,7 @@ impl ProcessRuntime for RemoteRuntime {
             MgmCommand::StartBackup { backup_id } => C::StartBackup(*backup_id),
         };
         let r = self
-            .call(vm, |mut c, target| {
+            .call(op, vm, |mut c, target| {
                 let command = command.clone();
                 async move {
                     c.mgm_command(pb::MgmCommandRequest {
@@ -247,9 +265,14 @@ impl ProcessRuntime for RemoteRuntime {
         Ok(r.node_ids)
     }
 
-    async fn restore(&self, vm: &str, run: &RestoreRun) -> Result<Vec<u32>, BackendError> {
+    async fn restore(
+        &self,
+        op: OpId,
+        vm: &str,
+        run: &RestoreRun,
+    ) -> Result<Vec<u32>, BackendError> {
         let r = self
-            .call(vm, |mut c, target| async move {
+            .call(op, vm, |mut c, target| async move {
                 c.restore(pb::RestoreRequest {
                     target: Some(target),
                     backup: Some(backup_to_pb(&run.backup)),
@@ -264,9 +287,14 @@ impl ProcessRuntime for RemoteRuntime {
         Ok(r.node_ids)
     }
 
-    async fn delete_backup(&self, vm: &str, backup: &BackupSpec) -> Result<(), BackendError> {
+    async fn delete_backup(
+        &self,
+        op: OpId,
+        vm: &str,
+        backup: &BackupSpec,
+    ) -> Result<(), BackendError> {
         no_ids(
-            self.call(vm, |mut c, target| async move {
+            self.call(op, vm, |mut c, target| async move {
                 c.delete_backup(pb::DeleteBackupRequest {
                     target: Some(target),
                     backup: Some(backup_to_pb(backup)),
@@ -277,10 +305,10 @@ impl ProcessRuntime for RemoteRuntime {
         )
     }
 
-    async fn restart_agent(&self, vm: &str) -> Result<(), BackendError> {
+    async fn restart_agent(&self, op: OpId, vm: &str) -> Result<(), BackendError> {
         self.leader_last(vm).await?;
         no_ids(
-            self.call(vm, |mut c, target| async move {
+            self.call(op, vm, |mut c, target| async move {
                 c.restart_agent(pb::StatusRequest {
                     target: Some(target),
                 })
@@ -291,10 +319,16 @@ impl ProcessRuntime for RemoteRuntime {
         self.shared.wait_agent_back(vm).await
     }
 
-    async fn upgrade_agent(&self, vm: &str, version: &str, url: &str) -> Result<(), BackendError> {
+    async fn upgrade_agent(
+        &self,
+        op: OpId,
+        vm: &str,
+        version: &str,
+        url: &str,
+    ) -> Result<(), BackendError> {
         self.leader_last(vm).await?;
         no_ids(
-            self.call(vm, |mut c, target| async move {
+            self.call(op, vm, |mut c, target| async move {
                 c.upgrade_agent(pb::UpgradeAgentRequest {
                     target: Some(target),
                     version: version.to_string(),

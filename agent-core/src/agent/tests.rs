@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
+use crate::backend::OpId;
 use crate::backend::{
     MgmCommand, ProgramKind, ProgramSpec, ProgramStatus, RestoreRun, VmInfo, VmSpec,
 };
@@ -20,36 +21,53 @@ struct Counting {
 
 #[async_trait]
 impl ProcessRuntime for Counting {
-    async fn install_software(&self, _: &str, _: &str, _: &str) -> Result<(), BackendError> {
+    async fn install_software(
+        &self,
+        _: OpId,
+        _: &str,
+        _: &str,
+        _: &str,
+    ) -> Result<(), BackendError> {
         Ok(())
     }
-    async fn write_files(&self, _: &str, _: &[ConfigFile]) -> Result<(), BackendError> {
+    async fn write_files(&self, _: OpId, _: &str, _: &[ConfigFile]) -> Result<(), BackendError> {
         Ok(())
     }
-    async fn start_program(&self, _: &str, _: &ProgramSpec) -> Result<(), BackendError> {
+    async fn start_program(&self, _: OpId, _: &str, _: &ProgramSpec) -> Result<(), BackendError> {
         tokio::time::sleep(Duration::from_millis(50)).await;
         self.starts.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
-    async fn stop_program(&self, _: &str, _: ProgramKind, _: bool) -> Result<(), BackendError> {
+    async fn stop_program(
+        &self,
+        _: OpId,
+        _: &str,
+        _: ProgramKind,
+        _: bool,
+    ) -> Result<(), BackendError> {
         Ok(())
     }
     async fn status(&self, _: &str) -> Result<ProgramStatus, BackendError> {
         Ok(ProgramStatus::default())
     }
-    async fn mgm_command(&self, _: &str, _: &MgmCommand) -> Result<Vec<u32>, BackendError> {
+    async fn mgm_command(
+        &self,
+        _: OpId,
+        _: &str,
+        _: &MgmCommand,
+    ) -> Result<Vec<u32>, BackendError> {
         Ok(vec![])
     }
-    async fn restore(&self, _: &str, _: &RestoreRun) -> Result<Vec<u32>, BackendError> {
+    async fn restore(&self, _: OpId, _: &str, _: &RestoreRun) -> Result<Vec<u32>, BackendError> {
         Ok(vec![])
     }
-    async fn delete_backup(&self, _: &str, _: &BackupSpec) -> Result<(), BackendError> {
+    async fn delete_backup(&self, _: OpId, _: &str, _: &BackupSpec) -> Result<(), BackendError> {
         Ok(())
     }
-    async fn restart_agent(&self, _: &str) -> Result<(), BackendError> {
+    async fn restart_agent(&self, _: OpId, _: &str) -> Result<(), BackendError> {
         Ok(())
     }
-    async fn upgrade_agent(&self, _: &str, _: &str, _: &str) -> Result<(), BackendError> {
+    async fn upgrade_agent(&self, _: OpId, _: &str, _: &str, _: &str) -> Result<(), BackendError> {
         Ok(())
     }
 }
@@ -58,10 +76,10 @@ struct NoProvider;
 
 #[async_trait]
 impl CloudProvider for NoProvider {
-    async fn create_vm(&self, _: &VmSpec) -> Result<VmInfo, BackendError> {
+    async fn create_vm(&self, _: OpId, _: &VmSpec) -> Result<VmInfo, BackendError> {
         Err(BackendError::Failed("no provider in this test".into()))
     }
-    async fn delete_vm(&self, _: &str) -> Result<(), BackendError> {
+    async fn delete_vm(&self, _: OpId, _: &str) -> Result<(), BackendError> {
         Ok(())
     }
     async fn list_vms(&self) -> Result<Vec<VmInfo>, BackendError> {
