@@ -2,11 +2,12 @@
 //! provider), `up` (the bootstrap agent that applies and watches a desired-state file),
 //! `down` (stops every agent of a data directory), and the HTTP clients `apply` and `status`.
 
-use agent_core::agent::http::Status;
-use agent_core::agent::{self, AgentOptions, Exit};
+use agent::http::Status;
+use agent::ReconcilerConfig;
+use agent::{AgentOptions, Exit};
 use agent_core::backend::{CloudProvider, ProcessRuntime, VmSpec};
 use agent_core::desired::VmType;
-use agent_core::{ReconcilerConfig, Role};
+use agent_core::Role;
 use anyhow::{bail, Context};
 use providers::docker::{DockerConfig, DockerProvider, AGENT_GRPC_PORT, AGENT_HTTP_PORT, VM_ENV};
 use providers::local::{self, AgentAddress, LocalProvider};

@@ -8,6 +8,8 @@
 //! committed state on a VM chosen at random, observes the world and resumes the actions in
 //! flight under their operation ids, which the mock world runs once each, as agents do.
 
+use agent::Journal;
+use agent::{EventHook, Reconciler, ReconcilerConfig};
 use agent_core::actions::ActionKind;
 use agent_core::backend::OpId;
 use agent_core::backend::{
@@ -17,11 +19,10 @@ use agent_core::backend::{
 use agent_core::cost::CostModel;
 use agent_core::desired::BackupSpec;
 use agent_core::desired::DesiredState;
+use agent_core::diff;
 use agent_core::invariants::{check_settled, InvariantChecker};
 use agent_core::model::ConfigFile;
 use agent_core::model::{ClusterState, Event, ReconciliationState};
-use agent_core::Journal;
-use agent_core::{diff, EventHook, Reconciler, ReconcilerConfig};
 use async_trait::async_trait;
 use providers::mock::MockProvider;
 use rand::{Rng, SeedableRng};

@@ -1,5 +1,6 @@
-//! The core of the managed-RonDB agent: the desired-state API and its validation, the
-//! cluster-state model, the pure planner, and the reconcile loop.
+//! The pure core of the managed-RonDB agent: the desired-state API and its validation, the
+//! cluster-state model and its events, the planner, the safety rules, the cost model, and the
+//! RonDB command lines. It decides and does no I/O: the agent crate drives it.
 //!
 //! No backend lives here. The world is reached only through [`CloudProvider`] (machines) and
 //! [`ProcessRuntime`] (RonDB programs on a machine), so the same loop drives an in-memory
@@ -17,11 +18,6 @@ pub use actions::{Action, ActionKind};
 pub use backend::{CloudProvider, ProcessRuntime};
 pub use model::{ClusterState, ReconciliationState, Role};
 pub use planner::{diff, plan};
-pub mod agent;
 pub mod commands;
 pub mod cost;
 pub mod invariants;
-pub mod raft;
-pub mod reconcile;
-
-pub use reconcile::{EventHook, Journal, Reconciler, ReconcilerConfig, Submission, Submit};

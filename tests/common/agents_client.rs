@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use agent_core::agent::http::Status;
+use agent::http::Status;
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 

@@ -14,7 +14,7 @@
 #[path = "../common/agents_client.rs"]
 mod agents_client;
 
-use agent_core::agent::http::Status;
+use agent::http::Status;
 use agents_client::AgentsClient;
 use bollard::container::{
     Config, CreateContainerOptions, KillContainerOptions, ListContainersOptions,

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use crate::agents_client::AgentsClient;
-use agent_core::agent::http::Status;
+use agent::http::Status;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ndb-agent");
 
-fn roles_match(s: &agent_core::agent::http::Status) -> bool {
+fn roles_match(s: &agent::http::Status) -> bool {
     count_role(s, "mgmd") == 1
         && count_role(s, "ndbd") == 4
         && count_role(s, "mysqld") == 2

@@ -4,7 +4,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use agent_core::raft::store;
+use agent::raft::store;
 use openraft::storage::RaftStateMachine;
 use openraft::RaftLogReader;
 use std::io::{BufRead, BufReader};

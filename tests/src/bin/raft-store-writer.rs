@@ -2,8 +2,8 @@
 //! each to the state machine, and prints `acked N` only after both returned (the moment
 //! openraft would consider them durable). The crash test SIGKILLs it at a random moment.
 
-use agent_core::raft::store;
-use agent_core::raft::{Request, TypeConfig};
+use agent::raft::store;
+use agent::raft::{Request, TypeConfig};
 use openraft::storage::{RaftLogStorageExt, RaftStateMachine};
 use openraft::{Entry, EntryPayload};
 use std::io::Write;

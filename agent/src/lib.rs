@@ -1,5 +1,8 @@
-//! One agent: its gRPC services, its Raft node, its HTTP API and, while it leads, the
-//! reconciler. The binary wires in the backends; nothing here knows which ones.
+//! The agent: the node that runs on every VM. Its gRPC services, its Raft node (storage,
+//! network, the state machine that is the cluster state), its HTTP API, the leader's
+//! `RemoteRuntime` and membership, agent upgrades and, while it leads, the reconcile loop
+//! that drives `agent-core`'s planner. The binary wires in the backends; nothing here knows
+//! which ones. The decisions live in `agent-core`, which does no I/O.
 //!
 //! Lifecycle: an agent starts unjoined (no Raft id) unless it is the bootstrap agent or its
 //! directory holds a Raft id from an earlier run. The leader gives it an id (`Join`), adds it
@@ -9,15 +12,21 @@
 pub mod grpc;
 pub mod http;
 pub mod membership;
+pub mod raft;
+pub mod reconcile;
 pub mod remote;
 pub mod upgrade;
+
+pub use reconcile::{EventHook, Journal, Reconciler, ReconcilerConfig, Submission, Submit};
+
+// The core's modules under their usual names, so `crate::model::...` reads as in the core.
+use agent_core::{actions, backend, commands, desired, model, planner};
 
 use crate::backend::{BackendError, CloudProvider, ProcessRuntime};
 use crate::model::Event;
 use crate::raft::network::{endpoint, GrpcNetwork};
 use crate::raft::store;
 use crate::raft::{AgentNode, NodeId, Raft, Replicated, Request, BOOTSTRAP_ID};
-use crate::reconcile::{Journal, Reconciler, ReconcilerConfig, Submit};
 use ndb_proto::v1 as pb;
 use ndb_proto::v1::agent_client::AgentClient;
 use openraft::ServerState;
