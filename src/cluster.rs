@@ -11,7 +11,7 @@ use agent_core::Role;
 use anyhow::{bail, Context};
 use providers::docker::{DockerConfig, DockerProvider, AGENT_GRPC_PORT, AGENT_HTTP_PORT, VM_ENV};
 use providers::local::{self, AgentAddress, LocalProvider};
-use providers::{ProviderConfig, VmConfig};
+use providers::{ProviderConfig, RuntimeKind, VmConfig};
 use runtime_backends::VmDummyRuntime;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,13 +48,13 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn make_runtime(
-    name: &str,
+    kind: RuntimeKind,
     vm: &str,
     dir: &Path,
     data_dir: &Path,
 ) -> anyhow::Result<Arc<dyn ProcessRuntime>> {
-    match name {
-        "dummy" => {
+    match kind {
+        RuntimeKind::Dummy => {
             let delay = std::env::var(DUMMY_DELAY_ENV)
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok())
@@ -66,7 +66,6 @@ fn make_runtime(
                 Duration::from_millis(delay),
             )))
         }
-        other => bail!("unknown runtime {other:?}; this build has: dummy"),
     }
 }
 
@@ -135,10 +134,10 @@ fn options(vm: &VmConfig, dir: &Path, bootstrap: bool, advertise: Option<String>
 fn make_provider(vm: &VmConfig, program: &Path) -> anyhow::Result<Arc<dyn CloudProvider>> {
     Ok(match &vm.provider {
         ProviderConfig::Local { data_dir } => {
-            Arc::new(LocalProvider::new(data_dir, program, &vm.runtime))
+            Arc::new(LocalProvider::new(data_dir, program, vm.runtime))
         }
         ProviderConfig::Docker(cfg) => Arc::new(
-            DockerProvider::new(cfg.clone(), &vm.runtime).map_err(|e| anyhow::anyhow!("{e}"))?,
+            DockerProvider::new(cfg.clone(), vm.runtime).map_err(|e| anyhow::anyhow!("{e}"))?,
         ),
     })
 }
@@ -215,7 +214,7 @@ pub fn agent_command(dir: &Path) -> anyhow::Result<()> {
         let (grpc, http, advertise) = listeners(&vm, &dir, None).await?;
         write_address(&dir, &grpc, &http)?;
         let provider = make_provider(&vm, &program)?;
-        let runtime = make_runtime(&vm.runtime, &vm.spec.name, &dir, &sink_dir(&vm, &dir))?;
+        let runtime = make_runtime(vm.runtime, &vm.spec.name, &dir, &sink_dir(&vm, &dir))?;
         info!(vm = %vm.spec.name, role = ?vm.spec.role, "agent starting");
         let exit = agent::run(
             options(&vm, &dir, false, advertise),
@@ -249,7 +248,7 @@ pub struct UpOptions {
     pub desired_state: PathBuf,
     pub data_dir: PathBuf,
     pub http: String,
-    pub runtime: String,
+    pub runtime: RuntimeKind,
     /// `None`: the local provider; `Some`: VMs are containers.
     pub docker: Option<DockerConfig>,
 }
@@ -303,7 +302,7 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
             temporary: false,
             agent_version: AGENT_VERSION.into(),
         },
-        runtime: o.runtime.clone(),
+        runtime: o.runtime,
         provider: match &o.docker {
             None => ProviderConfig::Local {
                 data_dir: data_dir.clone(),
@@ -317,7 +316,7 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
         let (grpc, http, advertise) = listeners(&vm, &dir, Some(&o.http)).await?;
         write_address(&dir, &grpc, &http)?;
         let provider = make_provider(&vm, &program)?;
-        let runtime = make_runtime(&o.runtime, "bootstrap", &dir, &sink_dir(&vm, &dir))?;
+        let runtime = make_runtime(o.runtime, "bootstrap", &dir, &sink_dir(&vm, &dir))?;
         let agent = tokio::spawn(agent::run(
             options(&vm, &dir, true, advertise),
             grpc,

@@ -2,7 +2,7 @@
 //! reconciler in `agent-core`.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -15,6 +15,22 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where the VMs of a cluster live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ProviderArg {
+    /// Agent processes on this machine, under DATA_DIR/vms.
+    Local,
+    /// Containers on a user-defined Docker network.
+    Docker,
+}
+
+/// How the agents run RonDB programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RuntimeArg {
+    /// Pretended programs: real configuration files and command lines, no RonDB process.
+    Dummy,
 }
 
 #[derive(Subcommand)]
@@ -79,11 +95,11 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8181")]
         http: String,
         /// The ProcessRuntime of the agents.
-        #[arg(long, default_value = "dummy")]
-        runtime: String,
-        /// Where VMs live: `local` (agent processes) or `docker` (containers).
-        #[arg(long, default_value = "local")]
-        provider: String,
+        #[arg(long, value_enum, default_value_t = RuntimeArg::Dummy)]
+        runtime: RuntimeArg,
+        /// Where VMs live.
+        #[arg(long, value_enum, default_value_t = ProviderArg::Local)]
+        provider: ProviderArg,
         /// docker: the cluster's name (container and volume names, label value).
         #[arg(long, default_value = "managed-rondb")]
         cluster_name: String,
@@ -155,9 +171,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             docker_network,
             agent_image,
         } => {
-            let docker = match provider.as_str() {
-                "local" => None,
-                "docker" => Some(providers::DockerConfig {
+            let docker = match provider {
+                ProviderArg::Local => None,
+                ProviderArg::Docker => Some(providers::DockerConfig {
                     cluster: cluster_name,
                     network: docker_network,
                     image: agent_image,
@@ -165,13 +181,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .filter(|(k, _)| k == ndb_agent::cluster::DUMMY_DELAY_ENV)
                         .collect(),
                 }),
-                other => anyhow::bail!("unknown provider {other:?}; use local or docker"),
             };
             ndb_agent::cluster::up_command(ndb_agent::cluster::UpOptions {
                 desired_state,
                 data_dir,
                 http,
-                runtime,
+                runtime: match runtime {
+                    RuntimeArg::Dummy => providers::RuntimeKind::Dummy,
+                },
                 docker,
             })
         }

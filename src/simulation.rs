@@ -8,8 +8,8 @@
 //! committed state on a VM chosen at random, observes the world and resumes the actions in
 //! flight under their operation ids, which the mock world runs once each, as agents do.
 
-use agent::Journal;
 use agent::{EventHook, Reconciler, ReconcilerConfig};
+use agent::{Journal, JournalError};
 use agent_core::actions::ActionKind;
 use agent_core::backend::OpId;
 use agent_core::backend::{
@@ -97,18 +97,18 @@ impl SimJournal {
 
 #[async_trait]
 impl Journal for SimJournal {
-    async fn append(&self, events: Vec<Event>) -> Result<(), String> {
+    async fn append(&self, events: Vec<Event>) -> Result<(), JournalError> {
         let gone = lock(&self.world).leader_gone;
         let mut j = self.state();
         if gone {
-            return Err("this agent is no longer the leader (handed over or its VM lost)".into());
+            return Err(JournalError::NotLeader { leader: None });
         }
         if std::mem::take(&mut j.cut_next) {
-            return Err("this agent lost its leadership (simulated, at a chosen point)".into());
+            return Err(JournalError::NotLeader { leader: None });
         }
         let rate = j.rate;
         if j.armed && rate > 0.0 && j.rng.gen_bool(rate.min(1.0)) {
-            return Err("this agent lost its leadership (simulated)".into());
+            return Err(JournalError::NotLeader { leader: None });
         }
         for ev in &events {
             if let (Event::ActionSucceeded { op_id, .. }, Some(kind)) = (ev, &j.cut_after) {
@@ -632,10 +632,14 @@ impl Simulation {
         }
     }
 
-    /// What still differs from the accepted desired state (empty when reached).
+    /// What still differs from the accepted desired state, as people read it (empty when
+    /// reached).
     pub fn remaining(&self) -> Vec<String> {
         match &self.state().accepted {
-            Some(d) => diff(d, self.state()),
+            Some(d) => diff(d, self.state())
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             None => vec![],
         }
     }

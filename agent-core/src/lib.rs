@@ -17,7 +17,7 @@ pub mod planner;
 pub use actions::{Action, ActionKind};
 pub use backend::{CloudProvider, ProcessRuntime};
 pub use model::{ClusterState, ReconciliationState, Role};
-pub use planner::{diff, plan};
+pub use planner::{diff, plan, Difference};
 pub mod commands;
 pub mod cost;
 pub mod invariants;

@@ -17,7 +17,9 @@ pub mod reconcile;
 pub mod remote;
 pub mod upgrade;
 
-pub use reconcile::{EventHook, Journal, Reconciler, ReconcilerConfig, Submission, Submit};
+pub use reconcile::{
+    EventHook, Journal, JournalError, Reconciler, ReconcilerConfig, Submission, Submit,
+};
 
 // The core's modules under their usual names, so `crate::model::...` reads as in the core.
 use agent_core::{actions, backend, commands, desired, model, planner};
@@ -486,12 +488,17 @@ struct RaftJournal {
 
 #[async_trait::async_trait]
 impl Journal for RaftJournal {
-    async fn append(&self, events: Vec<Event>) -> Result<(), String> {
-        self.raft
-            .client_write(Request::Events(events))
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("the Raft log refused the write: {e}"))
+    async fn append(&self, events: Vec<Event>) -> Result<(), JournalError> {
+        use openraft::error::{ClientWriteError, RaftError};
+        match self.raft.client_write(Request::Events(events)).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(JournalError::NotLeader {
+                    leader: f.leader_node.map(|n| n.vm),
+                })
+            }
+            Err(e) => Err(JournalError::Refused(e.to_string())),
+        }
     }
 }
 

@@ -63,7 +63,18 @@ type Running = Pin<Box<dyn Future<Output = (u64, Result<Outcome, BackendError>)>
 /// and the new leader resumes from what was committed.
 #[async_trait::async_trait]
 pub trait Journal: Send + Sync {
-    async fn append(&self, events: Vec<Event>) -> Result<(), String>;
+    async fn append(&self, events: Vec<Event>) -> Result<(), JournalError>;
+}
+
+/// Why the log did not take a write. Either way this reconciler stops writing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JournalError {
+    /// Another agent leads now, or none is known yet.
+    #[error("this agent no longer leads{}", leader.as_ref().map(|l| format!("; {l} does")).unwrap_or_default())]
+    NotLeader { leader: Option<String> },
+    /// The log could not take the write (its storage failed, or the Raft node stopped).
+    #[error("the replicated log refused the write: {0}")]
+    Refused(String),
 }
 
 /// A desired state handed to a running reconciler, with where to send the verdict.
@@ -82,7 +93,7 @@ pub struct Reconciler {
     journal: Option<Arc<dyn Journal>>,
     inbox: Option<tokio::sync::mpsc::Receiver<Submit>>,
     /// Set when the journal refused a write: this reconciler must stop.
-    halted: Option<String>,
+    halted: Option<JournalError>,
 }
 
 impl Reconciler {
@@ -125,8 +136,8 @@ impl Reconciler {
     }
 
     /// Why the reconciler stopped writing, if it did.
-    pub fn halted(&self) -> Option<&str> {
-        self.halted.as_deref()
+    pub fn halted(&self) -> Option<&JournalError> {
+        self.halted.as_ref()
     }
 
     pub fn add_hook(&mut self, hook: Box<dyn EventHook>) {
@@ -163,7 +174,7 @@ impl Reconciler {
 
     /// Runs as the leader's reconciler until the journal refuses a write: reconciles,
     /// takes submissions from the inbox, and observes for drift while idle.
-    pub async fn serve(&mut self) -> String {
+    pub async fn serve(&mut self) -> JournalError {
         let mut failed_rounds: u32 = 0;
         loop {
             if let Some(h) = &self.halted {
@@ -422,7 +433,10 @@ impl Reconciler {
                         } else {
                             let e = format!(
                                 "no safe action is left but the cluster still differs: {}",
-                                left.join("; ")
+                                left.iter()
+                                    .map(ToString::to_string)
+                                    .collect::<Vec<_>>()
+                                    .join("; ")
                             );
                             (ReconciliationState::ERROR_STATE, Some(e))
                         }

@@ -94,19 +94,19 @@ fn is_404(e: &bollard::errors::Error) -> bool {
 pub struct DockerProvider {
     docker: Docker,
     cfg: DockerConfig,
-    runtime: String,
+    runtime: crate::RuntimeKind,
     dead_since: Mutex<BTreeMap<String, Instant>>,
 }
 
 impl DockerProvider {
     /// Connects to the local Docker daemon (`DOCKER_HOST` or the Unix socket).
-    pub fn new(cfg: DockerConfig, runtime: &str) -> Result<Self, BackendError> {
+    pub fn new(cfg: DockerConfig, runtime: crate::RuntimeKind) -> Result<Self, BackendError> {
         let docker = Docker::connect_with_local_defaults()
             .map_err(|e| BackendError::Failed(format!("cannot connect to Docker: {e}")))?;
         Ok(DockerProvider {
             docker,
             cfg,
-            runtime: runtime.to_string(),
+            runtime,
             dead_since: Mutex::new(BTreeMap::new()),
         })
     }
@@ -180,7 +180,7 @@ impl CloudProvider for DockerProvider {
         if self.address(&name).await?.is_none() {
             let vm = VmConfig {
                 spec: spec.clone(),
-                runtime: self.runtime.clone(),
+                runtime: self.runtime,
                 provider: ProviderConfig::Docker(self.cfg.clone()),
             };
             let vm_json = serde_json::to_string(&vm)

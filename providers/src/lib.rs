@@ -26,13 +26,31 @@ pub enum ProviderConfig {
     Docker(DockerConfig),
 }
 
+/// The `ProcessRuntime` a cluster's agents run RonDB programs with. Every agent carries it
+/// (in `vm.json` or its container's environment), spelled in lower case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// Programs are pretended: real files and command lines, no RonDB process.
+    #[default]
+    Dummy,
+}
+
+impl std::fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RuntimeKind::Dummy => "dummy",
+        })
+    }
+}
+
 /// What a VM is, handed to its agent at creation (`vm.json`, or the `NDB_AGENT_VM`
 /// environment variable of a container).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct VmConfig {
     pub spec: VmSpec,
     /// The `ProcessRuntime` the agent uses.
-    pub runtime: String,
+    pub runtime: RuntimeKind,
     pub provider: ProviderConfig,
 }
 

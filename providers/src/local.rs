@@ -36,7 +36,7 @@ pub const PID_FILE: &str = "agent.pid";
 pub struct LocalProvider {
     data_dir: PathBuf,
     program: PathBuf,
-    runtime: String,
+    runtime: crate::RuntimeKind,
     dead_since: Mutex<BTreeMap<String, Instant>>,
 }
 
@@ -46,11 +46,11 @@ fn failed(what: &str, e: impl std::fmt::Display) -> BackendError {
 
 impl LocalProvider {
     /// `program` is the `ndb-agent` binary each VM runs; `runtime` the runtime it uses.
-    pub fn new(data_dir: &Path, program: &Path, runtime: &str) -> Self {
+    pub fn new(data_dir: &Path, program: &Path, runtime: crate::RuntimeKind) -> Self {
         LocalProvider {
             data_dir: data_dir.to_path_buf(),
             program: program.to_path_buf(),
-            runtime: runtime.to_string(),
+            runtime,
             dead_since: Mutex::new(BTreeMap::new()),
         }
     }
@@ -170,7 +170,7 @@ impl CloudProvider for LocalProvider {
         let dir = self.vm_dir(&spec.name);
         let vm = VmConfig {
             spec: spec.clone(),
-            runtime: self.runtime.clone(),
+            runtime: self.runtime,
             provider: ProviderConfig::Local {
                 data_dir: self.data_dir.clone(),
             },

@@ -16,7 +16,7 @@ mod software;
 #[cfg(test)]
 mod tests;
 
-pub use diff::diff;
+pub use diff::{diff, Difference};
 
 use crate::actions::{ActionKind, Subject};
 use crate::desired::{DesiredState, RonDbVersion, VmType};
