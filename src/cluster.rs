@@ -116,7 +116,7 @@ fn write_address(dir: &Path, grpc: &TcpListener, http: &TcpListener) -> anyhow::
 fn options(vm: &VmConfig, dir: &Path, bootstrap: bool, advertise: Option<String>) -> AgentOptions {
     AgentOptions {
         vm: vm.spec.name.clone(),
-        role: format!("{:?}", vm.spec.role).to_lowercase(),
+        role: vm.spec.role.as_str().to_string(),
         zone: vm.spec.zone.clone(),
         dir: dir.to_path_buf(),
         bootstrap,

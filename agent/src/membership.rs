@@ -7,6 +7,7 @@ use super::AgentShared;
 use crate::backend::OpId;
 use crate::backend::{BackendError, CloudProvider, VmInfo, VmSpec};
 use crate::raft::{AgentNode, NodeId, Raft, Request, Response};
+use agent_core::Role;
 use async_trait::async_trait;
 use openraft::ChangeMembers;
 use std::collections::{BTreeMap, BTreeSet};
@@ -324,12 +325,12 @@ type VoterCandidate = ((u8, u8, u8), NodeId);
 
 /// Voter preference: VMs that live long first.
 fn role_rank(role: &str) -> u8 {
-    match role {
-        "mgmd" => 0,
-        "ndbd" => 1,
-        "bootstrap" => 2,
-        "mysqld" => 3,
-        _ => 4,
+    match role.parse::<Role>() {
+        Ok(Role::Mgmd) => 0,
+        Ok(Role::Ndbd) => 1,
+        Ok(Role::Bootstrap) => 2,
+        Ok(Role::Mysqld) => 3,
+        Ok(Role::Api) | Err(_) => 4,
     }
 }
 

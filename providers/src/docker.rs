@@ -66,16 +66,6 @@ pub fn limits(t: VmType) -> (i64, i64) {
     }
 }
 
-fn role_label(r: Role) -> &'static str {
-    match r {
-        Role::Mgmd => "mgmd",
-        Role::Ndbd => "ndbd",
-        Role::Mysqld => "mysqld",
-        Role::Api => "api",
-        Role::Bootstrap => "bootstrap",
-    }
-}
-
 fn transient(what: &str, e: impl std::fmt::Display) -> BackendError {
     BackendError::Transient(format!("{what}: {e}"))
 }
@@ -138,9 +128,7 @@ impl DockerProvider {
     }
 
     fn info_from_labels(&self, labels: &HashMap<String, String>, ip: &str) -> Option<VmInfo> {
-        let role: Role =
-            serde_json::from_value(serde_json::Value::String(labels.get(LABEL_ROLE)?.clone()))
-                .ok()?;
+        let role: Role = labels.get(LABEL_ROLE)?.parse().ok()?;
         let vm_type: VmType = serde_json::from_value(serde_json::Value::String(
             labels.get(LABEL_VM_TYPE)?.clone(),
         ))
@@ -170,7 +158,7 @@ impl CloudProvider for DockerProvider {
             .unwrap_or_default();
         let labels: HashMap<String, String> = HashMap::from([
             (LABEL_CLUSTER.to_string(), self.cfg.cluster.clone()),
-            (LABEL_ROLE.to_string(), role_label(spec.role).to_string()),
+            (LABEL_ROLE.to_string(), spec.role.as_str().to_string()),
             (LABEL_ZONE.to_string(), spec.zone.clone()),
             (LABEL_VM.to_string(), spec.name.clone()),
             (LABEL_VM_TYPE.to_string(), vm_type),
@@ -321,7 +309,7 @@ impl CloudProvider for DockerProvider {
         let mut out = Vec::new();
         for c in list {
             let labels = c.labels.clone().unwrap_or_default();
-            if labels.get(LABEL_ROLE).map(String::as_str) == Some("bootstrap") {
+            if labels.get(LABEL_ROLE).map(String::as_str) == Some(Role::Bootstrap.as_str()) {
                 continue;
             }
             let Some(vm) = labels.get(LABEL_VM).cloned() else {

@@ -43,6 +43,16 @@ impl Role {
         }
     }
 
+    /// Every role, for parsing.
+    pub const ALL: [Role; 5] = [
+        Role::Mgmd,
+        Role::Ndbd,
+        Role::Mysqld,
+        Role::Api,
+        Role::Bootstrap,
+    ];
+
+    /// The one spelling of a role everywhere it is written (serde, labels, logs, status).
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Mgmd => "mgmd",
@@ -51,6 +61,21 @@ impl Role {
             Role::Api => "api",
             Role::Bootstrap => "bootstrap",
         }
+    }
+}
+
+/// A role name that is none of [`Role::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?}; known roles: mgmd, ndbd, mysqld, api, bootstrap")]
+pub struct UnknownRole(pub String);
+
+impl std::str::FromStr for Role {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| UnknownRole(s.to_string()))
     }
 }
 
@@ -224,5 +249,23 @@ impl ClusterState {
             .collect();
         out.sort();
         out
+    }
+}
+
+#[cfg(test)]
+mod role_names {
+    use super::Role;
+
+    /// Labels, logs, `vm.json` and the Raft membership all spell a role the same way.
+    #[test]
+    fn every_role_parses_back_from_its_one_name_and_serde_agrees() {
+        for r in Role::ALL {
+            assert_eq!(r.as_str().parse::<Role>(), Ok(r));
+            assert_eq!(r.to_string(), r.as_str());
+            let json = serde_json::to_value(r).unwrap_or_default();
+            assert_eq!(json, serde_json::json!(r.as_str()));
+        }
+        let e = "ndbmtd".parse::<Role>().unwrap_err();
+        assert!(e.to_string().contains("known roles"), "{e}");
     }
 }
