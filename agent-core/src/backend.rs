@@ -63,6 +63,14 @@ pub enum BackendError {
     Failed(String),
 }
 
+impl BackendError {
+    /// The world changed under the action (its VM is gone): not an attempt that failed, so
+    /// the reconciler observes and replans instead of counting a retry.
+    pub fn is_drift(&self) -> bool {
+        matches!(self, BackendError::VmGone(_))
+    }
+}
+
 /// Creates and removes machines. Implementations: mock, local, docker, terraform.
 #[async_trait]
 pub trait CloudProvider: Send + Sync {

@@ -20,4 +20,5 @@ pub use model::{ClusterState, ReconciliationState, Role};
 pub use planner::{diff, plan, Difference};
 pub mod commands;
 pub mod cost;
+pub mod engine;
 pub mod invariants;

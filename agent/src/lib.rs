@@ -22,7 +22,7 @@ pub use reconcile::{
 };
 
 // The core's modules under their usual names, so `crate::model::...` reads as in the core.
-use agent_core::{actions, backend, commands, desired, model, planner};
+use agent_core::{actions, backend, desired, model};
 
 use crate::backend::{BackendError, CloudProvider, ProcessRuntime};
 use crate::model::Event;

@@ -14,7 +14,7 @@ mod slots;
 mod software;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use diff::{diff, Difference};
 

@@ -6,7 +6,7 @@ use crate::model::{slot_layout, ClusterState, Event, Vm};
 use std::collections::BTreeSet;
 
 /// A cluster exactly at `d`: every VM exists, holds its slots, runs the desired version.
-fn at_desired(d: &DesiredState) -> ClusterState {
+pub(crate) fn at_desired(d: &DesiredState) -> ClusterState {
     let mut s = ClusterState::default();
     s.apply(&Event::Accepted(d.clone()));
     s.slots = slot_layout(d).into_iter().map(|x| (x.node_id, x)).collect();

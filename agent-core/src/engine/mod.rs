@@ -1,0 +1,507 @@
+//! The reconcile engine: every decision of the leader's reconciliation as a deterministic
+//! state machine, in the style of openraft's `Engine`. It takes [`Input`]s (a desired state
+//! submitted, an action's result, an observation of the world, this agent leading, time
+//! passed) and returns [`Command`]s (make these events durable, run these actions, observe,
+//! answer the submitter, report the outcome, wake me at T). It does no I/O and reads no
+//! clock: time comes in with every input, so the same engine runs under the agent's async
+//! driver and under the simulation's discrete-event loop, and every decision is unit-tested
+//! without a runtime.
+//!
+//! The engine applies its events to its own state at once; the driver must make each
+//! [`Command::Append`] durable before it executes any command after it, and stop (discarding
+//! the engine) if the log refuses it: the next leader resumes from what was committed.
+
+mod call;
+mod policy;
+#[cfg(test)]
+mod tests;
+
+pub use call::{prepare, BackendCall};
+pub use policy::{FailureVerdict, Policy, StandardPolicy};
+
+use crate::actions::Action;
+use crate::backend::{BackendError, ProgramStatus, VmInfo};
+use crate::desired::{self, DesiredState, TransitionContext, Violation};
+use crate::model::{ClusterState, Event, Outcome, ReconciliationState};
+use crate::planner::{diff, plan};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// What happened to a submitted desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submission {
+    /// It is now the accepted state and is being reconciled.
+    Accepted,
+    /// The leader is working; it waits as the pending state (the latest submitted wins).
+    Queued,
+}
+
+/// What the world looks like: the provider's VMs and each known VM's program.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Observation {
+    pub vms: Vec<VmInfo>,
+    pub programs: BTreeMap<String, ProgramStatus>,
+}
+
+/// Something the engine must react to. Every input comes with the driver's time now.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// This agent leads now (on `vm`): resume from the state the engine was made with.
+    Leading { vm: String },
+    /// A user submitted a desired state; the answer is the [`Command::Verdict`] returned.
+    Submit(Box<DesiredState>),
+    /// The answer to [`Command::Observe`]; an error keeps what is known.
+    Observed(Result<Observation, BackendError>),
+    /// The result of an action started with [`Command::Run`].
+    ActionDone {
+        op_id: u64,
+        result: Result<Outcome, BackendError>,
+    },
+    /// Time passed (the driver woke the engine at or after its [`Command::WakeAt`]).
+    Tick,
+    /// Look at the world now rather than at the next deadline (an operator's nudge, or a
+    /// simulation that just injected drift). Does nothing while a reconciliation runs.
+    Resync,
+}
+
+/// What the engine asks its driver to do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Make these events durable (one Raft entry); they are applied in the engine already.
+    Append(Vec<Event>),
+    /// Run this action; answer with [`Input::ActionDone`].
+    Run { action: Action, call: BackendCall },
+    /// Look at the world; answer with [`Input::Observed`].
+    Observe,
+    /// The answer to the [`Input::Submit`] just handled, once the appends before it are
+    /// durable.
+    Verdict(Result<Submission, Vec<Violation>>),
+    /// A reconciliation ended in this state.
+    Report {
+        state: ReconciliationState,
+        error: Option<String>,
+    },
+    /// Wake the engine with [`Input::Tick`] at this time (replaces any earlier request).
+    WakeAt(Duration),
+}
+
+/// Where the engine is between inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Resting until `Tick` at the deadline (or a submission).
+    Idle,
+    /// A reconciliation is about to begin: waiting for the first observation.
+    Starting,
+    /// Actions are planned and running.
+    Working,
+}
+
+/// The reconcile engine of one leader over one cluster.
+pub struct Engine {
+    state: ClusterState,
+    policy: Box<dyn Policy>,
+    phase: Phase,
+    /// An observation was asked for and has not come back; nothing is planned meanwhile.
+    observing: bool,
+    /// Actions started in the current reconciliation.
+    started: u64,
+    /// Why the current reconciliation gives up (it starts nothing more and ends in
+    /// `ERROR_STATE` once the running actions are done).
+    give_up: Option<String>,
+    /// Reconciliations in a row that ended in `ERROR_STATE`.
+    failed_rounds: u32,
+    /// When to rest until (Idle) or observe next (Working).
+    deadline: Option<Duration>,
+    /// The last wake-up asked for, so it is asked once.
+    asked_wake: Option<Duration>,
+    out: Vec<Command>,
+}
+
+impl Engine {
+    /// An engine over `state` (the committed state, for a new leader); it does nothing until
+    /// [`Input::Leading`].
+    pub fn new(state: ClusterState, policy: Box<dyn Policy>) -> Self {
+        Engine {
+            state,
+            policy,
+            phase: Phase::Idle,
+            observing: false,
+            started: 0,
+            give_up: None,
+            failed_rounds: 0,
+            deadline: None,
+            asked_wake: None,
+            out: Vec::new(),
+        }
+    }
+
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    /// Whether a reconciliation is under way (observing first, or acting).
+    pub fn is_busy(&self) -> bool {
+        self.phase != Phase::Idle
+    }
+
+    /// Handles one input at time `now` and returns what the driver must do, in order.
+    pub fn step(&mut self, now: Duration, input: Input) -> Vec<Command> {
+        match input {
+            Input::Leading { vm } => {
+                if self.state.leader_vm.as_deref() != Some(vm.as_str()) {
+                    self.record(vec![Event::LeaderChanged { vm }]);
+                }
+                self.begin(now);
+            }
+            Input::Submit(d) => self.on_submit(now, *d),
+            Input::Observed(r) => self.on_observed(now, r),
+            Input::ActionDone { op_id, result } => self.on_action_done(now, op_id, result),
+            Input::Tick => self.on_tick(now),
+            Input::Resync => {
+                if self.phase == Phase::Idle {
+                    self.begin(now);
+                }
+            }
+        }
+        if self.deadline != self.asked_wake {
+            self.asked_wake = self.deadline;
+            if let Some(t) = self.deadline {
+                self.out.push(Command::WakeAt(t));
+            }
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// Applies events and asks for them to be made durable (one entry).
+    fn record(&mut self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        for ev in &events {
+            self.state.apply(ev);
+        }
+        self.out.push(Command::Append(events));
+    }
+
+    fn observe(&mut self) {
+        if !self.observing {
+            self.observing = true;
+            self.out.push(Command::Observe);
+        }
+    }
+
+    /// A reconciliation begins: look at the world first.
+    fn begin(&mut self, _now: Duration) {
+        self.deadline = None;
+        if self.state.accepted.is_none() {
+            // Nothing to reconcile until a desired state arrives.
+            self.phase = Phase::Idle;
+            return;
+        }
+        self.phase = Phase::Starting;
+        self.observe();
+    }
+
+    fn on_submit(&mut self, now: Duration, d: DesiredState) {
+        if let Err(v) = self.validate(&d, true) {
+            self.out.push(Command::Verdict(Err(v)));
+            return;
+        }
+        if self.state.reconciliation == ReconciliationState::WORKING_TOWARDS_DESIRED_STATE {
+            info!(
+                desired_id = d.id,
+                "desired state queued until the current one is reached"
+            );
+            self.record(vec![Event::Queued(d)]);
+            self.out.push(Command::Verdict(Ok(Submission::Queued)));
+        } else {
+            info!(desired_id = d.id, "desired state accepted");
+            self.record(vec![Event::Accepted(d)]);
+            self.out.push(Command::Verdict(Ok(Submission::Accepted)));
+            self.failed_rounds = 0;
+            if self.phase == Phase::Idle {
+                self.begin(now);
+            }
+        }
+    }
+
+    /// The desired state's own rules and the transition from the accepted one. Bad input
+    /// changes nothing.
+    fn validate(&self, d: &DesiredState, against_pending: bool) -> Result<(), Vec<Violation>> {
+        let mut v = desired::validate(d);
+        match &self.state.accepted {
+            Some(old) => v.extend(desired::validate_transition(
+                old,
+                d,
+                TransitionContext {
+                    rondb_has_run: self.state.rondb_has_run,
+                },
+            )),
+            None => v.extend(desired::validate_first(d)),
+        }
+        if let Some(p) = self.state.pending.as_ref().filter(|_| against_pending) {
+            if d.id <= p.id {
+                v.push(Violation {
+                    field: "Id".into(),
+                    value: Some(d.id.to_string()),
+                    old: Some(p.id.to_string()),
+                    rule: "must be larger than the pending desired state's Id".into(),
+                });
+            }
+        }
+        if v.is_empty() {
+            Ok(())
+        } else {
+            Err(v)
+        }
+    }
+
+    fn on_observed(&mut self, now: Duration, r: Result<Observation, BackendError>) {
+        self.observing = false;
+        match r {
+            Ok(obs) => {
+                if self.observation_changes(&obs) {
+                    self.record(vec![Event::Observed {
+                        vms: obs.vms,
+                        programs: obs.programs,
+                    }]);
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot observe the world; keeping what is known"),
+        }
+        match self.phase {
+            Phase::Starting => self.start_working(now),
+            Phase::Working => self.drive(now),
+            Phase::Idle => {}
+        }
+    }
+
+    /// Whether an observation tells something new: a known VM gone, or a program that
+    /// started or stopped behind the leader's back.
+    fn observation_changes(&self, obs: &Observation) -> bool {
+        let present: BTreeSet<&str> = obs.vms.iter().map(|v| v.name.as_str()).collect();
+        self.state.vms.values().any(|v| {
+            !present.contains(v.name.as_str())
+                || obs
+                    .programs
+                    .get(&v.name)
+                    .is_some_and(|p| p.running != v.running)
+        })
+    }
+
+    /// After the first observation of a reconciliation: rest if the cluster is where it
+    /// should be, otherwise work (resuming the actions a previous leader left in flight).
+    fn start_working(&mut self, now: Duration) {
+        let Some(d) = self.state.accepted.clone() else {
+            self.phase = Phase::Idle;
+            return;
+        };
+        if self.state.reconciliation != ReconciliationState::WORKING_TOWARDS_DESIRED_STATE
+            && self.state.in_flight.is_empty()
+            && diff(&d, &self.state).is_empty()
+        {
+            if self.state.reconciliation == ReconciliationState::ERROR_STATE {
+                // What failed is no longer missing (the world healed, or a retry of an
+                // earlier round got there): say so.
+                self.finish(now);
+            } else {
+                self.rest(now);
+            }
+            return;
+        }
+        if self.state.reconciliation != ReconciliationState::WORKING_TOWARDS_DESIRED_STATE {
+            // Drift, or a retry from ERROR_STATE: work again.
+            self.record(vec![Event::ReconciliationChanged {
+                state: ReconciliationState::WORKING_TOWARDS_DESIRED_STATE,
+                error: None,
+            }]);
+        }
+        self.phase = Phase::Working;
+        self.started = 0;
+        self.give_up = None;
+        self.deadline = Some(now + self.policy.observe_every());
+        // Actions a previous leader started and did not record: run them again under the
+        // same operation id (agents answer a repeated id with its first result).
+        let resumed: Vec<Action> = self.state.in_flight.values().cloned().collect();
+        for action in resumed {
+            info!(op_id = action.op_id, desired_id = d.id, "resume {action}");
+            let call = prepare(&d, &self.state, &action);
+            self.out.push(Command::Run { action, call });
+        }
+        self.drive(now);
+    }
+
+    /// Starts every safe action the planner proposes; ends the reconciliation when nothing
+    /// runs any more.
+    fn drive(&mut self, now: Duration) {
+        if self.phase != Phase::Working || self.observing {
+            // Planning waits for the observation asked for (after a failure, or periodic).
+            return;
+        }
+        let Some(d) = self.state.accepted.clone() else {
+            return;
+        };
+        if self.started > self.policy.max_actions() && self.give_up.is_none() {
+            self.give_up = Some(format!(
+                "the reconciliation does not converge: {} actions started; this is a planner bug, please report it with the desired state",
+                self.started
+            ));
+        }
+        if self.give_up.is_none() {
+            let mut batch = Vec::new();
+            let mut runs = Vec::new();
+            for kind in plan(&d, &self.state) {
+                let action = Action {
+                    op_id: self.state.next_op_id,
+                    kind,
+                };
+                self.started += 1;
+                info!(op_id = action.op_id, desired_id = d.id, "start {action}");
+                let call = prepare(&d, &self.state, &action);
+                let ev = Event::ActionStarted(action.clone());
+                self.state.apply(&ev);
+                batch.push(ev);
+                runs.push(Command::Run { action, call });
+            }
+            // Journaled (one entry) before any of them runs, so a new leader knows what may
+            // have started.
+            if !batch.is_empty() {
+                self.out.push(Command::Append(batch));
+                self.out.extend(runs);
+            }
+        }
+        if self.state.in_flight.is_empty() {
+            self.finish(now);
+        }
+    }
+
+    /// The reconciliation ends: report where it got, then take the pending desired state.
+    fn finish(&mut self, now: Duration) {
+        let Some(d) = self.state.accepted.clone() else {
+            self.phase = Phase::Idle;
+            return;
+        };
+        let (state, error) = match self.give_up.take() {
+            Some(e) => (ReconciliationState::ERROR_STATE, Some(e)),
+            None => {
+                let left = diff(&d, &self.state);
+                if left.is_empty() {
+                    (ReconciliationState::AT_DESIRED_STATE, None)
+                } else {
+                    let e = format!(
+                        "no safe action is left but the cluster still differs: {}",
+                        left.iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    );
+                    (ReconciliationState::ERROR_STATE, Some(e))
+                }
+            }
+        };
+        match &error {
+            Some(e) => warn!(desired_id = d.id, error = %e, "reconciliation failed"),
+            None => info!(desired_id = d.id, "at desired state"),
+        }
+        self.record(vec![Event::ReconciliationChanged {
+            state,
+            error: error.clone(),
+        }]);
+        self.out.push(Command::Report { state, error });
+        self.phase = Phase::Idle;
+        self.failed_rounds = if state == ReconciliationState::ERROR_STATE {
+            self.failed_rounds + 1
+        } else {
+            0
+        };
+        if let Some(p) = self.state.pending.clone() {
+            // Validated again: the rules may depend on what the cluster did meanwhile.
+            match self.validate(&p, false) {
+                Ok(()) => {
+                    info!(desired_id = p.id, "pending desired state accepted");
+                    self.record(vec![Event::Accepted(p)]);
+                    self.failed_rounds = 0;
+                    self.begin(now);
+                    return;
+                }
+                Err(v) => {
+                    let reason = v
+                        .iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    warn!(desired_id = p.id, %reason, "pending desired state no longer valid; dropped");
+                    self.record(vec![Event::PendingDropped { id: p.id, reason }]);
+                }
+            }
+        }
+        self.rest(now);
+    }
+
+    /// Rests until the policy says to look again.
+    fn rest(&mut self, now: Duration) {
+        self.phase = Phase::Idle;
+        let pause = self
+            .policy
+            .requeue_after(self.state.reconciliation, self.failed_rounds);
+        self.deadline = Some(now + pause);
+    }
+
+    fn on_action_done(&mut self, now: Duration, op_id: u64, result: Result<Outcome, BackendError>) {
+        let Some(action) = self.state.in_flight.get(&op_id).cloned() else {
+            // Not in flight (answered twice, or from before a restart): already recorded.
+            return;
+        };
+        let desired_id = self.state.accepted.as_ref().map(|d| d.id);
+        match result {
+            Ok(outcome) => {
+                info!(op_id, ?desired_id, "done {action}");
+                self.record(vec![Event::ActionSucceeded { op_id, outcome }]);
+                self.drive(now);
+            }
+            Err(e) => {
+                let drift = e.is_drift();
+                warn!(op_id, ?desired_id, error = %e, "failed {action}");
+                self.record(vec![Event::ActionFailed {
+                    op_id,
+                    error: e.to_string(),
+                    drift,
+                }]);
+                if !drift {
+                    let attempts = self
+                        .state
+                        .failures
+                        .get(&action.kind.retry_key())
+                        .copied()
+                        .unwrap_or(0);
+                    if let FailureVerdict::GiveUp { reason } =
+                        self.policy.on_failure(&action, &e, attempts)
+                    {
+                        self.give_up.get_or_insert(reason);
+                    }
+                }
+                // Drift means the world changed; a failure may come from drift too (a
+                // program died): look before planning again.
+                self.observe();
+            }
+        }
+    }
+
+    fn on_tick(&mut self, now: Duration) {
+        let Some(at) = self.deadline.filter(|at| *at <= now) else {
+            return;
+        };
+        match self.phase {
+            Phase::Idle => {
+                let _ = at;
+                self.begin(now);
+            }
+            Phase::Working => {
+                self.deadline = Some(now + self.policy.observe_every());
+                self.observe();
+            }
+            Phase::Starting => self.deadline = None,
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Leader change mid-action: a new leader starts from the committed state, records itself,
+//! looks at the world and resumes what was in flight under the same operation ids.
+
+use super::*;
+
+#[test]
+fn a_new_leader_resumes_the_action_in_flight_under_its_operation_id() {
+    let (d, old, _, op) = restarting_mysqld();
+    let committed = old.state().clone();
+    let action = committed.in_flight[&op].clone();
+    let mut e = Engine::new(committed, policy());
+    assert_eq!(
+        e.step(
+            secs(40),
+            Input::Leading {
+                vm: "ndbd-0-2".into()
+            }
+        ),
+        vec![
+            Command::Append(vec![Event::LeaderChanged {
+                vm: "ndbd-0-2".into()
+            }]),
+            Command::Observe
+        ]
+    );
+    let world = with_dead_program(e.state(), &mysqld_vm(e.state()));
+    let call = prepare(&d, e.state(), &action);
+    // Resumed, not started again: no new operation id, nothing appended.
+    assert_eq!(
+        e.step(secs(40), Input::Observed(Ok(world))),
+        vec![Command::Run { action, call }, Command::WakeAt(secs(70))]
+    );
+    assert_eq!(e.state().next_op_id, op + 1);
+}
+
+#[test]
+fn the_resumed_action_answered_with_the_first_runs_result_completes_the_round() {
+    let (_, old, _, op) = restarting_mysqld();
+    let mut e = Engine::new(old.state().clone(), policy());
+    e.step(
+        secs(40),
+        Input::Leading {
+            vm: "ndbd-0-2".into(),
+        },
+    );
+    e.step(
+        secs(40),
+        Input::Observed(Ok(with_dead_program(e.state(), &mysqld_vm(e.state())))),
+    );
+    let cmds = e.step(
+        secs(41),
+        Input::ActionDone {
+            op_id: op,
+            result: Ok(Outcome::Done),
+        },
+    );
+    assert!(
+        cmds.contains(&Command::Report {
+            state: AT_DESIRED_STATE,
+            error: None
+        }),
+        "{cmds:?}"
+    );
+    assert!(e.state().in_flight.is_empty());
+}
+
+#[test]
+fn a_leader_already_recorded_is_not_recorded_again() {
+    let (_, s) = settled();
+    let mut e = Engine::new(s, policy());
+    assert_eq!(
+        e.step(
+            secs(0),
+            Input::Leading {
+                vm: "mgmd-1".into()
+            }
+        ),
+        vec![Command::Observe]
+    );
+}
+
+#[test]
+fn a_result_for_an_operation_not_in_flight_is_ignored() {
+    let (_, mut e) = resting();
+    let before = e.state().clone();
+    assert_eq!(
+        e.step(
+            secs(1),
+            Input::ActionDone {
+                op_id: 999,
+                result: Ok(Outcome::Done)
+            }
+        ),
+        vec![]
+    );
+    assert_eq!(e.state(), &before);
+}
+
+#[test]
+fn nothing_to_reconcile_before_a_first_desired_state() {
+    let mut e = Engine::new(ClusterState::default(), policy());
+    assert_eq!(
+        e.step(
+            secs(0),
+            Input::Leading {
+                vm: "bootstrap".into()
+            }
+        )
+        .len(),
+        1
+    );
+    assert!(!e.is_busy());
+    assert_eq!(e.step(secs(1000), Input::Tick), vec![]);
+}
