@@ -315,9 +315,8 @@ fn simulate(
     opts: &ndb_agent::simulation::SimOptions,
 ) -> anyhow::Result<ExitCode> {
     use agent_core::desired;
-    let rt = ndb_agent::simulation::runtime().context("cannot start the simulation runtime")?;
     let mut all_ok = true;
-    rt.block_on(async {
+    {
         let mut sim = ndb_agent::simulation::Simulation::new(opts);
         sim.set_verbose(!json);
         for file in files {
@@ -328,7 +327,7 @@ fn simulate(
                     if !json {
                         println!("== {}: submitting {}", file.display(), d.summary());
                     }
-                    sim.submit(d).await
+                    sim.submit(d)
                 }
                 Err(e) => ndb_agent::simulation::StepReport {
                     desired_id: 0,
@@ -365,8 +364,7 @@ fn simulate(
                 }
             }
         }
-        anyhow::Ok(())
-    })?;
+    }
     Ok(if all_ok {
         ExitCode::SUCCESS
     } else {

@@ -1,37 +1,28 @@
-//! `ndb-agent simulate`: the real reconciler with the `mock` provider and `dummy` runtime in
-//! simulated time (tokio's paused clock), starting from an empty world.
+//! `ndb-agent simulate`: the reconcile engine (`agent_core::engine`) with the simulated world
+//! (`sim-world`), driven as a discrete-event loop in simulated time: no async runtime, no
+//! clock; an action's end is an event at its start time plus its cost, and the loop jumps
+//! from one event to the next.
 //!
 //! With leader changes on, the simulation also plays the part of Raft: every event goes
 //! through a journal that holds the committed state, and the leader can lose its leadership
 //! between any two writes (at random, when its VM is lost, or when it hands the leadership
 //! over before its own VM is deleted or its agent restarted). The next leader starts from the
 //! committed state on a VM chosen at random, observes the world and resumes the actions in
-//! flight under their operation ids, which the mock world runs once each, as agents do.
+//! flight under their operation ids, which the world runs once each, as agents do.
 
-use agent::{EventHook, Reconciler, ReconcilerConfig};
-use agent::{Journal, JournalError};
 use agent_core::actions::ActionKind;
-use agent_core::backend::OpId;
-use agent_core::backend::{
-    BackendError, CloudProvider, MgmCommand, ProcessRuntime, ProgramKind, ProgramSpec,
-    ProgramStatus, RestoreRun, VmInfo, VmSpec,
-};
+use agent_core::backend::BackendError;
 use agent_core::cost::CostModel;
-use agent_core::desired::BackupSpec;
-use agent_core::desired::DesiredState;
+use agent_core::desired::{DesiredState, Violation};
 use agent_core::diff;
+use agent_core::engine::{BackendCall, Command, Engine, Input, StandardPolicy, Submission};
 use agent_core::invariants::{check_settled, InvariantChecker};
-use agent_core::model::ConfigFile;
-use agent_core::model::{ClusterState, Event, ReconciliationState};
-use async_trait::async_trait;
-use providers::mock::MockProvider;
+use agent_core::model::{ClusterState, Event, Outcome, ReconciliationState};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use runtime_backends::DummyRuntime;
 use serde::Serialize;
-use sim_world::{lock, FaultConfig, SharedWorld, SinkBackup, World};
+use sim_world::{lock, FaultConfig, Pending, SharedWorld, SinkBackup, World};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Settings of one simulation run.
@@ -73,11 +64,6 @@ const HANDOVER: Duration = Duration::from_millis(1500);
 
 /// The Raft log of the simulation: committed events, and the leader losing its leadership.
 struct SimJournal {
-    world: SharedWorld,
-    inner: Mutex<JournalState>,
-}
-
-struct JournalState {
     committed: ClusterState,
     /// Random leadership loss only while reconciling (a submission is never cut).
     armed: bool,
@@ -90,167 +76,42 @@ struct JournalState {
 }
 
 impl SimJournal {
-    fn state(&self) -> std::sync::MutexGuard<'_, JournalState> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-#[async_trait]
-impl Journal for SimJournal {
-    async fn append(&self, events: Vec<Event>) -> Result<(), JournalError> {
-        let gone = lock(&self.world).leader_gone;
-        let mut j = self.state();
-        if gone {
-            return Err(JournalError::NotLeader { leader: None });
+    /// Commits the events, or refuses them (the leader lost its leadership).
+    fn append(&mut self, events: &[Event], leader_gone: bool) -> bool {
+        if leader_gone || std::mem::take(&mut self.cut_next) {
+            return false;
         }
-        if std::mem::take(&mut j.cut_next) {
-            return Err(JournalError::NotLeader { leader: None });
+        if self.armed && self.rate > 0.0 && self.rng.gen_bool(self.rate.min(1.0)) {
+            return false;
         }
-        let rate = j.rate;
-        if j.armed && rate > 0.0 && j.rng.gen_bool(rate.min(1.0)) {
-            return Err(JournalError::NotLeader { leader: None });
-        }
-        for ev in &events {
-            if let (Event::ActionSucceeded { op_id, .. }, Some(kind)) = (ev, &j.cut_after) {
-                let hit = j
+        for ev in events {
+            if let (Event::ActionSucceeded { op_id, .. }, Some(kind)) = (ev, &self.cut_after) {
+                let hit = self
                     .committed
                     .in_flight
                     .get(op_id)
                     .is_some_and(|a| a.kind.name() == kind);
                 if hit {
-                    j.cut_after = None;
-                    j.cut_next = true;
+                    self.cut_after = None;
+                    self.cut_next = true;
                 }
             }
-            j.committed.apply(ev);
+            self.committed.apply(ev);
         }
-        Ok(())
+        true
     }
 }
 
 /// The leader's VM is special to its own agent: deleting it, or restarting or upgrading its
 /// agent, first hands the leadership over (the next leader does it), as the agents do.
-fn leads(world: &SharedWorld, vm: &str) -> bool {
-    lock(world).leader.as_deref() == Some(vm)
-}
-
-async fn hand_over(world: &SharedWorld, vm: &str) -> BackendError {
-    tokio::time::sleep(HANDOVER).await;
-    lock(world).leader_gone = true;
-    BackendError::Transient(format!(
-        "{vm} runs the leader; leadership was handed over and the next leader does this"
-    ))
-}
-
-struct LeaderAwareProvider {
-    inner: MockProvider,
-    world: SharedWorld,
-}
-
-#[async_trait]
-impl CloudProvider for LeaderAwareProvider {
-    async fn create_vm(&self, op: OpId, spec: &VmSpec) -> Result<VmInfo, BackendError> {
-        self.inner.create_vm(op, spec).await
-    }
-    async fn delete_vm(&self, op: OpId, name: &str) -> Result<(), BackendError> {
-        if leads(&self.world, name) {
-            return Err(hand_over(&self.world, name).await);
-        }
-        self.inner.delete_vm(op, name).await
-    }
-    async fn list_vms(&self) -> Result<Vec<VmInfo>, BackendError> {
-        self.inner.list_vms().await
-    }
-}
-
-struct LeaderAwareRuntime {
-    inner: DummyRuntime,
-    world: SharedWorld,
-}
-
-#[async_trait]
-impl ProcessRuntime for LeaderAwareRuntime {
-    async fn install_software(
-        &self,
-        op: OpId,
-        vm: &str,
-        v: &str,
-        url: &str,
-    ) -> Result<(), BackendError> {
-        self.inner.install_software(op, vm, v, url).await
-    }
-    async fn write_files(
-        &self,
-        op: OpId,
-        vm: &str,
-        files: &[ConfigFile],
-    ) -> Result<(), BackendError> {
-        self.inner.write_files(op, vm, files).await
-    }
-    async fn start_program(
-        &self,
-        op: OpId,
-        vm: &str,
-        spec: &ProgramSpec,
-    ) -> Result<(), BackendError> {
-        self.inner.start_program(op, vm, spec).await
-    }
-    async fn stop_program(
-        &self,
-        op: OpId,
-        vm: &str,
-        kind: ProgramKind,
-        cluster_shutdown: bool,
-    ) -> Result<(), BackendError> {
-        self.inner
-            .stop_program(op, vm, kind, cluster_shutdown)
-            .await
-    }
-    async fn status(&self, vm: &str) -> Result<ProgramStatus, BackendError> {
-        self.inner.status(vm).await
-    }
-    async fn mgm_command(
-        &self,
-        op: OpId,
-        vm: &str,
-        cmd: &MgmCommand,
-    ) -> Result<Vec<u32>, BackendError> {
-        self.inner.mgm_command(op, vm, cmd).await
-    }
-    async fn restore(
-        &self,
-        op: OpId,
-        vm: &str,
-        run: &RestoreRun,
-    ) -> Result<Vec<u32>, BackendError> {
-        self.inner.restore(op, vm, run).await
-    }
-    async fn delete_backup(
-        &self,
-        op: OpId,
-        vm: &str,
-        backup: &BackupSpec,
-    ) -> Result<(), BackendError> {
-        self.inner.delete_backup(op, vm, backup).await
-    }
-    async fn restart_agent(&self, op: OpId, vm: &str) -> Result<(), BackendError> {
-        if leads(&self.world, vm) {
-            return Err(hand_over(&self.world, vm).await);
-        }
-        self.inner.restart_agent(op, vm).await
-    }
-    async fn upgrade_agent(
-        &self,
-        op: OpId,
-        vm: &str,
-        version: &str,
-        url: &str,
-    ) -> Result<(), BackendError> {
-        if leads(&self.world, vm) {
-            return Err(hand_over(&self.world, vm).await);
-        }
-        self.inner.upgrade_agent(op, vm, version, url).await
-    }
+fn hands_over(call: &BackendCall, leader: Option<&str>) -> Option<String> {
+    let vm = match call {
+        BackendCall::DeleteVm { vm }
+        | BackendCall::RestartAgent { vm }
+        | BackendCall::UpgradeAgent { vm, .. } => vm,
+        _ => return None,
+    };
+    (leader == Some(vm.as_str())).then(|| vm.clone())
 }
 
 /// One action as the simulation saw it.
@@ -283,26 +144,8 @@ struct Recorder {
     started: BTreeMap<u64, (serde_json::Value, f64)>,
     done: Vec<ActionRecord>,
     checker: InvariantChecker,
-    epoch: Option<tokio::time::Instant>,
     /// Print progress lines as actions start and finish (human mode).
     verbose: bool,
-}
-
-impl Recorder {
-    fn now(&self) -> f64 {
-        self.epoch
-            .map(|e| e.elapsed().as_secs_f64())
-            .unwrap_or_default()
-    }
-}
-
-#[derive(Clone, Default)]
-struct SharedRecorder(Arc<Mutex<Recorder>>);
-
-impl SharedRecorder {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Recorder> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 fn action_json(s: &ClusterState, k: &ActionKind) -> serde_json::Value {
@@ -317,10 +160,9 @@ fn action_json(s: &ClusterState, k: &ActionKind) -> serde_json::Value {
     v
 }
 
-impl EventHook for SharedRecorder {
-    fn on_event(&mut self, state: &ClusterState, event: &Event) {
-        let mut r = self.lock();
-        let t = r.now();
+impl Recorder {
+    fn on_event(&mut self, state: &ClusterState, event: &Event, t: f64) {
+        let r = self;
         match event {
             Event::ActionStarted(a) => {
                 if r.verbose {
@@ -374,23 +216,62 @@ impl EventHook for SharedRecorder {
     }
 }
 
-/// A simulated cluster: the world, and the reconciler acting on it.
+/// Something due at a simulated time.
+enum Due {
+    /// A backend call ends in the world.
+    End {
+        op: u64,
+        token: u64,
+        pending: Pending,
+    },
+    /// A backend call answers without the world (handover, or a repeat of a finished run).
+    Answer {
+        op: u64,
+        token: u64,
+        result: Result<Outcome, BackendError>,
+        /// The answer of a leader that handed its leadership over: it leads no more.
+        hand_over: bool,
+    },
+    /// The leader looks at the world.
+    Observe { generation: u64 },
+    /// The engine asked to be woken.
+    Wake { generation: u64 },
+}
+
+/// An agent's run of one operation id: running, or its result kept for repeats.
+enum OpRun {
+    Running { token: u64 },
+    Done(Result<Outcome, BackendError>),
+}
+
+/// A simulated cluster: the world, and the engine of the leader acting on it.
 pub struct Simulation {
     pub world: SharedWorld,
-    reconciler: Reconciler,
-    recorder: SharedRecorder,
-    provider: Arc<dyn CloudProvider>,
-    runtime: Arc<dyn ProcessRuntime>,
-    config: ReconcilerConfig,
+    engine: Engine,
+    policy: StandardPolicy,
+    recorder: Recorder,
     /// The Raft part, with leader changes on.
-    journal: Option<Arc<SimJournal>>,
+    journal: Option<SimJournal>,
     leader_rng: ChaCha8Rng,
     /// Leaders so far (the bootstrap agent first).
     pub leader_changes: u64,
+    now: Duration,
+    queue: BTreeMap<(Duration, u64), Due>,
+    seq: u64,
+    /// Bumped at each leader change: what was due for the old leader is dropped.
+    generation: u64,
+    /// Operations the current leader waits for, with the run whose end answers it.
+    awaiting: BTreeMap<u64, u64>,
+    /// Agents' runs by operation id.
+    runs: BTreeMap<u64, OpRun>,
+    next_token: u64,
+    wake_at: Option<Duration>,
+    observe_queued: bool,
+    /// The journal refused a write: the next leader must take over before anything else.
+    leader_lost: bool,
 }
 
 impl Simulation {
-    /// Must be created inside a tokio runtime with paused time (see [`runtime`]).
     pub fn new(opts: &SimOptions) -> Self {
         let mut world = World::new(opts.seed, opts.faults, opts.cost.clone());
         for id in &opts.existing_backups {
@@ -401,96 +282,254 @@ impl Simulation {
                 },
             );
         }
-        let world = world.shared();
-        let (provider, runtime): (Arc<dyn CloudProvider>, Arc<dyn ProcessRuntime>) =
-            if opts.leader_change_rate.is_some() {
-                (
-                    Arc::new(LeaderAwareProvider {
-                        inner: MockProvider::new(world.clone()),
-                        world: world.clone(),
-                    }),
-                    Arc::new(LeaderAwareRuntime {
-                        inner: DummyRuntime::new(world.clone()),
-                        world: world.clone(),
-                    }),
-                )
-            } else {
-                (
-                    Arc::new(MockProvider::new(world.clone())),
-                    Arc::new(DummyRuntime::new(world.clone())),
-                )
-            };
-        let config = ReconcilerConfig {
+        let policy = StandardPolicy {
             max_attempts: opts.max_attempts,
             observe_every: Duration::from_secs(30),
             ..Default::default()
         };
         // Its own stream, so that turning leader changes on leaves the world's draws alone.
         let mut leader_rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0x1ead_e7c4_a46e);
-        let journal = opts.leader_change_rate.map(|rate| {
-            Arc::new(SimJournal {
-                world: world.clone(),
-                inner: Mutex::new(JournalState {
-                    committed: ClusterState::default(),
-                    armed: false,
-                    rate,
-                    rng: ChaCha8Rng::seed_from_u64(leader_rng.gen()),
-                    cut_after: None,
-                    cut_next: false,
-                }),
-            })
+        let journal = opts.leader_change_rate.map(|rate| SimJournal {
+            committed: ClusterState::default(),
+            armed: false,
+            rate,
+            rng: ChaCha8Rng::seed_from_u64(leader_rng.gen()),
+            cut_after: None,
+            cut_next: false,
         });
-        let recorder = SharedRecorder::default();
-        recorder.lock().epoch = Some(tokio::time::Instant::now());
-        let reconciler = Self::reconciler_for(
-            &provider,
-            &runtime,
-            &config,
-            &journal,
-            &recorder,
-            ClusterState::default(),
-        );
         Simulation {
-            world,
-            reconciler,
-            recorder,
-            provider,
-            runtime,
-            config,
+            world: world.shared(),
+            engine: Engine::new(ClusterState::default(), Box::new(policy.clone())),
+            policy,
+            recorder: Recorder::default(),
             journal,
             leader_rng,
             leader_changes: 0,
+            now: Duration::ZERO,
+            queue: BTreeMap::new(),
+            seq: 0,
+            generation: 0,
+            awaiting: BTreeMap::new(),
+            runs: BTreeMap::new(),
+            next_token: 0,
+            wake_at: None,
+            observe_queued: false,
+            leader_lost: false,
         }
     }
 
-    fn reconciler_for(
-        provider: &Arc<dyn CloudProvider>,
-        runtime: &Arc<dyn ProcessRuntime>,
-        config: &ReconcilerConfig,
-        journal: &Option<Arc<SimJournal>>,
-        recorder: &SharedRecorder,
-        state: ClusterState,
-    ) -> Reconciler {
-        let mut r = Reconciler::new(
-            Arc::clone(provider),
-            Arc::clone(runtime),
-            state,
-            config.clone(),
-        );
-        if let Some(j) = journal {
-            r = r.with_journal(Arc::clone(j) as Arc<dyn Journal>);
+    fn secs(&self) -> f64 {
+        self.now.as_secs_f64()
+    }
+
+    fn at(&mut self, t: Duration, due: Due) {
+        self.seq += 1;
+        self.queue.insert((t, self.seq), due);
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    /// Feeds one input to the engine and carries out its commands; returns the verdict on
+    /// a submission.
+    fn step(&mut self, input: Input) -> Option<Result<Submission, Vec<Violation>>> {
+        if self.leader_lost {
+            return None;
         }
-        r.add_hook(Box::new(recorder.clone()));
-        r
+        let mut verdict = None;
+        for c in self.engine.step(self.now, input) {
+            match c {
+                Command::Append(events) => {
+                    if let Some(j) = &mut self.journal {
+                        let gone = lock(&self.world).leader_gone;
+                        if !j.append(&events, gone) {
+                            // Nothing after a refused write happens.
+                            self.leader_lost = true;
+                            return None;
+                        }
+                    }
+                    let t = self.secs();
+                    for ev in &events {
+                        self.recorder.on_event(self.engine.state(), ev, t);
+                    }
+                }
+                Command::Run { action, call } => self.run(action.op_id, call),
+                Command::Observe => {
+                    if !self.observe_queued {
+                        self.observe_queued = true;
+                        let generation = self.generation;
+                        self.at(self.now, Due::Observe { generation });
+                    }
+                }
+                Command::Verdict(v) => verdict = Some(v),
+                Command::Report { .. } => {}
+                Command::WakeAt(t) => {
+                    self.wake_at = Some(t);
+                    let generation = self.generation;
+                    self.at(t, Due::Wake { generation });
+                }
+            }
+        }
+        verdict
+    }
+
+    /// Starts an action's backend call in the world (or joins the run already under way
+    /// for its operation id).
+    fn run(&mut self, op: u64, call: BackendCall) {
+        let leader = lock(&self.world).leader.clone();
+        if self.journal.is_some() {
+            if let Some(vm) = hands_over(&call, leader.as_deref()) {
+                let token = self.token();
+                self.awaiting.insert(op, token);
+                let result = Err(BackendError::transient(format!(
+                    "{vm} runs the leader; leadership was handed over and the next leader does this"
+                )));
+                let hand_over = true;
+                self.at(
+                    self.now + HANDOVER,
+                    Due::Answer {
+                        op,
+                        token,
+                        result,
+                        hand_over,
+                    },
+                );
+                // The handover completes when that answer is due.
+                return;
+            }
+        }
+        if call.runs_once_per_op() {
+            match self.runs.get(&op) {
+                Some(OpRun::Running { token }) => {
+                    self.awaiting.insert(op, *token);
+                    return;
+                }
+                Some(OpRun::Done(result)) => {
+                    let result = result.clone();
+                    let token = self.token();
+                    self.awaiting.insert(op, token);
+                    let hand_over = false;
+                    self.at(
+                        self.now,
+                        Due::Answer {
+                            op,
+                            token,
+                            result,
+                            hand_over,
+                        },
+                    );
+                    return;
+                }
+                None => {}
+            }
+        }
+        let token = self.token();
+        if call.runs_once_per_op() {
+            self.runs.insert(op, OpRun::Running { token });
+        }
+        self.awaiting.insert(op, token);
+        let pending = {
+            let mut w = lock(&self.world);
+            w.now = self.secs();
+            w.begin(&call)
+        };
+        let end = self.now + Duration::from_secs_f64(pending.seconds);
+        self.at(end, Due::End { op, token, pending });
+    }
+
+    /// Handles the next thing due; false when nothing is.
+    fn advance(&mut self) -> bool {
+        let Some(((t, _), due)) = self.queue.pop_first() else {
+            return false;
+        };
+        self.now = self.now.max(t);
+        match due {
+            Due::End { .. } | Due::Answer { .. } => {
+                // Every result due at this instant reaches the leader at once: it plans once.
+                let mut results = Vec::new();
+                let mut next = Some(due);
+                while let Some(due) = next.take() {
+                    if let Some(r) = self.result_of(due) {
+                        results.push(r);
+                    }
+                    let same_instant = self.queue.first_key_value().is_some_and(|((at, _), d)| {
+                        *at == t && matches!(d, Due::End { .. } | Due::Answer { .. })
+                    });
+                    if same_instant {
+                        next = self.queue.pop_first().map(|(_, d)| d);
+                    }
+                }
+                if !results.is_empty() {
+                    self.step(Input::ActionsDone(results));
+                }
+            }
+            Due::Observe { generation } if generation == self.generation => {
+                self.observe_queued = false;
+                let observation = {
+                    let mut w = lock(&self.world);
+                    w.now = self.secs();
+                    let state = self.engine.state();
+                    w.observe(|n| state.vms.contains_key(n))
+                };
+                self.step(Input::Observed(Ok(observation)));
+            }
+            Due::Wake { generation }
+                if generation == self.generation && self.wake_at == Some(t) =>
+            {
+                self.wake_at = None;
+                self.step(Input::Tick);
+            }
+            Due::Observe { .. } | Due::Wake { .. } => {}
+        }
+        true
+    }
+
+    /// Ends a run (or takes an answer) and returns the result if the leader waits for it.
+    fn result_of(&mut self, due: Due) -> Option<(u64, Result<Outcome, BackendError>)> {
+        let (op, token, result) = match due {
+            Due::End { op, token, pending } => {
+                let result = {
+                    let mut w = lock(&self.world);
+                    w.now = self.secs();
+                    w.finish(pending)
+                };
+                if let Some(r) = self.runs.get_mut(&op) {
+                    if matches!(r, OpRun::Running { token: x } if *x == token) {
+                        *r = OpRun::Done(result.clone());
+                    }
+                }
+                (op, token, result)
+            }
+            Due::Answer {
+                op,
+                token,
+                result,
+                hand_over,
+            } => {
+                if hand_over && self.awaiting.get(&op) == Some(&token) {
+                    lock(&self.world).leader_gone = true;
+                }
+                (op, token, result)
+            }
+            Due::Observe { .. } | Due::Wake { .. } => return None,
+        };
+        if self.awaiting.get(&op) == Some(&token) {
+            self.awaiting.remove(&op);
+            Some((op, result))
+        } else {
+            None
+        }
     }
 
     /// The leader's agent is gone or stepped down: another agent, on a VM chosen at random
     /// (any VM may lead), takes over from what was committed. With `to`, that VM leads.
-    pub async fn change_leader(&mut self, to: Option<&str>) {
-        let Some(journal) = self.journal.clone() else {
+    pub fn change_leader(&mut self, to: Option<&str>) {
+        let Some(journal) = &self.journal else {
             return;
         };
-        let committed = journal.state().committed.clone();
+        let committed = journal.committed.clone();
         let leader = match to {
             Some(vm) => Some(vm.to_string()),
             None => {
@@ -506,70 +545,71 @@ impl Simulation {
             w.leader_gone = false;
         }
         self.leader_changes += 1;
-        if self.recorder.lock().verbose {
-            let t = self.recorder.lock().now();
+        if self.recorder.verbose {
             println!(
-                "[{t:>7.1}s] leader change: {} takes over",
+                "[{:>7.1}s] leader change: {} takes over",
+                self.secs(),
                 leader.as_deref().unwrap_or("the bootstrap agent")
             );
         }
-        self.reconciler = Self::reconciler_for(
-            &self.provider,
-            &self.runtime,
-            &self.config,
-            &self.journal,
-            &self.recorder,
-            committed,
-        );
-        if let Some(vm) = &leader {
-            self.reconciler.record_leader(vm).await;
+        self.generation += 1;
+        self.awaiting.clear();
+        self.wake_at = None;
+        self.observe_queued = false;
+        self.leader_lost = false;
+        self.engine = Engine::new(committed, Box::new(self.policy.clone()));
+        if let Some(vm) = leader {
+            self.step(Input::Leading { vm });
         }
     }
 
     /// The leader will lose its leadership right after the next success of an action of
     /// `kind` is committed (needs leader changes on).
-    pub fn cut_leader_after(&self, kind: &str) -> bool {
-        match &self.journal {
+    pub fn cut_leader_after(&mut self, kind: &str) -> bool {
+        match &mut self.journal {
             Some(j) => {
-                j.state().cut_after = Some(kind.to_string());
+                j.cut_after = Some(kind.to_string());
                 true
             }
             None => false,
         }
     }
 
-    fn arm(&self, on: bool) {
-        if let Some(j) = &self.journal {
-            j.state().armed = on;
+    fn arm(&mut self, on: bool) {
+        if let Some(j) = &mut self.journal {
+            j.armed = on;
         }
     }
 
     /// Prints progress lines while reconciling (the human-readable mode of `simulate`).
     pub fn set_verbose(&mut self, verbose: bool) {
-        self.recorder.lock().verbose = verbose;
+        self.recorder.verbose = verbose;
     }
 
     pub fn state(&self) -> &ClusterState {
-        self.reconciler.state()
+        self.engine.state()
     }
 
     /// Submits a desired state and reconciles until it is reached or given up.
-    pub async fn submit(&mut self, d: DesiredState) -> StepReport {
-        let t0 = self.recorder.lock().now();
-        {
-            let mut r = self.recorder.lock();
-            r.done.clear();
-        }
+    pub fn submit(&mut self, d: DesiredState) -> StepReport {
+        let t0 = self.secs();
+        self.recorder.done.clear();
         let desired_id = d.id;
-        if self.reconciler.halted().is_some() || lock(&self.world).leader_gone {
-            self.change_leader(None).await;
+        if self.leader_lost || lock(&self.world).leader_gone {
+            self.change_leader(None);
         }
-        if let Err(v) = self.reconciler.submit(d).await {
-            let text = v
-                .iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join("; ");
+        let verdict = self.step(Input::Submit(Box::new(d)));
+        let rejection = match verdict {
+            Some(Ok(_)) => None,
+            Some(Err(v)) => Some(
+                v.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            None => Some("not recorded: the leader lost its leadership; submit it again".into()),
+        };
+        if let Some(text) = rejection {
             return StepReport {
                 desired_id,
                 outcome: "REJECTED".into(),
@@ -581,38 +621,47 @@ impl Simulation {
                 error: None,
             };
         }
-        self.settle(t0, desired_id).await
+        self.settle(t0, desired_id)
     }
 
     /// Reconciles again without a new desired state (after injected drift).
-    pub async fn repair(&mut self) -> StepReport {
-        let t0 = self.recorder.lock().now();
-        self.recorder.lock().done.clear();
+    pub fn repair(&mut self) -> StepReport {
+        let t0 = self.secs();
+        self.recorder.done.clear();
         let id = self.state().accepted.as_ref().map(|d| d.id).unwrap_or(0);
-        self.settle(t0, id).await
+        if self.leader_lost || lock(&self.world).leader_gone {
+            self.change_leader(None);
+        }
+        self.step(Input::Resync);
+        self.settle(t0, id)
     }
 
-    async fn settle(&mut self, t0: f64, desired_id: u64) -> StepReport {
+    /// Runs the world until the leader's reconciliation ends (across leader changes).
+    fn settle(&mut self, t0: f64, desired_id: u64) -> StepReport {
         let mut changes = 0;
+        self.arm(true);
         let outcome = loop {
-            self.arm(true);
-            let outcome = self.reconciler.reconcile().await;
-            self.arm(false);
-            if self.reconciler.halted().is_none() {
-                break outcome;
+            if self.leader_lost {
+                changes += 1;
+                if changes > MAX_LEADER_CHANGES {
+                    break ReconciliationState::ERROR_STATE;
+                }
+                self.change_leader(None);
+                if !self.engine.is_busy() {
+                    self.step(Input::Resync);
+                }
+                continue;
             }
-            changes += 1;
-            if changes > MAX_LEADER_CHANGES {
-                break ReconciliationState::ERROR_STATE;
+            let waiting = self.engine.is_busy() || !self.awaiting.is_empty() || self.observe_queued;
+            if !waiting || !self.advance() {
+                break self.state().reconciliation;
             }
-            self.change_leader(None).await;
         };
-        let mut r = self.recorder.lock();
-        let t1 = r.now();
-        let mut actions = std::mem::take(&mut r.done);
+        self.arm(false);
+        let t1 = self.secs();
+        let mut actions = std::mem::take(&mut self.recorder.done);
         actions.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
-        let mut violations = std::mem::take(&mut r.checker.violations);
-        drop(r);
+        let mut violations = std::mem::take(&mut self.recorder.checker.violations);
         if outcome == ReconciliationState::AT_DESIRED_STATE {
             violations.extend(check_settled(self.state()));
         }
@@ -669,13 +718,4 @@ impl Simulation {
             "world_lost_vms": lock(&self.world).lost_vms.clone(),
         })
     }
-}
-
-/// A single-threaded runtime with paused time: simulated seconds pass instantly and runs
-/// are deterministic for a seed.
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
 }

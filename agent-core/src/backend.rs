@@ -6,6 +6,7 @@ use crate::desired::{BackupSpec, VmType};
 use crate::model::{ConfigFile, Role};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// The operation id of the action a backend call belongs to. Remote backends send it along,
 /// so an agent that already ran an operation answers a new leader's repeat with the first
@@ -51,25 +52,132 @@ pub struct VmInfo {
     pub agent_endpoint: String,
 }
 
-/// Why a backend call failed. `VmGone` is drift, not a failed attempt: the reconciler
-/// observes and replans instead of retrying.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
-pub enum BackendError {
-    #[error("VM {0} does not exist (lost or deleted)")]
-    VmGone(String),
-    #[error("transient failure: {0}; the action will be retried")]
-    Transient(String),
-    #[error("{0}")]
-    Failed(String),
+/// What kind of failure a backend call met: it decides what the reconciler does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The VM does not exist (lost or deleted): drift, not a failed attempt; the reconciler
+    /// observes and replans instead of counting a retry.
+    VmGone,
+    /// Worth trying again as is: a timeout, an agent that cannot be reached, a leader that
+    /// handed over.
+    Transient,
+    /// The world refused: RonDB or the cloud said no, a file or program is missing.
+    Refused,
+}
+
+/// Why a backend call failed: what kind of failure, on which VM, in which operation, what
+/// the backend (or RonDB) said, and the underlying error where there is one.
+#[derive(Clone)]
+pub struct BackendError {
+    pub kind: ErrorKind,
+    /// The VM the call was for, where it names one.
+    pub vm: Option<String>,
+    /// The operation the call belonged to ([`OpId::NONE`] outside an action).
+    pub op: OpId,
+    /// What went wrong, for people: the backend's or RonDB's own words.
+    pub message: String,
+    /// The error underneath (an I/O error, a gRPC status, ...); it stays on this machine.
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl BackendError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        BackendError {
+            kind,
+            vm: None,
+            op: OpId::NONE,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The VM `vm` is gone.
+    pub fn vm_gone(vm: impl Into<String>) -> Self {
+        let vm = vm.into();
+        BackendError::new(
+            ErrorKind::VmGone,
+            format!("VM {vm} does not exist (lost or deleted)"),
+        )
+        .on(vm)
+    }
+
+    pub fn transient(message: impl Into<String>) -> Self {
+        BackendError::new(ErrorKind::Transient, message)
+    }
+
+    pub fn refused(message: impl Into<String>) -> Self {
+        BackendError::new(ErrorKind::Refused, message)
+    }
+
+    /// Names the VM the call was for.
+    pub fn on(mut self, vm: impl Into<String>) -> Self {
+        self.vm = Some(vm.into());
+        self
+    }
+
+    /// Names the operation the call belonged to.
+    pub fn in_op(mut self, op: OpId) -> Self {
+        self.op = op;
+        self
+    }
+
+    /// Keeps the underlying error.
+    pub fn caused_by(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(e));
+        self
+    }
+
     /// The world changed under the action (its VM is gone): not an attempt that failed, so
     /// the reconciler observes and replans instead of counting a retry.
     pub fn is_drift(&self) -> bool {
-        matches!(self, BackendError::VmGone(_))
+        self.kind == ErrorKind::VmGone
     }
 }
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            ErrorKind::Transient => write!(
+                f,
+                "transient failure: {}; the action will be retried",
+                self.message
+            ),
+            ErrorKind::VmGone | ErrorKind::Refused => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::fmt::Debug for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendError")
+            .field("kind", &self.kind)
+            .field("vm", &self.vm)
+            .field("op", &self.op)
+            .field("message", &self.message)
+            .field("source", &self.source.as_ref().map(|s| s.to_string()))
+            .finish()
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Equal when kind, VM, operation and message are (the underlying error is not compared).
+impl PartialEq for BackendError {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind
+            && self.vm == other.vm
+            && self.op == other.op
+            && self.message == other.message
+    }
+}
+
+impl Eq for BackendError {}
 
 /// Creates and removes machines. Implementations: mock, local, docker, terraform.
 #[async_trait]

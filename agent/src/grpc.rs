@@ -8,7 +8,7 @@ use super::AgentShared;
 use crate::actions::RestoreStep;
 use crate::backend::OpId;
 use crate::backend::{
-    BackendError, MgmCommand, ProcessRuntime, ProgramKind, ProgramSpec, RestoreRun,
+    BackendError, ErrorKind, MgmCommand, ProcessRuntime, ProgramKind, ProgramSpec, RestoreRun,
 };
 use crate::desired::{BackupSpec, SinkType};
 use crate::model::ConfigFile;
@@ -83,7 +83,7 @@ impl AgentService {
                 let handle = tokio::spawn(op);
                 let f: OpFuture = async move {
                     handle.await.unwrap_or_else(|e| {
-                        Err(BackendError::Failed(format!("operation panicked: {e}")))
+                        Err(BackendError::refused(format!("operation panicked: {e}")))
                     })
                 }
                 .boxed()
@@ -98,20 +98,48 @@ impl AgentService {
                 f
             }
         };
-        match fut.await {
-            Ok(node_ids) => Ok(Response::new(pb::OpReply { node_ids })),
-            Err(e) => Err(to_status(e)),
-        }
+        Ok(Response::new(match fut.await {
+            Ok(node_ids) => pb::OpReply {
+                node_ids,
+                failure: None,
+            },
+            Err(e) => pb::OpReply {
+                node_ids: vec![],
+                failure: Some(failure_to_pb(&e)),
+            },
+        }))
     }
 }
 
-/// Backend errors as gRPC statuses (and back, in [`super::remote`]).
-pub fn to_status(e: BackendError) -> Status {
-    match e {
-        BackendError::VmGone(m) => Status::not_found(m),
-        BackendError::Transient(m) => Status::unavailable(format!("agent: {m}")),
-        BackendError::Failed(m) => Status::failed_precondition(m),
+/// A failed operation as the agent answers it (and back, in [`failure_from_pb`]).
+pub fn failure_to_pb(e: &BackendError) -> pb::Failure {
+    pb::Failure {
+        kind: match e.kind {
+            ErrorKind::VmGone => pb::FailureKind::VmGone,
+            ErrorKind::Transient => pb::FailureKind::Transient,
+            ErrorKind::Refused => pb::FailureKind::Refused,
+        } as i32,
+        vm: e.vm.clone().unwrap_or_default(),
+        op_id: e.op.0,
+        message: e.message.clone(),
     }
+}
+
+/// The agent of `vm` answered that the operation failed.
+pub fn failure_from_pb(vm: &str, f: pb::Failure) -> BackendError {
+    let kind = match pb::FailureKind::try_from(f.kind) {
+        Ok(pb::FailureKind::VmGone) => ErrorKind::VmGone,
+        Ok(pb::FailureKind::Transient) => ErrorKind::Transient,
+        _ => ErrorKind::Refused,
+    };
+    let on = if f.vm.is_empty() {
+        vm.to_string()
+    } else {
+        f.vm
+    };
+    BackendError::new(kind, f.message)
+        .on(on)
+        .in_op(OpId(f.op_id))
 }
 
 pub fn kind_from_pb(k: i32) -> Result<ProgramKind, Status> {
@@ -137,15 +165,26 @@ pub fn kind_to_pb(k: ProgramKind) -> pb::ProgramKind {
 
 pub fn backup_from_pb(b: Option<pb::Backup>) -> Result<BackupSpec, Status> {
     let b = b.ok_or_else(|| Status::invalid_argument("the request names no backup"))?;
-    let sink_type: SinkType =
-        serde_json::from_value(serde_json::Value::String(b.sink_type.clone()))
-            .map_err(|e| Status::invalid_argument(format!("sink type {}: {e}", b.sink_type)))?;
-    let sink_parameters = if b.sink_parameters_json.is_empty() {
-        Default::default()
-    } else {
-        serde_json::from_str(&b.sink_parameters_json)
-            .map_err(|e| Status::invalid_argument(format!("sink parameters: {e}")))?
+    let sink_type = match pb::SinkType::try_from(b.sink_type) {
+        Ok(pb::SinkType::Local) => SinkType::Local,
+        Ok(pb::SinkType::Docker) => SinkType::Docker,
+        Ok(pb::SinkType::S3) => SinkType::S3,
+        _ => {
+            return Err(Status::invalid_argument(format!(
+                "unknown sink type {}",
+                b.sink_type
+            )))
+        }
     };
+    let sink_parameters = b
+        .sink_parameters
+        .map(|st| {
+            st.fields
+                .into_iter()
+                .map(|(k, v)| (k, json_from_pb(v)))
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(BackupSpec {
         id: b.id,
         sink_type,
@@ -156,24 +195,82 @@ pub fn backup_from_pb(b: Option<pb::Backup>) -> Result<BackupSpec, Status> {
 pub fn backup_to_pb(b: &BackupSpec) -> pb::Backup {
     pb::Backup {
         id: b.id,
-        sink_type: serde_json::to_value(b.sink_type)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
-        sink_parameters_json: serde_json::to_string(&b.sink_parameters).unwrap_or_default(),
+        sink_type: match b.sink_type {
+            SinkType::Local => pb::SinkType::Local,
+            SinkType::Docker => pb::SinkType::Docker,
+            SinkType::S3 => pb::SinkType::S3,
+        } as i32,
+        sink_parameters: Some(prost_types::Struct {
+            fields: b
+                .sink_parameters
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_pb(v)))
+                .collect(),
+        }),
     }
 }
 
-pub fn step_from_str(s: &str) -> Result<RestoreStep, Status> {
-    serde_json::from_value(serde_json::Value::String(s.to_string()))
-        .map_err(|e| Status::invalid_argument(format!("restore step {s}: {e}")))
+/// A JSON value of the desired state as protobuf's own JSON value.
+fn json_to_pb(v: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    use serde_json::Value as J;
+    let kind = match v {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(*b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        J::String(s) => Kind::StringValue(s.clone()),
+        J::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.iter().map(json_to_pb).collect(),
+        }),
+        J::Object(o) => Kind::StructValue(prost_types::Struct {
+            fields: o.iter().map(|(k, v)| (k.clone(), json_to_pb(v))).collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
 }
 
-pub fn step_to_str(s: RestoreStep) -> String {
-    serde_json::to_value(s)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+fn json_from_pb(v: prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    use serde_json::Value as J;
+    match v.kind {
+        None | Some(Kind::NullValue(_)) => J::Null,
+        Some(Kind::BoolValue(b)) => J::Bool(b),
+        Some(Kind::NumberValue(n)) => {
+            // Whole numbers come back as integers, as they were written.
+            if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                J::from(n as i64)
+            } else {
+                serde_json::Number::from_f64(n).map_or(J::Null, J::Number)
+            }
+        }
+        Some(Kind::StringValue(s)) => J::String(s),
+        Some(Kind::ListValue(l)) => J::Array(l.values.into_iter().map(json_from_pb).collect()),
+        Some(Kind::StructValue(st)) => J::Object(
+            st.fields
+                .into_iter()
+                .map(|(k, v)| (k, json_from_pb(v)))
+                .collect(),
+        ),
+    }
+}
+
+pub fn step_from_pb(s: i32) -> Result<RestoreStep, Status> {
+    match pb::RestoreStep::try_from(s) {
+        Ok(pb::RestoreStep::Meta) => Ok(RestoreStep::Meta),
+        Ok(pb::RestoreStep::Data) => Ok(RestoreStep::Data),
+        Ok(pb::RestoreStep::RebuildIndexes) => Ok(RestoreStep::RebuildIndexes),
+        _ => Err(Status::invalid_argument(format!(
+            "unknown restore step {s}"
+        ))),
+    }
+}
+
+pub fn step_to_pb(s: RestoreStep) -> pb::RestoreStep {
+    match s {
+        RestoreStep::Meta => pb::RestoreStep::Meta,
+        RestoreStep::Data => pb::RestoreStep::Data,
+        RestoreStep::RebuildIndexes => pb::RestoreStep::RebuildIndexes,
+    }
 }
 
 macro_rules! op {
@@ -286,10 +383,17 @@ impl Agent for AgentService {
     ) -> Result<Response<pb::ProgramStatusReply>, Status> {
         let r = req.into_inner();
         let (vm, _) = self.check(&r.target)?;
-        let st = self.runtime.status(&vm).await.map_err(to_status)?;
-        Ok(Response::new(pb::ProgramStatusReply {
-            running: st.running,
-            version: st.version.unwrap_or_default(),
+        Ok(Response::new(match self.runtime.status(&vm).await {
+            Ok(st) => pb::ProgramStatusReply {
+                running: st.running,
+                version: st.version.unwrap_or_default(),
+                failure: None,
+            },
+            Err(e) => pb::ProgramStatusReply {
+                running: false,
+                version: String::new(),
+                failure: Some(failure_to_pb(&e)),
+            },
         }))
     }
 
@@ -328,7 +432,7 @@ impl Agent for AgentService {
         let (vm, op_id) = self.check(&r.target)?;
         let run = RestoreRun {
             backup: backup_from_pb(r.backup)?,
-            step: step_from_str(&r.step)?,
+            step: step_from_pb(r.step)?,
             api_node_id: r.api_node_id,
             original_node: r.original_node,
             command: r.command,
@@ -370,7 +474,7 @@ impl Agent for AgentService {
         let (vm, _) = self.check(&r.target)?;
         info!(%vm, "restart requested by the leader");
         self.shared.request_restart();
-        Ok(Response::new(pb::OpReply { node_ids: vec![] }))
+        Ok(Response::new(pb::OpReply::default()))
     }
 
     async fn upgrade_agent(
@@ -411,7 +515,7 @@ impl Agent for AgentService {
             .elect()
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(pb::OpReply { node_ids: vec![] }))
+        Ok(Response::new(pb::OpReply::default()))
     }
 
     async fn get_identity(
@@ -428,7 +532,7 @@ impl Agent for AgentService {
             .join(r.raft_id)
             .await
             .map_err(Status::failed_precondition)?;
-        Ok(Response::new(pb::OpReply { node_ids: vec![] }))
+        Ok(Response::new(pb::OpReply::default()))
     }
 }
 

@@ -212,7 +212,7 @@ impl AgentShared {
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(BackendError::Transient(format!(
+                return Err(BackendError::transient(format!(
                     "the agent of {vm} did not answer within 30 s of its restart"
                 )));
             }
@@ -258,8 +258,8 @@ impl AgentShared {
             .filter_map(|id| m.membership_config.membership().get_node(&id).cloned())
             .collect();
         if candidates.is_empty() {
-            return Err(BackendError::Failed(
-                "no other voter can take over the leadership".into(),
+            return Err(BackendError::refused(
+                "no other voter can take over the leadership",
             ));
         }
         info!(vm = %self.vm, "handing the leadership over before this agent restarts");
@@ -290,8 +290,8 @@ impl AgentShared {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         raft.runtime_config().heartbeat(true);
-        Err(BackendError::Transient(
-            "no other agent took over the leadership within 10 s".into(),
+        Err(BackendError::transient(
+            "no other agent took over the leadership within 10 s",
         ))
     }
 

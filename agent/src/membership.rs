@@ -29,7 +29,7 @@ pub struct Membership {
 }
 
 fn transient(what: &str, e: impl std::fmt::Display) -> BackendError {
-    BackendError::Transient(format!("{what}: {e}"))
+    BackendError::transient(format!("{what}: {e}"))
 }
 
 impl Membership {
@@ -68,7 +68,7 @@ impl Membership {
             .await
             .map_err(|e| transient(&format!("the agent of {} does not answer", info.name), e))?;
         if ident.vm != info.name {
-            return Err(BackendError::Failed(format!(
+            return Err(BackendError::refused(format!(
                 "the agent at {ep} is VM {}, not {}",
                 ident.vm, info.name
             )));
@@ -86,7 +86,7 @@ impl Membership {
         } else {
             let id = if ident.raft_id != 0 {
                 // Joined under an id the group removed: it never comes back under it.
-                return Err(BackendError::Failed(format!(
+                return Err(BackendError::refused(format!(
                     "the agent of {} holds Raft id {} that left the group; wipe its Raft data (raft.redb, raft_id) so it can join under a new id",
                     info.name, ident.raft_id
                 )));
@@ -101,7 +101,7 @@ impl Membership {
                     Ok(r) => match r.data {
                         Response::RaftId(id) => id,
                         other => {
-                            return Err(BackendError::Failed(format!(
+                            return Err(BackendError::refused(format!(
                                 "unexpected answer to a Raft id request: {other:?}"
                             )))
                         }
@@ -166,8 +166,8 @@ impl Membership {
         let voting: BTreeSet<NodeId> = ids.intersection(voters).copied().collect();
         if !voting.is_empty() {
             if voters.len() <= voting.len() {
-                return Err(BackendError::Failed(
-                    "removing these agents would leave the Raft group without voters".into(),
+                return Err(BackendError::refused(
+                    "removing these agents would leave the Raft group without voters",
                 ));
             }
             self.raft
@@ -352,7 +352,7 @@ impl CloudProvider for Membership {
         if name == self.shared.vm {
             // The leader's own VM: leave the group first; the next leader deletes it.
             self.expel(name).await?;
-            return Err(BackendError::Transient(format!(
+            return Err(BackendError::transient(format!(
                 "{name} runs the leader; leadership is handed over and the next leader deletes it"
             )));
         }

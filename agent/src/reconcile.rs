@@ -196,7 +196,7 @@ impl Reconciler {
                     Ok(st) => {
                         programs.insert(name, st);
                     }
-                    Err(BackendError::VmGone(_)) => {}
+                    Err(e) if e.is_drift() => {}
                     Err(e) => warn!(vm = %name, error = %e, "cannot query program status"),
                 }
             }

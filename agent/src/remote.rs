@@ -1,11 +1,11 @@
 //! The leader's `ProcessRuntime`: every call goes over gRPC to the agent of the target VM,
 //! with the action's operation id, so a repeat after a leader change is answered, not redone.
 
-use super::grpc::{backup_to_pb, kind_to_pb, step_to_str};
+use super::grpc::{backup_to_pb, failure_from_pb, kind_to_pb, step_to_pb};
 use super::AgentShared;
 use crate::backend::{
-    BackendError, MgmCommand, OpId, ProcessRuntime, ProgramKind, ProgramSpec, ProgramStatus,
-    RestoreRun,
+    BackendError, ErrorKind, MgmCommand, OpId, ProcessRuntime, ProgramKind, ProgramSpec,
+    ProgramStatus, RestoreRun,
 };
 use crate::desired::BackupSpec;
 use crate::model::ConfigFile;
@@ -33,6 +33,7 @@ impl RemoteRuntime {
 
     async fn call<T, F, Fut>(&self, op: OpId, vm: &str, f: F) -> Result<T, BackendError>
     where
+        T: Answer,
         F: Fn(AgentClient<Channel>, pb::Target) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
@@ -48,37 +49,53 @@ impl RemoteRuntime {
         f: F,
     ) -> Result<T, BackendError>
     where
+        T: Answer,
         F: Fn(AgentClient<Channel>, pb::Target) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
             let Some(ep) = self.shared.endpoint_of(vm) else {
-                return Err(BackendError::VmGone(format!(
-                    "{vm}: no agent of this VM is known to the cluster"
-                )));
+                return Err(BackendError::new(
+                    ErrorKind::VmGone,
+                    format!("{vm}: no agent of this VM is known to the cluster"),
+                )
+                .on(vm)
+                .in_op(op));
             };
             let client = self
                 .shared
                 .agent_client(&ep)
-                .map_err(|e| BackendError::Failed(format!("{vm}: bad agent address {ep}: {e}")))?;
+                .map_err(|e| BackendError::refused(format!("{vm}: bad agent address {ep}: {e}")))?;
             let target = pb::Target {
                 vm: vm.to_string(),
                 op_id: op.0,
             };
             match f(client, target).await {
-                Ok(r) => return Ok(r.into_inner()),
+                Ok(r) => {
+                    let mut r = r.into_inner();
+                    return match r.failure() {
+                        Some(f) => Err(failure_from_pb(vm, f).in_op(op)),
+                        None => Ok(r),
+                    };
+                }
                 Err(s) if unreachable(&s) => {
                     if tokio::time::Instant::now() >= deadline {
-                        return Err(BackendError::VmGone(format!(
-                            "{vm}: agent at {ep} unreachable for {:.1}s: {}",
-                            patience.as_secs_f64(),
-                            s.message()
-                        )));
+                        return Err(BackendError::new(
+                            ErrorKind::VmGone,
+                            format!(
+                                "{vm}: agent at {ep} unreachable for {:.1}s: {}",
+                                patience.as_secs_f64(),
+                                s.message()
+                            ),
+                        )
+                        .on(vm)
+                        .in_op(op)
+                        .caused_by(s));
                     }
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                Err(s) => return Err(from_status(vm, s)),
+                Err(s) => return Err(from_status(vm, s).in_op(op)),
             }
         }
     }
@@ -92,33 +109,48 @@ impl RemoteRuntime {
             return Ok(());
         }
         self.shared.hand_over_leadership().await?;
-        Err(BackendError::Transient(format!(
+        Err(BackendError::transient(format!(
             "{vm} runs the leader; leadership was handed over and the next leader does this"
         )))
     }
 }
 
-/// The agent could not be reached at all (as opposed to an answer that says "failed").
-fn unreachable(s: &Status) -> bool {
-    match s.code() {
-        Code::Unavailable => !s.message().starts_with("agent:"),
-        Code::Unknown | Code::Cancelled => true,
-        _ => false,
+/// An agent's answer, which may say that the operation failed.
+trait Answer {
+    fn failure(&mut self) -> Option<pb::Failure>;
+}
+
+impl Answer for pb::OpReply {
+    fn failure(&mut self) -> Option<pb::Failure> {
+        self.failure.take()
     }
 }
 
-/// gRPC statuses back into backend errors (see [`super::grpc::to_status`]).
+impl Answer for pb::ProgramStatusReply {
+    fn failure(&mut self) -> Option<pb::Failure> {
+        self.failure.take()
+    }
+}
+
+/// The call did not reach the agent (its answers, failures included, come as replies).
+fn unreachable(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled
+    )
+}
+
+/// A call the agent of `vm` turned away before running it (a malformed request, a stale
+/// address book): retrying the same call does not help.
 pub fn from_status(vm: &str, s: Status) -> BackendError {
     match s.code() {
-        Code::NotFound => BackendError::VmGone(format!("{vm}: {}", s.message())),
-        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => {
-            BackendError::Transient(format!(
-                "{vm}: {}",
-                s.message().trim_start_matches("agent: ")
-            ))
+        Code::ResourceExhausted | Code::DeadlineExceeded => {
+            BackendError::transient(format!("{vm}: {}", s.message()))
         }
-        _ => BackendError::Failed(format!("{vm}: {}", s.message())),
+        _ => BackendError::refused(format!("{vm}: {}", s.message())),
     }
+    .on(vm)
+    .caused_by(s)
 }
 
 fn no_ids(r: Result<pb::OpReply, BackendError>) -> Result<(), BackendError> {
@@ -276,7 +308,7 @@ impl ProcessRuntime for RemoteRuntime {
                 c.restore(pb::RestoreRequest {
                     target: Some(target),
                     backup: Some(backup_to_pb(&run.backup)),
-                    step: step_to_str(run.step),
+                    step: step_to_pb(run.step) as i32,
                     api_node_id: run.api_node_id,
                     original_node: run.original_node,
                     command: run.command.clone(),

@@ -77,7 +77,7 @@ struct NoProvider;
 #[async_trait]
 impl CloudProvider for NoProvider {
     async fn create_vm(&self, _: OpId, _: &VmSpec) -> Result<VmInfo, BackendError> {
-        Err(BackendError::Failed("no provider in this test".into()))
+        Err(BackendError::refused("no provider in this test"))
     }
     async fn delete_vm(&self, _: OpId, _: &str) -> Result<(), BackendError> {
         Ok(())
@@ -192,4 +192,34 @@ async fn refuses_other_targets_and_runs_an_operation_once() {
     // The id is durable: it is what a restart rejoins with.
     let stored = std::fs::read_to_string(dir.path().join(RAFT_ID_FILE)).unwrap();
     assert_eq!(stored.trim(), "5");
+}
+
+/// Sink parameters and failures cross the wire as protobuf types, not JSON text or message
+/// prefixes, and come back equal.
+#[test]
+fn backups_and_failures_cross_the_wire_typed() {
+    let b = BackupSpec {
+        id: 7,
+        sink_type: crate::desired::SinkType::S3,
+        sink_parameters: [
+            ("Bucket".to_string(), serde_json::json!("backups")),
+            ("Port".to_string(), serde_json::json!(9000)),
+            ("Tls".to_string(), serde_json::json!(true)),
+            ("Tags".to_string(), serde_json::json!(["a", {"b": null}])),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    assert_eq!(
+        grpc::backup_from_pb(Some(grpc::backup_to_pb(&b))).unwrap(),
+        b
+    );
+    let e = BackendError::refused("RonDB refuses to stop the last node of node group 0")
+        .on("ndbd-0-1")
+        .in_op(OpId(5));
+    let back = grpc::failure_from_pb("ndbd-0-1", grpc::failure_to_pb(&e));
+    assert_eq!(back, e);
+    assert!(!back.is_drift());
+    let gone = BackendError::vm_gone("ndbd-0-2");
+    assert!(grpc::failure_from_pb("ndbd-0-2", grpc::failure_to_pb(&gone)).is_drift());
 }

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn failed(what: &str, e: impl std::fmt::Display) -> BackendError {
-    BackendError::Failed(format!("{what}: {e}"))
+    BackendError::refused(format!("{what}: {e}"))
 }
 
 fn transient(what: &str, e: impl std::fmt::Display) -> BackendError {
-    BackendError::Transient(format!("{what}: {e}"))
+    BackendError::transient(format!("{what}: {e}"))
 }
 
 async fn fetch(url: &str) -> Result<Vec<u8>, BackendError> {
@@ -53,7 +53,7 @@ pub async fn install(dir: &Path, version: &str, url: &str) -> Result<PathBuf, Ba
             .to_lowercase();
         let actual = format!("{:x}", Sha256::digest(&tarball));
         if expected != actual {
-            return Err(BackendError::Failed(format!(
+            return Err(BackendError::refused(format!(
                 "{url}: sha256 {actual} does not match the published {expected}; not installed"
             )));
         }
@@ -67,13 +67,13 @@ pub async fn install(dir: &Path, version: &str, url: &str) -> Result<PathBuf, Ba
         let unpacked = tmp.join(format!("ndb-agent-{version}"));
         let stated = std::fs::read_to_string(unpacked.join("VERSION")).unwrap_or_default();
         if stated.trim() != version {
-            return Err(BackendError::Failed(format!(
+            return Err(BackendError::refused(format!(
                 "{url} holds version {:?}, not {version}",
                 stated.trim()
             )));
         }
         if !unpacked.join("bin/ndb-agent").exists() {
-            return Err(BackendError::Failed(format!(
+            return Err(BackendError::refused(format!(
                 "{url} holds no bin/ndb-agent"
             )));
         }

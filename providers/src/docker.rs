@@ -67,7 +67,7 @@ pub fn limits(t: VmType) -> (i64, i64) {
 }
 
 fn transient(what: &str, e: impl std::fmt::Display) -> BackendError {
-    BackendError::Transient(format!("{what}: {e}"))
+    BackendError::transient(format!("{what}: {e}"))
 }
 
 fn is_404(e: &bollard::errors::Error) -> bool {
@@ -92,7 +92,7 @@ impl DockerProvider {
     /// Connects to the local Docker daemon (`DOCKER_HOST` or the Unix socket).
     pub fn new(cfg: DockerConfig, runtime: crate::RuntimeKind) -> Result<Self, BackendError> {
         let docker = Docker::connect_with_local_defaults()
-            .map_err(|e| BackendError::Failed(format!("cannot connect to Docker: {e}")))?;
+            .map_err(|e| BackendError::refused(format!("cannot connect to Docker: {e}")))?;
         Ok(DockerProvider {
             docker,
             cfg,
@@ -172,7 +172,7 @@ impl CloudProvider for DockerProvider {
                 provider: ProviderConfig::Docker(self.cfg.clone()),
             };
             let vm_json = serde_json::to_string(&vm)
-                .map_err(|e| BackendError::Failed(format!("VM config: {e}")))?;
+                .map_err(|e| BackendError::refused(format!("VM config: {e}")))?;
             let volume = self.volume_name(&spec.name);
             self.docker
                 .create_volume(CreateVolumeOptions {
@@ -233,7 +233,7 @@ impl CloudProvider for DockerProvider {
                 if tokio::net::TcpStream::connect(&ep).await.is_ok() {
                     return self
                         .info_from_labels(&labels, &ip)
-                        .ok_or_else(|| BackendError::Failed("bad container labels".into()));
+                        .ok_or_else(|| BackendError::refused("bad container labels"));
                 }
             }
             if Instant::now() > deadline {
@@ -257,7 +257,7 @@ impl CloudProvider for DockerProvider {
                     .and_then(|c| c.labels)
                     .is_some_and(|l| l.get(LABEL_CLUSTER) == Some(&self.cfg.cluster));
                 if !ours {
-                    return Err(BackendError::Failed(format!(
+                    return Err(BackendError::refused(format!(
                         "container {name} is not labelled {LABEL_CLUSTER}={}; not removing it",
                         self.cfg.cluster
                     )));

@@ -41,7 +41,7 @@ pub struct LocalProvider {
 }
 
 fn failed(what: &str, e: impl std::fmt::Display) -> BackendError {
-    BackendError::Failed(format!("{what}: {e}"))
+    BackendError::refused(format!("{what}: {e}"))
 }
 
 impl LocalProvider {
@@ -201,7 +201,7 @@ impl CloudProvider for LocalProvider {
                 let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(5).collect();
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(BackendError::Transient(format!(
+                return Err(BackendError::transient(format!(
                     "the agent of {} exited at start; last log lines: {}",
                     spec.name,
                     tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
@@ -209,7 +209,7 @@ impl CloudProvider for LocalProvider {
             }
             if Instant::now() > deadline {
                 let _ = self.delete_vm(OpId::NONE, &spec.name).await;
-                return Err(BackendError::Transient(format!(
+                return Err(BackendError::transient(format!(
                     "the agent of {} did not listen within 30 s; the VM was removed",
                     spec.name
                 )));

@@ -49,11 +49,11 @@ pub struct VmDummyRuntime {
 }
 
 fn failed(msg: String) -> BackendError {
-    BackendError::Failed(msg)
+    BackendError::refused(msg)
 }
 
 fn io(what: &str, e: std::io::Error) -> BackendError {
-    BackendError::Transient(format!("{what}: {e}"))
+    BackendError::transient(format!("{what}: {e}"))
 }
 
 impl VmDummyRuntime {
@@ -248,7 +248,7 @@ impl ProcessRuntime for VmDummyRuntime {
         self.check(vm)?;
         let mut s = self.state.lock().await;
         if !(s.program.running && s.program.kind == Some(ProgramKind::Mgmd)) {
-            return Err(BackendError::Transient(format!(
+            return Err(BackendError::transient(format!(
                 "no management server runs on {vm}; ndb_mgm -e '{}' cannot connect",
                 cmd.command_line()
             )));

@@ -1,13 +1,21 @@
 //! The simulated world that the `mock` cloud provider and the `dummy` process runtime share:
 //! VMs, RonDB programs, the configuration the management servers hold, and a backup sink,
-//! all in memory, with time simulated by tokio's paused clock. It lives in its own crate so
-//! that the two backends never depend on each other. It enforces
+//! all in memory. Its operations are synchronous ([`World::begin`], [`World::finish`]), so the
+//! discrete-event simulation drives it in simulated time; [`run_call`] runs one on tokio's
+//! clock for the async backends. It lives in its own crate so that the two backends never
+//! depend on each other. It enforces
 //! RonDB's rules (a data node without a file system cannot start without `--initial`,
 //! `DEACTIVATE` of an inactive node fails, `HOSTNAME` needs an inactive node, ...), so a
 //! planner mistake shows up as a failed action rather than passing silently.
 
+mod ops;
+
+pub use ops::Pending;
+
 use agent_core::backend::{BackendError, OpId, VmInfo};
 use agent_core::cost::CostModel;
+use agent_core::engine::BackendCall;
+use agent_core::model::Outcome;
 use agent_core::model::Role;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use rand::{Rng, SeedableRng};
@@ -83,7 +91,11 @@ pub struct World {
     /// Data-node processes that `DEACTIVATE` stopped but that have not exited yet, with when
     /// they exit: RonDB's client reports success once the stop has begun, so for a while the
     /// VM's agent still sees the process run.
-    pub exiting: BTreeMap<String, (WorldProgram, tokio::time::Instant)>,
+    pub exiting: BTreeMap<String, (WorldProgram, f64)>,
+    /// Simulated seconds since the world began, set by whoever drives it.
+    pub now: f64,
+    /// Where tokio's clock started for [`run_call`].
+    origin: Option<tokio::time::Instant>,
     /// The VM whose agent leads (the simulation moves it); `None` = the bootstrap agent.
     pub leader: Option<String>,
     /// The leader's agent is gone (its VM was lost) or handed its leadership over: its next
@@ -126,6 +138,8 @@ impl World {
             killed_programs: Vec::new(),
             stopping: BTreeSet::new(),
             exiting: BTreeMap::new(),
+            now: 0.0,
+            origin: None,
             leader: None,
             leader_gone: false,
             ops: OpCache::default(),
@@ -235,7 +249,7 @@ impl World {
         running.or_else(|| {
             self.exiting
                 .get(vm)
-                .filter(|(_, at)| tokio::time::Instant::now() < *at)
+                .filter(|(_, at)| self.now < *at)
                 .map(|(p, _)| p)
         })
     }
@@ -329,26 +343,47 @@ impl World {
     }
 }
 
-/// Runs one simulated operation: draws faults, lets simulated time pass, then applies `f`
-/// unless the VM vanished or the action was chosen to fail (a failed action changes nothing).
-pub async fn step<T>(
+/// Runs one backend call on tokio's clock, the way the VM's agent or the cloud does: to its
+/// end even if the leader that asked is gone (the work is spawned); an agent's call once per
+/// operation id (see [`once`]), a provider's again (it is idempotent by VM name).
+pub async fn run_call(
     world: &SharedWorld,
-    seconds: f64,
-    vm: Option<&str>,
-    f: impl FnOnce(&mut World) -> Result<T, BackendError>,
-) -> Result<T, BackendError> {
-    let fail = lock(world).roll();
-    tokio::time::sleep(std::time::Duration::from_secs_f64(seconds.max(0.0))).await;
-    let mut w = lock(world);
-    if let Some(name) = vm {
-        if !w.vms.contains_key(name) {
-            return Err(BackendError::VmGone(name.to_string()));
-        }
+    op: OpId,
+    call: BackendCall,
+) -> Result<Outcome, BackendError> {
+    let once_per_op = call.runs_once_per_op();
+    let w = world.clone();
+    let work = async move {
+        let pending = {
+            let mut g = lock(&w);
+            g.sync_clock();
+            g.begin(&call)
+        };
+        tokio::time::sleep(std::time::Duration::from_secs_f64(pending.seconds)).await;
+        let mut g = lock(&w);
+        g.sync_clock();
+        g.finish(pending)
+    };
+    if once_per_op {
+        once(world, op, work).await
+    } else {
+        tokio::spawn(work).await.unwrap_or_else(|e| {
+            Err(BackendError::refused(format!(
+                "provider operation panicked: {e}"
+            )))
+        })
     }
-    if fail {
-        return Err(BackendError::Transient("injected fault".into()));
+}
+
+impl World {
+    /// Sets [`World::now`] from tokio's clock (for [`run_call`]).
+    fn sync_clock(&mut self) {
+        self.now = self
+            .origin
+            .get_or_insert_with(tokio::time::Instant::now)
+            .elapsed()
+            .as_secs_f64();
     }
-    f(&mut w)
 }
 
 /// Runs an operation the way an agent does: to its end even if the leader that asked for it
@@ -378,7 +413,7 @@ where
                 let handle = tokio::spawn(work);
                 let s = async move {
                     handle.await.unwrap_or_else(|e| {
-                        Err(BackendError::Failed(format!(
+                        Err(BackendError::refused(format!(
                             "operation {op} panicked: {e}"
                         )))
                     })

@@ -6,7 +6,7 @@
 use agent_core::desired::DesiredState;
 use agent_core::plan;
 use criterion::{criterion_group, criterion_main, Criterion};
-use ndb_agent::simulation::{runtime, SimOptions, Simulation};
+use ndb_agent::simulation::{SimOptions, Simulation};
 use std::hint::black_box;
 
 fn largest() -> DesiredState {
@@ -23,14 +23,13 @@ fn largest() -> DesiredState {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = runtime().expect("runtime");
     let d = largest();
-    let state = rt.block_on(async {
+    let state = {
         let mut sim = Simulation::new(&SimOptions::default());
-        let r = sim.submit(d.clone()).await;
+        let r = sim.submit(d.clone());
         assert_eq!(r.outcome, "AT_DESIRED_STATE", "{:?}", r.error);
         sim.state().clone()
-    });
+    };
     println!(
         "cluster: {} VMs, {} slots",
         state.vms.len(),

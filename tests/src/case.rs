@@ -3,7 +3,7 @@
 //! live in `tests/regressions/*.json` and are replayed by one test forever.
 
 use agent_core::desired::DesiredState;
-use ndb_agent::simulation::{runtime, SimOptions, Simulation};
+use ndb_agent::simulation::{SimOptions, Simulation};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sim_world::FaultConfig;
@@ -85,8 +85,7 @@ fn merge(base: &mut Value, patch: &Value) {
 
 /// Runs a case; `Err` says which step failed and why, with every safety-rule violation.
 pub fn run_case(case: &Case) -> Result<(), String> {
-    let rt = runtime().map_err(|e| e.to_string())?;
-    rt.block_on(async {
+    {
         let opts = SimOptions {
             seed: case.seed,
             faults: FaultConfig {
@@ -114,7 +113,7 @@ pub fn run_case(case: &Case) -> Result<(), String> {
                     // Cases are JSON already; the JSONC parser is tested on its own.
                     let d: DesiredState = serde_json::from_value(next.clone())
                         .map_err(|e| format!("step {i}: desired state does not parse: {e}"))?;
-                    let report = sim.submit(d).await;
+                    let report = sim.submit(d);
                     let want = expect.as_deref().unwrap_or("AT_DESIRED_STATE");
                     if report.outcome != want {
                         return Err(format!(
@@ -138,16 +137,13 @@ pub fn run_case(case: &Case) -> Result<(), String> {
                             "step {i}: move_leader_to needs leader_change_rate (0 for none at random)"
                         ));
                     }
-                    if !sim_world::lock(&sim.world)
-                        .vms
-                        .contains_key(move_leader_to)
-                    {
+                    if !sim_world::lock(&sim.world).vms.contains_key(move_leader_to) {
                         return Err(format!(
                             "step {i}: no VM {move_leader_to} to move the leader to; VMs: {}",
                             vms(&sim)
                         ));
                     }
-                    sim.change_leader(Some(move_leader_to)).await;
+                    sim.change_leader(Some(move_leader_to));
                     continue;
                 }
                 Step::CutLeaderAfter { cut_leader_after } => {
@@ -160,11 +156,13 @@ pub fn run_case(case: &Case) -> Result<(), String> {
                 }
                 Step::LoseVm { lose_vm } => {
                     sim_world::lock(&sim.world).lose_vm(lose_vm);
-                    let report = sim.repair().await;
+                    let report = sim.repair();
                     if report.outcome != "AT_DESIRED_STATE" {
                         return Err(format!(
                             "step {i} (lose {lose_vm}): outcome {}; error: {:?}; remaining: {:?}",
-                            report.outcome, report.error, sim.remaining()
+                            report.outcome,
+                            report.error,
+                            sim.remaining()
                         ));
                     }
                     report
@@ -177,11 +175,14 @@ pub fn run_case(case: &Case) -> Result<(), String> {
                 ));
             }
             if report.outcome == "AT_DESIRED_STATE" && !sim.remaining().is_empty() {
-                return Err(format!("step {i}: AT_DESIRED_STATE but {:?}", sim.remaining()));
+                return Err(format!(
+                    "step {i}: AT_DESIRED_STATE but {:?}",
+                    sim.remaining()
+                ));
             }
         }
         Ok(())
-    })
+    }
 }
 
 /// A one-line picture of the VMs, for failure messages.

@@ -6,7 +6,7 @@
 
 use agent_core::cost::CostModel;
 use agent_core::desired::DesiredState;
-use ndb_agent::simulation::{runtime, SimOptions, Simulation, StepReport};
+use ndb_agent::simulation::{SimOptions, Simulation, StepReport};
 use std::collections::BTreeSet;
 
 fn cluster(groups: u32, replicas: u32, mgmds: u32, mysqlds: u32, apis: u32) -> DesiredState {
@@ -46,12 +46,11 @@ fn data_node_waves(r: &StepReport) -> usize {
 }
 
 fn check(groups: u32, replicas: u32, mgmds: u32, mysqlds: u32, apis: u32) {
-    let rt = runtime().expect("runtime");
-    rt.block_on(async {
+    {
         let opts = SimOptions::default();
         let mut sim = Simulation::new(&opts);
         let mut d = cluster(groups, replicas, mgmds, mysqlds, apis);
-        let created = sim.submit(d.clone()).await;
+        let created = sim.submit(d.clone());
         assert_eq!(created.outcome, "AT_DESIRED_STATE", "{:?}", created.error);
         for (what, upgrade) in [("rolling restart", false), ("upgrade", true)] {
             d.id += 1;
@@ -60,7 +59,7 @@ fn check(groups: u32, replicas: u32, mgmds: u32, mysqlds: u32, apis: u32) {
             } else {
                 d.rondb_running_since = d.id;
             }
-            let r = sim.submit(d.clone()).await;
+            let r = sim.submit(d.clone());
             let label = format!(
                 "{what} of {groups} x {replicas} ({mgmds} mgmd, {mysqlds} mysqld, {apis} api)"
             );
@@ -82,7 +81,7 @@ fn check(groups: u32, replicas: u32, mgmds: u32, mysqlds: u32, apis: u32) {
                 r.makespan_s
             );
         }
-    });
+    }
 }
 
 #[test]

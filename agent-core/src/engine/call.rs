@@ -68,7 +68,8 @@ pub enum BackendCall {
 
 /// Gathers everything `action` needs from the desired state and the state now.
 pub fn prepare(d: &DesiredState, s: &ClusterState, action: &Action) -> BackendCall {
-    let connect = s.mgmd_addresses(d.default_mgmd_port).join(",");
+    // Only the programs that connect to the management servers need their addresses.
+    let connect = || s.mgmd_addresses(d.default_mgmd_port).join(",");
     use ActionKind::*;
     match action.kind.clone() {
         CreateVm {
@@ -131,7 +132,7 @@ pub fn prepare(d: &DesiredState, s: &ClusterState, action: &Action) -> BackendCa
             vm,
             spec: ProgramSpec {
                 kind: ProgramKind::DataNode,
-                command: commands::ndbmtd(&version, &connect, node_id, initial),
+                command: commands::ndbmtd(&version, &connect(), node_id, initial),
                 version,
                 node_ids: vec![node_id],
                 initial,
@@ -161,7 +162,7 @@ pub fn prepare(d: &DesiredState, s: &ClusterState, action: &Action) -> BackendCa
             vm,
             spec: ProgramSpec {
                 kind: ProgramKind::Api,
-                command: commands::api(&version, &connect, &node_ids),
+                command: commands::api(&version, &connect(), &node_ids),
                 version,
                 node_ids,
                 initial: false,
@@ -210,7 +211,7 @@ pub fn prepare(d: &DesiredState, s: &ClusterState, action: &Action) -> BackendCa
                 run: RestoreRun {
                     command: commands::ndb_restore(
                         &d.rondb_version,
-                        &connect,
+                        &connect(),
                         api_node_id,
                         backup_id,
                         &dir,
@@ -257,6 +258,16 @@ fn local_backup(id: u64) -> BackupSpec {
 }
 
 impl BackendCall {
+    /// Whether a repeat of this call under the same operation id gets the first run's
+    /// result (an agent keeps results by operation id) rather than running again (a cloud
+    /// provider's calls are idempotent by VM name instead).
+    pub fn runs_once_per_op(&self) -> bool {
+        !matches!(
+            self,
+            BackendCall::CreateVm(_) | BackendCall::DeleteVm { .. }
+        )
+    }
+
     /// Makes the call through the backends, under the action's operation id.
     pub async fn execute(
         &self,

@@ -58,6 +58,8 @@ pub enum Input {
         op_id: u64,
         result: Result<Outcome, BackendError>,
     },
+    /// Results that arrived together: recorded in order, then planned for once.
+    ActionsDone(Vec<(u64, Result<Outcome, BackendError>)>),
     /// Time passed (the driver woke the engine at or after its [`Command::WakeAt`]).
     Tick,
     /// Look at the world now rather than at the next deadline (an operator's nudge, or a
@@ -156,7 +158,8 @@ impl Engine {
             }
             Input::Submit(d) => self.on_submit(now, *d),
             Input::Observed(r) => self.on_observed(now, r),
-            Input::ActionDone { op_id, result } => self.on_action_done(now, op_id, result),
+            Input::ActionDone { op_id, result } => self.on_actions_done(now, vec![(op_id, result)]),
+            Input::ActionsDone(results) => self.on_actions_done(now, results),
             Input::Tick => self.on_tick(now),
             Input::Resync => {
                 if self.phase == Phase::Idle {
@@ -448,17 +451,31 @@ impl Engine {
         self.deadline = Some(now + pause);
     }
 
-    fn on_action_done(&mut self, now: Duration, op_id: u64, result: Result<Outcome, BackendError>) {
+    fn on_actions_done(
+        &mut self,
+        now: Duration,
+        results: Vec<(u64, Result<Outcome, BackendError>)>,
+    ) {
+        let mut any = false;
+        for (op_id, result) in results {
+            any |= self.on_action_done(op_id, result);
+        }
+        if any {
+            self.drive(now);
+        }
+    }
+
+    /// Records one result; false if it was not in flight.
+    fn on_action_done(&mut self, op_id: u64, result: Result<Outcome, BackendError>) -> bool {
         let Some(action) = self.state.in_flight.get(&op_id).cloned() else {
             // Not in flight (answered twice, or from before a restart): already recorded.
-            return;
+            return false;
         };
         let desired_id = self.state.accepted.as_ref().map(|d| d.id);
         match result {
             Ok(outcome) => {
                 info!(op_id, ?desired_id, "done {action}");
                 self.record(vec![Event::ActionSucceeded { op_id, outcome }]);
-                self.drive(now);
             }
             Err(e) => {
                 let drift = e.is_drift();
@@ -486,6 +503,7 @@ impl Engine {
                 self.observe();
             }
         }
+        true
     }
 
     fn on_tick(&mut self, now: Duration) {

@@ -101,7 +101,7 @@ fn an_observation_that_fails_keeps_what_is_known() {
     assert_eq!(
         e.step(
             OBSERVE,
-            Input::Observed(Err(BackendError::Transient("provider unreachable".into())))
+            Input::Observed(Err(BackendError::transient("provider unreachable")))
         ),
         vec![Command::WakeAt(OBSERVE * 2)]
     );

@@ -162,5 +162,5 @@ pub(super) fn start_mysqld(e: &Engine, vm: &str, op: u64) -> ActionKind {
 }
 
 pub(super) fn failed(e: &str) -> Result<Outcome, BackendError> {
-    Err(BackendError::Failed(e.into()))
+    Err(BackendError::refused(e))
 }

@@ -146,7 +146,7 @@ fn drift_is_not_an_attempt_and_never_gives_up() {
         secs(31),
         Input::ActionDone {
             op_id: op,
-            result: Err(BackendError::VmGone(vm.clone())),
+            result: Err(BackendError::vm_gone(vm.clone())),
         },
     );
     assert_eq!(
@@ -154,7 +154,7 @@ fn drift_is_not_an_attempt_and_never_gives_up() {
         vec![
             Command::Append(vec![Event::ActionFailed {
                 op_id: op,
-                error: BackendError::VmGone(vm.clone()).to_string(),
+                error: BackendError::vm_gone(vm.clone()).to_string(),
                 drift: true,
             }]),
             Command::Observe
