@@ -81,7 +81,7 @@ impl SimJournal {
         if leader_gone || std::mem::take(&mut self.cut_next) {
             return false;
         }
-        if self.armed && self.rate > 0.0 && self.rng.gen_bool(self.rate.min(1.0)) {
+        if self.armed && self.rate > 0.0 && self.rng.random_bool(self.rate.min(1.0)) {
             return false;
         }
         for ev in events {
@@ -293,7 +293,7 @@ impl Simulation {
             committed: ClusterState::default(),
             armed: false,
             rate,
-            rng: ChaCha8Rng::seed_from_u64(leader_rng.gen()),
+            rng: ChaCha8Rng::seed_from_u64(leader_rng.random()),
             cut_after: None,
             cut_next: false,
         });
@@ -536,7 +536,7 @@ impl Simulation {
                 let w = lock(&self.world);
                 let candidates: Vec<&String> = w.vms.keys().collect();
                 (!candidates.is_empty())
-                    .then(|| candidates[self.leader_rng.gen_range(0..candidates.len())].clone())
+                    .then(|| candidates[self.leader_rng.random_range(0..candidates.len())].clone())
             }
         };
         {

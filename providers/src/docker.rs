@@ -10,12 +10,12 @@ use agent_core::backend::{BackendError, CloudProvider, VmInfo, VmSpec};
 use agent_core::desired::VmType;
 use agent_core::model::Role;
 use async_trait::async_trait;
-use bollard::container::{
-    Config, CreateContainerOptions, ListContainersOptions, RemoveContainerOptions,
+use bollard::models::HostConfig;
+use bollard::models::{ContainerCreateBody, VolumeCreateRequest};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     StartContainerOptions,
 };
-use bollard::models::HostConfig;
-use bollard::volume::CreateVolumeOptions;
 use bollard::Docker;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -175,9 +175,9 @@ impl CloudProvider for DockerProvider {
                 .map_err(|e| BackendError::refused(format!("VM config: {e}")))?;
             let volume = self.volume_name(&spec.name);
             self.docker
-                .create_volume(CreateVolumeOptions {
-                    name: volume.clone(),
-                    labels: labels.clone(),
+                .create_volume(VolumeCreateRequest {
+                    name: Some(volume.clone()),
+                    labels: Some(labels.clone()),
                     ..Default::default()
                 })
                 .await
@@ -185,7 +185,7 @@ impl CloudProvider for DockerProvider {
             let (memory, nano_cpus) = limits(spec.vm_type);
             let mut env = vec![format!("{VM_ENV}={vm_json}")];
             env.extend(self.cfg.env.iter().map(|(k, v)| format!("{k}={v}")));
-            let config = Config {
+            let config = ContainerCreateBody {
                 image: Some(self.cfg.image.clone()),
                 hostname: Some(name.clone()),
                 env: Some(env),
@@ -205,10 +205,7 @@ impl CloudProvider for DockerProvider {
             match self
                 .docker
                 .create_container(
-                    Some(CreateContainerOptions {
-                        name: name.clone(),
-                        platform: None,
-                    }),
+                    Some(CreateContainerOptionsBuilder::new().name(&name).build()),
                     config,
                 )
                 .await
@@ -221,7 +218,7 @@ impl CloudProvider for DockerProvider {
                 Err(e) => return Err(transient("docker create", e)),
             }
             self.docker
-                .start_container(&name, None::<StartContainerOptions<String>>)
+                .start_container(&name, None::<StartContainerOptions>)
                 .await
                 .map_err(|e| transient("docker start", e))?;
             info!(vm = %spec.name, container = %name, "container started");
@@ -250,7 +247,14 @@ impl CloudProvider for DockerProvider {
     async fn delete_vm(&self, _op: OpId, vm: &str) -> Result<(), BackendError> {
         let name = self.container_name(vm);
         // Only what this cluster created.
-        match self.docker.inspect_container(&name, None).await {
+        match self
+            .docker
+            .inspect_container(
+                &name,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+        {
             Ok(c) => {
                 let ours = c
                     .config
@@ -266,11 +270,12 @@ impl CloudProvider for DockerProvider {
                     .docker
                     .remove_container(
                         &name,
-                        Some(RemoveContainerOptions {
-                            force: true,
-                            v: true,
-                            ..Default::default()
-                        }),
+                        Some(
+                            RemoveContainerOptionsBuilder::new()
+                                .force(true)
+                                .v(true)
+                                .build(),
+                        ),
                     )
                     .await
                 {
@@ -282,7 +287,14 @@ impl CloudProvider for DockerProvider {
             Err(e) if is_404(&e) => {}
             Err(e) => return Err(transient("docker inspect", e)),
         }
-        match self.docker.remove_volume(&self.volume_name(vm), None).await {
+        match self
+            .docker
+            .remove_volume(
+                &self.volume_name(vm),
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
+            .await
+        {
             Ok(()) => {}
             Err(e) if is_404(&e) => {}
             Err(e) => return Err(transient("docker volume rm", e)),
@@ -298,11 +310,12 @@ impl CloudProvider for DockerProvider {
         )]);
         let list = self
             .docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters,
-                ..Default::default()
-            }))
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
             .await
             .map_err(|e| transient("docker ps", e))?;
         let now = Instant::now();
@@ -322,7 +335,7 @@ impl CloudProvider for DockerProvider {
                 .and_then(|n| n.get(&self.cfg.network))
                 .and_then(|n| n.ip_address.clone())
                 .filter(|ip| !ip.is_empty());
-            let running = c.state.as_deref() == Some("running");
+            let running = c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
             match (running, ip) {
                 (true, Some(ip)) => {
                     if let Ok(mut d) = self.dead_since.lock() {

@@ -154,15 +154,18 @@ impl World {
 
     /// Draws whether the next action fails, and maybe loses a VM or kills a program.
     pub fn roll(&mut self) -> bool {
-        if self.faults.vm_loss_rate > 0.0 && self.rng.gen_bool(self.faults.vm_loss_rate.min(1.0)) {
+        if self.faults.vm_loss_rate > 0.0 && self.rng.random_bool(self.faults.vm_loss_rate.min(1.0))
+        {
             let candidates = self.survivable(true);
             if !candidates.is_empty() {
-                let i = self.rng.gen_range(0..candidates.len());
+                let i = self.rng.random_range(0..candidates.len());
                 self.lose_vm(&candidates[i]);
             }
         }
         if self.faults.process_death_rate > 0.0
-            && self.rng.gen_bool(self.faults.process_death_rate.min(1.0))
+            && self
+                .rng
+                .random_bool(self.faults.process_death_rate.min(1.0))
         {
             let candidates: Vec<String> = self
                 .survivable(false)
@@ -170,7 +173,7 @@ impl World {
                 .filter(|n| self.vms.get(n).is_some_and(|v| v.program.is_some()))
                 .collect();
             if !candidates.is_empty() {
-                let i = self.rng.gen_range(0..candidates.len());
+                let i = self.rng.random_range(0..candidates.len());
                 let name = candidates[i].clone();
                 if let Some(v) = self.vms.get_mut(&name) {
                     v.program = None;
@@ -180,7 +183,9 @@ impl World {
             }
         }
         self.faults.action_failure_rate > 0.0
-            && self.rng.gen_bool(self.faults.action_failure_rate.min(1.0))
+            && self
+                .rng
+                .random_bool(self.faults.action_failure_rate.min(1.0))
     }
 
     /// VMs (or programs) whose loss the cluster survives: a data node with a started peer

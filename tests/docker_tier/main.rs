@@ -16,12 +16,12 @@ mod agents_client;
 
 use agent::http::Status;
 use agents_client::AgentsClient;
-use bollard::container::{
-    Config, CreateContainerOptions, KillContainerOptions, ListContainersOptions,
-    RemoveContainerOptions,
-};
 use bollard::models::HostConfig;
-use bollard::network::CreateNetworkOptions;
+use bollard::models::{ContainerCreateBody as Config, NetworkCreateRequest};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, InspectContainerOptions, KillContainerOptions,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
+};
 use bollard::Docker;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -126,11 +126,14 @@ impl Cluster {
             vec![format!("managed-rondb.cluster={}", self.name)],
         )]);
         self.rt
-            .block_on(self.docker.list_containers(Some(ListContainersOptions {
-                all: false,
-                filters,
-                ..Default::default()
-            })))
+            .block_on(
+                self.docker.list_containers(Some(
+                    ListContainersOptionsBuilder::new()
+                        .all(false)
+                        .filters(&filters)
+                        .build(),
+                )),
+            )
             .expect("docker ps")
     }
 
@@ -294,9 +297,9 @@ fn docker_tier_sequence() {
             ("managed-rondb.role".to_string(), role.to_string()),
         ])
     };
-    c.rt.block_on(c.docker.create_network(CreateNetworkOptions {
+    c.rt.block_on(c.docker.create_network(NetworkCreateRequest {
         name: name.clone(),
-        labels: labels("network"),
+        labels: Some(labels("network")),
         ..Default::default()
     }))
     .expect("docker network create");
@@ -307,10 +310,7 @@ fn docker_tier_sequence() {
                env: Vec<String>,
                role: &str| {
         c.rt.block_on(c.docker.create_container(
-            Some(CreateContainerOptions {
-                name: cname.clone(),
-                platform: None,
-            }),
+            Some(CreateContainerOptionsBuilder::new().name(&cname).build()),
             Config {
                 image: Some(image.to_string()),
                 hostname: Some(cname.clone()),
@@ -326,8 +326,11 @@ fn docker_tier_sequence() {
             },
         ))
         .expect("docker create");
-        c.rt.block_on(c.docker.start_container::<String>(&cname, None))
-            .expect("docker start");
+        c.rt.block_on(
+            c.docker
+                .start_container(&cname, None::<StartContainerOptions>),
+        )
+        .expect("docker start");
     };
     run(
         format!("{name}-artifacts"),
@@ -382,10 +385,10 @@ fn docker_tier_sequence() {
         "bootstrap",
     );
     let ip =
-        c.rt.block_on(
-            c.docker
-                .inspect_container(&format!("{name}-bootstrap"), None),
-        )
+        c.rt.block_on(c.docker.inspect_container(
+            &format!("{name}-bootstrap"),
+            None::<InspectContainerOptions>,
+        ))
         .unwrap()
         .network_settings
         .and_then(|n| n.networks)
@@ -531,19 +534,19 @@ fn docker_tier_sequence() {
         "MySQLd containers not replaced: {before:?} -> {after:?}"
     );
     let mem =
-        c.rt.block_on(c.docker.inspect_container(&after[0], None))
-            .unwrap()
-            .host_config
-            .and_then(|h| h.memory);
+        c.rt.block_on(
+            c.docker
+                .inspect_container(&after[0], None::<InspectContainerOptions>),
+        )
+        .unwrap()
+        .host_config
+        .and_then(|h| h.memory);
     assert_eq!(mem, Some(512 * 1024 * 1024));
 
     // 8. The bootstrap container removed: another agent leads, and changes still work.
     c.rt.block_on(c.docker.remove_container(
         &format!("{name}-bootstrap"),
-        Some(RemoveContainerOptions {
-            force: true,
-            ..Default::default()
-        }),
+        Some(RemoveContainerOptionsBuilder::new().force(true).build()),
     ))
     .unwrap();
     c.wait(
@@ -578,10 +581,10 @@ fn docker_tier_sequence() {
             && s.actions_completed > base
     });
     let leader = s.leader_vm.clone().unwrap();
-    c.rt.block_on(c.docker.kill_container(
-        &format!("{name}-{leader}"),
-        None::<KillContainerOptions<String>>,
-    ))
+    c.rt.block_on(
+        c.docker
+            .kill_container(&format!("{name}-{leader}"), None::<KillContainerOptions>),
+    )
     .unwrap();
     let s = c.wait("the change completed by a new leader", move |s, c| {
         s.leader_vm.as_deref().is_some_and(|l| l != leader)

@@ -5,7 +5,7 @@
 
 use crate::case::{Case, Step};
 use agent_core::desired::{self, BackupSpec, DesiredState, SinkType, TransitionContext, VmType};
-use rand::seq::SliceRandom;
+use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -32,28 +32,30 @@ pub fn first(rng: &mut impl Rng) -> DesiredState {
     d.id = 1;
     d.rondb_running_since = 1;
     d.ndb_agent_running_since = 1;
-    d.max_replication_factor = rng.gen_range(1..=3);
-    d.active_replication_factor = rng.gen_range(1..=d.max_replication_factor);
-    d.num_node_groups = rng.gen_range(1..=3);
-    d.num_mysqld_slots_per_vm = rng.gen_range(1..=2);
-    d.num_api_slots_per_vm = rng.gen_range(1..=2);
+    d.max_replication_factor = rng.random_range(1..=3);
+    d.active_replication_factor = rng.random_range(1..=d.max_replication_factor);
+    d.num_node_groups = rng.random_range(1..=3);
+    d.num_mysqld_slots_per_vm = rng.random_range(1..=2);
+    d.num_api_slots_per_vm = rng.random_range(1..=2);
     d.num_total_mgmd_slots = 3;
     d.num_total_mysqld_slots = 4 * d.num_mysqld_slots_per_vm + 1;
     d.num_total_api_slots = 3 * d.num_api_slots_per_vm + 1;
-    d.num_managed_mgmd_vms = rng.gen_range(1..=2);
-    d.num_managed_mysqld_vms = rng.gen_range(0..=3);
-    d.num_managed_api_vms = rng.gen_range(0..=2);
-    d.allow_requesting_temporary_vms = rng.gen_bool(0.6);
-    d.rondb_running = rng.gen_bool(0.9);
-    d.rondb_version = VERSIONS[rng.gen_range(0..VERSIONS.len())].to_string();
-    d.ndb_agent_version = AGENT_VERSIONS[rng.gen_range(0..2)].to_string();
-    let nz = rng.gen_range(1..=3);
+    d.num_managed_mgmd_vms = rng.random_range(1..=2);
+    d.num_managed_mysqld_vms = rng.random_range(0..=3);
+    d.num_managed_api_vms = rng.random_range(0..=2);
+    d.allow_requesting_temporary_vms = rng.random_bool(0.6);
+    d.rondb_running = rng.random_bool(0.9);
+    d.rondb_version = VERSIONS[rng.random_range(0..VERSIONS.len())].to_string();
+    d.ndb_agent_version = AGENT_VERSIONS[rng.random_range(0..2)].to_string();
+    let nz = rng.random_range(1..=3);
     d.availability_zones = ZONES[..nz].iter().map(|z| z.to_string()).collect();
-    if d.rondb_running && rng.gen_bool(0.2) && d.num_managed_mysqld_vms + d.num_managed_api_vms > 0
+    if d.rondb_running
+        && rng.random_bool(0.2)
+        && d.num_managed_mysqld_vms + d.num_managed_api_vms > 0
     {
         d.single_backups = vec![backup(FOREIGN_BACKUP)];
         d.restore_from_backup = Some(backup(FOREIGN_BACKUP));
-    } else if d.rondb_running && rng.gen_bool(0.2) {
+    } else if d.rondb_running && rng.random_bool(0.2) {
         d.single_backups = vec![backup(1)];
     }
     d
@@ -65,7 +67,7 @@ pub fn next(rng: &mut impl Rng, prev: &DesiredState, rondb_has_run: bool) -> Des
     for _ in 0..30 {
         let mut d = prev.clone();
         d.id = prev.id + 1;
-        let changes = rng.gen_range(1..=3);
+        let changes = rng.random_range(1..=3);
         for _ in 0..changes {
             mutate(rng, &mut d);
         }
@@ -82,7 +84,7 @@ pub fn next(rng: &mut impl Rng, prev: &DesiredState, rondb_has_run: bool) -> Des
 }
 
 fn mutate(rng: &mut impl Rng, d: &mut DesiredState) {
-    match rng.gen_range(0..16) {
+    match rng.random_range(0..16) {
         0 => d.rondb_running = !d.rondb_running,
         1 => d.rondb_running_since = d.id,
         2 | 3 => {
@@ -90,7 +92,7 @@ fn mutate(rng: &mut impl Rng, d: &mut DesiredState) {
                 .iter()
                 .position(|v| *v == d.rondb_version)
                 .unwrap_or(0);
-            let j = if rng.gen_bool(0.5) {
+            let j = if rng.random_bool(0.5) {
                 (i + 1).min(3)
             } else {
                 i.saturating_sub(1)
@@ -105,40 +107,40 @@ fn mutate(rng: &mut impl Rng, d: &mut DesiredState) {
                 .to_string()
         }
         5 => d.ndb_agent_running_since = d.id,
-        6 | 7 => d.active_replication_factor = rng.gen_range(1..=d.max_replication_factor),
-        8 => d.num_managed_mysqld_vms = rng.gen_range(0..=4),
-        9 => d.num_managed_api_vms = rng.gen_range(0..=3),
-        10 => d.num_managed_mgmd_vms = rng.gen_range(1..=2),
+        6 | 7 => d.active_replication_factor = rng.random_range(1..=d.max_replication_factor),
+        8 => d.num_managed_mysqld_vms = rng.random_range(0..=4),
+        9 => d.num_managed_api_vms = rng.random_range(0..=3),
+        10 => d.num_managed_mgmd_vms = rng.random_range(1..=2),
         11 => {
             let t = *VmType::ALL[..4].choose(rng).unwrap_or(&VmType::Small);
-            match rng.gen_range(0..4) {
+            match rng.random_range(0..4) {
                 0 => d.vm_type_ndbds = t,
                 1 => d.vm_type_mysqlds = t,
                 2 => d.vm_type_apis = t,
                 _ => d.vm_type_mgmds = t,
             }
         }
-        12 => match rng.gen_range(0..4) {
+        12 => match rng.random_range(0..4) {
             0 => d.storage_gib_per_ndbd_vm += 10,
             1 => d.storage_gib_per_mysqld_vm += 1,
             2 => d.storage_gib_per_api_vm += 1,
             _ => d.storage_gib_per_mgmd_vm += 1,
         },
         13 => {
-            if rng.gen_bool(0.5) || d.single_backups.is_empty() {
+            if rng.random_bool(0.5) || d.single_backups.is_empty() {
                 let id = d.id + 1000;
                 d.single_backups.push(backup(id));
             } else {
                 let keep = d.restore_from_backup.as_ref().map(|r| r.id);
-                let i = rng.gen_range(0..d.single_backups.len());
+                let i = rng.random_range(0..d.single_backups.len());
                 if Some(d.single_backups[i].id) != keep {
                     d.single_backups.remove(i);
                 }
             }
         }
         14 => {
-            let nz = rng.gen_range(1..=3);
-            let start = rng.gen_range(0..=3 - nz);
+            let nz = rng.random_range(1..=3);
+            let start = rng.random_range(0..=3 - nz);
             d.availability_zones = ZONES[start..start + nz]
                 .iter()
                 .map(|z| z.to_string())
@@ -182,17 +184,17 @@ pub fn case_with(seed: u64, faults: bool, leader_changes: bool) -> Case {
         why: "saved by the generative test".into(),
         seed,
         fault_rate: if faults {
-            rng.gen_range(0.0..0.15)
+            rng.random_range(0.0..0.15)
         } else {
             0.0
         },
         vm_loss_rate: if faults {
-            rng.gen_range(0.0..0.02)
+            rng.random_range(0.0..0.02)
         } else {
             0.0
         },
         process_death_rate: if faults {
-            rng.gen_range(0.0..0.02)
+            rng.random_range(0.0..0.02)
         } else {
             0.0
         },
@@ -201,7 +203,7 @@ pub fn case_with(seed: u64, faults: bool, leader_changes: bool) -> Case {
         // generative check is that the reconciler gets there, not the retry limit.
         max_attempts: if faults { 25 } else { 3 },
         // Drawn last, so the desired states and faults of a seed stay what they were.
-        leader_change_rate: leader_changes.then(|| rng.gen_range(0.002..0.05)),
+        leader_change_rate: leader_changes.then(|| rng.random_range(0.002..0.05)),
         steps: states
             .into_iter()
             .map(|d| Step::Submit {
