@@ -495,6 +495,9 @@ pub fn status_command(endpoint: &str, json: bool) -> anyhow::Result<std::process
         "leader:         {}",
         s.leader_vm.as_deref().unwrap_or("none")
     );
+    if let Some(why) = &s.leader_problem {
+        println!("                ({why})");
+    }
     println!(
         "actions:        {} done, {} running",
         s.actions_completed, s.actions_in_flight

@@ -580,6 +580,14 @@ impl RaftRpc for RaftService {
         let r = req.into_inner();
         let raft = self.raft(r.target_raft_id)?;
         let res = raft.append_entries(decode(&r.json)?).await;
+        if matches!(
+            &res,
+            Ok(openraft::raft::AppendEntriesResponse::Success
+                | openraft::raft::AppendEntriesResponse::PartialSuccess(_)
+                | openraft::raft::AppendEntriesResponse::Conflict)
+        ) {
+            self.shared.heard_from_leader();
+        }
         reply(&res)
     }
 

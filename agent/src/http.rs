@@ -39,10 +39,15 @@ pub struct AgentEntry {
 /// The body of `GET /status`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
+    /// `UNKNOWN` while this agent cannot vouch for a leader (see `leader_problem`).
     pub reconciliation_state: String,
     pub accepted_id: Option<u64>,
     pub pending_id: Option<u64>,
+    /// The leader, only when a quorum stands behind it as far as this agent can tell.
     pub leader_vm: Option<String>,
+    /// Why there is no leader to report (no quorum, which voters do not answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_problem: Option<String>,
     pub last_error: Option<String>,
     pub agents: Vec<AgentEntry>,
     /// VMs of the cluster by name with their role.
@@ -69,8 +74,7 @@ fn error(code: StatusCode, msg: impl Into<String>) -> Response {
 /// Builds the status from this agent's replica.
 pub fn build_status(shared: &AgentShared) -> Option<Status> {
     let rep = shared.replicated()?;
-    let (_, raft) = shared.raft()?;
-    let leader = raft.metrics().borrow().current_leader;
+    let view = shared.leader_view();
     let m = rep.membership.membership();
     let voters: std::collections::BTreeSet<u64> = m.voter_ids().collect();
     let agents: Vec<AgentEntry> = m
@@ -84,11 +88,22 @@ pub fn build_status(shared: &AgentShared) -> Option<Status> {
             http_addr: n.http_addr.clone(),
         })
         .collect();
-    let leader_vm =
-        leader.and_then(|l| agents.iter().find(|a| a.raft_id == l).map(|a| a.vm.clone()));
+    let (leader_vm, leader_problem) = match view {
+        super::LeaderView::Confirmed(l) => (
+            agents.iter().find(|a| a.raft_id == l).map(|a| a.vm.clone()),
+            None,
+        ),
+        super::LeaderView::Unknown(why) => (None, Some(why)),
+    };
     let c = &rep.cluster;
     Some(Status {
-        reconciliation_state: format!("{:?}", c.reconciliation),
+        // What this replica says is only as true as the quorum behind it.
+        reconciliation_state: if leader_vm.is_some() {
+            format!("{:?}", c.reconciliation)
+        } else {
+            "UNKNOWN".to_string()
+        },
+        leader_problem,
         accepted_id: c.accepted.as_ref().map(|d| d.id),
         pending_id: c.pending.as_ref().map(|d| d.id),
         leader_vm,

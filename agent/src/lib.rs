@@ -106,12 +106,98 @@ pub struct AgentShared {
     /// Agents created by this leader that may not be in the membership yet.
     fresh: Mutex<BTreeMap<String, String>>,
     provider: Arc<dyn CloudProvider>,
+    /// When the leader last reached this agent (a follower's proof that a leader exists).
+    leader_contact: Mutex<Option<std::time::Instant>>,
 }
 
 const RAFT_ID_FILE: &str = "raft_id";
 const RAFT_STORE_FILE: &str = "raft.redb";
 
+/// Whom this agent can vouch for as the leader right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaderView {
+    /// The leader (this agent or another) was heard from by a quorum or by this agent lately.
+    Confirmed(NodeId),
+    /// No leader this agent can vouch for, and why.
+    Unknown(String),
+}
+
 impl AgentShared {
+    /// Records that the leader's append (or heartbeat) reached this agent.
+    pub fn heard_from_leader(&self) {
+        if let Ok(mut t) = self.leader_contact.lock() {
+            *t = Some(std::time::Instant::now());
+        }
+    }
+
+    /// How long without a sign of a quorum before a leader counts as unknown: ten
+    /// heartbeats, at least a second (elections time out after 4-8 heartbeats).
+    fn stale_after(&self) -> Duration {
+        (self.opts.heartbeat * 10).max(Duration::from_secs(1))
+    }
+
+    /// The leader as far as this agent can tell. A leader that no quorum has acknowledged
+    /// lately, or a follower that has not heard from its leader, says it does not know:
+    /// status must never claim what no quorum stands behind.
+    pub fn leader_view(&self) -> LeaderView {
+        let Some((my_id, raft)) = self.raft() else {
+            return LeaderView::Unknown("this agent has not joined the cluster".into());
+        };
+        let m = raft.metrics().borrow().clone();
+        let stale = self.stale_after();
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let names = |ids: &mut dyn Iterator<Item = NodeId>| -> String {
+            let all = m.membership_config.membership();
+            ids.map(|id| {
+                all.get_node(&id)
+                    .map(|n| n.vm.clone())
+                    .unwrap_or_else(|| format!("raft id {id}"))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+        };
+        match m.state {
+            openraft::ServerState::Leader => {
+                let alone = voters.iter().all(|v| *v == my_id);
+                match m.millis_since_quorum_ack {
+                    _ if alone => LeaderView::Confirmed(my_id),
+                    Some(ms) if u128::from(ms) <= stale.as_millis() => {
+                        LeaderView::Confirmed(my_id)
+                    }
+                    ms => LeaderView::Unknown(format!(
+                        "no quorum: this agent was elected but a majority of the voters ({}) has not answered {}; nobody leads until they do",
+                        names(&mut voters.iter().copied().filter(|v| *v != my_id)),
+                        ms.map(|ms| format!("for {:.1} s", ms as f64 / 1000.0))
+                            .unwrap_or_else(|| "yet".into())
+                    )),
+                }
+            }
+            openraft::ServerState::Follower | openraft::ServerState::Learner => {
+                let last = self.leader_contact.lock().ok().and_then(|t| *t);
+                match (m.current_leader, last) {
+                    (Some(l), Some(t)) if t.elapsed() <= stale => LeaderView::Confirmed(l),
+                    (Some(l), _) => LeaderView::Unknown(format!(
+                        "no word from the last known leader ({}) for over {:.1} s; the voters ({}) may have lost their quorum",
+                        names(&mut std::iter::once(l)),
+                        stale.as_secs_f64(),
+                        names(&mut voters.iter().copied())
+                    )),
+                    (None, _) => LeaderView::Unknown(format!(
+                        "no leader is elected; voters: {}",
+                        names(&mut voters.iter().copied())
+                    )),
+                }
+            }
+            openraft::ServerState::Candidate => LeaderView::Unknown(format!(
+                "an election is under way and no majority of the voters ({}) has answered",
+                names(&mut voters.iter().copied())
+            )),
+            openraft::ServerState::Shutdown => {
+                LeaderView::Unknown("this agent's Raft node has stopped".into())
+            }
+        }
+    }
+
     /// This agent's identity as other agents see it.
     pub fn identity(&self) -> pb::Identity {
         pb::Identity {
@@ -385,6 +471,7 @@ pub async fn run(
         channels: Mutex::new(HashMap::new()),
         fresh: Mutex::new(BTreeMap::new()),
         provider,
+        leader_contact: Mutex::new(None),
     });
 
     let id_file = opts.dir.join(RAFT_ID_FILE);

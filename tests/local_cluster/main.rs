@@ -214,3 +214,52 @@ fn leader_failover_rejoin_and_wipe() {
     in_state.sort();
     assert_eq!(on_disk, in_state, "orphan or missing VM directories");
 }
+
+/// A leader that loses its quorum stops claiming anything: within 2 s its status reports no
+/// leader, the reconciliation state `UNKNOWN`, and why (no quorum, naming the voters).
+#[test]
+fn a_leader_that_lost_its_quorum_says_so() {
+    let c = LocalCluster::start(Path::new(BIN), &desired(1, 1), 0);
+    let s = c.wait_for(
+        "desired state 1 with 5 voters",
+        Duration::from_secs(120),
+        |s| at_desired(s, 1) && voters(s) == 5,
+    );
+    assert_eq!(s.leader_vm.as_deref(), Some("bootstrap"));
+    assert_eq!(s.leader_problem, None);
+    // Four of the five voters die: the bootstrap agent is alone with non-voters.
+    let others: Vec<String> = s
+        .agents
+        .iter()
+        .filter(|a| a.voter && a.vm != "bootstrap")
+        .map(|a| a.vm.clone())
+        .collect();
+    assert_eq!(others.len(), 4);
+    let t = Instant::now();
+    for vm in &others {
+        c.kill(vm);
+    }
+    let mut last = None;
+    while t.elapsed() < Duration::from_secs(2) {
+        last = c.status_at(&c.http);
+        if last
+            .as_ref()
+            .is_some_and(|s| s.leader_vm.is_none() && s.reconciliation_state == "UNKNOWN")
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let s = last.expect("the bootstrap agent still answers");
+    assert_eq!(s.leader_vm, None, "after {:?}: {s:?}", t.elapsed());
+    assert_eq!(s.reconciliation_state, "UNKNOWN");
+    let why = s.leader_problem.unwrap_or_default();
+    assert!(why.contains("no quorum"), "{why}");
+    for vm in &others {
+        assert!(why.contains(vm.as_str()), "{vm} not named in: {why}");
+    }
+    eprintln!(
+        "no leader reported {:?} after losing the quorum: {why}",
+        t.elapsed()
+    );
+}
