@@ -346,42 +346,31 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-/// Applies the file whenever its content changes and prints status changes.
+/// Applies the file whenever its content changes (told by the file system, `notify`) and
+/// prints status changes. The directory is watched, not the file: editors save by replacing.
 async fn follow(file: &Path, endpoint: &str) -> anyhow::Result<()> {
+    use notify::Watcher;
+    let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+        if e.is_ok() {
+            let _ = tx.send(());
+        }
+    })
+    .context("cannot watch the desired-state file")?;
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    watcher
+        .watch(dir, notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("cannot watch {}", dir.display()))?;
     let mut applied: Option<Vec<u8>> = None;
+    // Read at start, after every change, and again while no leader could take it.
+    let mut look = true;
     let mut last_line = String::new();
     loop {
-        if let Ok(bytes) = std::fs::read(file) {
-            if applied.as_ref() != Some(&bytes) {
-                match read_desired(file)? {
-                    Err(problems) => {
-                        println!("{}: not applied, fix it and save again:", file.display());
-                        for p in problems {
-                            println!("  - {p}");
-                        }
-                        applied = Some(bytes);
-                    }
-                    Ok(d) => match put_desired(endpoint, bytes.clone()).await {
-                        Ok((202, body)) => {
-                            println!(
-                                "desired state {} {}",
-                                d.id,
-                                body["result"].as_str().unwrap_or("accepted")
-                            );
-                            applied = Some(bytes);
-                        }
-                        Ok((400, body)) => {
-                            println!("desired state {} refused:", d.id);
-                            for e in body["errors"].as_array().into_iter().flatten() {
-                                println!("  - {}", e.as_str().unwrap_or_default());
-                            }
-                            applied = Some(bytes);
-                        }
-                        // No leader yet (or moving): try again on the next round.
-                        Ok(_) | Err(_) => {}
-                    },
-                }
-            }
+        if look {
+            look = !apply_if_changed(file, endpoint, &mut applied).await?;
         }
         if let Ok(s) = get_status(endpoint).await {
             let line = progress_line(&s);
@@ -390,8 +379,57 @@ async fn follow(file: &Path, endpoint: &str) -> anyhow::Result<()> {
                 last_line = line;
             }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::select! {
+            Some(()) = changed.recv() => {
+                while changed.try_recv().is_ok() {}
+                look = true;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
     }
+}
+
+/// Submits the file if its content differs from what was last handled; false when it has
+/// to be tried again (no leader yet, or leadership moving).
+async fn apply_if_changed(
+    file: &Path,
+    endpoint: &str,
+    applied: &mut Option<Vec<u8>>,
+) -> anyhow::Result<bool> {
+    let Ok(bytes) = std::fs::read(file) else {
+        // Mid-replace by an editor: the next event brings it back.
+        return Ok(true);
+    };
+    if applied.as_ref() == Some(&bytes) {
+        return Ok(true);
+    }
+    match read_desired(file)? {
+        Err(problems) => {
+            println!("{}: not applied, fix it and save again:", file.display());
+            for p in problems {
+                println!("  - {p}");
+            }
+        }
+        Ok(d) => match put_desired(endpoint, bytes.clone()).await {
+            Ok((202, body)) => {
+                println!(
+                    "desired state {} {}",
+                    d.id,
+                    body["result"].as_str().unwrap_or("accepted")
+                );
+            }
+            Ok((400, body)) => {
+                println!("desired state {} refused:", d.id);
+                for e in body["errors"].as_array().into_iter().flatten() {
+                    println!("  - {}", e.as_str().unwrap_or_default());
+                }
+            }
+            // No leader yet (or moving): try again on the next round.
+            Ok(_) | Err(_) => return Ok(false),
+        },
+    }
+    *applied = Some(bytes);
+    Ok(true)
 }
 
 fn progress_line(s: &Status) -> String {
@@ -505,33 +543,32 @@ pub fn status_command(endpoint: &str, json: bool) -> anyhow::Result<std::process
     if let Some(e) = &s.last_error {
         println!("last error:     {e}");
     }
-    println!();
-    println!(
-        "{:<16} {:<10} {:<8} {:>7} {:<6} {:<22}",
-        "AGENT", "ROLE", "ZONE", "RAFT ID", "VOTER", "HTTP"
-    );
+    let mut agents = comfy_table::Table::new();
+    agents
+        .load_style(comfy_table::presets::NOTHING)
+        .set_header(["AGENT", "ROLE", "ZONE", "RAFT ID", "VOTER", "HTTP"]);
     for a in &s.agents {
-        println!(
-            "{:<16} {:<10} {:<8} {:>7} {:<6} {:<22}",
-            a.vm,
-            a.role,
-            a.zone,
-            a.raft_id,
-            if a.voter { "yes" } else { "no" },
-            a.http_addr
-        );
+        agents.add_row([
+            a.vm.clone(),
+            a.role.clone(),
+            a.zone.clone(),
+            a.raft_id.to_string(),
+            if a.voter { "yes" } else { "no" }.to_string(),
+            a.http_addr.clone(),
+        ]);
     }
-    println!();
-    println!("{:<16} {:<10} {:<8} {:<8}", "VM", "ROLE", "ZONE", "PROGRAM");
+    let mut vms = comfy_table::Table::new();
+    vms.load_style(comfy_table::presets::NOTHING)
+        .set_header(["VM", "ROLE", "ZONE", "PROGRAM"]);
     for v in &s.vms {
-        println!(
-            "{:<16} {:<10} {:<8} {:<8}",
-            v.name,
-            v.role,
-            v.zone,
-            if v.running { "running" } else { "stopped" }
-        );
+        vms.add_row([
+            v.name.clone(),
+            v.role.clone(),
+            v.zone.clone(),
+            if v.running { "running" } else { "stopped" }.to_string(),
+        ]);
     }
+    println!("\n{agents}\n\n{vms}");
     Ok(std::process::ExitCode::SUCCESS)
 }
 

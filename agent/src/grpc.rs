@@ -531,7 +531,7 @@ impl Agent for AgentService {
         self.shared
             .join(r.raft_id)
             .await
-            .map_err(Status::failed_precondition)?;
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
         Ok(Response::new(pb::OpReply::default()))
     }
 }

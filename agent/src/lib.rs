@@ -84,6 +84,46 @@ pub enum AgentError {
     Listener(std::io::Error),
 }
 
+/// Why this agent could not join the Raft group under the id the leader gave it.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// It is a member already, under another id (ids are never reused or changed).
+    #[error("this agent is already Raft node {have}; it cannot become {asked}")]
+    AlreadyMember { have: NodeId, asked: NodeId },
+    /// Its Raft id could not be made durable.
+    #[error("cannot record Raft id {raft_id} in {path}: {source}")]
+    Store {
+        raft_id: NodeId,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Raft node did not start.
+    #[error("cannot start Raft node {raft_id}: {source}")]
+    Start {
+        raft_id: NodeId,
+        #[source]
+        source: AgentError,
+    },
+}
+
+/// Why another agent could not be asked who it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ReachError {
+    #[error("bad agent address {endpoint}: {source}")]
+    Address {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("the agent at {endpoint} did not answer: {}", status.message())]
+    Call {
+        endpoint: String,
+        #[source]
+        status: tonic::Status,
+    },
+}
+
 /// State every part of the agent shares.
 pub struct AgentShared {
     pub vm: String,
@@ -277,14 +317,26 @@ impl AgentShared {
     }
 
     /// Asks the agent at `ep` who it is.
-    pub async fn identity_of(&self, ep: &str, timeout: Duration) -> Result<pb::Identity, String> {
-        let mut c = self.agent_client(ep).map_err(|e| e.to_string())?;
+    pub async fn identity_of(
+        &self,
+        ep: &str,
+        timeout: Duration,
+    ) -> Result<pb::Identity, ReachError> {
+        let mut c = self
+            .agent_client(ep)
+            .map_err(|source| ReachError::Address {
+                endpoint: ep.to_string(),
+                source,
+            })?;
         let mut req = tonic::Request::new(pb::IdentityRequest {});
         req.set_timeout(timeout);
         c.get_identity(req)
             .await
             .map(|r| r.into_inner())
-            .map_err(|s| s.message().to_string())
+            .map_err(|status| ReachError::Call {
+                endpoint: ep.to_string(),
+                status,
+            })
     }
 
     /// After a restart or upgrade: waits until `vm`'s agent answers again.
@@ -308,22 +360,31 @@ impl AgentShared {
 
     /// Joins the Raft group under `raft_id` (assigned by the leader). Idempotent for the
     /// same id; an agent never takes a second id (a wiped agent starts over unjoined).
-    pub async fn join(self: &Arc<Self>, raft_id: NodeId) -> Result<(), String> {
+    pub async fn join(self: &Arc<Self>, raft_id: NodeId) -> Result<(), JoinError> {
         let _g = self.join_lock.lock().await;
         match self.raft_id() {
             Some(id) if id == raft_id => return Ok(()),
-            Some(id) => {
-                return Err(format!(
-                    "this agent is already Raft node {id}; it cannot become {raft_id}"
-                ))
+            Some(have) => {
+                return Err(JoinError::AlreadyMember {
+                    have,
+                    asked: raft_id,
+                })
             }
             None => {}
         }
-        write_durably(&self.dir.join(RAFT_ID_FILE), raft_id.to_string().as_bytes())
-            .map_err(|e| e.to_string())?;
+        let path = self.dir.join(RAFT_ID_FILE);
+        write_durably(&path, raft_id.to_string().as_bytes()).map_err(|source| {
+            JoinError::Store {
+                raft_id,
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
         self.stored_raft_id
             .store(raft_id, std::sync::atomic::Ordering::SeqCst);
-        start_raft(self, raft_id).await.map_err(|e| e.to_string())?;
+        start_raft(self, raft_id)
+            .await
+            .map_err(|source| JoinError::Start { raft_id, source })?;
         info!(vm = %self.vm, raft_id, "joined the cluster's Raft group");
         Ok(())
     }
