@@ -12,6 +12,9 @@ use std::collections::BTreeMap;
 pub struct InvariantChecker {
     was_serving: bool,
     baseline: BTreeMap<(Role, Option<u32>), usize>,
+    /// Node groups whose every replica vanished in the world (observed, not done by the
+    /// agents): reported as lost, not counted against the agents.
+    lost_by_world: std::collections::BTreeSet<u32>,
     /// Rule violations seen so far, with the event that revealed them.
     pub violations: Vec<String>,
 }
@@ -54,6 +57,13 @@ impl InvariantChecker {
             }
         }
         let holds = |vm: &str| held.get(vm).is_some_and(|v| !v.is_empty());
+        if let Event::Observed { .. } = ev {
+            for g in &s.started_groups {
+                if crate::planner::node_group_lost(s, *g) {
+                    self.lost_by_world.insert(*g);
+                }
+            }
+        }
         // Rule 1: a serving cluster keeps a started data node in every node group.
         let mut up_groups = std::collections::BTreeSet::new();
         for v in s.vms_of(Role::Ndbd) {
@@ -68,10 +78,16 @@ impl InvariantChecker {
         if !d.rondb_running {
             self.was_serving = false;
         } else if self.was_serving && !serving {
-            let down: Vec<u32> = (0..d.num_node_groups).filter(|g| !ng_up(*g)).collect();
-            bad.push(format!(
-                "rule 1: node group(s) {down:?} have no started data node while RonDB should serve"
-            ));
+            // A node group whose every replica the world took away (lost VMs) is not the
+            // agents' doing: it is reported as lost, and nothing may be done to it.
+            let down: Vec<u32> = (0..d.num_node_groups)
+                .filter(|g| !ng_up(*g) && !self.lost_by_world.contains(g))
+                .collect();
+            if !down.is_empty() {
+                bad.push(format!(
+                    "rule 1: node group(s) {down:?} have no started data node while RonDB should serve"
+                ));
+            }
         }
         if d.rondb_running && serving {
             self.was_serving = true;

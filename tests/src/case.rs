@@ -56,16 +56,24 @@ pub enum Step {
     },
     LoseVm {
         lose_vm: String,
+        /// More VMs lost at the same moment.
+        #[serde(default)]
+        and_lose: Vec<String>,
+        /// `AT_DESIRED_STATE` (default) or `ERROR_STATE` after the repair.
+        #[serde(default)]
+        expect: Option<String>,
+        /// A text the reconciliation's error must contain.
+        #[serde(default)]
+        error_contains: Option<String>,
+        /// An action kind the repair must not start (`CreateVm`, ...).
+        #[serde(default)]
+        forbid_action: Option<String>,
     },
     /// The agent on this VM takes the leadership (needs `leader_change_rate`).
-    MoveLeader {
-        move_leader_to: String,
-    },
+    MoveLeader { move_leader_to: String },
     /// During the next steps, the leader loses its leadership right after the next success
     /// of an action of this kind (`DeactivateNode`, ...) is committed.
-    CutLeaderAfter {
-        cut_leader_after: String,
-    },
+    CutLeaderAfter { cut_leader_after: String },
 }
 
 fn merge(base: &mut Value, patch: &Value) {
@@ -154,16 +162,46 @@ pub fn run_case(case: &Case) -> Result<(), String> {
                     }
                     continue;
                 }
-                Step::LoseVm { lose_vm } => {
-                    sim_world::lock(&sim.world).lose_vm(lose_vm);
+                Step::LoseVm {
+                    lose_vm,
+                    and_lose,
+                    expect,
+                    error_contains,
+                    forbid_action,
+                } => {
+                    {
+                        let mut w = sim_world::lock(&sim.world);
+                        w.lose_vm(lose_vm);
+                        for vm in and_lose {
+                            w.lose_vm(vm);
+                        }
+                    }
                     let report = sim.repair();
-                    if report.outcome != "AT_DESIRED_STATE" {
+                    let want = expect.as_deref().unwrap_or("AT_DESIRED_STATE");
+                    if report.outcome != want {
                         return Err(format!(
-                            "step {i} (lose {lose_vm}): outcome {}; error: {:?}; remaining: {:?}",
-                            report.outcome,
-                            report.error,
-                            sim.remaining()
+                            "step {i} (lose {lose_vm} {and_lose:?}): outcome {}, expected {want}; error: {:?}; remaining: {:?}; VMs: {}",
+                            report.outcome, report.error, sim.remaining(), vms(&sim)
                         ));
+                    }
+                    if let Some(text) = error_contains {
+                        let e = report.error.clone().unwrap_or_default();
+                        if !e.contains(text.as_str()) {
+                            return Err(format!("step {i}: error {e:?} lacks {text:?}"));
+                        }
+                    }
+                    if let Some(kind) = forbid_action {
+                        let started: Vec<&serde_json::Value> = report
+                            .actions
+                            .iter()
+                            .filter(|a| {
+                                a.action.get("kind").and_then(|k| k.as_str()) == Some(kind.as_str())
+                            })
+                            .map(|a| &a.action)
+                            .collect();
+                        if !started.is_empty() {
+                            return Err(format!("step {i}: {kind} must not run, ran {started:?}"));
+                        }
                     }
                     report
                 }

@@ -129,12 +129,13 @@ pub fn diff(d: &DesiredState, s: &ClusterState) -> Vec<Difference> {
     let mut out = Vec::new();
     // A node group that held data and has no running data node left cannot be recovered
     // by the agents (nothing to copy from): say so first, with what to do.
-    if d.rondb_running && s.vms_of(Role::Ndbd).any(|v| v.running) {
+    if d.rondb_running {
+        let serving = s.vms_of(Role::Ndbd).any(|v| v.running);
         for g in &s.started_groups {
             let alive = s
                 .vms_of(Role::Ndbd)
                 .any(|v| v.running && v.node_group == Some(*g));
-            if !alive {
+            if (serving && !alive) || super::node_group_lost(s, *g) {
                 out.push(Difference::NodeGroupLost { node_group: *g });
             }
         }

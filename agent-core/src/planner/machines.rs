@@ -75,6 +75,12 @@ fn node_group(p: &mut Planner, g: u32) {
         p.s.vms_of(Role::Ndbd)
             .filter(|v| v.node_group == Some(g))
             .collect();
+    if crate::planner::node_group_lost(p.s, g) {
+        // Every replica that held this node group's rows is gone: fresh VMs would make an
+        // empty node group behind the user's back. Nothing is created; the reconciliation
+        // ends in ERROR_STATE naming the node group and what the user can do.
+        return;
+    }
     let creating = p.creating(Role::Ndbd, Some(g));
     let nonconf: Vec<&Vm> = members
         .iter()

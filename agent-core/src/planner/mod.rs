@@ -23,6 +23,15 @@ use crate::desired::{DesiredState, RonDbVersion, VmType};
 use crate::model::{config_fingerprint, machine_spec, target_vms, ClusterState, Role, Vm};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Node group `g` held data once and no VM of it runs a data node or keeps its file
+/// system: no replica is left to copy its rows from.
+pub fn node_group_lost(s: &ClusterState, g: u32) -> bool {
+    s.started_groups.contains(&g)
+        && !s
+            .vms_of(Role::Ndbd)
+            .any(|v| v.node_group == Some(g) && (v.running || v.has_data))
+}
+
 /// Every action that is safe to start now, given the actions already in flight.
 pub fn plan(d: &DesiredState, s: &ClusterState) -> Vec<ActionKind> {
     let mut p = Planner::new(d, s);

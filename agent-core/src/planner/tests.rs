@@ -313,3 +313,52 @@ fn agent_upgrades_go_one_vm_at_a_time_and_the_leaders_vm_last() {
     );
     assert!(plan(&d, &s).is_empty());
 }
+
+fn creates_in_group(actions: &[ActionKind], g: u32) -> usize {
+    actions
+        .iter()
+        .filter(|k| matches!(k, ActionKind::CreateVm { node_group: Some(x), .. } if *x == g))
+        .count()
+}
+
+#[test]
+fn a_lost_replica_is_replaced_from_its_peer() {
+    let d = DesiredState::example();
+    let mut s = at_desired(&d);
+    let lost = s
+        .vms_of(Role::Ndbd)
+        .find(|v| v.node_group == Some(0))
+        .map(|v| v.name.clone())
+        .unwrap();
+    s.vms.remove(&lost);
+    assert_eq!(creates_in_group(&plan(&d, &s), 0), 1);
+    assert!(!diff(&d, &s)
+        .iter()
+        .any(|x| matches!(x, Difference::NodeGroupLost { .. })));
+}
+
+#[test]
+fn a_node_group_that_lost_every_replica_is_never_recreated_empty() {
+    let d = DesiredState::example();
+    let mut s = at_desired(&d);
+    let group0: Vec<String> = s
+        .vms_of(Role::Ndbd)
+        .filter(|v| v.node_group == Some(0))
+        .map(|v| v.name.clone())
+        .collect();
+    assert_eq!(group0.len(), 2);
+    for n in &group0 {
+        s.vms.remove(n);
+    }
+    let actions = plan(&d, &s);
+    assert_eq!(creates_in_group(&actions, 0), 0, "{:?}", kinds(&actions));
+    let left = diff(&d, &s);
+    assert_eq!(left[0], Difference::NodeGroupLost { node_group: 0 });
+    let text = left[0].to_string();
+    assert!(
+        text.contains("node group 0") && text.contains("RestoreFromBackup"),
+        "{text}"
+    );
+    // The other node group is untouched: nothing to do there.
+    assert_eq!(creates_in_group(&actions, 1), 0);
+}
