@@ -17,9 +17,7 @@ pub mod reconcile;
 pub mod remote;
 pub mod upgrade;
 
-pub use reconcile::{
-    EventHook, Journal, JournalError, Reconciler, ReconcilerConfig, Submission, Submit,
-};
+pub use reconcile::{Journal, JournalError, Reconciler, ReconcilerConfig, Submission, Submit};
 
 // The core's modules under their usual names, so `crate::model::...` reads as in the core.
 use agent_core::{actions, backend, desired, model};

@@ -5,7 +5,7 @@
 
 use crate::backend::{BackendError, CloudProvider, OpId, ProcessRuntime};
 use crate::desired::{DesiredState, Violation};
-use crate::model::{ClusterState, Event, Outcome, ReconciliationState};
+use crate::model::{ClusterState, Event, Outcome};
 pub use agent_core::engine::Submission;
 use agent_core::engine::{Command, Engine, Input, Observation, StandardPolicy};
 use futures::future::BoxFuture;
@@ -18,11 +18,6 @@ use tracing::{warn, Instrument};
 /// Knobs of the loop: the engine's standard policy (attempts per action, observation
 /// period, action cap, backoff).
 pub type ReconcilerConfig = StandardPolicy;
-
-/// Receives every event once it is durable (simulation output, invariant checks, logs).
-pub trait EventHook: Send {
-    fn on_event(&mut self, state: &ClusterState, event: &Event);
-}
 
 /// Where events become durable before they take effect: the Raft log on a real cluster.
 /// An error means this reconciler may no longer write (leadership lost): it stops at once,
@@ -57,7 +52,6 @@ pub struct Reconciler {
     provider: Arc<dyn CloudProvider>,
     runtime: Arc<dyn ProcessRuntime>,
     engine: Engine,
-    hooks: Vec<Box<dyn EventHook>>,
     journal: Option<Arc<dyn Journal>>,
     inbox: Option<tokio::sync::mpsc::Receiver<Submit>>,
     /// Set when the journal refused a write: this reconciler must stop.
@@ -67,7 +61,6 @@ pub struct Reconciler {
     running: FuturesUnordered<Running>,
     observing: Option<Observing>,
     wake_at: Option<Duration>,
-    last_report: Option<ReconciliationState>,
 }
 
 impl Reconciler {
@@ -81,7 +74,6 @@ impl Reconciler {
             provider,
             runtime,
             engine: Engine::new(state, Box::new(config)),
-            hooks: Vec::new(),
             journal: None,
             inbox: None,
             halted: None,
@@ -89,7 +81,6 @@ impl Reconciler {
             running: FuturesUnordered::new(),
             observing: None,
             wake_at: None,
-            last_report: None,
         }
     }
 
@@ -113,10 +104,6 @@ impl Reconciler {
     /// Why the reconciler stopped writing, if it did.
     pub fn halted(&self) -> Option<&JournalError> {
         self.halted.as_ref()
-    }
-
-    pub fn add_hook(&mut self, hook: Box<dyn EventHook>) {
-        self.hooks.push(hook);
     }
 
     pub fn state(&self) -> &ClusterState {
@@ -147,11 +134,6 @@ impl Reconciler {
                             return is_submit.then(|| Err(not_recorded(&e)));
                         }
                     }
-                    for ev in &events {
-                        for h in &mut self.hooks {
-                            h.on_event(self.engine.state(), ev);
-                        }
-                    }
                 }
                 Command::Run { action, call } => {
                     let provider = Arc::clone(&self.provider);
@@ -171,7 +153,9 @@ impl Reconciler {
                 }
                 Command::Observe => self.observing = Some(self.observation()),
                 Command::Verdict(v) => verdict = Some(v),
-                Command::Report { state, .. } => self.last_report = Some(state),
+                // The outcome is in the log already (ReconciliationChanged); the engine
+                // logged it.
+                Command::Report { .. } => {}
                 Command::WakeAt(t) => self.wake_at = Some(t),
             }
         }
@@ -264,23 +248,6 @@ impl Reconciler {
                     .unwrap_or(&JournalError::NotLeader { leader: None }),
             )),
         }
-    }
-
-    /// Runs one reconciliation to its end (starting one now if none runs): until the cluster
-    /// is at the accepted desired state, and then the pending one, or gives up. Returns the
-    /// final state.
-    pub async fn reconcile(&mut self) -> ReconciliationState {
-        if !self.engine.is_busy() {
-            self.step(Input::Resync).await;
-        }
-        while self.halted.is_none()
-            && (self.engine.is_busy() || !self.running.is_empty() || self.observing.is_some())
-        {
-            if !self.next().await {
-                break;
-            }
-        }
-        self.engine.state().reconciliation
     }
 }
 
