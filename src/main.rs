@@ -336,7 +336,7 @@ fn simulate(
                     makespan_s: 0.0,
                     actions: vec![],
                     invariant_violations: vec![],
-                    cluster: serde_json::Value::Null,
+                    cluster: None,
                     error: None,
                 },
             };

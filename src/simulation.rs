@@ -13,11 +13,12 @@
 use agent_core::actions::ActionKind;
 use agent_core::backend::BackendError;
 use agent_core::cost::CostModel;
+use agent_core::desired::VmType;
 use agent_core::desired::{DesiredState, Violation};
 use agent_core::diff;
 use agent_core::engine::{BackendCall, Command, Engine, Input, StandardPolicy, Submission};
 use agent_core::invariants::{check_settled, InvariantChecker};
-use agent_core::model::{ClusterState, Event, Outcome, ReconciliationState};
+use agent_core::model::{ClusterState, Event, Outcome, ReconciliationState, Role};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -125,6 +126,35 @@ pub struct ActionRecord {
     pub failed: bool,
 }
 
+/// One VM in a [`StepReport`].
+#[derive(Debug, Clone, Serialize)]
+pub struct VmSnapshot {
+    pub vm: String,
+    pub role: Role,
+    pub zone: String,
+    pub vm_type: VmType,
+    pub storage_gib: u32,
+    pub address: String,
+    pub temporary: bool,
+    pub node_group: Option<u32>,
+    pub running: bool,
+    pub version: Option<String>,
+    pub node_ids: Vec<u32>,
+    pub agent_version: String,
+}
+
+/// The cluster after a step of the simulation (the `cluster` object of `simulate --json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterSnapshot {
+    pub reconciliation_state: ReconciliationState,
+    pub accepted_id: Option<u64>,
+    pub rondb_has_run: bool,
+    pub vms: Vec<VmSnapshot>,
+    pub backups: Vec<u64>,
+    pub restore_done: bool,
+    pub world_lost_vms: Vec<String>,
+}
+
 /// The result of submitting one desired state: one JSON line of `simulate --json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepReport {
@@ -134,7 +164,9 @@ pub struct StepReport {
     pub makespan_s: f64,
     pub actions: Vec<ActionRecord>,
     pub invariant_violations: Vec<String>,
-    pub cluster: serde_json::Value,
+    /// The cluster as the leader sees it afterwards; `None` for a document that did not
+    /// parse.
+    pub cluster: Option<ClusterSnapshot>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -693,29 +725,33 @@ impl Simulation {
         }
     }
 
-    fn cluster_json(&self) -> serde_json::Value {
+    fn cluster_json(&self) -> Option<ClusterSnapshot> {
         let s = self.state();
-        let vms: Vec<serde_json::Value> = s
-            .vms
-            .values()
-            .map(|v| {
-                serde_json::json!({
-                    "vm": v.name, "role": v.role, "zone": v.zone, "vm_type": v.vm_type,
-                    "storage_gib": v.storage_gib, "address": v.address, "temporary": v.temporary,
-                    "node_group": v.node_group, "running": v.running, "version": v.version,
-                    "node_ids": s.active_slots_of(&v.name).map(|x| x.node_id).collect::<Vec<_>>(),
-                    "agent_version": v.agent_version,
+        Some(ClusterSnapshot {
+            reconciliation_state: s.reconciliation,
+            accepted_id: s.accepted.as_ref().map(|d| d.id),
+            rondb_has_run: s.rondb_has_run,
+            vms: s
+                .vms
+                .values()
+                .map(|v| VmSnapshot {
+                    vm: v.name.clone(),
+                    role: v.role,
+                    zone: v.zone.clone(),
+                    vm_type: v.vm_type,
+                    storage_gib: v.storage_gib,
+                    address: v.address.clone(),
+                    temporary: v.temporary,
+                    node_group: v.node_group,
+                    running: v.running,
+                    version: v.version.clone(),
+                    node_ids: s.active_slots_of(&v.name).map(|x| x.node_id).collect(),
+                    agent_version: v.agent_version.clone(),
                 })
-            })
-            .collect();
-        serde_json::json!({
-            "reconciliation_state": s.reconciliation,
-            "accepted_id": s.accepted.as_ref().map(|d| d.id),
-            "rondb_has_run": s.rondb_has_run,
-            "vms": vms,
-            "backups": s.backups.keys().collect::<Vec<_>>(),
-            "restore_done": s.restore.done,
-            "world_lost_vms": lock(&self.world).lost_vms.clone(),
+                .collect(),
+            backups: s.backups.keys().copied().collect(),
+            restore_done: s.restore.done,
+            world_lost_vms: lock(&self.world).lost_vms.clone(),
         })
     }
 }

@@ -9,7 +9,7 @@ use crate::backend::{
 };
 use crate::commands;
 use crate::desired::{BackupSpec, DesiredState, SinkType};
-use crate::model::{files_for, render_config_ini, ClusterState, ConfigFile, Outcome};
+use crate::model::{files_for, render_config_ini, ClusterState, ConfigFile, Outcome, Role};
 
 /// One backend call with its arguments; each action makes exactly one.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,7 +102,15 @@ pub fn prepare(d: &DesiredState, s: &ClusterState, action: &Action) -> BackendCa
             files: s
                 .vms
                 .get(&vm)
-                .map(|v| files_for(d, s, v, &render_config_ini(d, s)))
+                .map(|v| {
+                    // Only management servers read config.ini; render it for them alone.
+                    let ini = if v.role == Role::Mgmd {
+                        render_config_ini(d, s)
+                    } else {
+                        String::new()
+                    };
+                    files_for(d, s, v, &ini)
+                })
                 .unwrap_or_default(),
             vm,
         },
