@@ -413,22 +413,11 @@ impl Simulation {
         let leader = lock(&self.world).leader.clone();
         if self.journal.is_some() {
             if let Some(vm) = hands_over(&call, leader.as_deref()) {
-                let token = self.token();
-                self.awaiting.insert(op, token);
                 let result = Err(BackendError::transient(format!(
                     "{vm} runs the leader; leadership was handed over and the next leader does this"
                 )));
-                let hand_over = true;
-                self.at(
-                    self.now + HANDOVER,
-                    Due::Answer {
-                        op,
-                        token,
-                        result,
-                        hand_over,
-                    },
-                );
                 // The handover completes when that answer is due.
+                self.answer_later(op, HANDOVER, result, true);
                 return;
             }
         }
@@ -440,18 +429,7 @@ impl Simulation {
                 }
                 Some(OpRun::Done(result)) => {
                     let result = result.clone();
-                    let token = self.token();
-                    self.awaiting.insert(op, token);
-                    let hand_over = false;
-                    self.at(
-                        self.now,
-                        Due::Answer {
-                            op,
-                            token,
-                            result,
-                            hand_over,
-                        },
-                    );
+                    self.answer_later(op, Duration::ZERO, result, false);
                     return;
                 }
                 None => {}
@@ -469,6 +447,27 @@ impl Simulation {
         };
         let end = self.now + Duration::from_secs_f64(pending.seconds);
         self.at(end, Due::End { op, token, pending });
+    }
+
+    /// The leader waits for `op`, answered `after` from now without the world.
+    fn answer_later(
+        &mut self,
+        op: u64,
+        after: Duration,
+        result: Result<Outcome, BackendError>,
+        hand_over: bool,
+    ) {
+        let token = self.token();
+        self.awaiting.insert(op, token);
+        self.at(
+            self.now + after,
+            Due::Answer {
+                op,
+                token,
+                result,
+                hand_over,
+            },
+        );
     }
 
     /// Handles the next thing due; false when nothing is.
