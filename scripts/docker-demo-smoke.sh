@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks the Docker demo as a new user meets it: compose/up.sh on a copy of the example,
 # wait for AT_DESIRED_STATE with the containers by role, edit and save the file (one more
-# MySQLd), wait for the new container, then compose/down.sh must leave nothing behind.
+# MySQLd), wait for the new container, stop every container (a host restart) and run
+# compose/up.sh again: the same containers resume; then compose/down.sh must leave nothing.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d)
@@ -30,6 +31,15 @@ echo "== docker demo: desired state 1 reached (4 ndbd, 1 mgmd, 2 mysqld, 1 api c
 sed -i -e 's/^  "Id": 1,/  "Id": 2,/' -e 's/"NumManagedMysqldVms": 2,/"NumManagedMysqldVms": 3,/' "$WORK/desired_state.jsonc"
 wait_for 2 3
 echo "== docker demo: the saved edit was followed (3 mysqld containers)"
+# A host restart: every container stops; compose/up.sh brings back the same ones.
+containers() { docker ps -aq --no-trunc --filter label=managed-rondb.cluster=managed-rondb | sort; }
+before=$(containers)
+docker stop -t 5 $(docker ps -q --filter label=managed-rondb.cluster=managed-rondb) >/dev/null
+[ -z "$(docker ps -q --filter label=managed-rondb.cluster=managed-rondb)" ] || { echo "containers still running after docker stop" >&2; exit 1; }
+"$ROOT/compose/up.sh" "$WORK/desired_state.jsonc" >/dev/null
+wait_for 2 3
+[ "$(containers)" = "$before" ] || { echo "containers were replaced after the restart:" >&2; diff <(echo "$before") <(containers) >&2; exit 1; }
+echo "== docker demo: every container stopped (a host restart); compose/up.sh resumed the same containers"
 "$ROOT/compose/down.sh"
 left=$(docker ps -aq --filter label=managed-rondb.cluster=managed-rondb; docker volume ls -q --filter label=managed-rondb.cluster=managed-rondb; docker network ls -q --filter name=managed-rondb)
 [ -z "$left" ] || { echo "compose/down.sh left: $left" >&2; exit 1; }

@@ -5,7 +5,7 @@
 use agent::http::Status;
 use agent::ReconcilerConfig;
 use agent::{AgentOptions, Exit};
-use agent_core::backend::{CloudProvider, ProcessRuntime, VmSpec};
+use agent_core::backend::{CloudProvider, OpId, ProcessRuntime, VmInfo, VmSpec, VmState};
 use agent_core::desired::VmType;
 use agent_core::Role;
 use anyhow::{bail, Context};
@@ -95,6 +95,29 @@ async fn bind(preferred: Option<&str>, fallback: &str) -> anyhow::Result<TcpList
                     format!("cannot listen on {addr}; is another agent using it?")
                 })
             }
+        }
+    }
+}
+
+/// Takes the VM directory's lock for as long as the returned file lives, so that two agents
+/// never run on one directory (a leader starting a down VM while `up` does the same).
+fn lock_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join(local::LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another agent already runs on {} (it holds {}); not starting a second one",
+            dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
         }
     }
 }
@@ -204,6 +227,7 @@ pub fn agent_command(dir: &Path) -> anyhow::Result<()> {
     let dir = dir
         .canonicalize()
         .with_context(|| format!("no VM directory {}", dir.display()))?;
+    let _lock = lock_dir(&dir)?;
     let vm = local::read_vm(&dir).map_err(anyhow::Error::msg)?;
     // A new VM runs the agent version it was created for until it is upgraded.
     if !dir.join("agent_version").exists() {
@@ -292,6 +316,7 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
         Some(_) => data_dir.clone(),
     };
     std::fs::create_dir_all(&dir)?;
+    let _lock = lock_dir(&dir)?;
     let vm = VmConfig {
         spec: VmSpec {
             name: "bootstrap".into(),
@@ -317,6 +342,7 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
         write_address(&dir, &grpc, &http)?;
         let provider = make_provider(&vm, &program)?;
         let runtime = make_runtime(o.runtime, "bootstrap", &dir, &sink_dir(&vm, &dir))?;
+        let resume = tokio::spawn(resume_vms(Arc::clone(&provider)));
         let agent = tokio::spawn(agent::run(
             options(&vm, &dir, true, advertise),
             grpc,
@@ -334,6 +360,9 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
             o.desired_state.display(),
             o.http
         );
+        if let Err(e) = resume.await {
+            warn!(error = %e, "resuming the cluster's VMs stopped");
+        }
         tokio::select! {
             r = follow(&o.desired_state, &o.http) => r?,
             r = agent => { r??; }
@@ -344,6 +373,41 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// A cluster stopped as a whole (a power cut, a host reboot, `ndb-agent down`) comes back
+/// with one `up`: every VM that is down is started again with its disks. This cannot wait
+/// for a leader: the agents elect one only once enough of them run again.
+async fn resume_vms(provider: Arc<dyn CloudProvider>) {
+    let vms = match provider.list_vms().await {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("cannot list the cluster's VMs to resume them: {e}");
+            return;
+        }
+    };
+    let down: Vec<VmInfo> = vms
+        .into_iter()
+        .filter(|v| v.state == VmState::Down)
+        .collect();
+    if down.is_empty() {
+        return;
+    }
+    println!(
+        "resuming the existing cluster: starting {} VM(s) that are down: {}",
+        down.len(),
+        down.iter()
+            .map(|v| v.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let starts = down.iter().map(|v| provider.start_vm(OpId::NONE, &v.name));
+    for (v, r) in down.iter().zip(futures::future::join_all(starts).await) {
+        match r {
+            Ok(_) => println!("  {} is up again", v.name),
+            Err(e) => eprintln!("  cannot start {}: {e} (the leader tries again)", v.name),
+        }
+    }
 }
 
 /// Applies the file whenever its content changes (told by the file system, `notify`) and
@@ -410,6 +474,12 @@ async fn apply_if_changed(
                 println!("  - {p}");
             }
         }
+        Ok(d) if applied.is_none() && resumed(endpoint, d.id).await => {
+            println!(
+                "desired state {} is the cluster's accepted state already: resuming it",
+                d.id
+            );
+        }
         Ok(d) => match put_desired(endpoint, bytes.clone()).await {
             Ok((202, body)) => {
                 println!(
@@ -430,6 +500,14 @@ async fn apply_if_changed(
     }
     *applied = Some(bytes);
     Ok(true)
+}
+
+/// The cluster (restarted with `up` on its data directory) accepted desired state `id`
+/// before: the file is not news to it.
+async fn resumed(endpoint: &str, id: u64) -> bool {
+    get_status(endpoint)
+        .await
+        .is_ok_and(|s| s.accepted_id == Some(id))
 }
 
 fn progress_line(s: &Status) -> String {

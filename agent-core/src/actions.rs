@@ -47,6 +47,11 @@ pub enum ActionKind {
         vm: String,
         role: Role,
     },
+    /// Brings a VM that is down back up (its agent, and with it its disks).
+    StartVm {
+        vm: String,
+        role: Role,
+    },
     InstallSoftware {
         vm: String,
         role: Role,
@@ -164,6 +169,7 @@ impl ActionKind {
         match self {
             ActionKind::CreateVm { .. } => "CreateVm",
             ActionKind::DeleteVm { .. } => "DeleteVm",
+            ActionKind::StartVm { .. } => "StartVm",
             ActionKind::InstallSoftware { .. } => "InstallSoftware",
             ActionKind::WriteConfig { .. } => "WriteConfig",
             ActionKind::StartMgmd { .. } => "StartMgmd",
@@ -191,6 +197,7 @@ impl ActionKind {
         match self {
             CreateVm { vm, .. }
             | DeleteVm { vm, .. }
+            | StartVm { vm, .. }
             | InstallSoftware { vm, .. }
             | WriteConfig { vm, .. }
             | StartMgmd { vm, .. }
@@ -209,6 +216,24 @@ impl ActionKind {
             DeactivateNode { vm, .. } => vm.as_deref(),
             CreateBackup { .. } | DeleteBackup { .. } => None,
         }
+    }
+
+    /// Whether the action is carried out by the agent on its VM (so it waits while that VM
+    /// is down). VM-level actions go to the provider; slot changes go through a management
+    /// server.
+    pub fn needs_agent_of_vm(&self) -> bool {
+        use ActionKind::*;
+        !matches!(
+            self,
+            CreateVm { .. }
+                | DeleteVm { .. }
+                | StartVm { .. }
+                | ActivateNode { .. }
+                | DeactivateNode { .. }
+                | SetHostname { .. }
+                | CreateBackup { .. }
+                | DeleteBackup { .. }
+        )
     }
 
     /// What the action holds while it runs. Binding or activating a slot only holds the

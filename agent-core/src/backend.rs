@@ -38,6 +38,16 @@ pub struct VmSpec {
     pub agent_version: String,
 }
 
+/// Whether a VM the provider still has is up. A VM that is down (its machine stopped, its
+/// agent dead) keeps its disks: it is started again, not replaced, because its data node's
+/// file system may hold the only copy of rows. A VM that is gone is not listed at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum VmState {
+    #[default]
+    Running,
+    Down,
+}
+
 /// A VM as the provider reports it: the truth a new leader starts from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmInfo {
@@ -50,6 +60,8 @@ pub struct VmInfo {
     /// Where the VM's agent answers gRPC (`host:port`); empty where there is no real agent.
     #[serde(default)]
     pub agent_endpoint: String,
+    #[serde(default)]
+    pub state: VmState,
 }
 
 /// What kind of failure a backend call met: it decides what the reconciler does next.
@@ -186,8 +198,11 @@ pub trait CloudProvider: Send + Sync {
     async fn create_vm(&self, op: OpId, spec: &VmSpec) -> Result<VmInfo, BackendError>;
     /// Deletes a VM and its storage. Deleting a VM that is already gone succeeds.
     async fn delete_vm(&self, op: OpId, name: &str) -> Result<(), BackendError>;
-    /// Every VM of this cluster the provider knows, created by any leader.
+    /// Every VM of this cluster the provider knows, created by any leader, down ones included.
     async fn list_vms(&self) -> Result<Vec<VmInfo>, BackendError>;
+    /// Brings a VM that is down back up with its disks; returns when its agent answers.
+    /// Starting a VM that runs succeeds; one that is gone fails with [`ErrorKind::VmGone`].
+    async fn start_vm(&self, op: OpId, name: &str) -> Result<VmInfo, BackendError>;
 }
 
 /// Which RonDB program a VM runs.

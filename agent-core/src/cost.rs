@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 pub struct CostModel {
     pub create_vm: f64,
     pub delete_vm: f64,
+    pub start_vm: f64,
     pub install_software: f64,
     pub write_config: f64,
     pub start_mgmd: f64,
@@ -38,6 +39,7 @@ impl Default for CostModel {
         CostModel {
             create_vm: 60.0,
             delete_vm: 20.0,
+            start_vm: 30.0,
             install_software: 20.0,
             write_config: 1.0,
             start_mgmd: 5.0,
@@ -67,6 +69,7 @@ impl CostModel {
         match k {
             CreateVm { .. } => self.create_vm,
             DeleteVm { .. } => self.delete_vm,
+            StartVm { .. } => self.start_vm,
             InstallSoftware { .. } => self.install_software,
             WriteConfig { .. } => self.write_config,
             StartMgmd { .. } => self.start_mgmd,

@@ -75,7 +75,9 @@ impl InvariantChecker {
         }
         let ng_up = |g: u32| up_groups.contains(&g);
         let serving = (0..d.num_node_groups).all(ng_up);
-        if !d.rondb_running {
+        if !d.rondb_running || (!serving && matches!(ev, Event::Observed { .. })) {
+            // Stopped on purpose, or taken out of service by the world (VMs down or lost,
+            // programs dead): not the agents' doing. The rule holds again once it serves.
             self.was_serving = false;
         } else if self.was_serving && !serving {
             // A node group whose every replica the world took away (lost VMs) is not the
@@ -235,5 +237,6 @@ fn describe(ev: &Event) -> String {
         Event::Observed { .. } => "an observation".into(),
         Event::ReconciliationChanged { state, .. } => format!("change to {state}"),
         Event::LeaderChanged { vm } => format!("{vm} taking the leadership"),
+        Event::VmAbandoned { vm, .. } => format!("giving up {vm}"),
     }
 }

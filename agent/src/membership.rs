@@ -363,4 +363,9 @@ impl CloudProvider for Membership {
     async fn list_vms(&self) -> Result<Vec<VmInfo>, BackendError> {
         self.shared.provider.list_vms().await
     }
+
+    /// The VM's agent keeps its Raft id and store: once up it catches up with the log.
+    async fn start_vm(&self, op: OpId, name: &str) -> Result<VmInfo, BackendError> {
+        self.shared.provider.start_vm(op, name).await
+    }
 }

@@ -85,6 +85,9 @@ impl CloudProvider for NoProvider {
     async fn list_vms(&self) -> Result<Vec<VmInfo>, BackendError> {
         Ok(vec![])
     }
+    async fn start_vm(&self, _: OpId, name: &str) -> Result<VmInfo, BackendError> {
+        Err(BackendError::vm_gone(name))
+    }
 }
 
 fn start_request(vm: &str, op_id: u64) -> pb::StartProgramRequest {

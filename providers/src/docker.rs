@@ -3,25 +3,33 @@
 //! labels `managed-rondb.cluster`, `managed-rondb.role`, `managed-rondb.zone`, and the Docker
 //! socket (so its agent can lead). Listing asks Docker itself, so a new leader sees the
 //! truth; only containers and volumes carrying this cluster's label are ever removed.
+//!
+//! A stopped container is a VM that is down: `start_vm` starts it again with its volume. A
+//! removed container is a VM that is gone. Every container gets a fixed address in the
+//! network's subnet, so that the Raft group and RonDB's configuration, which name agents and
+//! nodes by address, still hold after the containers are stopped and started in any order.
 
 use crate::{ProviderConfig, VmConfig};
 use agent_core::backend::OpId;
-use agent_core::backend::{BackendError, CloudProvider, VmInfo, VmSpec};
+use agent_core::backend::{BackendError, CloudProvider, VmInfo, VmSpec, VmState};
 use agent_core::desired::VmType;
 use agent_core::model::Role;
 use async_trait::async_trait;
-use bollard::models::HostConfig;
-use bollard::models::{ContainerCreateBody, VolumeCreateRequest};
+use backon::{ConstantBuilder, Retryable};
+use bollard::models::{
+    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, NetworkingConfig,
+    VolumeCreateRequest,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     StartContainerOptions,
 };
 use bollard::Docker;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-use tracing::{info, warn};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+use tracing::info;
 
 /// The gRPC port every agent container listens on.
 pub const AGENT_GRPC_PORT: u16 = 7100;
@@ -38,6 +46,13 @@ pub const LABEL_ZONE: &str = "managed-rondb.zone";
 pub const LABEL_VM: &str = "managed-rondb.vm";
 pub const LABEL_VM_TYPE: &str = "managed-rondb.vm-type";
 pub const LABEL_STORAGE: &str = "managed-rondb.storage-gib";
+
+/// VMs get host numbers from here up in the network's subnet; the ones below are for the
+/// containers a user starts with fixed addresses (the bootstrap agent, an artifact server).
+pub const FIRST_VM_HOST: u32 = 16;
+
+/// How long a started container's agent may take to answer.
+const START_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Settings of a Docker cluster.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -85,7 +100,32 @@ pub struct DockerProvider {
     docker: Docker,
     cfg: DockerConfig,
     runtime: crate::RuntimeKind,
-    dead_since: Mutex<BTreeMap<String, Instant>>,
+    /// Held from choosing a free address until the container holding it exists, so that
+    /// two VMs created at once never get the same one.
+    addressing: tokio::sync::Mutex<()>,
+}
+
+/// `a.b.c.d/n` as its first address and prefix length.
+fn parse_subnet(s: &str) -> Option<(u32, u32)> {
+    let (ip, bits) = s.split_once('/')?;
+    let ip: Ipv4Addr = ip.parse().ok()?;
+    let bits: u32 = bits.parse().ok().filter(|b| *b <= 30)?;
+    let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+    Some((u32::from(ip) & mask, bits))
+}
+
+/// The address a container has (or will have) on `network`: its fixed one, else the
+/// current one.
+fn address_on(
+    networks: Option<&HashMap<String, EndpointSettings>>,
+    network: &str,
+) -> Option<String> {
+    let ep = networks?.get(network)?;
+    ep.ipam_config
+        .as_ref()
+        .and_then(|c| c.ipv4_address.clone())
+        .or_else(|| ep.ip_address.clone())
+        .filter(|ip| !ip.is_empty())
 }
 
 impl DockerProvider {
@@ -97,7 +137,7 @@ impl DockerProvider {
             docker,
             cfg,
             runtime,
-            dead_since: Mutex::new(BTreeMap::new()),
+            addressing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -127,7 +167,73 @@ impl DockerProvider {
             .filter(|ip| !ip.is_empty()))
     }
 
-    fn info_from_labels(&self, labels: &HashMap<String, String>, ip: &str) -> Option<VmInfo> {
+    /// The lowest address of the network's subnet (from [`FIRST_VM_HOST`]) that no
+    /// container on the network holds, running or stopped.
+    async fn free_address(&self) -> Result<String, BackendError> {
+        let net = self
+            .docker
+            .inspect_network(
+                &self.cfg.network,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+            .map_err(|e| transient(&format!("docker network inspect {}", self.cfg.network), e))?;
+        let subnet = net
+            .ipam
+            .and_then(|i| i.config)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|c| c.subnet)
+            .find_map(|s| parse_subnet(&s));
+        let Some((base, bits)) = subnet else {
+            return Err(BackendError::refused(format!(
+                "network {} has no IPv4 subnet of /30 or larger; create it with `docker network create --subnet 10.213.0.0/24 {}` so VMs keep their addresses across restarts",
+                self.cfg.network, self.cfg.network
+            )));
+        };
+        let filters = HashMap::from([("network".to_string(), vec![self.cfg.network.clone()])]);
+        let list = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| transient("docker ps", e))?;
+        let used: BTreeSet<u32> = list
+            .iter()
+            .filter_map(|c| {
+                address_on(
+                    c.network_settings
+                        .as_ref()
+                        .and_then(|n| n.networks.as_ref()),
+                    &self.cfg.network,
+                )
+            })
+            .filter_map(|ip| ip.parse::<Ipv4Addr>().ok())
+            .map(u32::from)
+            .collect();
+        let hosts = 1u32 << (32 - bits);
+        (FIRST_VM_HOST..hosts.saturating_sub(1))
+            .map(|h| base + h)
+            .find(|a| !used.contains(a))
+            .map(|a| Ipv4Addr::from(a).to_string())
+            .ok_or_else(|| {
+                BackendError::refused(format!(
+                    "network {} has no free address left for a VM; use a larger subnet",
+                    self.cfg.network
+                ))
+            })
+    }
+
+    fn info_from_labels(
+        &self,
+        labels: &HashMap<String, String>,
+        ip: &str,
+        state: VmState,
+    ) -> Option<VmInfo> {
         let role: Role = labels.get(LABEL_ROLE)?.parse().ok()?;
         let vm_type: VmType = serde_json::from_value(serde_json::Value::String(
             labels.get(LABEL_VM_TYPE)?.clone(),
@@ -144,7 +250,48 @@ impl DockerProvider {
                 .unwrap_or(0),
             address: ip.to_string(),
             agent_endpoint: format!("{ip}:{AGENT_GRPC_PORT}"),
+            state,
         })
+    }
+
+    /// Waits until the agent in container `name` accepts connections.
+    async fn wait_agent(
+        &self,
+        vm: &str,
+        name: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<VmInfo, BackendError> {
+        let poll = Duration::from_millis(200);
+        let tries = (START_PATIENCE.as_millis() / poll.as_millis()) as usize;
+        let answer = || async {
+            let ip = self
+                .address(name)
+                .await?
+                .ok_or_else(|| BackendError::transient("container not running"))?;
+            let ep = format!("{ip}:{AGENT_GRPC_PORT}");
+            tokio::net::TcpStream::connect(&ep)
+                .await
+                .map_err(|e| transient(&format!("agent at {ep}"), e))?;
+            Ok::<String, BackendError>(ip)
+        };
+        let ip = answer
+            .retry(
+                ConstantBuilder::new()
+                    .with_delay(poll)
+                    .with_max_times(tries),
+            )
+            .when(|e: &BackendError| e.kind == agent_core::backend::ErrorKind::Transient)
+            .await
+            .map_err(|e| {
+                BackendError::transient(format!(
+                    "the agent of {vm} did not answer within {} s: {}",
+                    START_PATIENCE.as_secs(),
+                    e.message
+                ))
+                .on(vm)
+            })?;
+        self.info_from_labels(labels, &ip, VmState::Running)
+            .ok_or_else(|| BackendError::refused(format!("container {name} has bad labels")))
     }
 }
 
@@ -185,6 +332,8 @@ impl CloudProvider for DockerProvider {
             let (memory, nano_cpus) = limits(spec.vm_type);
             let mut env = vec![format!("{VM_ENV}={vm_json}")];
             env.extend(self.cfg.env.iter().map(|(k, v)| format!("{k}={v}")));
+            let guard = self.addressing.lock().await;
+            let ip = self.free_address().await?;
             let config = ContainerCreateBody {
                 image: Some(self.cfg.image.clone()),
                 hostname: Some(name.clone()),
@@ -199,6 +348,18 @@ impl CloudProvider for DockerProvider {
                         "/var/run/docker.sock:/var/run/docker.sock".to_string(),
                     ]),
                     ..Default::default()
+                }),
+                networking_config: Some(NetworkingConfig {
+                    endpoints_config: Some(HashMap::from([(
+                        self.cfg.network.clone(),
+                        EndpointSettings {
+                            ipam_config: Some(EndpointIpamConfig {
+                                ipv4_address: Some(ip.clone()),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        },
+                    )])),
                 }),
                 ..Default::default()
             };
@@ -217,30 +378,20 @@ impl CloudProvider for DockerProvider {
                 }) => {}
                 Err(e) => return Err(transient("docker create", e)),
             }
+            drop(guard);
             self.docker
                 .start_container(&name, None::<StartContainerOptions>)
                 .await
                 .map_err(|e| transient("docker start", e))?;
-            info!(vm = %spec.name, container = %name, "container started");
+            info!(vm = %spec.name, container = %name, %ip, "container started");
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(ip) = self.address(&name).await? {
-                let ep = format!("{ip}:{AGENT_GRPC_PORT}");
-                if tokio::net::TcpStream::connect(&ep).await.is_ok() {
-                    return self
-                        .info_from_labels(&labels, &ip)
-                        .ok_or_else(|| BackendError::refused("bad container labels"));
-                }
-            }
-            if Instant::now() > deadline {
+        match self.wait_agent(&spec.name, &name, &labels).await {
+            Ok(info) => Ok(info),
+            Err(e) => {
+                // No half-made VMs: the retry creates it again.
                 let _ = self.delete_vm(OpId::NONE, &spec.name).await;
-                return Err(transient(
-                    &format!("the agent of {} did not answer within 60 s", spec.name),
-                    "the container was removed",
-                ));
+                Err(e)
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -318,54 +469,63 @@ impl CloudProvider for DockerProvider {
             ))
             .await
             .map_err(|e| transient("docker ps", e))?;
-        let now = Instant::now();
         let mut out = Vec::new();
         for c in list {
             let labels = c.labels.clone().unwrap_or_default();
             if labels.get(LABEL_ROLE).map(String::as_str) == Some(Role::Bootstrap.as_str()) {
                 continue;
             }
-            let Some(vm) = labels.get(LABEL_VM).cloned() else {
-                continue;
-            };
-            let ip = c
-                .network_settings
-                .as_ref()
-                .and_then(|n| n.networks.as_ref())
-                .and_then(|n| n.get(&self.cfg.network))
-                .and_then(|n| n.ip_address.clone())
-                .filter(|ip| !ip.is_empty());
             let running = c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
-            match (running, ip) {
-                (true, Some(ip)) => {
-                    if let Ok(mut d) = self.dead_since.lock() {
-                        d.remove(&vm);
-                    }
-                    if let Some(info) = self.info_from_labels(&labels, &ip) {
-                        out.push(info);
-                    }
-                }
-                _ => {
-                    // A stopped container is a lost VM once it stays down (a restart
-                    // within the grace period keeps it).
-                    let since = self
-                        .dead_since
-                        .lock()
-                        .map(|mut d| *d.entry(vm.clone()).or_insert(now))
-                        .unwrap_or(now);
-                    if now.duration_since(since) >= crate::local::LOST_AFTER {
-                        warn!(%vm, state = ?c.state, "container is not running: VM lost; removing it");
-                        if let Err(e) = self.delete_vm(OpId::NONE, &vm).await {
-                            warn!(%vm, error = %e, "cannot remove the lost VM's container");
-                        }
-                        if let Ok(mut d) = self.dead_since.lock() {
-                            d.remove(&vm);
-                        }
-                    }
-                }
+            let ip = address_on(
+                c.network_settings
+                    .as_ref()
+                    .and_then(|n| n.networks.as_ref()),
+                &self.cfg.network,
+            )
+            .unwrap_or_default();
+            let state = if running && !ip.is_empty() {
+                VmState::Running
+            } else {
+                VmState::Down
+            };
+            if let Some(info) = self.info_from_labels(&labels, &ip, state) {
+                out.push(info);
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    async fn start_vm(&self, _op: OpId, vm: &str) -> Result<VmInfo, BackendError> {
+        let name = self.container_name(vm);
+        let c = match self
+            .docker
+            .inspect_container(
+                &name,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(e) if is_404(&e) => return Err(BackendError::vm_gone(vm)),
+            Err(e) => return Err(transient("docker inspect", e).on(vm)),
+        };
+        let labels = c.config.and_then(|c| c.labels).unwrap_or_default();
+        if labels.get(LABEL_CLUSTER) != Some(&self.cfg.cluster) {
+            return Err(BackendError::refused(format!(
+                "container {name} is not labelled {LABEL_CLUSTER}={}; not starting it",
+                self.cfg.cluster
+            ))
+            .on(vm));
+        }
+        let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+        if !running {
+            self.docker
+                .start_container(&name, None::<StartContainerOptions>)
+                .await
+                .map_err(|e| transient("docker start", e).on(vm))?;
+            info!(%vm, container = %name, "stopped container started again");
+        }
+        self.wait_agent(vm, &name, &labels).await
     }
 }

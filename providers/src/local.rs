@@ -1,20 +1,21 @@
 //! The `local` provider: every VM is an `ndb-agent agent` process on this machine with its
 //! own directory `<data-dir>/vms/<vm>/` (its `vm.json`, `agent.pid`, `agent.json` with its
 //! loopback addresses, Raft store and logs). VMs outlive the process that created them (each
-//! agent runs in its own process group), any agent can list and delete them (the truth is the
-//! directory tree and the processes), and a dead agent process is a lost VM.
+//! agent runs in its own process group), any agent can list, start and delete them (the truth
+//! is the directory tree and the processes). A directory whose agent is not running is a VM
+//! that is down (started again with its data); a directory that was removed is a VM that is
+//! gone.
 
 pub use crate::{ProviderConfig, VmConfig};
 use agent_core::backend::OpId;
-use agent_core::backend::{BackendError, CloudProvider, VmInfo, VmSpec};
+use agent_core::backend::{BackendError, CloudProvider, VmInfo, VmSpec, VmState};
 use agent_core::model::Role;
 use async_trait::async_trait;
+use backon::{ConstantBuilder, Retryable};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tracing::{info, warn};
+use tracing::info;
 
 /// Where the agent answers: written by the agent once it listens.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -24,20 +25,20 @@ pub struct AgentAddress {
     pub http_addr: String,
 }
 
-/// A VM whose agent has been dead this long is lost (and moved to `<data-dir>/lost/`);
-/// an agent restarted within it keeps its VM.
-pub const LOST_AFTER: Duration = Duration::from_secs(2);
-
 pub const VM_FILE: &str = "vm.json";
 pub const ADDRESS_FILE: &str = "agent.json";
 pub const PID_FILE: &str = "agent.pid";
+/// Held (an exclusive lock) by the agent running on the directory: never two at once.
+pub const LOCK_FILE: &str = "agent.lock";
+
+/// How long a started agent may take to listen.
+const START_PATIENCE: Duration = Duration::from_secs(30);
 
 /// The `local` CloudProvider.
 pub struct LocalProvider {
     data_dir: PathBuf,
     program: PathBuf,
     runtime: crate::RuntimeKind,
-    dead_since: Mutex<BTreeMap<String, Instant>>,
 }
 
 fn failed(what: &str, e: impl std::fmt::Display) -> BackendError {
@@ -51,7 +52,6 @@ impl LocalProvider {
             data_dir: data_dir.to_path_buf(),
             program: program.to_path_buf(),
             runtime,
-            dead_since: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -64,6 +64,10 @@ impl LocalProvider {
     }
 
     fn info(&self, vm: &VmConfig, addr: &AgentAddress) -> VmInfo {
+        self.info_in_state(vm, Some(addr), VmState::Running)
+    }
+
+    fn info_in_state(&self, vm: &VmConfig, addr: Option<&AgentAddress>, state: VmState) -> VmInfo {
         VmInfo {
             name: vm.spec.name.clone(),
             role: vm.spec.role,
@@ -71,7 +75,25 @@ impl LocalProvider {
             vm_type: vm.spec.vm_type,
             storage_gib: vm.spec.storage_gib,
             address: "127.0.0.1".into(),
-            agent_endpoint: addr.grpc_addr.clone(),
+            agent_endpoint: addr.map(|a| a.grpc_addr.clone()).unwrap_or_default(),
+            state,
+        }
+    }
+
+    /// Starts the agent of the VM in `dir` and waits until it listens. Another agent that
+    /// won the directory's lock meanwhile (a concurrent start) is as good.
+    async fn start_agent(&self, vm: &VmConfig, dir: &Path) -> Result<VmInfo, BackendError> {
+        let name = &vm.spec.name;
+        let spawned = self.spawn_agent(dir)?;
+        info!(vm = %name, pid = spawned.pid, "started agent process");
+        match wait_listening(dir, &spawned, START_PATIENCE).await {
+            Ok(addr) => Ok(self.info(vm, &addr)),
+            Err(e) => {
+                if let Some(addr) = running_agent(dir) {
+                    return Ok(self.info(vm, &addr));
+                }
+                Err(e.on(name.clone()))
+            }
         }
     }
 
@@ -158,6 +180,65 @@ pub fn live_pid(dir: &Path) -> Option<u32> {
     cmdline.contains(dir_s.as_ref()).then_some(pid)
 }
 
+/// The agent running on `dir` and where it answers, if it runs and has said so.
+pub fn running_agent(dir: &Path) -> Option<AgentAddress> {
+    let pid = live_pid(dir)?;
+    read_address(dir).filter(|a| a.pid == pid)
+}
+
+/// Why a started agent is not listening (yet).
+#[derive(Debug)]
+enum NotListening {
+    Starting,
+    Exited,
+}
+
+/// Waits until the agent `spawned` on `dir` writes its address. Fails at once when the
+/// process exits (the end of its log says why) and after `patience` otherwise.
+async fn wait_listening(
+    dir: &Path,
+    spawned: &Spawned,
+    patience: Duration,
+) -> Result<AgentAddress, BackendError> {
+    let poll = Duration::from_millis(50);
+    let tries = (patience.as_millis() / poll.as_millis()).max(1) as usize;
+    let check = || async {
+        if let Some(a) = read_address(dir).filter(|a| a.pid == spawned.pid) {
+            return Ok(a);
+        }
+        // (Not /proc: between fork and exec a child still shows its parent's command.)
+        if spawned.exited.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(NotListening::Exited);
+        }
+        Err(NotListening::Starting)
+    };
+    match check
+        .retry(
+            ConstantBuilder::new()
+                .with_delay(poll)
+                .with_max_times(tries),
+        )
+        .when(|e| matches!(e, NotListening::Starting))
+        .await
+    {
+        Ok(a) => Ok(a),
+        Err(NotListening::Exited) => {
+            let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            Err(BackendError::transient(format!(
+                "the agent in {} exited at start; last log lines: {}",
+                dir.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            )))
+        }
+        Err(NotListening::Starting) => Err(BackendError::transient(format!(
+            "the agent in {} did not listen within {} s",
+            dir.display(),
+            patience.as_secs()
+        ))),
+    }
+}
+
 fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     if let Ok(p) = i32::try_from(pid) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), sig);
@@ -176,45 +257,21 @@ impl CloudProvider for LocalProvider {
             },
         };
         // Idempotent: a VM created by a leader that died before recording it is reused.
-        if let (Some(pid), Ok(existing)) = (live_pid(&dir), read_vm(&dir)) {
-            if let Some(addr) = read_address(&dir).filter(|a| a.pid == pid) {
-                return Ok(self.info(&existing, &addr));
-            }
+        if let (Some(addr), Ok(existing)) = (running_agent(&dir), read_vm(&dir)) {
+            return Ok(self.info(&existing, &addr));
         }
         std::fs::create_dir_all(&dir)
             .map_err(|e| failed(&format!("cannot create {}", dir.display()), e))?;
         let _ = std::fs::remove_file(dir.join(ADDRESS_FILE));
         let json = serde_json::to_vec_pretty(&vm).map_err(|e| failed("vm.json", e))?;
         write_atomic(&dir.join(VM_FILE), &json).map_err(|e| failed("cannot write vm.json", e))?;
-        let spawned = self.spawn_agent(&dir)?;
-        let pid = spawned.pid;
-        write_atomic(&dir.join(PID_FILE), pid.to_string().as_bytes())
-            .map_err(|e| failed("cannot write agent.pid", e))?;
-        info!(vm = %spec.name, pid, "started agent process");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(addr) = read_address(&dir).filter(|a| a.pid == pid) {
-                return Ok(self.info(&vm, &addr));
-            }
-            // (Not /proc: between fork and exec a child still shows its parent's command.)
-            if spawned.exited.load(std::sync::atomic::Ordering::SeqCst) {
-                let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(5).collect();
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(BackendError::transient(format!(
-                    "the agent of {} exited at start; last log lines: {}",
-                    spec.name,
-                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-                )));
-            }
-            if Instant::now() > deadline {
+        match self.start_agent(&vm, &dir).await {
+            Ok(info) => Ok(info),
+            Err(e) => {
+                // No half-made VMs: the retry creates it again.
                 let _ = self.delete_vm(OpId::NONE, &spec.name).await;
-                return Err(BackendError::transient(format!(
-                    "the agent of {} did not listen within 30 s; the VM was removed",
-                    spec.name
-                )));
+                Err(e)
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -246,55 +303,36 @@ impl CloudProvider for LocalProvider {
             Err(e) => return Err(failed("cannot list VMs", e)),
         };
         let mut out = Vec::new();
-        let now = Instant::now();
         for entry in entries.flatten() {
             let dir = entry.path();
             let Ok(vm) = read_vm(&dir) else { continue };
             if vm.spec.role == Role::Bootstrap {
                 continue;
             }
-            let name = vm.spec.name.clone();
-            let alive = live_pid(&dir);
-            let addr = read_address(&dir);
-            match (alive, addr) {
-                (Some(pid), Some(a)) if a.pid == pid => {
-                    if let Ok(mut d) = self.dead_since.lock() {
-                        d.remove(&name);
-                    }
-                    out.push(self.info(&vm, &a));
-                }
-                (_, addr) => {
-                    let since = self
-                        .dead_since
-                        .lock()
-                        .map(|mut d| *d.entry(name.clone()).or_insert(now))
-                        .unwrap_or(now);
-                    if now.duration_since(since) < LOST_AFTER {
-                        if let Some(a) = addr {
-                            out.push(self.info(&vm, &a));
-                        }
-                        continue;
-                    }
-                    let lost = self.data_dir.join("lost");
-                    let stamp = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0);
-                    let _ = std::fs::create_dir_all(&lost);
-                    let to = lost.join(format!("{name}-{stamp}"));
-                    match std::fs::rename(&dir, &to) {
-                        Ok(()) => {
-                            warn!(vm = %name, moved_to = %to.display(), "agent process is dead: VM lost")
-                        }
-                        Err(e) => warn!(vm = %name, error = %e, "agent process is dead: VM lost"),
-                    }
-                    if let Ok(mut d) = self.dead_since.lock() {
-                        d.remove(&name);
-                    }
-                }
-            }
+            out.push(match running_agent(&dir) {
+                Some(a) => self.info(&vm, &a),
+                None => self.info_in_state(&vm, read_address(&dir).as_ref(), VmState::Down),
+            });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    async fn start_vm(&self, _op: OpId, name: &str) -> Result<VmInfo, BackendError> {
+        let dir = self.vm_dir(name);
+        let vm = match read_vm(&dir) {
+            Ok(vm) => vm,
+            Err(_) if !dir.exists() => return Err(BackendError::vm_gone(name)),
+            Err(e) => {
+                return Err(BackendError::refused(format!(
+                    "cannot start {name}: {e}; its directory is kept for inspection"
+                ))
+                .on(name))
+            }
+        };
+        if let Some(addr) = running_agent(&dir) {
+            return Ok(self.info(&vm, &addr));
+        }
+        self.start_agent(&vm, &dir).await
     }
 }

@@ -37,6 +37,15 @@ impl CloudProvider for MockProvider {
             .map(|_| ())
     }
 
+    async fn start_vm(&self, op: OpId, name: &str) -> Result<VmInfo, BackendError> {
+        match run_call(&self.world, op, BackendCall::StartVm { vm: name.into() }).await? {
+            Outcome::VmStarted(info) => Ok(info),
+            other => Err(BackendError::refused(format!(
+                "mock provider: starting {name} answered {other:?}"
+            ))),
+        }
+    }
+
     async fn list_vms(&self) -> Result<Vec<VmInfo>, BackendError> {
         Ok(lock(&self.world)
             .vms

@@ -248,6 +248,27 @@ impl World {
         }
     }
 
+    /// Stops a VM without removing it, as a host reboot or a stopped container would: its
+    /// program dies, its disks (the data node's file system) stay.
+    pub fn take_down(&mut self, name: &str) {
+        self.exiting.remove(name);
+        if let Some(v) = self.vms.get_mut(name) {
+            tracing::info!(vm = %name, "mock: injected stop of the VM");
+            v.info.state = agent_core::backend::VmState::Down;
+            v.program = None;
+            if self.leader.as_deref() == Some(name) {
+                self.leader_gone = true;
+            }
+        }
+    }
+
+    /// Whether the VM exists and is down.
+    pub fn is_down(&self, name: &str) -> bool {
+        self.vms
+            .get(name)
+            .is_some_and(|v| v.info.state == agent_core::backend::VmState::Down)
+    }
+
     /// The program the VM's agent sees: a running one, or one still exiting.
     pub fn visible_program(&self, vm: &str) -> Option<&WorldProgram> {
         let running = self.vms.get(vm).and_then(|v| v.program.as_ref());

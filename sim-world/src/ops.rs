@@ -7,7 +7,8 @@ use crate::{SinkBackup, World, WorldProgram, WorldVm};
 use agent_core::actions::RestoreStep;
 use agent_core::backend::ProgramStatus;
 use agent_core::backend::{
-    BackendError, MgmCommand, ProgramKind, ProgramSpec, RestoreRun, VmInfo, VmSpec,
+    BackendError, ErrorKind, MgmCommand, ProgramKind, ProgramSpec, RestoreRun, VmInfo, VmSpec,
+    VmState,
 };
 use agent_core::engine::{BackendCall, Observation};
 use agent_core::model::Outcome;
@@ -81,6 +82,17 @@ impl World {
                     w.vms.remove(&vm);
                     w.exiting.remove(&vm);
                     Ok(Outcome::Done)
+                }),
+            ),
+            BackendCall::StartVm { vm } => (
+                c.start_vm,
+                None,
+                Box::new(move |w| match w.vms.get_mut(&vm) {
+                    Some(v) => {
+                        v.info.state = VmState::Running;
+                        Ok(Outcome::VmStarted(v.info.clone()))
+                    }
+                    None => Err(BackendError::vm_gone(vm)),
                 }),
             ),
             BackendCall::InstallSoftware { vm, version, .. } => (
@@ -210,6 +222,14 @@ impl World {
             if !self.vms.contains_key(name) {
                 return Err(BackendError::vm_gone(name.clone()));
             }
+            if self.is_down(name) {
+                // As the leader sees it: the agent does not answer.
+                return Err(BackendError::new(
+                    ErrorKind::VmGone,
+                    format!("{name}: agent unreachable (the VM is down)"),
+                )
+                .on(name.clone()));
+            }
         }
         if p.fail {
             return Err(BackendError::transient("injected fault"));
@@ -304,6 +324,7 @@ fn create_vm(w: &mut World, spec: VmSpec) -> Result<Outcome, BackendError> {
         storage_gib: spec.storage_gib,
         address: w.allocate_address(),
         agent_endpoint: String::new(),
+        state: VmState::Running,
     };
     w.vms.insert(
         spec.name.clone(),

@@ -3,9 +3,11 @@
 //! sequence of desired states, each asserted to reach AT_DESIRED_STATE with the containers by
 //! role matching it: create 2x2 + 2 MySQLds + 1 API; MySQLds 2 -> 4 -> 1; replicas 2 -> 3;
 //! rolling restart; agent 0.999 -> 1.0 -> 0.999 (the version each container runs checked);
-//! a backup taken and deleted; a VM-type change replacing containers; replicas 3 -> 1; the
-//! bootstrap container removed and leadership moved; the leader container killed
-//! (`docker kill`) in the middle of a change and the change completed.
+//! a backup taken and deleted; a VM-type change replacing containers; every container stopped
+//! (`docker stop`, a host restart) and started again, resuming the same containers and Raft
+//! ids; the bootstrap container removed and leadership moved; the leader container killed
+//! (`docker kill`) in the middle of a change, the change completed and the container started
+//! again; replicas 3 -> 1.
 //! Everything it creates carries the label `managed-rondb.cluster=<unique name>` and is removed
 //! at the end, also when the test fails. Docker must be running: without it the test fails.
 
@@ -17,7 +19,10 @@ mod agents_client;
 use agent::http::Status;
 use agents_client::AgentsClient;
 use bollard::models::HostConfig;
-use bollard::models::{ContainerCreateBody as Config, NetworkCreateRequest};
+use bollard::models::{
+    ContainerCreateBody as Config, EndpointIpamConfig, EndpointSettings, Ipam, IpamConfig,
+    NetworkCreateRequest, NetworkingConfig,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, KillContainerOptions,
     ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
@@ -135,6 +140,37 @@ impl Cluster {
                 )),
             )
             .expect("docker ps")
+    }
+
+    /// Every container of the cluster, running or not: (name, id).
+    fn all_containers(&self) -> Vec<(String, String)> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("managed-rondb.cluster={}", self.name)],
+        )]);
+        self.rt
+            .block_on(
+                self.docker.list_containers(Some(
+                    ListContainersOptionsBuilder::new()
+                        .all(true)
+                        .filters(&filters)
+                        .build(),
+                )),
+            )
+            .expect("docker ps -a")
+            .into_iter()
+            .map(|c| {
+                let name = c
+                    .names
+                    .unwrap_or_default()
+                    .first()
+                    .cloned()
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+                    .to_string();
+                (name, c.id.unwrap_or_default())
+            })
+            .collect()
     }
 
     /// Running VM containers per role (bootstrap and artifact server excluded).
@@ -297,13 +333,25 @@ fn docker_tier_sequence() {
             ("managed-rondb.role".to_string(), role.to_string()),
         ])
     };
+    // A subnet of its own: every container keeps its address across stop and start.
+    let net = 1 + std::process::id() % 250;
+    let subnet = format!("10.213.{net}.0/24");
+    let fixed = |host: u32| format!("10.213.{net}.{host}");
     c.rt.block_on(c.docker.create_network(NetworkCreateRequest {
         name: name.clone(),
         labels: Some(labels("network")),
+        ipam: Some(Ipam {
+            config: Some(vec![IpamConfig {
+                subnet: Some(subnet.clone()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
         ..Default::default()
     }))
-    .expect("docker network create");
+    .unwrap_or_else(|e| panic!("docker network create --subnet {subnet}: {e}"));
     let run = |cname: String,
+               ip: String,
                image: &str,
                cmd: Option<Vec<String>>,
                binds: Vec<String>,
@@ -322,6 +370,18 @@ fn docker_tier_sequence() {
                     binds: Some(binds),
                     ..Default::default()
                 }),
+                networking_config: Some(NetworkingConfig {
+                    endpoints_config: Some(HashMap::from([(
+                        name.clone(),
+                        EndpointSettings {
+                            ipam_config: Some(EndpointIpamConfig {
+                                ipv4_address: Some(ip),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        },
+                    )])),
+                }),
                 ..Default::default()
             },
         ))
@@ -334,6 +394,7 @@ fn docker_tier_sequence() {
     };
     run(
         format!("{name}-artifacts"),
+        fixed(2),
         "managed-rondb/artifacts:latest",
         None,
         vec![],
@@ -358,6 +419,7 @@ fn docker_tier_sequence() {
     let t0 = Instant::now();
     run(
         format!("{name}-bootstrap"),
+        fixed(3),
         IMAGE,
         Some(
             [
@@ -543,7 +605,72 @@ fn docker_tier_sequence() {
         .and_then(|h| h.memory);
     assert_eq!(mem, Some(512 * 1024 * 1024));
 
-    // 8. The bootstrap container removed: another agent leads, and changes still work.
+    // 8. A host restart: every container stopped, the bootstrap agent's included. Started
+    // again (one data node left to the agents: `up` in the bootstrap container starts the VMs
+    // that are down), the same containers resume: same Raft ids, nothing created.
+    let identity = |s: &Status| {
+        let mut agents: Vec<(String, u64)> =
+            s.agents.iter().map(|a| (a.vm.clone(), a.raft_id)).collect();
+        agents.sort();
+        agents
+    };
+    let before_ids = identity(&c.status().expect("status"));
+    let containers = |c: &Cluster| {
+        let mut v: Vec<String> = c
+            .all_containers()
+            .into_iter()
+            .filter(|(n, _)| !n.ends_with("-artifacts"))
+            .map(|(n, id)| format!("{n}={id}"))
+            .collect();
+        v.sort();
+        v
+    };
+    let before_containers = containers(&c);
+    let names: Vec<String> = before_containers
+        .iter()
+        .filter_map(|x| x.split_once('=').map(|(n, _)| n.to_string()))
+        .collect();
+    let t = Instant::now();
+    let stop = std::process::Command::new("docker")
+        .args(["stop", "-t", "5"])
+        .args(&names)
+        .output()
+        .expect("docker stop");
+    assert!(stop.status.success(), "{stop:?}");
+    assert!(
+        c.roles().is_empty(),
+        "containers still running: {:?}",
+        c.roles()
+    );
+    let left = names
+        .iter()
+        .find(|n| n.contains("-ndbd-"))
+        .cloned()
+        .expect("a data-node container");
+    let start = std::process::Command::new("docker")
+        .arg("start")
+        .args(names.iter().filter(|n| **n != left))
+        .output()
+        .expect("docker start");
+    assert!(start.status.success(), "{start:?}");
+    c.wait(
+        "the same cluster back after stopping every container",
+        |s, c| {
+            reached(10, &[("api", 1), ("mgmd", 1), ("mysqld", 1), ("ndbd", 6)])(s, c)
+                && identity(s) == before_ids
+        },
+    );
+    assert_eq!(
+        containers(&c),
+        before_containers,
+        "containers were replaced"
+    );
+    eprintln!(
+        "  every container stopped and started again: back at desired state 10 after {:.1} s, {left} started by the agents",
+        t.elapsed().as_secs_f64()
+    );
+
+    // 10. The bootstrap container removed: another agent leads, and changes still work.
     c.rt.block_on(c.docker.remove_container(
         &format!("{name}-bootstrap"),
         Some(RemoveContainerOptionsBuilder::new().force(true).build()),
@@ -567,7 +694,8 @@ fn docker_tier_sequence() {
         reached(11, &[("api", 1), ("mgmd", 1), ("mysqld", 2), ("ndbd", 6)]),
     );
 
-    // 9. The leader container killed (with 3 replicas: a lost data node is survivable) in the middle of a change; the change completes.
+    // 11. The leader container killed in the middle of a change: a new leader completes the
+    // change and starts the killed container again (down, not gone: nothing is replaced).
     spec = Spec {
         id: 12,
         mysqlds: 4,
@@ -596,7 +724,7 @@ fn docker_tier_sequence() {
         s.agents.len()
     );
 
-    // 10. Replicas 3 -> 1.
+    // 12. Replicas 3 -> 1.
     spec = Spec {
         id: 13,
         replicas: 1,

@@ -15,6 +15,7 @@ pub struct LocalCluster {
     pub bin: PathBuf,
     pub http: String,
     up: Child,
+    delay_ms: u64,
     extra: Vec<Child>,
     pub agents: AgentsClient,
 }
@@ -26,6 +27,29 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// `ndb-agent up` over `dir/data`, following `dir/desired_state.jsonc`, logging to
+/// `dir/up.log` (appended, so a restart keeps the first run's lines).
+fn spawn_up(bin: &Path, dir: &Path, http: &str, delay_ms: u64) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("up.log"))
+        .expect("up.log");
+    Command::new(bin)
+        .arg("up")
+        .arg("--desired-state")
+        .arg(dir.join("desired_state.jsonc"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--http")
+        .arg(http)
+        .env("NDB_DUMMY_PROGRAM_DELAY_MS", delay_ms.to_string())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start ndb-agent up")
+}
+
 impl LocalCluster {
     /// Starts `ndb-agent up` on `desired` (JSONC text); `delay_ms` slows the dummy runtime's
     /// program starts and stops.
@@ -34,24 +58,12 @@ impl LocalCluster {
         let file = dir.path().join("desired_state.jsonc");
         std::fs::write(&file, desired).expect("write desired state");
         let http = format!("127.0.0.1:{}", free_port());
-        let log = std::fs::File::create(dir.path().join("up.log")).expect("up.log");
-        let up = Command::new(bin)
-            .arg("up")
-            .arg("--desired-state")
-            .arg(&file)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--http")
-            .arg(&http)
-            .env("NDB_DUMMY_PROGRAM_DELAY_MS", delay_ms.to_string())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start ndb-agent up");
+        let up = spawn_up(bin, dir.path(), &http, delay_ms);
         LocalCluster {
             bin: bin.to_path_buf(),
             http: http.clone(),
             up,
+            delay_ms,
             extra: vec![],
             agents: {
                 let a = AgentsClient::new();
@@ -60,6 +72,34 @@ impl LocalCluster {
             },
             dir,
         }
+    }
+
+    /// A power cut: `ndb-agent up` (the bootstrap agent) and every VM's agent SIGKILLed at
+    /// once; returns when none of them runs any more.
+    pub fn kill_everything(&mut self) {
+        let _ = self.up.kill();
+        let _ = self.up.wait();
+        for c in &mut self.extra {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let pids = self.agent_pids();
+        for pid in &pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let t = std::time::Instant::now();
+        while !self.agent_pids().is_empty() {
+            assert!(t.elapsed() < Duration::from_secs(10), "agents still alive");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `ndb-agent up` again with the same arguments, on the same data directory.
+    pub fn up_again(&mut self) {
+        self.up = spawn_up(&self.bin, self.dir.path(), &self.http, self.delay_ms);
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -139,7 +179,7 @@ impl LocalCluster {
             .stderr(log)
             .spawn()
             .expect("restart agent");
-        std::fs::write(dir.join("agent.pid"), child.id().to_string()).expect("agent.pid");
+        // The agent writes agent.pid itself once it holds the directory's lock.
         self.extra.push(child);
     }
 
@@ -148,8 +188,26 @@ impl LocalCluster {
         self.agents.put_desired(addr, desired)
     }
 
-    /// The data directories' agent processes still alive.
-    fn all_pids(&self) -> Vec<i32> {
+    /// The agent processes of the data directory that are alive.
+    pub fn agent_pids(&self) -> Vec<i32> {
+        self.recorded_pids()
+            .into_iter()
+            .filter(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let zombie = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    .is_none_or(|st| st == "Z" || st == "X");
+                !zombie
+                    && std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .map(|c| String::from_utf8_lossy(&c).contains("ndb-agent"))
+                        .unwrap_or(false)
+            })
+            .collect()
+    }
+
+    /// The pids the VM directories record.
+    fn recorded_pids(&self) -> Vec<i32> {
         let mut out = vec![];
         if let Ok(entries) = std::fs::read_dir(self.data_dir().join("vms")) {
             for e in entries.flatten() {
@@ -173,7 +231,7 @@ impl Drop for LocalCluster {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for pid in self.all_pids() {
+        for pid in self.recorded_pids() {
             let is_agent = std::fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|c| String::from_utf8_lossy(&c).contains("ndb-agent"))
                 .unwrap_or(false);

@@ -1,8 +1,12 @@
-//! Multi-process integration test on loopback: `ndb-agent up` with the `local` provider and
+//! Multi-process integration tests on loopback: `ndb-agent up` with the `local` provider and
 //! the dummy runtime. A 9-agent cluster reaches its desired state; the leader is SIGKILLed
 //! twice (once at rest, once in the middle of a rolling restart) and a new leader finishes the
-//! work; the lost VM is replaced; no accepted desired state is lost; an agent restarted on its
-//! own directory rejoins under its id; a wiped agent is removed and comes back under a new id.
+//! work; the killed leader's VM is started again, not replaced; no accepted desired state is
+//! lost; an agent restarted on its own directory rejoins under its id; a wiped agent is
+//! removed and comes back under a new id. Every agent killed at once (at rest, and in the
+//! middle of a rolling restart) comes back with one `ndb-agent up`: the same VMs, the same
+//! Raft ids, nothing replaced. A removed VM directory is a VM gone (replaced); a node group
+//! whose every VM is gone is never recreated empty.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -103,14 +107,19 @@ fn leader_failover_rejoin_and_wipe() {
         s.leader_vm,
         t.elapsed()
     );
+    // The killed leader's VM is down, not gone: the new leader starts its agent again, which
+    // rejoins under its Raft id; nothing is replaced.
+    let killed_id = s.agents.iter().find(|a| a.vm == leader).map(|a| a.raft_id);
     let s = c.wait_for(
-        "desired state 3 after the failover, lost VM replaced",
+        "desired state 3 after the failover, the killed leader's VM back",
         long,
         |s| {
             at_desired(s, 3)
                 && roles_match(s)
-                && !s.vms.iter().any(|v| v.name == leader)
-                && !s.agents.iter().any(|a| a.vm == leader)
+                && s.vms.iter().any(|v| v.name == leader)
+                && s.agents
+                    .iter()
+                    .any(|a| a.vm == leader && Some(a.raft_id) == killed_id)
                 && voters(s) == 5
         },
     );
@@ -262,4 +271,162 @@ fn a_leader_that_lost_its_quorum_says_so() {
         "no leader reported {:?} after losing the quorum: {why}",
         t.elapsed()
     );
+}
+
+/// (VM, Raft id) of every agent but the bootstrap's, and the VM names, sorted.
+fn identity(s: &agent::http::Status) -> (Vec<(String, u64)>, Vec<String>) {
+    let mut agents: Vec<(String, u64)> = s
+        .agents
+        .iter()
+        .filter(|a| a.vm != "bootstrap")
+        .map(|a| (a.vm.clone(), a.raft_id))
+        .collect();
+    agents.sort();
+    let mut vms: Vec<String> = s.vms.iter().map(|v| v.name.clone()).collect();
+    vms.sort();
+    (agents, vms)
+}
+
+/// Every agent of the status answers itself, from a replica that holds desired state `id`.
+fn all_answer(c: &LocalCluster, s: &agent::http::Status, id: u64) -> bool {
+    s.agents.iter().all(|a| {
+        c.status_at(&a.http_addr)
+            .is_some_and(|own| own.answered_by == a.vm && own.accepted_id == Some(id))
+    })
+}
+
+/// A power cut, twice: every agent (the bootstrap's included) SIGKILLed at rest, and again
+/// in the middle of a rolling restart. `ndb-agent up` on the same data directory brings back
+/// the same cluster each time: same VMs, same Raft ids, the accepted desired state kept,
+/// nothing created or replaced, the interrupted rolling restart finished.
+#[test]
+fn a_whole_cluster_killed_at_once_resumes_with_one_up() {
+    let mut c = LocalCluster::start(Path::new(BIN), &desired(1, 1), 100);
+    let long = Duration::from_secs(120);
+    let s = c.wait_for("desired state 1 with 5 voters", long, |s| {
+        at_desired(s, 1) && roles_match(s) && voters(s) == 5
+    });
+    let before = identity(&s);
+    assert_eq!(before.1.len(), 8, "{:?}", before.1);
+
+    // 1. At rest.
+    c.kill_everything();
+    let t = Instant::now();
+    c.up_again();
+    let s = c.wait_for("the same cluster back at desired state 1", long, |s| {
+        at_desired(s, 1) && voters(s) == 5 && identity(s) == before && all_answer(&c, s, 1)
+    });
+    eprintln!(
+        "resumed at rest in {:?}; leader {:?}",
+        t.elapsed(),
+        s.leader_vm
+    );
+    let up_log = c.tail("up.log", 200);
+    assert!(
+        up_log.contains("resuming the existing cluster: starting 8 VM(s) that are down"),
+        "{up_log}"
+    );
+    assert!(
+        up_log.contains("is the cluster's accepted state already"),
+        "{up_log}"
+    );
+
+    // 2. In the middle of a rolling restart, submitted through the followed file.
+    let base = s.actions_completed;
+    std::fs::write(c.dir.path().join("desired_state.jsonc"), desired(2, 2)).unwrap();
+    c.wait_for("the rolling restart under way", long, |s| {
+        s.accepted_id == Some(2)
+            && s.reconciliation_state == "WORKING_TOWARDS_DESIRED_STATE"
+            && s.actions_completed >= base + 3
+    });
+    c.kill_everything();
+    let t = Instant::now();
+    c.up_again();
+    let s = c.wait_for(
+        "the same cluster back, the rolling restart finished",
+        long,
+        |s| at_desired(s, 2) && voters(s) == 5 && identity(s) == before && all_answer(&c, s, 2),
+    );
+    eprintln!("resumed mid-rolling-restart in {:?}", t.elapsed());
+    // Every data node was restarted for RonDBRunningSince 2: started at creation and again.
+    for v in s.vms.iter().filter(|v| v.role == "ndbd") {
+        let n = starts_in(&c.vm_dir(&v.name));
+        assert!(n >= 2, "{} started {n} time(s)", v.name);
+    }
+    // No VM directory was created or moved: exactly the cluster's VMs (and the bootstrap).
+    let mut on_disk: Vec<String> = std::fs::read_dir(c.data_dir().join("vms"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n != "bootstrap")
+        .collect();
+    on_disk.sort();
+    assert_eq!(on_disk, before.1);
+}
+
+/// A VM directory removed while its agent is dead is a VM gone: replaced. Both VMs of a node
+/// group removed: ERROR_STATE naming the node group and the backup restore, and no VM is
+/// created for the group.
+#[test]
+fn removed_vm_directories_are_gone_vms() {
+    let c = LocalCluster::start(Path::new(BIN), &desired(1, 1), 0);
+    let long = Duration::from_secs(120);
+    let s = c.wait_for("desired state 1 with 5 voters", long, |s| {
+        at_desired(s, 1) && roles_match(s) && voters(s) == 5
+    });
+    let leader = s.leader_vm.clone().unwrap();
+    // A MySQL server's VM: agent killed, directory removed.
+    let gone = s
+        .vms
+        .iter()
+        .find(|v| v.role == "mysqld" && v.name != leader)
+        .map(|v| v.name.clone())
+        .unwrap();
+    // Removed first, then killed: nobody can start its agent again in between.
+    let pid = c.pid_of(&gone).unwrap();
+    std::fs::remove_dir_all(c.vm_dir(&gone)).unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let s = c.wait_for("the gone MySQL server VM replaced", long, |s| {
+        at_desired(s, 1) && roles_match(s) && !s.vms.iter().any(|v| v.name == gone)
+    });
+    let vms_before = identity(&s).1;
+
+    // Both data-node VMs of node group 1: gone at once.
+    let group: Vec<String> = s
+        .vms
+        .iter()
+        .filter(|v| v.role == "ndbd" && v.name.starts_with("ndbd-1-"))
+        .map(|v| v.name.clone())
+        .collect();
+    assert_eq!(group.len(), 2, "{:?}", s.vms);
+    for vm in &group {
+        let pid = c.pid_of(vm).unwrap();
+        std::fs::remove_dir_all(c.vm_dir(vm)).unwrap();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let s = c.wait_for("ERROR_STATE naming node group 1", long, |s| {
+        s.reconciliation_state == "ERROR_STATE"
+            && s.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("node group 1 lost every replica"))
+    });
+    let e = s.last_error.clone().unwrap_or_default();
+    assert!(e.contains("RestoreFromBackup"), "{e}");
+    // Nothing was created for the group: its VMs are simply missing.
+    let names = identity(&s).1;
+    assert!(
+        !names.iter().any(|n| n.starts_with("ndbd-1-")),
+        "a VM was created for the lost node group: {names:?}"
+    );
+    let expected: Vec<String> = vms_before
+        .into_iter()
+        .filter(|n| !group.contains(n))
+        .collect();
+    assert_eq!(names, expected);
 }

@@ -3,7 +3,7 @@
 //! live in `tests/regressions/*.json` and are replayed by one test forever.
 
 use agent_core::desired::DesiredState;
-use ndb_agent::simulation::{SimOptions, Simulation};
+use ndb_agent::simulation::{SimOptions, Simulation, StepReport};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sim_world::FaultConfig;
@@ -65,6 +65,17 @@ pub enum Step {
         /// A text the reconciliation's error must contain.
         #[serde(default)]
         error_contains: Option<String>,
+        /// An action kind the repair must not start (`CreateVm`, ...).
+        #[serde(default)]
+        forbid_action: Option<String>,
+    },
+    /// VMs stop at once (a power cut, a host reboot): listed but down, disks kept; the
+    /// agents must start them again and replace none.
+    StopVms {
+        stop_vms: Vec<String>,
+        /// `AT_DESIRED_STATE` (default) or `ERROR_STATE` after the repair.
+        #[serde(default)]
+        expect: Option<String>,
         /// An action kind the repair must not start (`CreateVm`, ...).
         #[serde(default)]
         forbid_action: Option<String>,
@@ -162,6 +173,34 @@ pub fn run_case(case: &Case) -> Result<(), String> {
                     }
                     continue;
                 }
+                Step::StopVms {
+                    stop_vms,
+                    expect,
+                    forbid_action,
+                } => {
+                    {
+                        let mut w = sim_world::lock(&sim.world);
+                        for vm in stop_vms {
+                            if !w.vms.contains_key(vm) {
+                                return Err(format!(
+                                    "step {i}: no VM {vm} to stop; VMs: {:?}",
+                                    w.vms.keys().collect::<Vec<_>>()
+                                ));
+                            }
+                            w.take_down(vm);
+                        }
+                    }
+                    let report = sim.repair();
+                    let want = expect.as_deref().unwrap_or("AT_DESIRED_STATE");
+                    if report.outcome != want {
+                        return Err(format!(
+                            "step {i} (stop {stop_vms:?}): outcome {}, expected {want}; error: {:?}; remaining: {:?}; VMs: {}",
+                            report.outcome, report.error, sim.remaining(), vms(&sim)
+                        ));
+                    }
+                    forbidden(i, &report, forbid_action.as_deref())?;
+                    report
+                }
                 Step::LoseVm {
                     lose_vm,
                     and_lose,
@@ -190,19 +229,7 @@ pub fn run_case(case: &Case) -> Result<(), String> {
                             return Err(format!("step {i}: error {e:?} lacks {text:?}"));
                         }
                     }
-                    if let Some(kind) = forbid_action {
-                        let started: Vec<&serde_json::Value> = report
-                            .actions
-                            .iter()
-                            .filter(|a| {
-                                a.action.get("kind").and_then(|k| k.as_str()) == Some(kind.as_str())
-                            })
-                            .map(|a| &a.action)
-                            .collect();
-                        if !started.is_empty() {
-                            return Err(format!("step {i}: {kind} must not run, ran {started:?}"));
-                        }
-                    }
+                    forbidden(i, &report, forbid_action.as_deref())?;
                     report
                 }
             };
@@ -220,6 +247,22 @@ pub fn run_case(case: &Case) -> Result<(), String> {
             }
         }
         Ok(())
+    }
+}
+
+/// Fails step `i` if the repair started an action of the forbidden kind.
+fn forbidden(i: usize, report: &StepReport, kind: Option<&str>) -> Result<(), String> {
+    let Some(kind) = kind else { return Ok(()) };
+    let started: Vec<&serde_json::Value> = report
+        .actions
+        .iter()
+        .filter(|a| a.action.get("kind").and_then(|k| k.as_str()) == Some(kind))
+        .map(|a| &a.action)
+        .collect();
+    if started.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("step {i}: {kind} must not run, ran {started:?}"))
     }
 }
 

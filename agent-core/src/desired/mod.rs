@@ -70,6 +70,10 @@ pub struct DesiredState {
     pub externally_managed_nodes: Vec<ExternalNode>,
     #[serde(rename = "AllowRequestingTemporaryVms")]
     pub allow_requesting_temporary_vms: bool,
+    /// How long a VM that is down (stopped machine, dead agent) is waited for before it is
+    /// replaced, which happens only while its node group keeps a started replica.
+    #[serde(rename = "VmDownGraceSeconds", default = "default_vm_down_grace")]
+    pub vm_down_grace_seconds: u64,
     #[serde(rename = "Region")]
     pub region: String,
     #[serde(rename = "AvailabilityZones")]
@@ -102,6 +106,14 @@ fn one() -> u32 {
     1
 }
 
+/// Five minutes: a host reboot or a restarted container is back well within it, and a VM
+/// that is really lost is replaced soon enough.
+pub const DEFAULT_VM_DOWN_GRACE_SECONDS: u64 = 300;
+
+fn default_vm_down_grace() -> u64 {
+    DEFAULT_VM_DOWN_GRACE_SECONDS
+}
+
 /// Every top-level field name, in documentation order. Used for "did you mean" hints and
 /// kept honest by a test that compares it with what serde writes.
 pub const FIELDS: &[&str] = &[
@@ -129,6 +141,7 @@ pub const FIELDS: &[&str] = &[
     "NumManagedApiVms",
     "ExternallyManagedNodes",
     "AllowRequestingTemporaryVms",
+    "VmDownGraceSeconds",
     "Region",
     "AvailabilityZones",
     "VmTypeMgmds",
@@ -152,6 +165,7 @@ pub const OPTIONAL_FIELDS: &[&str] = &[
     "NumApiSlotsPerVm",
     "NumManagedMgmdVms",
     "ExternallyManagedNodes",
+    "VmDownGraceSeconds",
 ];
 
 /// Field names of a backup entry (`SingleBackups[i]`, `RestoreFromBackup`).
@@ -341,6 +355,7 @@ impl DesiredState {
             num_managed_api_vms: 1,
             externally_managed_nodes: vec![],
             allow_requesting_temporary_vms: true,
+            vm_down_grace_seconds: DEFAULT_VM_DOWN_GRACE_SECONDS,
             region: "local".into(),
             availability_zones: vec!["zone-a".into(), "zone-b".into(), "zone-c".into()],
             vm_type_mgmds: VmType::Mini,

@@ -18,6 +18,9 @@ pub enum BackendCall {
     DeleteVm {
         vm: String,
     },
+    StartVm {
+        vm: String,
+    },
     InstallSoftware {
         vm: String,
         version: String,
@@ -91,6 +94,7 @@ pub fn prepare(d: &DesiredState, s: &ClusterState, action: &Action) -> BackendCa
             agent_version,
         }),
         DeleteVm { vm, .. } => BackendCall::DeleteVm { vm },
+        StartVm { vm, .. } => BackendCall::StartVm { vm },
         InstallSoftware { vm, version, .. } => BackendCall::InstallSoftware {
             // Another version than the desired one (a bridge during a downgrade) comes from
             // the same place, with its own version in the name.
@@ -272,7 +276,7 @@ impl BackendCall {
     pub fn runs_once_per_op(&self) -> bool {
         !matches!(
             self,
-            BackendCall::CreateVm(_) | BackendCall::DeleteVm { .. }
+            BackendCall::CreateVm(_) | BackendCall::DeleteVm { .. } | BackendCall::StartVm { .. }
         )
     }
 
@@ -289,6 +293,7 @@ impl BackendCall {
                 provider.create_vm(op, spec).await.map(Outcome::VmCreated)
             }
             BackendCall::DeleteVm { vm } => done(provider.delete_vm(op, vm).await),
+            BackendCall::StartVm { vm } => provider.start_vm(op, vm).await.map(Outcome::VmStarted),
             BackendCall::InstallSoftware { vm, version, url } => {
                 done(runtime.install_software(op, vm, version, url).await)
             }

@@ -20,11 +20,11 @@ pub use call::{prepare, BackendCall};
 pub use policy::{FailureVerdict, Policy, StandardPolicy};
 
 use crate::actions::Action;
-use crate::backend::{BackendError, ProgramStatus, VmInfo};
+use crate::backend::{BackendError, ProgramStatus, VmInfo, VmState};
 use crate::desired::{self, DesiredState, TransitionContext, Violation};
-use crate::model::{ClusterState, Event, Outcome, ReconciliationState};
+use crate::model::{ClusterState, Event, Outcome, ReconciliationState, Role};
 use crate::planner::{diff, plan};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -117,6 +117,9 @@ pub struct Engine {
     deadline: Option<Duration>,
     /// The last wake-up asked for, so it is asked once.
     asked_wake: Option<Duration>,
+    /// When this leader first saw each VM that is down. Not replicated: a new leader
+    /// waits a whole grace period again, which errs on the side of keeping data.
+    down_since: BTreeMap<String, Duration>,
     out: Vec<Command>,
 }
 
@@ -134,6 +137,7 @@ impl Engine {
             failed_rounds: 0,
             deadline: None,
             asked_wake: None,
+            down_since: BTreeMap::new(),
             out: Vec::new(),
         }
     }
@@ -273,6 +277,7 @@ impl Engine {
             }
             Err(e) => warn!(error = %e, "cannot observe the world; keeping what is known"),
         }
+        self.give_up_down_vms(now);
         match self.phase {
             Phase::Starting => self.start_working(now),
             Phase::Working => self.drive(now),
@@ -280,12 +285,61 @@ impl Engine {
         }
     }
 
-    /// Whether an observation tells something new: a known VM gone, or a program that
-    /// started or stopped behind the leader's back.
+    /// VMs down for longer than `VmDownGraceSeconds` are given up (and so replaced), but
+    /// only where that loses nothing: a data node's group must keep a started replica to
+    /// copy its rows from. A node group whose every replica is down is waited for.
+    fn give_up_down_vms(&mut self, now: Duration) {
+        let Some(grace) = self
+            .state
+            .accepted
+            .as_ref()
+            .map(|d| Duration::from_secs(d.vm_down_grace_seconds))
+        else {
+            return;
+        };
+        let s = &self.state;
+        self.down_since
+            .retain(|vm, _| s.vms.get(vm).is_some_and(|v| v.down));
+        let mut events = Vec::new();
+        for v in s.vms.values().filter(|v| v.down) {
+            let since = *self.down_since.entry(v.name.clone()).or_insert(now);
+            let busy = s.in_flight.values().any(|a| a.kind.vm() == Some(&v.name));
+            if now.saturating_sub(since) < grace || busy {
+                continue;
+            }
+            let replica_left = v.role != Role::Ndbd
+                || s.vms_of(Role::Ndbd).any(|w| {
+                    w.name != v.name && w.node_group == v.node_group && w.running && !w.down
+                });
+            if !replica_left {
+                continue;
+            }
+            events.push(Event::VmAbandoned {
+                vm: v.name.clone(),
+                reason: format!(
+                    "down for {:.0} s, longer than VmDownGraceSeconds ({} s)",
+                    now.saturating_sub(since).as_secs_f64(),
+                    grace.as_secs()
+                ),
+            });
+        }
+        for ev in &events {
+            if let Event::VmAbandoned { vm, .. } = ev {
+                self.down_since.remove(vm);
+            }
+        }
+        self.record(events);
+    }
+
+    /// Whether an observation tells something new: a known VM gone, down or back, or a
+    /// program that started or stopped behind the leader's back.
     fn observation_changes(&self, obs: &Observation) -> bool {
-        let present: BTreeSet<&str> = obs.vms.iter().map(|v| v.name.as_str()).collect();
+        let present: BTreeMap<&str, VmState> =
+            obs.vms.iter().map(|v| (v.name.as_str(), v.state)).collect();
         self.state.vms.values().any(|v| {
-            !present.contains(v.name.as_str())
+            present
+                .get(v.name.as_str())
+                .is_none_or(|st| (*st == VmState::Down) != v.down)
                 || obs
                     .programs
                     .get(&v.name)

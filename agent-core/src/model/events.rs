@@ -4,7 +4,7 @@
 
 use super::{slot_layout, Backup, ClusterState, ReconciliationState, Role, Vm};
 use crate::actions::{Action, ActionKind, RestoreStep};
-use crate::backend::{ProgramStatus, VmInfo};
+use crate::backend::{ProgramStatus, VmInfo, VmState};
 use crate::desired::DesiredState;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,8 +14,14 @@ use std::collections::{BTreeMap, BTreeSet};
 pub enum Outcome {
     Done,
     VmCreated(VmInfo),
-    BackupTaken { data_nodes: Vec<u32> },
-    RestoreMetaRead { original_nodes: Vec<u32> },
+    /// A VM that was down runs again (its address may have changed).
+    VmStarted(VmInfo),
+    BackupTaken {
+        data_nodes: Vec<u32>,
+    },
+    RestoreMetaRead {
+        original_nodes: Vec<u32>,
+    },
 }
 
 /// One change to the cluster state.
@@ -51,6 +57,13 @@ pub enum Event {
     ReconciliationChanged {
         state: ReconciliationState,
         error: Option<String>,
+    },
+    /// A VM stayed down past the grace period while its node group kept a started replica:
+    /// it is no longer waited for. It leaves the cluster state (so it is replaced like a
+    /// lost VM) and is deleted at the provider, which still lists it.
+    VmAbandoned {
+        vm: String,
+        reason: String,
     },
     /// The agent on `vm` leads now (its reconciler writes the events that follow).
     LeaderChanged {
@@ -120,6 +133,13 @@ impl ClusterState {
             }
             Event::Observed { vms, programs } => self.apply_observation(vms, programs),
             Event::LeaderChanged { vm } => self.leader_vm = Some(vm.clone()),
+            Event::VmAbandoned { vm, reason } => {
+                if let Some(gone) = self.vms.remove(vm) {
+                    tracing::warn!(vm = %vm, role = %gone.role, %reason, "VM given up; it will be deleted and replaced");
+                    self.abandoned.insert(vm.clone(), gone.role);
+                    self.settle_temporary_flags(gone.role, gone.node_group);
+                }
+            }
             Event::ReconciliationChanged { state, error } => {
                 self.reconciliation = *state;
                 if *state == ReconciliationState::WORKING_TOWARDS_DESIRED_STATE {
@@ -188,12 +208,22 @@ impl ClusterState {
                         has_data: false,
                         mgmd_initialized: false,
                         seq: *seq,
+                        down: false,
                     },
                 );
             }
             DeleteVm { vm, .. } => {
+                self.abandoned.remove(vm);
                 if let Some(gone) = self.vms.remove(vm) {
                     self.settle_temporary_flags(gone.role, gone.node_group);
+                }
+            }
+            StartVm { vm, .. } => {
+                if let Some(v) = self.vms.get_mut(vm) {
+                    v.down = false;
+                    if let Outcome::VmStarted(info) = outcome {
+                        v.address = info.address.clone();
+                    }
                 }
             }
             InstallSoftware { vm, version, .. } => {
@@ -407,9 +437,25 @@ impl ClusterState {
         }
         // Program states apply to busy VMs too: an action in flight records its own result
         // after this, and a program that died under it must not be trusted meanwhile.
+        for info in vms {
+            if let Some(v) = self.vms.get_mut(&info.name) {
+                let down = info.state == VmState::Down;
+                if down && !v.down {
+                    tracing::warn!(vm = %info.name, role = %v.role, "VM is down; it will be started again");
+                }
+                v.down = down;
+                if down {
+                    // Its programs went down with it.
+                    v.running = false;
+                }
+            }
+        }
         let names: Vec<String> = self.vms.keys().cloned().collect();
         for name in names {
             if let (Some(v), Some(p)) = (self.vms.get_mut(&name), programs.get(&name)) {
+                if v.down {
+                    continue;
+                }
                 if v.running && !p.running {
                     tracing::warn!(vm = %name, role = %v.role, "RonDB program died; it will be restarted");
                 }

@@ -173,6 +173,10 @@ pub struct Vm {
     pub mgmd_initialized: bool,
     /// Order of creation; names are never reused.
     pub seq: u64,
+    /// The provider lists the VM as down (stopped machine, dead agent): its programs do not
+    /// run, its disks are kept, and it is started again rather than replaced.
+    #[serde(default)]
+    pub down: bool,
 }
 
 /// A backup this cluster holds.
@@ -220,6 +224,10 @@ pub struct ClusterState {
     /// The VM whose agent leads (agent restarts and upgrades do it last).
     #[serde(default)]
     pub leader_vm: Option<String>,
+    /// VMs given up after staying down past the grace period: no longer members, still at
+    /// the provider until deleted.
+    #[serde(default)]
+    pub abandoned: BTreeMap<String, Role>,
 }
 
 impl ClusterState {

@@ -16,6 +16,20 @@ pub enum Difference {
     NodeGroupLost {
         node_group: u32,
     },
+    /// Every replica of a node group is on a VM that is down: they are waited for, never
+    /// replaced.
+    NodeGroupDown {
+        node_group: u32,
+        vms: Vec<String>,
+    },
+    /// The provider lists the VM as down; it is being started again.
+    VmDown {
+        vm: String,
+    },
+    /// A VM given up after its grace period is still at the provider.
+    AbandonedVm {
+        vm: String,
+    },
     VmCount {
         role: Role,
         have: usize,
@@ -101,6 +115,9 @@ impl fmt::Display for Difference {
         use Difference::*;
         match self {
             NodeGroupLost { node_group: g } => write!(f, "node group {g} lost every replica that held its data; the agents cannot rebuild it: restore a backup into a new cluster (RestoreFromBackup), and keep ActiveReplicationFactor >= 2 to survive a VM loss"),
+            NodeGroupDown { node_group: g, vms } => write!(f, "node group {g}: every replica is on a VM that is down ({}); the agents start them again and never replace a whole node group; if they cannot come back, restore a backup into a new cluster (RestoreFromBackup)", vms.join(", ")),
+            VmDown { vm } => write!(f, "{vm}: VM is down; it is being started again"),
+            AbandonedVm { vm } => write!(f, "{vm}: given up after staying down past VmDownGraceSeconds; not deleted yet"),
             VmCount { role, have, want } => write!(f, "{role}: {have} VM(s), want {want}"),
             SlotsHeld { vm, have, want } => write!(f, "{vm}: holds {have} active slot(s), want {want}"),
             NodeGroupVms { node_group: g, have, want } => write!(f, "node group {g}: {have} VM(s), want {want}"),
@@ -135,10 +152,26 @@ pub fn diff(d: &DesiredState, s: &ClusterState) -> Vec<Difference> {
             let alive = s
                 .vms_of(Role::Ndbd)
                 .any(|v| v.running && v.node_group == Some(*g));
-            if (serving && !alive) || super::node_group_lost(s, *g) {
+            let down: Vec<String> = s
+                .vms_of(Role::Ndbd)
+                .filter(|v| v.down && v.node_group == Some(*g))
+                .map(|v| v.name.clone())
+                .collect();
+            if !alive && !down.is_empty() {
+                out.push(Difference::NodeGroupDown {
+                    node_group: *g,
+                    vms: down,
+                });
+            } else if (serving && !alive) || super::node_group_lost(s, *g) {
                 out.push(Difference::NodeGroupLost { node_group: *g });
             }
         }
+    }
+    for v in s.vms.values().filter(|v| v.down) {
+        out.push(Difference::VmDown { vm: v.name.clone() });
+    }
+    for vm in s.abandoned.keys() {
+        out.push(Difference::AbandonedVm { vm: vm.clone() });
     }
     for (role, k) in [
         (Role::Mgmd, 1usize),

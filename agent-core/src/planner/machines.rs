@@ -7,6 +7,7 @@ use crate::model::{Role, Vm};
 use std::cmp::Reverse;
 
 pub(super) fn plan(p: &mut Planner) {
+    bring_back(p);
     for role in [Role::Mgmd, Role::Mysqld, Role::Api] {
         stateless_role(p, role);
     }
@@ -19,6 +20,24 @@ pub(super) fn plan(p: &mut Planner) {
         if let Some(vm) = p.s.vms.get(&name) {
             retire_step(p, vm);
         }
+    }
+}
+
+/// VMs that are down are started again (with their disks) before anything else touches
+/// them; VMs given up after their grace period are deleted at the provider.
+fn bring_back(p: &mut Planner) {
+    let s = p.s;
+    for v in s.vms.values().filter(|v| v.down) {
+        p.propose(ActionKind::StartVm {
+            vm: v.name.clone(),
+            role: v.role,
+        });
+    }
+    for (vm, role) in &s.abandoned {
+        p.propose(ActionKind::DeleteVm {
+            vm: vm.clone(),
+            role: *role,
+        });
     }
 }
 

@@ -140,6 +140,14 @@ impl<'a> Planner<'a> {
         if k.subjects().iter().any(|s| self.locked.contains(s)) {
             return false;
         }
+        // Nothing runs on a VM that is down until it is started again.
+        if k.needs_agent_of_vm()
+            && k.vm()
+                .and_then(|v| self.s.vms.get(v))
+                .is_some_and(|v| v.down)
+        {
+            return false;
+        }
         self.note(&k);
         self.proposals.push(k);
         true

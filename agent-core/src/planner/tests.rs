@@ -46,6 +46,7 @@ pub(crate) fn at_desired(d: &DesiredState) -> ClusterState {
                     has_data: true,
                     mgmd_initialized: true,
                     seq,
+                    down: false,
                 },
             );
             s.next_vm_seq = seq + 1;

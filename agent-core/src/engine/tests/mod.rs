@@ -2,6 +2,7 @@
 //! commands returned. No runtime, no clock: time is an argument.
 
 mod backoff;
+mod down;
 mod drift;
 mod leader_change;
 mod pending;
@@ -9,6 +10,7 @@ mod retries;
 
 use super::*;
 use crate::actions::ActionKind;
+use crate::backend::VmState;
 use crate::desired::DesiredState;
 use crate::model::ReconciliationState::*;
 use crate::planner::tests::at_desired;
@@ -54,6 +56,11 @@ pub(super) fn world_of(s: &ClusterState) -> Observation {
                 storage_gib: v.storage_gib,
                 address: v.address.clone(),
                 agent_endpoint: String::new(),
+                state: if v.down {
+                    VmState::Down
+                } else {
+                    VmState::Running
+                },
             })
             .collect(),
         programs: s
