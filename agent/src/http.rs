@@ -39,13 +39,15 @@ pub struct AgentEntry {
 /// The body of `GET /status`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
-    /// `UNKNOWN` while this agent cannot vouch for a leader (see `leader_problem`).
+    /// `UNKNOWN` while this agent cannot vouch for a leader, or while a new leader has not
+    /// looked at the world yet (see `leader_problem`).
     pub reconciliation_state: String,
     pub accepted_id: Option<u64>,
     pub pending_id: Option<u64>,
     /// The leader, only when a quorum stands behind it as far as this agent can tell.
     pub leader_vm: Option<String>,
-    /// Why there is no leader to report (no quorum, which voters do not answer).
+    /// Why there is no leader to report (no quorum, which voters do not answer), or why the
+    /// leader's reconciliation state is not vouched for yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader_problem: Option<String>,
     pub last_error: Option<String>,
@@ -96,13 +98,20 @@ pub fn build_status(shared: &AgentShared) -> Option<Status> {
         super::LeaderView::Unknown(why) => (None, Some(why)),
     };
     let c = &rep.cluster;
+    // What this replica says is only as true as the quorum behind it, and as fresh as the
+    // leader's last look at the world.
+    let (reconciliation_state, leader_problem) = match (&leader_vm, leader_problem) {
+        (None, why) => ("UNKNOWN".to_string(), why),
+        (Some(l), _) if !c.world_seen && c.accepted.is_some() => (
+            "UNKNOWN".to_string(),
+            Some(format!(
+                "{l} took over the leadership and has not looked at the VMs yet; the state on record may be stale"
+            )),
+        ),
+        (Some(_), why) => (format!("{:?}", c.reconciliation), why),
+    };
     Some(Status {
-        // What this replica says is only as true as the quorum behind it.
-        reconciliation_state: if leader_vm.is_some() {
-            format!("{:?}", c.reconciliation)
-        } else {
-            "UNKNOWN".to_string()
-        },
+        reconciliation_state,
         leader_problem,
         accepted_id: c.accepted.as_ref().map(|d| d.id),
         pending_id: c.pending.as_ref().map(|d| d.id),

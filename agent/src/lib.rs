@@ -339,21 +339,31 @@ impl AgentShared {
 
     /// After a restart or upgrade: waits until `vm`'s agent answers again.
     pub async fn wait_agent_back(&self, vm: &str) -> Result<(), BackendError> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        use backon::{ConstantBuilder, Retryable};
+        let patience = Duration::from_secs(30);
+        let poll = Duration::from_millis(200);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        loop {
-            if let Some(ep) = self.endpoint_of(vm) {
-                if self.identity_of(&ep, Duration::from_secs(1)).await.is_ok() {
-                    return Ok(());
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(BackendError::transient(format!(
-                    "the agent of {vm} did not answer within 30 s of its restart"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let answers = || async {
+            let ep = self.endpoint_of(vm).ok_or(())?;
+            self.identity_of(&ep, Duration::from_secs(1))
+                .await
+                .map(|_| ())
+                .map_err(|_| ())
+        };
+        answers
+            .retry(
+                ConstantBuilder::new()
+                    .with_delay(poll)
+                    .with_max_times((patience.as_millis() / poll.as_millis()) as usize),
+            )
+            .await
+            .map_err(|()| {
+                BackendError::transient(format!(
+                    "the agent of {vm} did not answer within {} s of its restart",
+                    patience.as_secs()
+                ))
+                .on(vm)
+            })
     }
 
     /// Joins the Raft group under `raft_id` (assigned by the leader). Idempotent for the

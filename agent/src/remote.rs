@@ -53,20 +53,24 @@ impl RemoteRuntime {
         F: Fn(AgentClient<Channel>, pb::Target) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let deadline = tokio::time::Instant::now() + patience;
-        loop {
+        use backon::{ConstantBuilder, Retryable};
+        let poll = Duration::from_millis(250);
+        let attempt = || async {
             let Some(ep) = self.shared.endpoint_of(vm) else {
-                return Err(BackendError::new(
-                    ErrorKind::VmGone,
-                    format!("{vm}: no agent of this VM is known to the cluster"),
-                )
-                .on(vm)
-                .in_op(op));
+                return Err(Attempt::Failed(
+                    BackendError::new(
+                        ErrorKind::VmGone,
+                        format!("{vm}: no agent of this VM is known to the cluster"),
+                    )
+                    .on(vm)
+                    .in_op(op),
+                ));
             };
-            let client = self
-                .shared
-                .agent_client(&ep)
-                .map_err(|e| BackendError::refused(format!("{vm}: bad agent address {ep}: {e}")))?;
+            let client = self.shared.agent_client(&ep).map_err(|e| {
+                Attempt::Failed(BackendError::refused(format!(
+                    "{vm}: bad agent address {ep}: {e}"
+                )))
+            })?;
             let target = pb::Target {
                 vm: vm.to_string(),
                 op_id: op.0,
@@ -74,31 +78,48 @@ impl RemoteRuntime {
             match f(client, target).await {
                 Ok(r) => {
                     let mut r = r.into_inner();
-                    return match r.failure() {
-                        Some(f) => Err(failure_from_pb(vm, f).in_op(op)),
+                    match r.failure() {
+                        Some(f) => Err(Attempt::Failed(failure_from_pb(vm, f).in_op(op))),
                         None => Ok(r),
-                    };
-                }
-                Err(s) if unreachable(&s) => {
-                    if tokio::time::Instant::now() >= deadline {
-                        return Err(BackendError::new(
-                            ErrorKind::VmGone,
-                            format!(
-                                "{vm}: agent at {ep} unreachable for {:.1}s: {}",
-                                patience.as_secs_f64(),
-                                s.message()
-                            ),
-                        )
-                        .on(vm)
-                        .in_op(op)
-                        .caused_by(s));
                     }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                Err(s) => return Err(from_status(vm, s).in_op(op)),
+                Err(s) if unreachable(&s) => Err(Attempt::Unreachable(ep, s)),
+                Err(s) => Err(Attempt::Failed(from_status(vm, s).in_op(op))),
             }
+        };
+        // Unreachable: try again every 250 ms for up to `patience` (an agent restarting).
+        let tries = (patience.as_millis() / poll.as_millis()) as usize;
+        match attempt
+            .retry(
+                ConstantBuilder::new()
+                    .with_delay(poll)
+                    .with_max_times(tries),
+            )
+            .when(|e| matches!(e, Attempt::Unreachable(..)))
+            .await
+        {
+            Ok(r) => Ok(r),
+            Err(Attempt::Failed(e)) => Err(e),
+            Err(Attempt::Unreachable(ep, s)) => Err(BackendError::new(
+                ErrorKind::VmGone,
+                format!(
+                    "{vm}: agent at {ep} unreachable for {:.1}s: {}",
+                    patience.as_secs_f64(),
+                    s.message()
+                ),
+            )
+            .on(vm)
+            .in_op(op)
+            .caused_by(s)),
         }
     }
+}
+
+/// One call to an agent that did not answer: it could not be reached (worth another try
+/// while it may be restarting), or it failed for good.
+enum Attempt {
+    Unreachable(String, Status),
+    Failed(BackendError),
 }
 
 impl RemoteRuntime {

@@ -155,9 +155,9 @@ impl Engine {
     pub fn step(&mut self, now: Duration, input: Input) -> Vec<Command> {
         match input {
             Input::Leading { vm } => {
-                if self.state.leader_vm.as_deref() != Some(vm.as_str()) {
-                    self.record(vec![Event::LeaderChanged { vm }]);
-                }
+                // Recorded also when the same agent leads again: until it has looked at the
+                // world, the reconciliation state on record is not vouched for.
+                self.record(vec![Event::LeaderChanged { vm }]);
                 self.begin(now);
             }
             Input::Submit(d) => self.on_submit(now, *d),
@@ -268,7 +268,8 @@ impl Engine {
         self.observing = false;
         match r {
             Ok(obs) => {
-                if self.observation_changes(&obs) {
+                // The first look of a leader is always recorded: it vouches for the state.
+                if !self.state.world_seen || self.observation_changes(&obs) {
                     self.record(vec![Event::Observed {
                         vms: obs.vms,
                         programs: obs.programs,

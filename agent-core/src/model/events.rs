@@ -65,7 +65,8 @@ pub enum Event {
         vm: String,
         reason: String,
     },
-    /// The agent on `vm` leads now (its reconciler writes the events that follow).
+    /// The agent on `vm` leads now (its reconciler writes the events that follow); recorded
+    /// at every election, also when the same agent leads again.
     LeaderChanged {
         vm: String,
     },
@@ -131,8 +132,14 @@ impl ClusterState {
                     self.last_error = Some(format!("{a} failed: {error}"));
                 }
             }
-            Event::Observed { vms, programs } => self.apply_observation(vms, programs),
-            Event::LeaderChanged { vm } => self.leader_vm = Some(vm.clone()),
+            Event::Observed { vms, programs } => {
+                self.apply_observation(vms, programs);
+                self.world_seen = true;
+            }
+            Event::LeaderChanged { vm } => {
+                self.leader_vm = Some(vm.clone());
+                self.world_seen = false;
+            }
             Event::VmAbandoned { vm, reason } => {
                 if let Some(gone) = self.vms.remove(vm) {
                     tracing::warn!(vm = %vm, role = %gone.role, %reason, "VM given up; it will be deleted and replaced");

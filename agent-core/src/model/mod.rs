@@ -224,6 +224,11 @@ pub struct ClusterState {
     /// The VM whose agent leads (agent restarts and upgrades do it last).
     #[serde(default)]
     pub leader_vm: Option<String>,
+    /// The leader named in `leader_vm` has looked at the world since it took over. Until
+    /// then the reconciliation state on record is a previous leader's word, which a whole
+    /// cluster restart may have made stale: it is not reported as the truth.
+    #[serde(default)]
+    pub world_seen: bool,
     /// VMs given up after staying down past the grace period: no longer members, still at
     /// the provider until deleted.
     #[serde(default)]

@@ -40,7 +40,12 @@ fn leading(grace: u64) -> (DesiredState, Engine) {
                 vm: "mgmd-1".into()
             }
         ),
-        vec![Command::Observe]
+        vec![
+            Command::Append(vec![Event::LeaderChanged {
+                vm: "mgmd-1".into()
+            }]),
+            Command::Observe
+        ]
     );
     (d, e)
 }

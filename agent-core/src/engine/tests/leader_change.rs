@@ -25,10 +25,18 @@ fn a_new_leader_resumes_the_action_in_flight_under_its_operation_id() {
     );
     let world = with_dead_program(e.state(), &mysqld_vm(e.state()));
     let call = prepare(&d, e.state(), &action);
-    // Resumed, not started again: no new operation id, nothing appended.
+    // Resumed, not started again: no new operation id; only the new leader's first look
+    // is appended.
     assert_eq!(
-        e.step(secs(40), Input::Observed(Ok(world))),
-        vec![Command::Run { action, call }, Command::WakeAt(secs(70))]
+        e.step(secs(40), Input::Observed(Ok(world.clone()))),
+        vec![
+            Command::Append(vec![Event::Observed {
+                vms: world.vms,
+                programs: world.programs
+            }]),
+            Command::Run { action, call },
+            Command::WakeAt(secs(70))
+        ]
     );
     assert_eq!(e.state().next_op_id, op + 1);
 }
@@ -65,9 +73,12 @@ fn the_resumed_action_answered_with_the_first_runs_result_completes_the_round() 
 }
 
 #[test]
-fn a_leader_already_recorded_is_not_recorded_again() {
+fn a_leader_elected_again_records_itself_and_vouches_for_nothing_until_it_looked() {
     let (_, s) = settled();
+    assert_eq!(s.leader_vm.as_deref(), Some("mgmd-1"));
     let mut e = Engine::new(s, policy());
+    // After a whole-cluster restart the same agent may lead again: the state on record is
+    // from before, so it is not vouched for until this leader has looked.
     assert_eq!(
         e.step(
             secs(0),
@@ -75,8 +86,22 @@ fn a_leader_already_recorded_is_not_recorded_again() {
                 vm: "mgmd-1".into()
             }
         ),
-        vec![Command::Observe]
+        vec![
+            Command::Append(vec![Event::LeaderChanged {
+                vm: "mgmd-1".into()
+            }]),
+            Command::Observe
+        ]
     );
+    assert!(!e.state().world_seen);
+    // A failed look vouches for nothing either.
+    e.step(
+        secs(1),
+        Input::Observed(Err(BackendError::transient(
+            "docker ps: connection refused",
+        ))),
+    );
+    assert!(!e.state().world_seen);
 }
 
 #[test]

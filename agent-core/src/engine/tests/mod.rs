@@ -108,12 +108,26 @@ pub(super) fn resting() -> (DesiredState, Engine) {
                 vm: "mgmd-1".into()
             }
         ),
-        vec![Command::Observe]
+        vec![
+            Command::Append(vec![Event::LeaderChanged {
+                vm: "mgmd-1".into()
+            }]),
+            Command::Observe
+        ]
     );
+    // The first look of a leader is recorded even when nothing changed: it vouches for the
+    // state on record.
     assert_eq!(
-        e.step(secs(0), Input::Observed(Ok(world))),
-        vec![Command::WakeAt(OBSERVE)]
+        e.step(secs(0), Input::Observed(Ok(world.clone()))),
+        vec![
+            Command::Append(vec![Event::Observed {
+                vms: world.vms,
+                programs: world.programs
+            }]),
+            Command::WakeAt(OBSERVE)
+        ]
     );
+    assert!(e.state().world_seen);
     (d, e)
 }
 

@@ -132,8 +132,12 @@ fn a_pending_state_that_became_invalid_is_dropped_with_the_reason() {
         },
     );
     assert_eq!(
-        e.step(secs(0), Input::Observed(Ok(world))),
+        e.step(secs(0), Input::Observed(Ok(world.clone()))),
         vec![
+            Command::Append(vec![Event::Observed {
+                vms: world.vms,
+                programs: world.programs
+            }]),
             Command::Run {
                 action: Action { op_id: op, kind },
                 call
