@@ -121,21 +121,20 @@ impl InvariantChecker {
             return;
         }
         // Rule 3: versions never increase along management -> data -> MySQLd/API.
-        let mut lo: BTreeMap<u8, RonDbVersion> = BTreeMap::new();
-        let mut hi: BTreeMap<u8, RonDbVersion> = BTreeMap::new();
+        // Indexed by phase (0..=3), so no map is built per event.
+        let mut lo: [Option<RonDbVersion>; 4] = [None; 4];
+        let mut hi: [Option<RonDbVersion>; 4] = [None; 4];
         for v in s.vms.values().filter(|v| v.running) {
             if let Some(ver) = v.version.as_deref().and_then(RonDbVersion::parse) {
-                let ph = v.role.phase();
-                lo.entry(ph)
-                    .and_modify(|x| *x = (*x).min(ver))
-                    .or_insert(ver);
-                hi.entry(ph)
-                    .and_modify(|x| *x = (*x).max(ver))
-                    .or_insert(ver);
+                let ph = usize::from(v.role.phase());
+                lo[ph] = Some(lo[ph].map_or(ver, |x| x.min(ver)));
+                hi[ph] = Some(hi[ph].map_or(ver, |x| x.max(ver)));
             }
         }
-        for (pi, low) in &lo {
-            for (pj, high) in &hi {
+        let phases =
+            |m: [Option<RonDbVersion>; 4]| (0u8..).zip(m).filter_map(|(ph, v)| v.map(|v| (ph, v)));
+        for (pi, low) in phases(lo) {
+            for (pj, high) in phases(hi) {
                 if pi < pj && low < high {
                     bad.push(format!(
                         "rule 3: phase {pj} runs {high} while phase {pi} still runs {low}"
@@ -161,8 +160,7 @@ impl InvariantChecker {
         }
         // Rule 5: node ids in range, each data-node VM holds at most one slot of its group.
         for v in s.vms.values() {
-            let held: Vec<&crate::model::Slot> =
-                held.get(v.name.as_str()).cloned().unwrap_or_default();
+            let held: &[&crate::model::Slot] = held.get(v.name.as_str()).map_or(&[], Vec::as_slice);
             let max = match v.role {
                 Role::Mysqld => d.num_mysqld_slots_per_vm as usize,
                 Role::Api => d.num_api_slots_per_vm as usize,
@@ -175,7 +173,7 @@ impl InvariantChecker {
                     held.len()
                 ));
             }
-            for x in held {
+            for &x in held {
                 if x.kind != v.role
                     || x.node_group != v.node_group
                     || x.node_id == 0

@@ -342,7 +342,7 @@ impl Engine {
             // Planning waits for the observation asked for (after a failure, or periodic).
             return;
         }
-        let Some(d) = self.state.accepted.clone() else {
+        let Some(d) = self.state.accepted.as_ref() else {
             return;
         };
         if self.started > self.policy.max_actions() && self.give_up.is_none() {
@@ -352,20 +352,25 @@ impl Engine {
             ));
         }
         if self.give_up.is_none() {
-            let mut batch = Vec::new();
-            let mut runs = Vec::new();
-            for kind in plan(&d, &self.state) {
-                let action = Action {
-                    op_id: self.state.next_op_id,
-                    kind,
-                };
+            let kinds = plan(d, &self.state);
+            let mut batch = Vec::with_capacity(kinds.len());
+            let mut runs = Vec::with_capacity(kinds.len());
+            let mut op_id = self.state.next_op_id;
+            // Every call is prepared from the state before the batch starts: starting an
+            // action changes only what is in flight and the id counters, which no call
+            // reads, so the desired state need not be copied out of the state to apply the
+            // starts one by one.
+            for kind in kinds {
+                let action = Action { op_id, kind };
+                op_id += 1;
                 self.started += 1;
                 info!(op_id = action.op_id, desired_id = d.id, "start {action}");
-                let call = prepare(&d, &self.state, &action);
-                let ev = Event::ActionStarted(action.clone());
-                self.state.apply(&ev);
-                batch.push(ev);
+                let call = prepare(d, &self.state, &action);
+                batch.push(Event::ActionStarted(action.clone()));
                 runs.push(Command::Run { action, call });
+            }
+            for ev in &batch {
+                self.state.apply(ev);
             }
             // Journaled (one entry) before any of them runs, so a new leader knows what may
             // have started.
@@ -381,14 +386,15 @@ impl Engine {
 
     /// The reconciliation ends: report where it got, then take the pending desired state.
     fn finish(&mut self, now: Duration) {
-        let Some(d) = self.state.accepted.clone() else {
+        let Some(d) = self.state.accepted.as_ref() else {
             self.phase = Phase::Idle;
             return;
         };
+        let desired_id = d.id;
         let (state, error) = match self.give_up.take() {
             Some(e) => (ReconciliationState::ERROR_STATE, Some(e)),
             None => {
-                let left = diff(&d, &self.state);
+                let left = diff(d, &self.state);
                 if left.is_empty() {
                     (ReconciliationState::AT_DESIRED_STATE, None)
                 } else {
@@ -404,8 +410,8 @@ impl Engine {
             }
         };
         match &error {
-            Some(e) => warn!(desired_id = d.id, error = %e, "reconciliation failed"),
-            None => info!(desired_id = d.id, "at desired state"),
+            Some(e) => warn!(desired_id, error = %e, "reconciliation failed"),
+            None => info!(desired_id, "at desired state"),
         }
         self.record(vec![Event::ReconciliationChanged {
             state,

@@ -20,7 +20,7 @@ pub use diff::{diff, Difference};
 
 use crate::actions::{ActionKind, Subject};
 use crate::desired::{DesiredState, RonDbVersion, VmType};
-use crate::model::{config_fingerprint, machine_spec, target_vms, ClusterState, Role, Vm};
+use crate::model::{config_fingerprint_with, machine_spec, target_vms, ClusterState, Role, Vm};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Node group `g` held data once and no VM of it runs a data node or keeps its file
@@ -62,6 +62,8 @@ pub(crate) struct Planner<'a> {
     pub backup_active: bool,
     pub slot_change_active: bool,
     config_hashes: BTreeMap<String, u64>,
+    /// The management servers' addresses, listed once per round for the fingerprints.
+    mgmd_addresses: Option<Vec<String>>,
     mgmd_version: Option<String>,
     /// Active slots per VM, computed once per round (the hot path of every budget check).
     held: BTreeMap<String, Vec<u32>>,
@@ -82,6 +84,7 @@ impl<'a> Planner<'a> {
             backup_active: false,
             slot_change_active: false,
             config_hashes: BTreeMap::new(),
+            mgmd_addresses: None,
             mgmd_version: None,
             held: BTreeMap::new(),
         };
@@ -339,7 +342,7 @@ impl<'a> Planner<'a> {
         if let Some(h) = self.config_hashes.get(key) {
             return *h;
         }
-        let h = config_fingerprint(self.d, self.s, vm);
+        let h = config_fingerprint_with(self.d, self.s, vm, &mut self.mgmd_addresses);
         self.config_hashes.insert(key.to_string(), h);
         h
     }
