@@ -117,6 +117,10 @@ pub struct Engine {
     deadline: Option<Duration>,
     /// The last wake-up asked for, so it is asked once.
     asked_wake: Option<Duration>,
+    /// The planner proposed nothing for the state as it is now: planning again before an
+    /// event changes it would propose nothing again (the planner is a pure function of the
+    /// state), so periodic observations that find nothing new skip it.
+    planned_nothing: bool,
     out: Vec<Command>,
 }
 
@@ -134,6 +138,7 @@ impl Engine {
             failed_rounds: 0,
             deadline: None,
             asked_wake: None,
+            planned_nothing: false,
             out: Vec::new(),
         }
     }
@@ -184,6 +189,7 @@ impl Engine {
         for ev in &events {
             self.state.apply(ev);
         }
+        self.planned_nothing = false;
         self.out.push(Command::Append(events));
     }
 
@@ -352,7 +358,12 @@ impl Engine {
             ));
         }
         if self.give_up.is_none() {
-            let kinds = plan(d, &self.state);
+            let kinds = if self.planned_nothing {
+                Vec::new()
+            } else {
+                plan(d, &self.state)
+            };
+            self.planned_nothing = kinds.is_empty();
             let mut batch = Vec::with_capacity(kinds.len());
             let mut runs = Vec::with_capacity(kinds.len());
             let mut op_id = self.state.next_op_id;
