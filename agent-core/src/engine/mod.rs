@@ -484,7 +484,7 @@ impl Engine {
 
     /// Records one result; false if it was not in flight.
     fn on_action_done(&mut self, op_id: u64, result: Result<Outcome, BackendError>) -> bool {
-        let Some(action) = self.state.in_flight.get(&op_id).cloned() else {
+        let Some(action) = self.state.in_flight.get(&op_id) else {
             // Not in flight (answered twice, or from before a restart): already recorded.
             return false;
         };
@@ -495,6 +495,8 @@ impl Engine {
                 self.record(vec![Event::ActionSucceeded { op_id, outcome }]);
             }
             Err(e) => {
+                // Copied only here: the policy judges the failure after it is recorded.
+                let action = action.clone();
                 let drift = e.is_drift();
                 warn!(op_id, ?desired_id, error = %e, "failed {action}");
                 self.record(vec![Event::ActionFailed {
