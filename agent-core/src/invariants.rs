@@ -3,7 +3,7 @@
 
 use crate::actions::ActionKind;
 use crate::desired::RonDbVersion;
-use crate::model::{ClusterState, Event, Role};
+use crate::model::{ClusterState, Event, Role, Slot};
 use std::collections::BTreeMap;
 
 /// Checks the rules that hold at every moment. Stateful: it remembers whether the cluster
@@ -50,13 +50,16 @@ impl InvariantChecker {
         if !changes_world && !matches!(ev, Event::ActionStarted(_)) {
             return;
         }
-        let mut held: BTreeMap<&str, Vec<&crate::model::Slot>> = BTreeMap::new();
-        for x in s.slots.values().filter(|x| x.active && !x.external) {
-            if let Some(h) = &x.host {
-                held.entry(h.as_str()).or_default().push(x);
-            }
-        }
-        let holds = |vm: &str| held.get(vm).is_some_and(|v| !v.is_empty());
+        // Active slots by host, in slot order within a host: one buffer per event rather
+        // than a map of vectors.
+        let mut held: Vec<(&str, &Slot)> = s
+            .slots
+            .values()
+            .filter(|x| x.active && !x.external)
+            .filter_map(|x| x.host.as_deref().map(|h| (h, x)))
+            .collect();
+        held.sort_by(|a, b| a.0.cmp(b.0));
+        let holds = |vm: &str| !slots_of(&held, vm).is_empty();
         if let Event::Observed { .. } = ev {
             for g in &s.started_groups {
                 if crate::planner::node_group_lost(s, *g) {
@@ -160,7 +163,7 @@ impl InvariantChecker {
         }
         // Rule 5: node ids in range, each data-node VM holds at most one slot of its group.
         for v in s.vms.values() {
-            let held: &[&crate::model::Slot] = held.get(v.name.as_str()).map_or(&[], Vec::as_slice);
+            let held = slots_of(&held, &v.name);
             let max = match v.role {
                 Role::Mysqld => d.num_mysqld_slots_per_vm as usize,
                 Role::Api => d.num_api_slots_per_vm as usize,
@@ -173,7 +176,7 @@ impl InvariantChecker {
                     held.len()
                 ));
             }
-            for &x in held {
+            for &(_, x) in held {
                 if x.kind != v.role
                     || x.node_group != v.node_group
                     || x.node_id == 0
@@ -190,6 +193,13 @@ impl InvariantChecker {
             self.violations.push(format!("after {}: {b}", describe(ev)));
         }
     }
+}
+
+/// The active slots bound to `vm`, from the slots sorted by host.
+fn slots_of<'b, 's>(held: &'b [(&'s str, &'s Slot)], vm: &str) -> &'b [(&'s str, &'s Slot)] {
+    let lo = held.partition_point(|(h, _)| *h < vm);
+    let hi = lo + held[lo..].partition_point(|(h, _)| *h == vm);
+    &held[lo..hi]
 }
 
 /// Rule 6, checked once the desired state is reached: replicas of a node group sit in

@@ -366,14 +366,12 @@ impl Engine {
             self.planned_nothing = kinds.is_empty();
             let mut batch = Vec::with_capacity(kinds.len());
             let mut runs = Vec::with_capacity(kinds.len());
-            let mut op_id = self.state.next_op_id;
             // Every call is prepared from the state before the batch starts: starting an
             // action changes only what is in flight and the id counters, which no call
             // reads, so the desired state need not be copied out of the state to apply the
             // starts one by one.
-            for kind in kinds {
+            for (op_id, kind) in (self.state.next_op_id..).zip(kinds) {
                 let action = Action { op_id, kind };
-                op_id += 1;
                 self.started += 1;
                 info!(op_id = action.op_id, desired_id = d.id, "start {action}");
                 let call = prepare(d, &self.state, &action);
