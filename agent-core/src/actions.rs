@@ -239,23 +239,34 @@ impl ActionKind {
     /// What the action holds while it runs. Binding or activating a slot only holds the
     /// slot, so software can install on the VM meanwhile.
     pub fn subjects(&self) -> Vec<Subject> {
-        use ActionKind::*;
         let mut out = Vec::with_capacity(2);
-        if let Some(vm) = self.vm() {
-            if !matches!(self, ActivateNode { .. } | SetHostname { .. }) {
-                out.push(Subject::Vm(vm.to_string()));
-            }
+        if let Some(vm) = self.held_vm() {
+            out.push(Subject::Vm(vm.to_string()));
         }
+        out.extend(self.held_item());
+        out
+    }
+
+    /// The VM among [`ActionKind::subjects`], without copying its name (the planner asks
+    /// for every proposal).
+    pub fn held_vm(&self) -> Option<&str> {
+        use ActionKind::*;
+        self.vm()
+            .filter(|_| !matches!(self, ActivateNode { .. } | SetHostname { .. }))
+    }
+
+    /// The slot or backup among [`ActionKind::subjects`].
+    pub fn held_item(&self) -> Option<Subject> {
+        use ActionKind::*;
         match self {
             ActivateNode { node_id, .. }
             | DeactivateNode { node_id, .. }
-            | SetHostname { node_id, .. } => out.push(Subject::Slot(*node_id)),
+            | SetHostname { node_id, .. } => Some(Subject::Slot(*node_id)),
             CreateBackup { backup_id, .. } | DeleteBackup { backup_id, .. } => {
-                out.push(Subject::Backup(*backup_id))
+                Some(Subject::Backup(*backup_id))
             }
-            _ => {}
+            _ => None,
         }
-        out
     }
 
     /// Key that identifies "the same action" across retries, for counting failures.

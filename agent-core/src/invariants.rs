@@ -3,7 +3,7 @@
 
 use crate::actions::ActionKind;
 use crate::desired::RonDbVersion;
-use crate::model::{ClusterState, Event, Role};
+use crate::model::{ClusterState, Event, Role, Slot};
 use std::collections::BTreeMap;
 
 /// Checks the rules that hold at every moment. Stateful: it remembers whether the cluster
@@ -50,13 +50,16 @@ impl InvariantChecker {
         if !changes_world && !matches!(ev, Event::ActionStarted(_)) {
             return;
         }
-        let mut held: BTreeMap<&str, Vec<&crate::model::Slot>> = BTreeMap::new();
-        for x in s.slots.values().filter(|x| x.active && !x.external) {
-            if let Some(h) = &x.host {
-                held.entry(h.as_str()).or_default().push(x);
-            }
-        }
-        let holds = |vm: &str| held.get(vm).is_some_and(|v| !v.is_empty());
+        // Active slots by host, in slot order within a host: one buffer per event rather
+        // than a map of vectors.
+        let mut held: Vec<(&str, &Slot)> = s
+            .slots
+            .values()
+            .filter(|x| x.active && !x.external)
+            .filter_map(|x| x.host.as_deref().map(|h| (h, x)))
+            .collect();
+        held.sort_by(|a, b| a.0.cmp(b.0));
+        let holds = |vm: &str| !slots_of(&held, vm).is_empty();
         if let Event::Observed { .. } = ev {
             for g in &s.started_groups {
                 if crate::planner::node_group_lost(s, *g) {
@@ -123,21 +126,20 @@ impl InvariantChecker {
             return;
         }
         // Rule 3: versions never increase along management -> data -> MySQLd/API.
-        let mut lo: BTreeMap<u8, RonDbVersion> = BTreeMap::new();
-        let mut hi: BTreeMap<u8, RonDbVersion> = BTreeMap::new();
+        // Indexed by phase (0..=3), so no map is built per event.
+        let mut lo: [Option<RonDbVersion>; 4] = [None; 4];
+        let mut hi: [Option<RonDbVersion>; 4] = [None; 4];
         for v in s.vms.values().filter(|v| v.running) {
             if let Some(ver) = v.version.as_deref().and_then(RonDbVersion::parse) {
-                let ph = v.role.phase();
-                lo.entry(ph)
-                    .and_modify(|x| *x = (*x).min(ver))
-                    .or_insert(ver);
-                hi.entry(ph)
-                    .and_modify(|x| *x = (*x).max(ver))
-                    .or_insert(ver);
+                let ph = usize::from(v.role.phase());
+                lo[ph] = Some(lo[ph].map_or(ver, |x| x.min(ver)));
+                hi[ph] = Some(hi[ph].map_or(ver, |x| x.max(ver)));
             }
         }
-        for (pi, low) in &lo {
-            for (pj, high) in &hi {
+        let phases =
+            |m: [Option<RonDbVersion>; 4]| (0u8..).zip(m).filter_map(|(ph, v)| v.map(|v| (ph, v)));
+        for (pi, low) in phases(lo) {
+            for (pj, high) in phases(hi) {
                 if pi < pj && low < high {
                     bad.push(format!(
                         "rule 3: phase {pj} runs {high} while phase {pi} still runs {low}"
@@ -163,8 +165,7 @@ impl InvariantChecker {
         }
         // Rule 5: node ids in range, each data-node VM holds at most one slot of its group.
         for v in s.vms.values() {
-            let held: Vec<&crate::model::Slot> =
-                held.get(v.name.as_str()).cloned().unwrap_or_default();
+            let held = slots_of(&held, &v.name);
             let max = match v.role {
                 Role::Mysqld => d.num_mysqld_slots_per_vm as usize,
                 Role::Api => d.num_api_slots_per_vm as usize,
@@ -177,7 +178,7 @@ impl InvariantChecker {
                     held.len()
                 ));
             }
-            for x in held {
+            for &(_, x) in held {
                 if x.kind != v.role
                     || x.node_group != v.node_group
                     || x.node_id == 0
@@ -194,6 +195,13 @@ impl InvariantChecker {
             self.violations.push(format!("after {}: {b}", describe(ev)));
         }
     }
+}
+
+/// The active slots bound to `vm`, from the slots sorted by host.
+fn slots_of<'b, 's>(held: &'b [(&'s str, &'s Slot)], vm: &str) -> &'b [(&'s str, &'s Slot)] {
+    let lo = held.partition_point(|(h, _)| *h < vm);
+    let hi = lo + held[lo..].partition_point(|(h, _)| *h == vm);
+    &held[lo..hi]
 }
 
 /// Rule 6, checked once the desired state is reached: replicas of a node group sit in

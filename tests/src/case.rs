@@ -104,6 +104,12 @@ fn merge(base: &mut Value, patch: &Value) {
 
 /// Runs a case; `Err` says which step failed and why, with every safety-rule violation.
 pub fn run_case(case: &Case) -> Result<(), String> {
+    run_case_with(case, &mut |_, _| {})
+}
+
+/// [`run_case`], showing every step's report to `seen` (step index, report), so that two
+/// builds can be compared decision by decision.
+pub fn run_case_with(case: &Case, seen: &mut dyn FnMut(usize, &StepReport)) -> Result<(), String> {
     {
         let opts = SimOptions {
             seed: case.seed,
@@ -130,7 +136,8 @@ pub fn run_case(case: &Case) -> Result<(), String> {
                     let mut next = doc.clone();
                     merge(&mut next, desired);
                     // Cases are JSON already; the JSONC parser is tested on its own.
-                    let d: DesiredState = serde_json::from_value(next.clone())
+                    // Read from a borrow: the document is kept for the next step's patch.
+                    let d = DesiredState::deserialize(&next)
                         .map_err(|e| format!("step {i}: desired state does not parse: {e}"))?;
                     let report = sim.submit(d);
                     let want = expect.as_deref().unwrap_or("AT_DESIRED_STATE");
@@ -233,6 +240,7 @@ pub fn run_case(case: &Case) -> Result<(), String> {
                     report
                 }
             };
+            seen(i, &report);
             if !report.invariant_violations.is_empty() {
                 return Err(format!(
                     "step {i}: safety rules broken:\n  {}",

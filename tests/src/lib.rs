@@ -4,4 +4,4 @@
 pub mod case;
 pub mod generator;
 
-pub use case::{run_case, Case, Step};
+pub use case::{run_case, run_case_with, Case, Step};

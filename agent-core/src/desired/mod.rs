@@ -280,22 +280,30 @@ pub struct RonDbVersion(pub u32, pub u32, pub u32);
 impl RonDbVersion {
     /// Parses `X.Y.Z` (three non-negative integers); `None` for anything else.
     pub fn parse(s: &str) -> Option<Self> {
-        let mut parts = s.split('.');
-        let a = parse_num(parts.next()?)?;
-        let b = parse_num(parts.next()?)?;
-        let c = parse_num(parts.next()?)?;
-        if parts.next().is_some() {
+        // One pass over the bytes: the planner and the safety rules parse every VM's version
+        // each round. Each part is 1 to 9 ASCII digits, so it always fits a u32.
+        let mut parts = [0u32; 3];
+        let mut i = 0;
+        let mut len = 0;
+        for c in s.bytes() {
+            if c == b'.' {
+                if len == 0 || i == 2 {
+                    return None;
+                }
+                i += 1;
+                len = 0;
+            } else if c.is_ascii_digit() && len < 9 {
+                parts[i] = parts[i] * 10 + u32::from(c - b'0');
+                len += 1;
+            } else {
+                return None;
+            }
+        }
+        if i != 2 || len == 0 {
             return None;
         }
-        Some(RonDbVersion(a, b, c))
+        Some(RonDbVersion(parts[0], parts[1], parts[2]))
     }
-}
-
-fn parse_num(s: &str) -> Option<u32> {
-    if s.is_empty() || s.len() > 9 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
 }
 
 impl fmt::Display for RonDbVersion {

@@ -791,3 +791,50 @@ proptest! {
         }
     }
 }
+
+/// The one-pass version parser accepts exactly what `split('.')` and `str::parse` did.
+#[test]
+fn version_parser_agrees_with_split_and_parse() {
+    fn reference(s: &str) -> Option<RonDbVersion> {
+        let num = |p: &str| {
+            if p.is_empty() || p.len() > 9 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            p.parse::<u32>().ok()
+        };
+        let mut parts = s.split('.');
+        let a = num(parts.next()?)?;
+        let b = num(parts.next()?)?;
+        let c = num(parts.next()?)?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(RonDbVersion(a, b, c))
+    }
+    for s in [
+        "",
+        ".",
+        "..",
+        "1",
+        "1.2",
+        "1.2.3",
+        "1.2.3.",
+        ".1.2.3",
+        "1..3",
+        "01.002.0003",
+        "22.10.1",
+        "24.10.0-rc",
+        "+1.2.3",
+        "1.2.-3",
+        "1.2. 3",
+        "999999999.0.0",
+        "1000000000.0.0",
+        "1.2.3.4",
+        "a.b.c",
+        "1.2.3a",
+        "١.2.3",
+        "4294967295.1.1",
+    ] {
+        assert_eq!(RonDbVersion::parse(s), reference(s), "{s:?}");
+    }
+}

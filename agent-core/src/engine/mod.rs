@@ -120,6 +120,10 @@ pub struct Engine {
     /// When this leader first saw each VM that is down. Not replicated: a new leader
     /// waits a whole grace period again, which errs on the side of keeping data.
     down_since: BTreeMap<String, Duration>,
+    /// The planner proposed nothing for the state as it is now: planning again before an
+    /// event changes it would propose nothing again (the planner is a pure function of the
+    /// state), so periodic observations that find nothing new skip it.
+    planned_nothing: bool,
     out: Vec<Command>,
 }
 
@@ -138,6 +142,7 @@ impl Engine {
             deadline: None,
             asked_wake: None,
             down_since: BTreeMap::new(),
+            planned_nothing: false,
             out: Vec::new(),
         }
     }
@@ -188,6 +193,7 @@ impl Engine {
         for ev in &events {
             self.state.apply(ev);
         }
+        self.planned_nothing = false;
         self.out.push(Command::Append(events));
     }
 
@@ -397,7 +403,7 @@ impl Engine {
             // Planning waits for the observation asked for (after a failure, or periodic).
             return;
         }
-        let Some(d) = self.state.accepted.clone() else {
+        let Some(d) = self.state.accepted.as_ref() else {
             return;
         };
         if self.started > self.policy.max_actions() && self.give_up.is_none() {
@@ -407,20 +413,28 @@ impl Engine {
             ));
         }
         if self.give_up.is_none() {
-            let mut batch = Vec::new();
-            let mut runs = Vec::new();
-            for kind in plan(&d, &self.state) {
-                let action = Action {
-                    op_id: self.state.next_op_id,
-                    kind,
-                };
+            let kinds = if self.planned_nothing {
+                Vec::new()
+            } else {
+                plan(d, &self.state)
+            };
+            self.planned_nothing = kinds.is_empty();
+            let mut batch = Vec::with_capacity(kinds.len());
+            let mut runs = Vec::with_capacity(kinds.len());
+            // Every call is prepared from the state before the batch starts: starting an
+            // action changes only what is in flight and the id counters, which no call
+            // reads, so the desired state need not be copied out of the state to apply the
+            // starts one by one.
+            for (op_id, kind) in (self.state.next_op_id..).zip(kinds) {
+                let action = Action { op_id, kind };
                 self.started += 1;
                 info!(op_id = action.op_id, desired_id = d.id, "start {action}");
-                let call = prepare(&d, &self.state, &action);
-                let ev = Event::ActionStarted(action.clone());
-                self.state.apply(&ev);
-                batch.push(ev);
+                let call = prepare(d, &self.state, &action);
+                batch.push(Event::ActionStarted(action.clone()));
                 runs.push(Command::Run { action, call });
+            }
+            for ev in &batch {
+                self.state.apply(ev);
             }
             // Journaled (one entry) before any of them runs, so a new leader knows what may
             // have started.
@@ -436,14 +450,15 @@ impl Engine {
 
     /// The reconciliation ends: report where it got, then take the pending desired state.
     fn finish(&mut self, now: Duration) {
-        let Some(d) = self.state.accepted.clone() else {
+        let Some(d) = self.state.accepted.as_ref() else {
             self.phase = Phase::Idle;
             return;
         };
+        let desired_id = d.id;
         let (state, error) = match self.give_up.take() {
             Some(e) => (ReconciliationState::ERROR_STATE, Some(e)),
             None => {
-                let left = diff(&d, &self.state);
+                let left = diff(d, &self.state);
                 if left.is_empty() {
                     (ReconciliationState::AT_DESIRED_STATE, None)
                 } else {
@@ -459,8 +474,8 @@ impl Engine {
             }
         };
         match &error {
-            Some(e) => warn!(desired_id = d.id, error = %e, "reconciliation failed"),
-            None => info!(desired_id = d.id, "at desired state"),
+            Some(e) => warn!(desired_id, error = %e, "reconciliation failed"),
+            None => info!(desired_id, "at desired state"),
         }
         self.record(vec![Event::ReconciliationChanged {
             state,
@@ -522,7 +537,7 @@ impl Engine {
 
     /// Records one result; false if it was not in flight.
     fn on_action_done(&mut self, op_id: u64, result: Result<Outcome, BackendError>) -> bool {
-        let Some(action) = self.state.in_flight.get(&op_id).cloned() else {
+        let Some(action) = self.state.in_flight.get(&op_id) else {
             // Not in flight (answered twice, or from before a restart): already recorded.
             return false;
         };
@@ -533,6 +548,8 @@ impl Engine {
                 self.record(vec![Event::ActionSucceeded { op_id, outcome }]);
             }
             Err(e) => {
+                // Copied only here: the policy judges the failure after it is recorded.
+                let action = action.clone();
                 let drift = e.is_drift();
                 warn!(op_id, ?desired_id, error = %e, "failed {action}");
                 self.record(vec![Event::ActionFailed {

@@ -17,14 +17,6 @@ pub struct ConfigFile {
 /// Directory layout on every VM.
 pub const RONDB_HOME: &str = "/srv/rondb";
 
-fn host_of(s: &ClusterState, host: &Option<String>, external: bool) -> Option<String> {
-    match host {
-        Some(h) if external => Some(h.clone()),
-        Some(h) => s.vms.get(h).map(|v| v.address.clone()),
-        None => None,
-    }
-}
-
 /// The cluster configuration the management servers serve.
 pub fn render_config_ini(d: &DesiredState, s: &ClusterState) -> String {
     let mut out = String::with_capacity(64 * s.slots.len() + 512);
@@ -50,7 +42,7 @@ pub fn render_config_ini(d: &DesiredState, s: &ClusterState) -> String {
             let _ = writeln!(out, "NodeGroup={ng}");
         }
         // Inactive slots without a host keep no HostName: RonDB ignores them until ACTIVATE.
-        if let Some(h) = host_of(s, &slot.host, slot.external) {
+        if let Some(h) = host_str(s, &slot.host, slot.external) {
             let _ = writeln!(out, "HostName={h}");
         }
         if slot.kind == Role::Mgmd {
@@ -117,12 +109,21 @@ pub fn files_for(d: &DesiredState, s: &ClusterState, vm: &Vm, config_ini: &str) 
 /// A fingerprint of what a VM's files are made of (the same inputs the renderers use), so
 /// the planner can tell whether a VM's files are current without rendering them.
 pub fn config_fingerprint(d: &DesiredState, s: &ClusterState, vm: &Vm) -> u64 {
+    config_fingerprint_with(d, s, vm, &mut None)
+}
+
+/// [`config_fingerprint`] with the management servers' addresses kept in `mgmd` between
+/// calls: they are the same for every MySQLd and API VM of one state, and listing them
+/// allocates.
+pub fn config_fingerprint_with(
+    d: &DesiredState,
+    s: &ClusterState,
+    vm: &Vm,
+    mgmd: &mut Option<Vec<String>>,
+) -> u64 {
     let mut h = Fnv(0xcbf2_9ce4_8422_2325);
     h.write(vm.role.as_str().as_bytes());
     h.write_u32(d.default_mgmd_port);
-    let addr = |host: &Option<String>, external: bool| -> String {
-        host_of(s, host, external).unwrap_or_default()
-    };
     match vm.role {
         Role::Mgmd => {
             h.write_u32(d.max_replication_factor);
@@ -131,13 +132,16 @@ pub fn config_fingerprint(d: &DesiredState, s: &ClusterState, vm: &Vm) -> u64 {
             for x in s.slots.values() {
                 h.write_u32(x.node_id);
                 h.write_u8(u8::from(x.active));
-                h.write(addr(&x.host, x.external).as_bytes());
+                // One write per address, as the words of the hash depend on where writes
+                // split.
+                h.write(host_str(s, &x.host, x.external).unwrap_or("").as_bytes());
                 h.write_u8(0);
             }
         }
         Role::Mysqld | Role::Api => {
             h.write_u32(d.default_mysqld_port);
-            for m in s.mgmd_addresses(d.default_mgmd_port) {
+            let addrs = mgmd.get_or_insert_with(|| s.mgmd_addresses(d.default_mgmd_port));
+            for m in addrs.iter() {
                 h.write(m.as_bytes());
                 h.write_u8(0);
             }
@@ -150,6 +154,16 @@ pub fn config_fingerprint(d: &DesiredState, s: &ClusterState, vm: &Vm) -> u64 {
         Role::Ndbd | Role::Bootstrap => {}
     }
     h.finish()
+}
+
+/// The address a slot's host resolves to: the host itself for an external node, the VM's
+/// address for a managed one.
+fn host_str<'a>(s: &'a ClusterState, host: &'a Option<String>, external: bool) -> Option<&'a str> {
+    match host {
+        Some(h) if external => Some(h.as_str()),
+        Some(h) => s.vms.get(h).map(|v| v.address.as_str()),
+        None => None,
+    }
 }
 
 struct Fnv(u64);

@@ -113,7 +113,10 @@ impl ClusterState {
             }
             Event::ActionSucceeded { op_id, outcome } => {
                 if let Some(a) = self.in_flight.remove(op_id) {
-                    self.failures.remove(&a.kind.retry_key());
+                    // The key is formatted only when there is a failure it could clear.
+                    if !self.failures.is_empty() {
+                        self.failures.remove(&a.kind.retry_key());
+                    }
                     self.completed_actions += 1;
                     self.apply_success(&a.kind, outcome);
                 }
@@ -125,7 +128,9 @@ impl ClusterState {
             } => {
                 if let Some(a) = self.in_flight.remove(op_id) {
                     if *drift {
-                        self.failures.remove(&a.kind.retry_key());
+                        if !self.failures.is_empty() {
+                            self.failures.remove(&a.kind.retry_key());
+                        }
                     } else {
                         *self.failures.entry(a.kind.retry_key()).or_insert(0) += 1;
                     }

@@ -3,7 +3,7 @@
 //! reconciliation is stuck and the text says why.
 
 use crate::desired::{DesiredState, VmType};
-use crate::model::{config_fingerprint, machine_spec, target_vms, ClusterState, Role};
+use crate::model::{config_fingerprint_with, machine_spec, target_vms, ClusterState, Role};
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -242,6 +242,7 @@ pub fn diff(d: &DesiredState, s: &ClusterState) -> Vec<Difference> {
             out.push(Difference::SlotWithoutVm { node_id: x.node_id });
         }
     }
+    let mut mgmd_addresses = None;
     for v in s.vms.values() {
         let (t, st) = machine_spec(d, v.role);
         if v.vm_type != t || v.storage_gib != st || !d.availability_zones.contains(&v.zone) {
@@ -264,7 +265,7 @@ pub fn diff(d: &DesiredState, s: &ClusterState) -> Vec<Difference> {
             });
         }
         if matches!(v.role, Role::Mgmd | Role::Mysqld | Role::Api)
-            && v.config_hash != Some(config_fingerprint(d, s, v))
+            && v.config_hash != Some(config_fingerprint_with(d, s, v, &mut mgmd_addresses))
         {
             out.push(Difference::ConfigOutdated { vm: v.name.clone() });
         }

@@ -20,7 +20,7 @@ pub use diff::{diff, Difference};
 
 use crate::actions::{ActionKind, Subject};
 use crate::desired::{DesiredState, RonDbVersion, VmType};
-use crate::model::{config_fingerprint, machine_spec, target_vms, ClusterState, Role, Vm};
+use crate::model::{config_fingerprint_with, machine_spec, target_vms, ClusterState, Role, Vm};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Node group `g` held data once and no VM of it runs a data node or keeps its file
@@ -50,6 +50,7 @@ pub(crate) struct Planner<'a> {
     pub d: &'a DesiredState,
     pub s: &'a ClusterState,
     pub proposals: Vec<ActionKind>,
+    /// Slots and backups held; held VMs are in `locked_vms` alone.
     locked: BTreeSet<Subject>,
     locked_vms: BTreeSet<String>,
     /// VMs whose RonDB program is stopping, starting or being removed (in flight or proposed).
@@ -62,9 +63,11 @@ pub(crate) struct Planner<'a> {
     pub backup_active: bool,
     pub slot_change_active: bool,
     config_hashes: BTreeMap<String, u64>,
+    /// The management servers' addresses, listed once per round for the fingerprints.
+    mgmd_addresses: Option<Vec<String>>,
     mgmd_version: Option<String>,
     /// Active slots per VM, computed once per round (the hot path of every budget check).
-    held: BTreeMap<String, Vec<u32>>,
+    held: BTreeMap<&'a str, Vec<u32>>,
 }
 
 impl<'a> Planner<'a> {
@@ -82,12 +85,13 @@ impl<'a> Planner<'a> {
             backup_active: false,
             slot_change_active: false,
             config_hashes: BTreeMap::new(),
+            mgmd_addresses: None,
             mgmd_version: None,
             held: BTreeMap::new(),
         };
         for slot in s.slots.values().filter(|x| x.active && !x.external) {
             if let Some(h) = &slot.host {
-                p.held.entry(h.clone()).or_default().push(slot.node_id);
+                p.held.entry(h.as_str()).or_default().push(slot.node_id);
             }
         }
         for a in s.in_flight.values() {
@@ -97,10 +101,12 @@ impl<'a> Planner<'a> {
     }
 
     fn note(&mut self, k: &ActionKind) {
-        for sub in k.subjects() {
-            if let Subject::Vm(v) = &sub {
-                self.locked_vms.insert(v.clone());
+        if let Some(vm) = k.held_vm() {
+            if !self.locked_vms.contains(vm) {
+                self.locked_vms.insert(vm.to_string());
             }
+        }
+        if let Some(sub) = k.held_item() {
             self.locked.insert(sub);
         }
         use ActionKind::*;
@@ -137,7 +143,9 @@ impl<'a> Planner<'a> {
 
     /// Proposes an action unless something it needs is held by another action.
     pub fn propose(&mut self, k: ActionKind) -> bool {
-        if k.subjects().iter().any(|s| self.locked.contains(s)) {
+        // The subjects of `k`, looked up without building them.
+        let vm_held = k.held_vm().is_some_and(|vm| self.locked_vms.contains(vm));
+        if vm_held || k.held_item().is_some_and(|sub| self.locked.contains(&sub)) {
             return false;
         }
         // Nothing runs on a VM that is down until it is started again.
@@ -347,7 +355,7 @@ impl<'a> Planner<'a> {
         if let Some(h) = self.config_hashes.get(key) {
             return *h;
         }
-        let h = config_fingerprint(self.d, self.s, vm);
+        let h = config_fingerprint_with(self.d, self.s, vm, &mut self.mgmd_addresses);
         self.config_hashes.insert(key.to_string(), h);
         h
     }
