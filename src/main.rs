@@ -66,6 +66,10 @@ enum Command {
         /// Probability, per action, that a VM whose loss the cluster survives disappears.
         #[arg(long, default_value_t = 0.0)]
         vm_loss_rate: f64,
+        /// Probability, per action, that a VM stops (down, disks kept) until the agents start
+        /// it again.
+        #[arg(long, default_value_t = 0.0)]
+        vm_down_rate: f64,
         /// Simulates the agents' Raft log too: the leader hands over before its own VM goes,
         /// dies with its VM, and loses its leadership at each write with this probability.
         #[arg(long)]
@@ -208,6 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             seed,
             fault_rate,
             vm_loss_rate,
+            vm_down_rate,
             leader_change_rate,
             existing_backup,
             max_attempts,
@@ -226,11 +231,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => agent_core::cost::CostModel::default(),
             };
-            if [fault_rate, vm_loss_rate, leader_change_rate.unwrap_or(0.0)]
-                .iter()
-                .any(|p| !(0.0..=1.0).contains(p))
+            if [
+                fault_rate,
+                vm_loss_rate,
+                vm_down_rate,
+                leader_change_rate.unwrap_or(0.0),
+            ]
+            .iter()
+            .any(|p| !(0.0..=1.0).contains(p))
             {
-                anyhow::bail!("--fault-rate, --vm-loss-rate and --leader-change-rate are probabilities between 0 and 1");
+                anyhow::bail!("--fault-rate, --vm-loss-rate, --vm-down-rate and --leader-change-rate are probabilities between 0 and 1");
             }
             let opts = ndb_agent::simulation::SimOptions {
                 seed,
@@ -238,6 +248,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     action_failure_rate: fault_rate,
                     vm_loss_rate,
                     process_death_rate: 0.0,
+                    vm_down_rate,
                 },
                 existing_backups: existing_backup,
                 max_attempts,

@@ -34,6 +34,9 @@ pub struct FaultConfig {
     pub vm_loss_rate: f64,
     /// A RonDB program whose loss the cluster survives dies.
     pub process_death_rate: f64,
+    /// A VM stops (a host reboot): listed but down, its disks kept, until the agents start
+    /// it again.
+    pub vm_down_rate: f64,
 }
 
 /// A RonDB program running on a VM.
@@ -84,6 +87,8 @@ pub struct World {
     pub faults: FaultConfig,
     pub cost: CostModel,
     pub lost_vms: Vec<String>,
+    /// VMs the faults stopped (down, not gone).
+    pub stopped_vms: Vec<String>,
     pub killed_programs: Vec<String>,
     /// VMs whose program is being stopped right now: not counted as a live peer when
     /// choosing a survivable fault.
@@ -135,6 +140,7 @@ impl World {
             faults,
             cost,
             lost_vms: Vec::new(),
+            stopped_vms: Vec::new(),
             killed_programs: Vec::new(),
             stopping: BTreeSet::new(),
             exiting: BTreeMap::new(),
@@ -160,6 +166,20 @@ impl World {
             if !candidates.is_empty() {
                 let i = self.rng.random_range(0..candidates.len());
                 self.lose_vm(&candidates[i]);
+            }
+        }
+        if self.faults.vm_down_rate > 0.0 && self.rng.random_bool(self.faults.vm_down_rate.min(1.0))
+        {
+            let candidates: Vec<String> = self
+                .survivable(true)
+                .into_iter()
+                .filter(|n| !self.is_down(n))
+                .collect();
+            if !candidates.is_empty() {
+                let i = self.rng.random_range(0..candidates.len());
+                let name = candidates[i].clone();
+                self.take_down(&name);
+                self.stopped_vms.push(name);
             }
         }
         if self.faults.process_death_rate > 0.0

@@ -22,6 +22,9 @@ pub struct Case {
     pub vm_loss_rate: f64,
     #[serde(default)]
     pub process_death_rate: f64,
+    /// VMs stopped (down, disks kept) per action: the agents must start them again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub vm_down_rate: f64,
     #[serde(default)]
     pub existing_backups: Vec<u64>,
     #[serde(default = "three")]
@@ -32,6 +35,10 @@ pub struct Case {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader_change_rate: Option<f64>,
     pub steps: Vec<Step>,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 fn one() -> u64 {
@@ -117,6 +124,7 @@ pub fn run_case_with(case: &Case, seen: &mut dyn FnMut(usize, &StepReport)) -> R
                 action_failure_rate: case.fault_rate,
                 vm_loss_rate: case.vm_loss_rate,
                 process_death_rate: case.process_death_rate,
+                vm_down_rate: case.vm_down_rate,
             },
             existing_backups: case.existing_backups.clone(),
             max_attempts: case.max_attempts,

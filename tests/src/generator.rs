@@ -204,6 +204,11 @@ pub fn case_with(seed: u64, faults: bool, leader_changes: bool) -> Case {
         max_attempts: if faults { 25 } else { 3 },
         // Drawn last, so the desired states and faults of a seed stay what they were.
         leader_change_rate: leader_changes.then(|| rng.random_range(0.002..0.05)),
+        vm_down_rate: if faults {
+            rng.random_range(0.0..0.02)
+        } else {
+            0.0
+        },
         steps: states
             .into_iter()
             .map(|d| Step::Submit {

@@ -1,5 +1,5 @@
 //! Generative tests: random sequences of valid desired states from random starting points,
-//! with and without transient faults and VM loss, with one leader or a leader that moves. After every event the safety rules hold;
+//! with and without transient faults, VM loss and VMs that stop (down, started again), with one leader or a leader that moves. After every event the safety rules hold;
 //! after every desired state the outcome is `AT_DESIRED_STATE` and the cluster matches it.
 //!
 //! CI runs 4,000 transitions per test (at least 2,000 are required); `GENERATIVE_TRANSITIONS=N` raises it. A failing case
