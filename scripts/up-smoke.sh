@@ -2,7 +2,9 @@
 # Runs the README's main job for real and checks it: `ndb-agent up` on the example desired
 # state (local provider: every VM an agent process; dummy runtime), waits for
 # AT_DESIRED_STATE, then applies the live operations of compose/examples/ one by one through
-# the HTTP API and waits for each. Cleans up every agent it started, also on failure.
+# the HTTP API and waits for each; then stops every agent (`ndb-agent down`, as a reboot would)
+# and runs the same `up` again: the same cluster (same VMs) must come back at the last
+# desired state. Cleans up every agent it started, also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked -q
@@ -48,3 +50,18 @@ for f in compose/examples/*.jsonc; do
   printf '== up: %s (desired state %s) reached in %.1f s\n' "$f" "$id" "$(echo "$(date +%s.%N) - $t0" | bc)"
 done
 "$BIN" status --endpoint "$EP"
+
+# Everything stopped at once, then the same command again: the same cluster resumes.
+vms() { "$BIN" status --endpoint "$EP" --json | python3 -c 'import json,sys; print(" ".join(sorted(v["name"] for v in json.load(sys.stdin)["vms"])))'; }
+before=$(vms)
+kill "$UP_PID" 2>/dev/null || true
+wait "$UP_PID" 2>/dev/null || true
+"$BIN" down --data-dir "$DIR/data"
+t0=$(date +%s.%N)
+"$BIN" up --desired-state compose/desired_state.jsonc --data-dir "$DIR/data" --http "$EP" >>"$DIR/up.log" 2>&1 &
+UP_PID=$!
+wait_for "$id"
+after=$(vms)
+[ "$before" = "$after" ] || { echo "a different cluster came back: before [$before], after [$after]" >&2; exit 1; }
+grep -q "resuming the existing cluster" "$DIR/up.log" || { echo "up did not say it resumed the cluster" >&2; tail -20 "$DIR/up.log" >&2; exit 1; }
+printf '== up: every agent stopped, the same `up` resumed the same cluster (desired state %s, VMs %s) in %.1f s\n' "$id" "$after" "$(echo "$(date +%s.%N) - $t0" | bc)"
