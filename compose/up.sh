@@ -3,7 +3,9 @@
 # then starts the bootstrap agent and the artifact server with docker-compose. The bootstrap
 # agent applies DESIRED_STATE_FILE (default compose/desired_state.jsonc) and follows every
 # saved edit of it. `docker logs -f bootstrap_agent` shows the progress; the HTTP API is on
-# 127.0.0.1:${NDB_AGENT_HTTP_PORT:-8181}; compose/down.sh removes everything.
+# 127.0.0.1:${NDB_AGENT_HTTP_PORT:-8181}; compose/down.sh removes everything. Run again after
+# a host restart: the bootstrap agent starts every stopped VM container and the same cluster
+# resumes (every container has a fixed address on the network).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 FILE=${1:-$HERE/desired_state.jsonc}
@@ -19,5 +21,6 @@ The bootstrap agent follows $FILE: edit and save it (raise "Id" each time).
   status:    curl -s http://127.0.0.1:${NDB_AGENT_HTTP_PORT:-8181}/status
              (or: target/release/ndb-agent status --endpoint 127.0.0.1:${NDB_AGENT_HTTP_PORT:-8181})
   VMs:       docker ps --filter label=managed-rondb.cluster=managed-rondb
+  restart:   after a host restart (containers stopped), run $0 again: the same cluster resumes
   remove:    $HERE/down.sh
 MSG

@@ -643,7 +643,12 @@ pub fn status_command(endpoint: &str, json: bool) -> anyhow::Result<std::process
             v.name.clone(),
             v.role.clone(),
             v.zone.clone(),
-            if v.running { "running" } else { "stopped" }.to_string(),
+            match (v.down, v.running) {
+                (true, _) => "VM down",
+                (false, true) => "running",
+                (false, false) => "stopped",
+            }
+            .to_string(),
         ]);
     }
     println!("\n{agents}\n\n{vms}");

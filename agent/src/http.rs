@@ -66,7 +66,11 @@ pub struct VmEntry {
     pub name: String,
     pub role: String,
     pub zone: String,
+    /// Its RonDB program runs.
     pub running: bool,
+    /// The machine itself is down (stopped, its agent dead): it is being started again.
+    #[serde(default)]
+    pub down: bool,
 }
 
 fn error(code: StatusCode, msg: impl Into<String>) -> Response {
@@ -126,6 +130,7 @@ pub fn build_status(shared: &AgentShared) -> Option<Status> {
                 role: format!("{:?}", v.role).to_lowercase(),
                 zone: v.zone.clone(),
                 running: v.running,
+                down: v.down,
             })
             .collect(),
         actions_in_flight: c.in_flight.len(),

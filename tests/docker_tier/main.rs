@@ -243,17 +243,34 @@ impl Cluster {
         );
     }
 
+    /// Submits desired state `s`; a 503 (no leader right now, or leadership moving while
+    /// it was recorded) is retried for up to 30 s, as the API asks every client to.
     fn apply(&self, s: &Spec) {
         let body = render(s, &self.name);
-        let st = self.status().expect("a live agent");
-        let addr = st
-            .agents
-            .iter()
-            .find(|a| a.vm == st.answered_by)
-            .map(|a| a.http_addr.clone())
-            .unwrap();
-        let (code, body) = self.agents.put_desired(&addr, &body);
-        assert_eq!(code, 202, "desired state {} refused: {body}", s.id);
+        let t = Instant::now();
+        let mut retried = false;
+        loop {
+            let st = self.status().expect("a live agent");
+            if retried && (st.accepted_id == Some(s.id) || st.pending_id == Some(s.id)) {
+                // The attempt that answered 503 was recorded after all.
+                return;
+            }
+            let addr = st
+                .agents
+                .iter()
+                .find(|a| a.vm == st.answered_by)
+                .map(|a| a.http_addr.clone())
+                .unwrap();
+            let (code, answer) = self.agents.put_desired(&addr, &body);
+            if code == 503 && t.elapsed() < Duration::from_secs(30) {
+                eprintln!("  desired state {}: {answer}; retrying", s.id);
+                std::thread::sleep(Duration::from_millis(500));
+                retried = true;
+                continue;
+            }
+            assert_eq!(code, 202, "desired state {} refused: {answer}", s.id);
+            return;
+        }
     }
 
     fn agent_versions(&self) -> Vec<String> {
