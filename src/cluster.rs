@@ -415,8 +415,21 @@ async fn resume_vms(provider: Arc<dyn CloudProvider>) {
 async fn follow(file: &Path, endpoint: &str) -> anyhow::Result<()> {
     use notify::Watcher;
     let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
+    let name = file.file_name().map(|n| n.to_os_string());
     let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
-        if e.is_ok() {
+        // Only a change of this file counts. Reading it (an access event) must not: every
+        // look reads the file, and would wake the next one at once.
+        let Ok(e) = e else { return };
+        let changes = match e.kind {
+            notify::EventKind::Create(_) | notify::EventKind::Remove(_) => true,
+            notify::EventKind::Modify(m) => !matches!(m, notify::event::ModifyKind::Metadata(_)),
+            _ => false,
+        };
+        let ours = e
+            .paths
+            .iter()
+            .any(|p| p.file_name().map(|n| n.to_os_string()) == name);
+        if changes && ours {
             let _ = tx.send(());
         }
     })

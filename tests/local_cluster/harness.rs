@@ -97,6 +97,24 @@ impl LocalCluster {
         }
     }
 
+    /// CPU seconds `ndb-agent up` (the bootstrap agent and the file follower) has used.
+    pub fn up_cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.up.id())).expect("stat");
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // utime and stime: fields 14 and 15 of stat, 12 and 13 after the command name.
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        let hz: f64 = Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0);
+        ticks / hz
+    }
+
     /// `ndb-agent up` again with the same arguments, on the same data directory.
     pub fn up_again(&mut self) {
         self.up = spawn_up(&self.bin, self.dir.path(), &self.http, self.delay_ms);

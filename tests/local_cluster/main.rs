@@ -308,6 +308,14 @@ fn a_whole_cluster_killed_at_once_resumes_with_one_up() {
     });
     let before = identity(&s);
     assert_eq!(before.1.len(), 8, "{:?}", before.1);
+    // At rest `up` waits: following the file must not wake itself by reading it.
+    let cpu = c.up_cpu_seconds();
+    std::thread::sleep(Duration::from_secs(3));
+    let used = c.up_cpu_seconds() - cpu;
+    assert!(
+        used < 0.6,
+        "`up` used {used:.2} CPU seconds in 3 s at rest: a busy loop"
+    );
 
     // 1. At rest.
     c.kill_everything();
