@@ -167,6 +167,24 @@ impl DockerProvider {
             .filter(|ip| !ip.is_empty()))
     }
 
+    /// Every container, running or stopped, matching one `docker ps` filter.
+    async fn containers(
+        &self,
+        filter: &str,
+        value: String,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, BackendError> {
+        let filters = HashMap::from([(filter.to_string(), vec![value])]);
+        self.docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| transient("docker ps", e))
+    }
+
     /// The lowest address of the network's subnet (from [`FIRST_VM_HOST`]) that no
     /// container on the network holds, running or stopped.
     async fn free_address(&self) -> Result<String, BackendError> {
@@ -191,17 +209,7 @@ impl DockerProvider {
                 self.cfg.network, self.cfg.network
             )));
         };
-        let filters = HashMap::from([("network".to_string(), vec![self.cfg.network.clone()])]);
-        let list = self
-            .docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::new()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(|e| transient("docker ps", e))?;
+        let list = self.containers("network", self.cfg.network.clone()).await?;
         let used: BTreeSet<u32> = list
             .iter()
             .filter_map(|c| {
@@ -455,20 +463,9 @@ impl CloudProvider for DockerProvider {
     }
 
     async fn list_vms(&self) -> Result<Vec<VmInfo>, BackendError> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("{LABEL_CLUSTER}={}", self.cfg.cluster)],
-        )]);
         let list = self
-            .docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::new()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(|e| transient("docker ps", e))?;
+            .containers("label", format!("{LABEL_CLUSTER}={}", self.cfg.cluster))
+            .await?;
         let mut out = Vec::new();
         for c in list {
             let labels = c.labels.clone().unwrap_or_default();

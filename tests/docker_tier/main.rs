@@ -125,7 +125,13 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
+    /// The cluster's running containers.
     fn list(&self) -> Vec<bollard::models::ContainerSummary> {
+        self.containers(false)
+    }
+
+    /// The cluster's containers; `all`: stopped ones too.
+    fn containers(&self, all: bool) -> Vec<bollard::models::ContainerSummary> {
         let filters = HashMap::from([(
             "label".to_string(),
             vec![format!("managed-rondb.cluster={}", self.name)],
@@ -134,7 +140,7 @@ impl Cluster {
             .block_on(
                 self.docker.list_containers(Some(
                     ListContainersOptionsBuilder::new()
-                        .all(false)
+                        .all(all)
                         .filters(&filters)
                         .build(),
                 )),
@@ -144,20 +150,7 @@ impl Cluster {
 
     /// Every container of the cluster, running or not: (name, id).
     fn all_containers(&self) -> Vec<(String, String)> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("managed-rondb.cluster={}", self.name)],
-        )]);
-        self.rt
-            .block_on(
-                self.docker.list_containers(Some(
-                    ListContainersOptionsBuilder::new()
-                        .all(true)
-                        .filters(&filters)
-                        .build(),
-                )),
-            )
-            .expect("docker ps -a")
+        self.containers(true)
             .into_iter()
             .map(|c| {
                 let name = c

@@ -27,6 +27,18 @@ fn roles_match(s: &agent::http::Status) -> bool {
         && count_role(s, "api") == 1
 }
 
+/// The VM directories of the data directory (the bootstrap agent's aside), sorted.
+fn vm_dirs(c: &LocalCluster) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(c.data_dir().join("vms"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n != "bootstrap")
+        .collect();
+    out.sort();
+    out
+}
+
 fn starts_in(dir: &Path) -> usize {
     std::fs::read_to_string(dir.join("runtime/calls.log"))
         .unwrap_or_default()
@@ -212,13 +224,7 @@ fn leader_failover_rejoin_and_wipe() {
     assert_eq!((after.accepted_id, after.pending_id), (Some(3), None));
 
     // No half-made VMs: the provider's VMs are exactly the cluster state's.
-    let mut on_disk: Vec<String> = std::fs::read_dir(c.data_dir().join("vms"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n != "bootstrap")
-        .collect();
-    on_disk.sort();
+    let on_disk = vm_dirs(&c);
     let mut in_state: Vec<String> = after.vms.iter().map(|v| v.name.clone()).collect();
     in_state.sort();
     assert_eq!(on_disk, in_state, "orphan or missing VM directories");
@@ -362,13 +368,7 @@ fn a_whole_cluster_killed_at_once_resumes_with_one_up() {
         assert!(n >= 2, "{} started {n} time(s)", v.name);
     }
     // No VM directory was created or moved: exactly the cluster's VMs (and the bootstrap).
-    let mut on_disk: Vec<String> = std::fs::read_dir(c.data_dir().join("vms"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n != "bootstrap")
-        .collect();
-    on_disk.sort();
+    let on_disk = vm_dirs(&c);
     assert_eq!(on_disk, before.1);
 }
 

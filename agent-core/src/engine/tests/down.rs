@@ -33,20 +33,7 @@ fn leading(grace: u64) -> (DesiredState, Engine) {
         a.vm_down_grace_seconds = grace;
     }
     let mut e = Engine::new(s, policy());
-    assert_eq!(
-        e.step(
-            secs(0),
-            Input::Leading {
-                vm: "mgmd-1".into()
-            }
-        ),
-        vec![
-            Command::Append(vec![Event::LeaderChanged {
-                vm: "mgmd-1".into()
-            }]),
-            Command::Observe
-        ]
-    );
+    leads(&mut e, secs(0), "mgmd-1");
     (d, e)
 }
 

@@ -9,20 +9,7 @@ fn a_new_leader_resumes_the_action_in_flight_under_its_operation_id() {
     let committed = old.state().clone();
     let action = committed.in_flight[&op].clone();
     let mut e = Engine::new(committed, policy());
-    assert_eq!(
-        e.step(
-            secs(40),
-            Input::Leading {
-                vm: "ndbd-0-2".into()
-            }
-        ),
-        vec![
-            Command::Append(vec![Event::LeaderChanged {
-                vm: "ndbd-0-2".into()
-            }]),
-            Command::Observe
-        ]
-    );
+    leads(&mut e, secs(40), "ndbd-0-2");
     let world = with_dead_program(e.state(), &mysqld_vm(e.state()));
     let call = prepare(&d, e.state(), &action);
     // Resumed, not started again: no new operation id; only the new leader's first look
@@ -79,20 +66,7 @@ fn a_leader_elected_again_records_itself_and_vouches_for_nothing_until_it_looked
     let mut e = Engine::new(s, policy());
     // After a whole-cluster restart the same agent may lead again: the state on record is
     // from before, so it is not vouched for until this leader has looked.
-    assert_eq!(
-        e.step(
-            secs(0),
-            Input::Leading {
-                vm: "mgmd-1".into()
-            }
-        ),
-        vec![
-            Command::Append(vec![Event::LeaderChanged {
-                vm: "mgmd-1".into()
-            }]),
-            Command::Observe
-        ]
-    );
+    leads(&mut e, secs(0), "mgmd-1");
     assert!(!e.state().world_seen);
     // A failed look vouches for nothing either.
     e.step(

@@ -96,25 +96,24 @@ pub(super) fn with_dead_program(s: &ClusterState, vm: &str) -> Observation {
     o
 }
 
+/// `e` is told it leads on `vm`: it records that (at every election, so the state on
+/// record is not vouched for until it looked) and asks to look at the world first.
+pub(super) fn leads(e: &mut Engine, at: Duration, vm: &str) {
+    assert_eq!(
+        e.step(at, Input::Leading { vm: vm.into() }),
+        vec![
+            Command::Append(vec![Event::LeaderChanged { vm: vm.into() }]),
+            Command::Observe
+        ]
+    );
+}
+
 /// An engine leading a settled cluster, resting after its first look at the world.
 pub(super) fn resting() -> (DesiredState, Engine) {
     let (d, s) = settled();
     let world = world_of(&s);
     let mut e = Engine::new(s, policy());
-    assert_eq!(
-        e.step(
-            secs(0),
-            Input::Leading {
-                vm: "mgmd-1".into()
-            }
-        ),
-        vec![
-            Command::Append(vec![Event::LeaderChanged {
-                vm: "mgmd-1".into()
-            }]),
-            Command::Observe
-        ]
-    );
+    leads(&mut e, secs(0), "mgmd-1");
     // The first look of a leader is recorded even when nothing changed: it vouches for the
     // state on record.
     assert_eq!(
