@@ -61,6 +61,10 @@ fn partial_start_timeout() -> Duration {
 pub async fn main(args: Vec<String>) -> i32 {
     let opts = match cli::parse(&args, OPTIONS) {
         Ok(o) => o,
+        Err(cli::CliError::Unknown(a)) => {
+            eprintln!("ERROR: Unknown option {a}");
+            return 1;
+        }
         Err(e) => {
             eprintln!("ERROR: {e}");
             return 1;

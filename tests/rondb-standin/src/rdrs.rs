@@ -145,12 +145,7 @@ pub fn settings(args: &[String]) -> Result<Option<Settings>, (i32, String)> {
                     i += 1;
                     v.clone()
                 }
-                None => {
-                    return Err((
-                        2,
-                        format!("flag needs an argument: -{name}\n{}", usage()),
-                    ))
-                }
+                None => return Err((2, format!("flag needs an argument: -{name}\n{}", usage()))),
             },
         };
         *slot = Some(v);
@@ -241,9 +236,10 @@ fn cluster_error(e: ClusterError) -> Response {
         ClusterError::NoSuchTable(_) | ClusterError::NoSuchDatabase(_) => {
             error(StatusCode::NOT_FOUND, e.to_string())
         }
-        ClusterError::ClusterFailure | ClusterError::Mgm(_) | ClusterError::NodeId(_) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, ClusterError::ClusterFailure.to_string())
-        }
+        ClusterError::ClusterFailure | ClusterError::Mgm(_) | ClusterError::NodeId(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ClusterError::ClusterFailure.to_string(),
+        ),
         other => error(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
     }
 }
@@ -256,7 +252,12 @@ async fn pk_read(
 ) -> Response {
     let req: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid request body: {e}"),
+            )
+        }
     };
     let Some(node) = st.node().await else {
         return cluster_error(ClusterError::ClusterFailure);

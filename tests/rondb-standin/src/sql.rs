@@ -1112,6 +1112,63 @@ mod tests {
         );
     }
 
+    /// Random statements built from SQL-ish fragments never panic the parser.
+    #[test]
+    fn survives_random_input() {
+        const PARTS: &[&str] = &[
+            "SELECT",
+            "INSERT",
+            "INTO",
+            "VALUES",
+            "(",
+            ")",
+            ",",
+            ";",
+            "'",
+            "`",
+            "\"",
+            "\\",
+            "1",
+            "-",
+            "@@",
+            ".",
+            "=",
+            "*",
+            "FROM",
+            "WHERE",
+            "t",
+            "k",
+            "CREATE",
+            "TABLE",
+            "BIGINT",
+            "VARCHAR(3)",
+            "PRIMARY KEY",
+            "ENGINE=NDB",
+            "/*",
+            "*/",
+            "--",
+            "\n",
+            "é",
+            "NULL",
+            "COUNT(*)",
+            "LIMIT",
+            " ",
+        ];
+        let mut x: u64 = 0x1234_5678;
+        for _ in 0..20_000 {
+            let mut q = String::new();
+            x = crate::transporter::mix(x);
+            for i in 0..(x % 12) {
+                let r = crate::transporter::mix(x ^ i);
+                q.push_str(PARTS[(r % PARTS.len() as u64) as usize]);
+                if r & 1 == 0 {
+                    q.push(' ');
+                }
+            }
+            let _ = parse(&q);
+        }
+    }
+
     #[test]
     fn bad_input_is_a_mysql_error_not_a_panic() {
         let e = parse("SELEC 1").unwrap_err();

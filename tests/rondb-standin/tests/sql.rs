@@ -1,6 +1,8 @@
 //! The stand-in `mysqld` and `rdrs2` against a stand-in cluster, through a real MySQL client
 //! library and HTTP: what a control plane's SQL and REST probes see, including 4009 when a
 //! node group has no started data node.
+// A test binary: in its helpers too, a failed unwrap is a failed test with its reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -34,20 +36,32 @@ fn initializes_and_refuses_as_mysqld_does() {
 
     let (code, out) = mysqld(&["--bogus"]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("mysqld: [ERROR] unknown option '--bogus'."), "{out}");
+    assert!(
+        out.contains("mysqld: [ERROR] unknown option '--bogus'."),
+        "{out}"
+    );
 
     let (code, out) = mysqld(&[&d, "--port=1"]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("[ERROR] [MY-010172] [Server] failed to set datadir"), "{out}");
+    assert!(
+        out.contains("[ERROR] [MY-010172] [Server] failed to set datadir"),
+        "{out}"
+    );
     std::fs::create_dir_all(&data).unwrap();
     let (code, out) = mysqld(&[&d, "--port=1"]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("Failed to find valid data directory."), "{out}");
+    assert!(
+        out.contains("Failed to find valid data directory."),
+        "{out}"
+    );
     std::fs::remove_dir(&data).unwrap();
 
     let (code, out) = mysqld(&["--initialize-insecure", &d]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("root@localhost is created with an empty password"), "{out}");
+    assert!(
+        out.contains("root@localhost is created with an empty password"),
+        "{out}"
+    );
     assert!(data.join("mysql").is_dir());
     let (code, out) = mysqld(&["--initialize-insecure", &d]);
     assert_eq!(code, 1, "{out}");
@@ -100,7 +114,10 @@ fn serves_sql_and_rest_against_a_cluster() {
 
     // mysqld as the control plane starts it: an option file plus a few command-line options.
     let data = c.path().join("mysqld");
-    let (rc, out) = mysqld(&["--initialize-insecure", &format!("--datadir={}", data.display())]);
+    let (rc, out) = mysqld(&[
+        "--initialize-insecure",
+        &format!("--datadir={}", data.display()),
+    ]);
     assert_eq!(rc, 0, "{out}");
     let cnf = c.path().join("my.cnf");
     let ip = c.ip(67);
@@ -118,10 +135,22 @@ fn serves_sql_and_rest_against_a_cluster() {
         &mut c,
         "mysqld",
         "mysqld",
-        &[format!("--defaults-file={}", cnf.display()), "--server-id=1".into()],
+        &[
+            format!("--defaults-file={}", cnf.display()),
+            "--server-id=1".into(),
+        ],
     );
-    wait_log(&c, "mysqld", "ready for connections", Duration::from_secs(60));
-    assert!(c.log("mysqld").contains("port: 3306  RonDB-"), "{}", c.log("mysqld"));
+    wait_log(
+        &c,
+        "mysqld",
+        "ready for connections",
+        Duration::from_secs(60),
+    );
+    assert!(
+        c.log("mysqld").contains("port: 3306  RonDB-"),
+        "{}",
+        c.log("mysqld")
+    );
 
     // rdrs2 with the control plane's command line.
     let rest = format!("{}:4406", c.ip(69));
@@ -143,26 +172,39 @@ fn serves_sql_and_rest_against_a_cluster() {
             .user(Some("root"))
             .prefer_socket(false);
         // Wrong credentials: 1045 as MySQL sends it.
-        let bad = Conn::new(opts.clone().pass(Some("secret"))).await.unwrap_err();
+        let bad = Conn::new(opts.clone().pass(Some("secret")))
+            .await
+            .unwrap_err();
         let (n, msg) = code(bad);
         assert_eq!(n, 1045, "{msg}");
         assert!(msg.starts_with("Access denied for user 'root'@"), "{msg}");
 
         let mut conn = Conn::new(opts.clone()).await.unwrap();
-        assert_eq!(conn.query_first::<i64, _>("SELECT 1").await.unwrap(), Some(1));
         assert_eq!(
-            conn.query_first::<String, _>("SELECT @@version").await.unwrap(),
+            conn.query_first::<i64, _>("SELECT 1").await.unwrap(),
+            Some(1)
+        );
+        assert_eq!(
+            conn.query_first::<String, _>("SELECT @@version")
+                .await
+                .unwrap(),
             Some("8.0.37".into())
         );
         let (n, msg) = code(conn.query_drop("SELEC 1").await.unwrap_err());
         assert_eq!(n, 1064, "{msg}");
-        let (n, _) = code(conn.query_drop("SELECT v FROM t WHERE k = 1").await.unwrap_err());
+        let (n, _) = code(
+            conn.query_drop("SELECT v FROM t WHERE k = 1")
+                .await
+                .unwrap_err(),
+        );
         assert_eq!(n, 1046);
 
         conn.query_drop("CREATE DATABASE shop").await.unwrap();
         let (n, _) = code(conn.query_drop("CREATE DATABASE shop").await.unwrap_err());
         assert_eq!(n, 1007);
-        conn.query_drop("CREATE DATABASE IF NOT EXISTS shop;").await.unwrap();
+        conn.query_drop("CREATE DATABASE IF NOT EXISTS shop;")
+            .await
+            .unwrap();
         let dbs: Vec<String> = conn.query("SHOW DATABASES").await.unwrap();
         assert!(dbs.contains(&"shop".to_string()), "{dbs:?}");
         let (n, _) = code(conn.query_drop("USE nowhere").await.unwrap_err());
@@ -194,34 +236,45 @@ fn serves_sql_and_rest_against_a_cluster() {
                     format!("({k},'item-{k}')")
                 })
                 .collect();
-            conn.query_drop(format!("INSERT INTO items (id, name) VALUES {}", values.join(",")))
-                .await
-                .unwrap();
+            conn.query_drop(format!(
+                "INSERT INTO items (id, name) VALUES {}",
+                values.join(",")
+            ))
+            .await
+            .unwrap();
             assert_eq!(conn.affected_rows(), 100);
         }
         assert_eq!(
-            conn.query_first::<i64, _>("SELECT COUNT(*) FROM items").await.unwrap(),
+            conn.query_first::<i64, _>("SELECT COUNT(*) FROM items")
+                .await
+                .unwrap(),
             Some(1000)
         );
         for k in [0, 1, 499, 999] {
             assert_eq!(
-                conn.query_first::<String, _>(format!("SELECT name FROM shop.items WHERE id = {k}"))
-                    .await
-                    .unwrap(),
+                conn.query_first::<String, _>(format!(
+                    "SELECT name FROM shop.items WHERE id = {k}"
+                ))
+                .await
+                .unwrap(),
                 Some(format!("item-{k}"))
             );
         }
         let all: Vec<(i64, String)> = conn.query("SELECT * FROM items").await.unwrap();
         assert_eq!(all.len(), 1000);
         assert_eq!(all[7], (7, "item-7".to_string()));
-        conn.query_drop("REPLACE INTO items VALUES (7, 'seven')").await.unwrap();
+        conn.query_drop("REPLACE INTO items VALUES (7, 'seven')")
+            .await
+            .unwrap();
         assert_eq!(
             conn.query_first::<(i64, String), _>("SELECT id, name FROM items WHERE id = 7")
                 .await
                 .unwrap(),
             Some((7, "seven".to_string()))
         );
-        conn.query_drop("DELETE FROM items WHERE id = 999").await.unwrap();
+        conn.query_drop("DELETE FROM items WHERE id = 999")
+            .await
+            .unwrap();
         assert_eq!(conn.affected_rows(), 1);
         assert_eq!(
             conn.query_first::<String, _>("SELECT name FROM items WHERE id = 999")
@@ -230,13 +283,18 @@ fn serves_sql_and_rest_against_a_cluster() {
             None
         );
         assert_eq!(
-            conn.query_first::<i64, _>("SELECT COUNT(*) FROM items").await.unwrap(),
+            conn.query_first::<i64, _>("SELECT COUNT(*) FROM items")
+                .await
+                .unwrap(),
             Some(999)
         );
         let (n, _) = code(
-            conn.query_drop(format!("INSERT INTO items VALUES (5000, '{}')", "x".repeat(33)))
-                .await
-                .unwrap_err(),
+            conn.query_drop(format!(
+                "INSERT INTO items VALUES (5000, '{}')",
+                "x".repeat(33)
+            ))
+            .await
+            .unwrap_err(),
         );
         assert_eq!(n, 1406);
 
@@ -251,7 +309,11 @@ fn serves_sql_and_rest_against_a_cluster() {
                     break;
                 }
             }
-            assert!(Instant::now() < deadline, "rdrs2 never healthy:\n{}", c.log("rdrs"));
+            assert!(
+                Instant::now() < deadline,
+                "rdrs2 never healthy:\n{}",
+                c.log("rdrs")
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let r = http
@@ -292,7 +354,10 @@ fn serves_sql_and_rest_against_a_cluster() {
             }
         };
         assert_eq!(n, 1297);
-        assert_eq!(msg, "Got temporary error 4009 'Cluster Failure' from NDBCLUSTER");
+        assert_eq!(
+            msg,
+            "Got temporary error 4009 'Cluster Failure' from NDBCLUSTER"
+        );
         for q in [
             "SELECT name FROM items WHERE id = 1",
             "SELECT COUNT(*) FROM items",
@@ -301,7 +366,11 @@ fn serves_sql_and_rest_against_a_cluster() {
             let (n, msg) = code(conn.query_drop(q).await.unwrap_err());
             assert_eq!(n, 1297, "{q}: {msg}");
         }
-        let r = http.get(format!("http://{rest}/health")).send().await.unwrap();
+        let r = http
+            .get(format!("http://{rest}/health"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 503);
         let _ = conn.disconnect().await;
     });
@@ -322,4 +391,95 @@ fn serves_sql_and_rest_against_a_cluster() {
         );
     }
     assert!(c.log("mysqld").contains("Shutdown complete"));
+}
+
+/// A control plane may start the SQL and REST nodes before the data nodes: mysqld keeps
+/// retrying and does not listen until every node group has a started data node, rdrs2
+/// listens but reports 503; SIGTERM while waiting still stops mysqld cleanly.
+#[test]
+fn waits_for_the_data_nodes_before_serving() {
+    let mut c = Cluster::new(1, 1);
+    c.start_mgmd(&[]);
+    let data = c.path().join("mysqld");
+    let (rc, out) = mysqld(&[
+        "--initialize-insecure",
+        &format!("--datadir={}", data.display()),
+    ]);
+    assert_eq!(rc, 0, "{out}");
+    let ip = c.ip(67);
+    let args = [
+        "--ndbcluster".to_string(),
+        format!("--ndb-connectstring={}", c.connectstring()),
+        "--ndb-nodeid=67".into(),
+        format!("--datadir={}", data.display()),
+        format!("--bind-address={ip}"),
+        "--port=3306".into(),
+    ];
+    spawn(&mut c, "early", "mysqld", &args);
+    let rest = format!("{}:4406", c.ip(69));
+    let rdrs_args = [
+        format!("--ndb-connectstring={}", c.connectstring()),
+        format!("--rest-bind={rest}"),
+    ];
+    spawn(&mut c, "rdrs", "rdrs2", &rdrs_args);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!c.log("early").contains("ready for connections"));
+    assert!(std::net::TcpStream::connect((ip.as_str(), 3306)).is_err());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let health = |rt: &tokio::runtime::Runtime| {
+        rt.block_on(async {
+            reqwest::get(format!("http://{rest}/0.1.0/health"))
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        })
+    };
+    assert_eq!(health(&rt), 503);
+
+    let pid = c.procs["early"].id() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(
+        c.wait_exit("early", Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        c.log("early")
+    );
+
+    spawn(&mut c, "mysqld", "mysqld", &args);
+    std::thread::sleep(Duration::from_millis(300));
+    c.start_all_data_nodes();
+    wait_log(
+        &c,
+        "mysqld",
+        "ready for connections",
+        Duration::from_secs(60),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while health(&rt) != 200 {
+        assert!(Instant::now() < deadline, "{}", c.log("rdrs"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    rt.block_on(async {
+        let opts = OptsBuilder::default()
+            .ip_or_hostname(ip.clone())
+            .tcp_port(3306)
+            .user(Some("root"))
+            .db_name(Some("mysql"))
+            .prefer_socket(false);
+        let mut conn = Conn::new(opts).await.unwrap();
+        assert_eq!(
+            conn.query_first::<Option<String>, _>("SELECT DATABASE()")
+                .await
+                .unwrap(),
+            Some(Some("mysql".into()))
+        );
+        conn.disconnect().await.unwrap();
+    });
 }
