@@ -475,20 +475,19 @@ impl ClusterConfig {
         }
         // Data nodes without NodeGroup are grouped in config order, NoOfReplicas per group,
         // after the groups given explicitly.
-        let mut next = cfg
+        let first = cfg
             .nodes
             .values()
             .filter_map(|n| n.node_group.filter(|g| *g != NO_NODE_GROUP))
             .map(|g| g + 1)
             .max()
             .unwrap_or(0);
-        for chunk in implicit_groups.chunks(cfg.no_of_replicas as usize) {
+        for (group, chunk) in (first..).zip(implicit_groups.chunks(cfg.no_of_replicas as usize)) {
             for id in chunk {
                 if let Some(n) = cfg.nodes.get_mut(id) {
-                    n.node_group = Some(next);
+                    n.node_group = Some(group);
                 }
             }
-            next += 1;
         }
         if !cfg.nodes.values().any(|n| n.kind == NodeType::Ndb) {
             return Err(ConfigError::NoDataNodes);

@@ -71,3 +71,32 @@ pub fn run(program: &str, args: Vec<String>) -> i32 {
         }
     })
 }
+
+/// RonDB's servers daemonize unless told `--nodaemon` (or `--foreground`): the program
+/// starts itself again detached, in its own session, and the parent exits 0.
+pub fn daemonize(program: &str, args: &[String]) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let Ok(exe) = std::env::current_exe() else {
+        eprintln!("{program}: cannot find my own executable to daemonize");
+        return 1;
+    };
+    let mut cmd = std::process::Command::new(&exe);
+    if exe.file_name().is_some_and(|n| n == "rondb-standin") {
+        cmd.arg(program);
+    } else {
+        cmd.arg0(program);
+    }
+    cmd.args(args.iter().filter(|a| *a != "-d" && *a != "--daemon"))
+        .arg("--nodaemon")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    match cmd.spawn() {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("{program}: cannot daemonize: {e}");
+            1
+        }
+    }
+}

@@ -76,7 +76,7 @@ pub async fn main(args: Vec<String>) -> i32 {
         return 0;
     }
     let log = Log::stdout("MgmtSrvr");
-    match start(&opts, version, &log).await {
+    match start(&opts, &args, version, &log).await {
         Ok(code) => code,
         Err(e) => {
             log.error(&e);
@@ -86,7 +86,12 @@ pub async fn main(args: Vec<String>) -> i32 {
 }
 
 /// Loads the configuration, binds, and serves until SIGTERM.
-async fn start(opts: &cli::Parsed, version: Version, out: &Log) -> Result<i32, String> {
+async fn start(
+    opts: &cli::Parsed,
+    args: &[String],
+    version: Version,
+    out: &Log,
+) -> Result<i32, String> {
     let configdir = opts.value("configdir").or(opts.value("config-dir"));
     if let Some(dir) = configdir {
         if !Path::new(dir).is_absolute() {
@@ -122,6 +127,11 @@ async fn start(opts: &cli::Parsed, version: Version, out: &Log) -> Result<i32, S
     if opts.flag("print-full-config") {
         print!("{}", config.render());
         return Ok(0);
+    }
+    // Like RonDB's, the configuration is checked before the server daemonizes, so a
+    // bad one fails the command that started it.
+    if !opts.flag("nodaemon") {
+        return Ok(crate::daemonize("ndb_mgmd", args));
     }
     let bind_host = opts
         .value("bind-address")
@@ -366,8 +376,11 @@ struct NodeRt {
     /// Data nodes: lsn at its join request, while it waits for its group.
     joining_lsn: Option<u64>,
     acked_epoch: u64,
-    backups: BTreeMap<u32, Result<(u64, u64), (u32, String)>>,
+    backups: BTreeMap<u32, BackupResult>,
 }
+
+/// A data node's part of a backup: (records, bytes) or (NDB error code, text).
+type BackupResult = Result<(u64, u64), (u32, String)>;
 
 struct Conn {
     session: u64,

@@ -61,7 +61,10 @@ pub async fn main(args: Vec<String>) -> i32 {
         }
     };
     if opts.flag("version") {
-        println!("ndb_restore  Ver 8.0.37 for Linux on x86_64 (RonDB-{})", Version::current());
+        println!(
+            "ndb_restore  Ver 8.0.37 for Linux on x86_64 (RonDB-{})",
+            Version::current()
+        );
         return OK;
     }
     let node: u32 = match opts.number("nodeid") {
@@ -106,7 +109,10 @@ pub async fn main(args: Vec<String>) -> i32 {
         );
         return FAILED;
     }
-    println!("Backup version in files: ndb-6.3.11 ndb version: RonDB-{}", ctl.version);
+    println!(
+        "Backup version in files: ndb-6.3.11 ndb version: RonDB-{}",
+        ctl.version
+    );
     println!("Stop GCP of Backup: {}", ctl.stop_gci);
     let restore_data = opts.flag("restore-data");
     let data: Option<DataFile> = if restore_data {
@@ -177,7 +183,8 @@ async fn connect(cs: &ConnectString, id: Option<u32>) -> Result<ApiNode, Cluster
 
 fn included(opts: &cli::Parsed, db: &str, table: &str) -> bool {
     let list = |k: &str| -> Option<Vec<String>> {
-        opts.value(k).map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+        opts.value(k)
+            .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
     };
     let full = format!("{db}.{table}");
     if list("include-databases").is_some_and(|l| !l.iter().any(|d| d == db)) {
@@ -186,10 +193,10 @@ fn included(opts: &cli::Parsed, db: &str, table: &str) -> bool {
     if list("exclude-databases").is_some_and(|l| l.iter().any(|d| d == db)) {
         return false;
     }
-    if list("include-tables").is_some_and(|l| !l.iter().any(|t| *t == full)) {
+    if list("include-tables").is_some_and(|l| !l.contains(&full)) {
         return false;
     }
-    !list("exclude-tables").is_some_and(|l| l.iter().any(|t| *t == full))
+    !list("exclude-tables").is_some_and(|l| l.contains(&full))
 }
 
 async fn restore(
@@ -205,7 +212,12 @@ async fn restore(
                 api.create_database(db).await.map_err(|e| e.to_string())?;
             }
         }
-        for t in ctl.dictionary.tables.values().filter(|t| included(opts, &t.db, &t.name)) {
+        for t in ctl
+            .dictionary
+            .tables
+            .values()
+            .filter(|t| included(opts, &t.db, &t.name))
+        {
             api.create_table(&t.db, &t.name, &t.key_column, &t.value_column, t.value_len)
                 .await
                 .map_err(|e| match e {
@@ -225,13 +237,18 @@ async fn restore(
         let mut restored = 0u64;
         for (full, rows) in &data.tables {
             let Some(def) = ctl.dictionary.tables.get(full) else {
-                return Err(format!("Table {full} of the data file is not in the backup's metadata"));
+                return Err(format!(
+                    "Table {full} of the data file is not in the backup's metadata"
+                ));
             };
             if !included(opts, &def.db, &def.name) {
                 continue;
             }
             println!("_____________________________________________________");
-            println!("Processing data in table: {}/def/{} fragment 0", def.db, def.name);
+            println!(
+                "Processing data in table: {}/def/{} fragment 0",
+                def.db, def.name
+            );
             for chunk in rows.chunks(BATCH) {
                 api.put(&def.db, &def.name, chunk.to_vec()).await.map_err(|e| match e {
                     ClusterError::NoSuchTable(_) | ClusterError::NoSuchDatabase(_) => format!(

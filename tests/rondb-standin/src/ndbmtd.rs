@@ -100,6 +100,9 @@ pub async fn main(args: Vec<String>) -> i32 {
     if let Some(id) = opts.number::<u32>("allocated-nodeid").ok().flatten() {
         return node(&opts, &cs, id, version, &log).await;
     }
+    if !opts.flag("nodaemon") && !opts.flag("foreground") {
+        return crate::daemonize("ndbmtd", &args);
+    }
     let wanted = opts
         .number::<u32>("ndb-nodeid")
         .ok()

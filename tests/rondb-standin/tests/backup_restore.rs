@@ -1,5 +1,7 @@
 //! Native backups on every data node and `ndb_restore` into a cluster of another shape.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::Cluster;
@@ -8,7 +10,11 @@ use rondb_standin::mgm::{ConnectString, Message, MgmClient};
 use std::time::Duration;
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 async fn api(c: &Cluster, id: u32) -> ApiNode {
@@ -20,7 +26,9 @@ async fn api(c: &Cluster, id: u32) -> ApiNode {
 
 async fn backup(c: &Cluster, id: Option<u32>) -> Message {
     let cs = ConnectString::parse(&c.connectstring()).unwrap();
-    let mut m = MgmClient::connect(&cs, 0, Duration::from_millis(100)).await.unwrap();
+    let mut m = MgmClient::connect(&cs, 0, Duration::from_millis(100))
+        .await
+        .unwrap();
     let mut req = Message::new("start backup").arg("completed", 2);
     if let Some(id) = id {
         req = req.arg("backupid", id);
@@ -53,11 +61,17 @@ fn a_backup_of_two_node_groups_restores_into_one_node_group_of_three() {
     });
     let dir = src.path().join("backups/BACKUP/BACKUP-1");
     for n in 1..=4 {
-        for f in [format!("BACKUP-1.{n}.ctl"), format!("BACKUP-1-0.{n}.Data"), format!("BACKUP-1.{n}.log")] {
+        for f in [
+            format!("BACKUP-1.{n}.ctl"),
+            format!("BACKUP-1-0.{n}.Data"),
+            format!("BACKUP-1.{n}.log"),
+        ] {
             assert!(dir.join(&f).exists(), "{f} missing");
         }
     }
-    assert!(src.cluster_log().contains("Backup 1 started from node 65 completed"));
+    assert!(src
+        .cluster_log()
+        .contains("Backup 1 started from node 65 completed"));
 
     let mut dst = Cluster::new(1, 3);
     dst.start_mgmd(&[]);
@@ -65,19 +79,38 @@ fn a_backup_of_two_node_groups_restores_into_one_node_group_of_three() {
     let cs = dst.connectstring();
     let path = dir.display().to_string();
     let restore = |extra: &[&str]| {
-        let mut args = vec!["-c", cs.as_str(), "--ndb-nodeid=70", "-b", "1", "--backup-path", path.as_str()];
+        let mut args = vec![
+            "-c",
+            cs.as_str(),
+            "--ndb-nodeid=70",
+            "-b",
+            "1",
+            "--backup-path",
+            path.as_str(),
+        ];
         args.extend_from_slice(extra);
         dst.run("ndb_restore", &args)
     };
     let (code, out) = restore(&["-n", "1", "-m", "--disable-indexes"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("Successfully restored table `shop/def/items`"), "{out}");
+    assert!(
+        out.contains("Successfully restored table `shop/def/items`"),
+        "{out}"
+    );
     let mut tuples = 0;
     for n in ["1", "2", "3", "4"] {
         let (code, out) = restore(&["-n", n, "-r"]);
         assert_eq!(code, 0, "{out}");
-        let line = out.lines().find(|l| l.starts_with("Restored ")).unwrap_or_default().to_string();
-        tuples += line.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("Restored "))
+            .unwrap_or_default()
+            .to_string();
+        tuples += line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
     }
     // Each row was written by exactly one replica of its node group.
     assert_eq!(tuples, 1000);
@@ -89,7 +122,10 @@ fn a_backup_of_two_node_groups_restores_into_one_node_group_of_three() {
     // Metadata twice: the table exists.
     let (code, out) = restore(&["-n", "1", "-m"]);
     assert_eq!(code, 1);
-    assert!(out.contains("Schema object with given name already exists"), "{out}");
+    assert!(
+        out.contains("Schema object with given name already exists"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -98,17 +134,32 @@ fn ndb_restore_refuses_missing_or_damaged_files_and_bad_arguments() {
     let dir = c.path().join("BACKUP-3");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.display().to_string();
-    let (code, out) = c.run("ndb_restore", &["-b", "3", "-n", "0", "-r", "--backup-path", &path]);
+    let (code, out) = c.run(
+        "ndb_restore",
+        &["-b", "3", "-n", "0", "-r", "--backup-path", &path],
+    );
     assert_eq!(code, 2);
-    assert!(out.contains("Error in --nodeid,-n setting, see --help"), "{out}");
+    assert!(
+        out.contains("Error in --nodeid,-n setting, see --help"),
+        "{out}"
+    );
     let (code, out) = c.run("ndb_restore", &["-n", "1", "-r", "--backup-path", &path]);
     assert_eq!(code, 2);
-    assert!(out.contains("Error in --backupid,-b setting, see --help"), "{out}");
-    let (code, out) = c.run("ndb_restore", &["-b", "3", "-n", "1", "-r", "--backup-path", &path]);
+    assert!(
+        out.contains("Error in --backupid,-b setting, see --help"),
+        "{out}"
+    );
+    let (code, out) = c.run(
+        "ndb_restore",
+        &["-b", "3", "-n", "1", "-r", "--backup-path", &path],
+    );
     assert_eq!(code, 1);
     assert!(out.contains("Failed to open file"), "{out}");
     std::fs::write(dir.join("BACKUP-3.1.ctl"), "NDBBCKUP\n{\"truncated\n").unwrap();
-    let (code, out) = c.run("ndb_restore", &["-b", "3", "-n", "1", "-m", "--backup-path", &path]);
+    let (code, out) = c.run(
+        "ndb_restore",
+        &["-b", "3", "-n", "1", "-m", "--backup-path", &path],
+    );
     assert_eq!(code, 1);
     assert!(out.contains("is not a backup file or is corrupt"), "{out}");
 }

@@ -2,6 +2,8 @@
 //! they missed, a node group's last node cannot be stopped, losing it shuts the cluster
 //! down, versions are checked.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::Cluster;
@@ -26,12 +28,16 @@ async fn api(c: &Cluster, id: u32) -> ApiNode {
 
 async fn mgm(c: &Cluster, req: Message) -> Message {
     let cs = ConnectString::parse(&c.connectstring()).unwrap();
-    let mut m = MgmClient::connect(&cs, 0, Duration::from_millis(100)).await.unwrap();
+    let mut m = MgmClient::connect(&cs, 0, Duration::from_millis(100))
+        .await
+        .unwrap();
     m.call(&req, Duration::from_secs(120)).await.unwrap()
 }
 
 fn rows(from: i64, to: i64) -> Vec<(i64, Option<String>)> {
-    (from..to).map(|k| (k, Some(format!("value-{k}")))).collect()
+    (from..to)
+        .map(|k| (k, Some(format!("value-{k}"))))
+        .collect()
 }
 
 #[test]
@@ -43,29 +49,42 @@ fn a_restarted_data_node_copies_what_it_missed_and_no_row_is_lost() {
     rt.block_on(async {
         let api = api(&c, 67).await;
         api.create_database("shop").await.unwrap();
-        api.create_table("shop", "items", "k", "v", 64).await.unwrap();
+        api.create_table("shop", "items", "k", "v", 64)
+            .await
+            .unwrap();
         api.put("shop", "items", rows(0, 200)).await.unwrap();
         // Node 2 dies; node 1 alone takes group 0's writes.
         c.kill("ndbd-2");
-        c.wait_for("node 2 NO_CONTACT", |st| st.iter().any(|n| n.id == 2 && n.status == "NO_CONTACT"));
+        c.wait_for("node 2 NO_CONTACT", |st| {
+            st.iter().any(|n| n.id == 2 && n.status == "NO_CONTACT")
+        });
         api.put("shop", "items", rows(200, 400)).await.unwrap();
         assert!(api.delete("shop", "items", 5).await.unwrap());
         // Node 2 restarts from its own files (not initial) and copies what it missed.
         c.start_data_node(2, false, &[]);
         c.wait_started(&[2]);
         c.kill("ndbd-1");
-        c.wait_for("node 1 NO_CONTACT", |st| st.iter().any(|n| n.id == 1 && n.status == "NO_CONTACT"));
+        c.wait_for("node 1 NO_CONTACT", |st| {
+            st.iter().any(|n| n.id == 1 && n.status == "NO_CONTACT")
+        });
         assert_eq!(api.count("shop", "items").await.unwrap(), 399);
-        assert_eq!(api.get("shop", "items", 399).await.unwrap(), Some(Some("value-399".into())));
+        assert_eq!(
+            api.get("shop", "items", 399).await.unwrap(),
+            Some(Some("value-399".into()))
+        );
         assert_eq!(api.get("shop", "items", 5).await.unwrap(), None);
         // Node 1 comes back with --initial: everything is copied from node 2.
         c.start_data_node(1, true, &[]);
         c.wait_started(&[1]);
         c.kill("ndbd-2");
-        c.wait_for("node 2 NO_CONTACT", |st| st.iter().any(|n| n.id == 2 && n.status == "NO_CONTACT"));
+        c.wait_for("node 2 NO_CONTACT", |st| {
+            st.iter().any(|n| n.id == 2 && n.status == "NO_CONTACT")
+        });
         let all = api.scan("shop", "items").await.unwrap();
         assert_eq!(all.len(), 399);
-        assert!(all.iter().all(|(k, v)| v.as_deref() == Some(format!("value-{k}").as_str())));
+        assert!(all
+            .iter()
+            .all(|(k, v)| v.as_deref() == Some(format!("value-{k}").as_str())));
     });
 }
 
@@ -104,22 +123,38 @@ fn losing_the_last_node_of_a_node_group_shuts_the_cluster_down() {
         api.create_table("d", "t", "k", "v", 16).await.unwrap();
         api.put("d", "t", rows(0, 50)).await.unwrap();
         c.kill("ndbd-1");
-        c.wait_for("node 1 NO_CONTACT", |st| st.iter().any(|n| n.id == 1 && n.status == "NO_CONTACT"));
+        c.wait_for("node 1 NO_CONTACT", |st| {
+            st.iter().any(|n| n.id == 1 && n.status == "NO_CONTACT")
+        });
         c.kill("ndbd-2");
         // Nodes 3 and 4 (group 1, untouched) shut down with RonDB's arbitration error.
         assert_eq!(c.wait_exit("ndbd-3", Duration::from_secs(20)), Some(1));
         assert_eq!(c.wait_exit("ndbd-4", Duration::from_secs(20)), Some(1));
         for n in [3, 4] {
-            assert!(c.log(&format!("ndbd-{n}")).contains("Caused by error 2305"), "{}", c.log(&format!("ndbd-{n}")));
+            assert!(
+                c.log(&format!("ndbd-{n}")).contains("Caused by error 2305"),
+                "{}",
+                c.log(&format!("ndbd-{n}"))
+            );
         }
-        assert!(c.cluster_log().contains("Arbitration check lost - missing node group 0"));
+        assert!(c
+            .cluster_log()
+            .contains("Arbitration check lost - missing node group 0"));
         c.wait_for("every data node NO_CONTACT and API nodes UNKNOWN", |st| {
-            st.iter().filter(|n| n.kind == "NDB").all(|n| n.status == "NO_CONTACT")
-                && st.iter().filter(|n| n.kind == "API").all(|n| n.status == "UNKNOWN")
+            st.iter()
+                .filter(|n| n.kind == "NDB")
+                .all(|n| n.status == "NO_CONTACT")
+                && st
+                    .iter()
+                    .filter(|n| n.kind == "API")
+                    .all(|n| n.status == "UNKNOWN")
         });
         let err = api.put("d", "t", rows(50, 51)).await.unwrap_err();
         assert!(matches!(err, ClusterError::ClusterFailure), "{err}");
-        assert_eq!(err.to_string(), "Got temporary error 4009 'Cluster Failure' from NDBCLUSTER");
+        assert_eq!(
+            err.to_string(),
+            "Got temporary error 4009 'Cluster Failure' from NDBCLUSTER"
+        );
     });
 }
 

@@ -10,13 +10,7 @@ use std::process::Command;
 
 /// Runs `ndb_mgm -c <cs> --connect-retries=1 -e CMD`: (exit code, stdout, stderr).
 fn mgm(c: &Cluster, cmd: &str) -> (i32, String, String) {
-    mgm_args(&[
-        "-c",
-        &c.connectstring(),
-        "--connect-retries=1",
-        "-e",
-        cmd,
-    ])
+    mgm_args(&["-c", &c.connectstring(), "--connect-retries=1", "-e", cmd])
 }
 
 fn mgm_args(args: &[&str]) -> (i32, String, String) {
@@ -66,7 +60,10 @@ fn a_failed_connect_prints_mgmapis_error_and_exits_255() {
     // HELP needs no management server.
     let (code, out, _) = mgm(&c, "help");
     assert_eq!(code, 0);
-    assert!(out.contains(" RonDB -- Management Client -- Help\n"), "{out}");
+    assert!(
+        out.contains(" RonDB -- Management Client -- Help\n"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -91,7 +88,11 @@ fn show_status_and_errors_print_as_rondb_prints_them() {
     let mut expected = connected(&c);
     expected += "Cluster Configuration\n---------------------\n[ndbd(NDB)]\t4 node(s)\n";
     for id in 1..=4 {
-        expected += &format!("id={id}\t@{}  ({v}, Nodegroup: {})\n", c.ip(id), (id - 1) / 2);
+        expected += &format!(
+            "id={id}\t@{}  ({v}, Nodegroup: {})\n",
+            c.ip(id),
+            (id - 1) / 2
+        );
     }
     expected += &format!(
         "\n[ndb_mgmd(MGM)]\t1 node(s)\nid={MGMD_ID}\t@{}  ({v})\n\n[mysqld(API)]\t6 node(s)\n",
@@ -123,18 +124,30 @@ fn show_status_and_errors_print_as_rondb_prints_them() {
     assert_eq!(code, 255);
     assert_eq!(
         out,
-        format!("{}Invalid command: FROB\nType HELP for help.\n\n", connected(&c))
+        format!(
+            "{}Invalid command: FROB\nType HELP for help.\n\n",
+            connected(&c)
+        )
     );
     let (code, out, _) = mgm(&c, "1 FROB");
     assert_eq!(code, 255);
-    assert!(out.ends_with("Invalid command: FROB\nType HELP for help.\n\n"), "{out}");
+    assert!(
+        out.ends_with("Invalid command: FROB\nType HELP for help.\n\n"),
+        "{out}"
+    );
     let (code, out, _) = mgm(&c, "1 STOP -x");
     assert_eq!(code, 255);
-    assert!(out.ends_with("Invalid option: -x. Expecting -A or -F after STOP\n\n"), "{out}");
+    assert!(
+        out.ends_with("Invalid option: -x. Expecting -A or -F after STOP\n\n"),
+        "{out}"
+    );
 
     // A node group's last node cannot be stopped; the other one can.
     let (code, out, _) = mgm(&c, "2 STOP");
-    assert_eq!((code, out), (0, format!("{}Node 2 has shutdown.\n\n", connected(&c))));
+    assert_eq!(
+        (code, out),
+        (0, format!("{}Node 2 has shutdown.\n\n", connected(&c)))
+    );
     let (code, out, _) = mgm(&c, "1 STOP");
     assert_eq!(code, 255);
     assert_eq!(
@@ -145,7 +158,10 @@ fn show_status_and_errors_print_as_rondb_prints_them() {
         )
     );
     let (code, out, _) = mgm(&c, "2 STATUS");
-    assert_eq!((code, out), (0, format!("{}Node 2: not connected\n\n", connected(&c))));
+    assert_eq!(
+        (code, out),
+        (0, format!("{}Node 2: not connected\n\n", connected(&c)))
+    );
 }
 
 #[test]
@@ -164,7 +180,10 @@ fn deactivate_and_activate_follow_rondbs_flow() {
         )
     );
     let (_, out, _) = mgm(&c, "SHOW");
-    assert!(out.contains("\nid=2 (not connected, node is deactivated)\n"), "{out}");
+    assert!(
+        out.contains("\nid=2 (not connected, node is deactivated)\n"),
+        "{out}"
+    );
     // Not idempotent: a second DEACTIVATE fails.
     let (code, out, _) = mgm(&c, "2 deactivate");
     assert_eq!(code, 255);
@@ -181,7 +200,13 @@ fn deactivate_and_activate_follow_rondbs_flow() {
     );
     // A stopped node is "deactivated, is already stopped".
     let (code, out, _) = mgm(&c, "2 STOP");
-    assert_eq!((code, out), (255, format!("{cn}Node 2 is deactivated, is already stopped\n\n")));
+    assert_eq!(
+        (code, out),
+        (
+            255,
+            format!("{cn}Node 2 is deactivated, is already stopped\n\n")
+        )
+    );
     // Only a deactivated node's hostname may change.
     let (code, out, _) = mgm(&c, "1 HOSTNAME 10.9.9.9");
     assert_eq!(code, 255);
@@ -205,10 +230,15 @@ fn deactivate_and_activate_follow_rondbs_flow() {
     );
     // Idempotent: activating an active node succeeds.
     let (code, out, _) = mgm(&c, "2 ACTIVATE");
-    assert_eq!((code, out), (0, format!("{cn}Node 2 is already activated\n\n")));
+    assert_eq!(
+        (code, out),
+        (0, format!("{cn}Node 2 is already activated\n\n"))
+    );
     let (_, out, _) = mgm(&c, "SHOW");
     assert!(
-        out.contains(&format!("\nid=2 (not connected, accepting connect from {host})\n")),
+        out.contains(&format!(
+            "\nid=2 (not connected, accepting connect from {host})\n"
+        )),
         "{out}"
     );
 
@@ -245,15 +275,24 @@ fn start_backup_waits_for_completion_and_refuses_a_used_id() {
     assert_eq!(code, 0, "{out}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], cn.trim_end());
-    assert_eq!(lines[1], "Waiting for completed, this may take several minutes");
+    assert_eq!(
+        lines[1],
+        "Waiting for completed, this may take several minutes"
+    );
     assert!(
         lines[2].starts_with("Node ") && lines[2].ends_with(": Backup 5 started from node 65"),
         "{out}"
     );
-    assert!(lines[3].ends_with(": Backup 5 started from node 65 completed"), "{out}");
+    assert!(
+        lines[3].ends_with(": Backup 5 started from node 65 completed"),
+        "{out}"
+    );
     assert!(lines[4].starts_with(" StartGCP: "), "{out}");
     assert!(lines[5].starts_with(" #Records: "), "{out}");
-    assert!(lines[6].starts_with(" Data: ") && lines[6].ends_with(" bytes"), "{out}");
+    assert!(
+        lines[6].starts_with(" Data: ") && lines[6].ends_with(" bytes"),
+        "{out}"
+    );
     assert_eq!(lines.len(), 7, "{out}");
 
     let (code, out, _) = mgm(&c, "start backup 5");
@@ -281,14 +320,23 @@ fn restart_and_start_report_as_rondb() {
     c.start_all_data_nodes();
     let cn = connected(&c);
     let (code, out, _) = mgm(&c, "2 RESTART -n");
-    assert_eq!((code, out), (0, format!("{cn}Node 2 is being restarted\n\n")));
+    assert_eq!(
+        (code, out),
+        (0, format!("{cn}Node 2 is being restarted\n\n"))
+    );
     c.wait_for("node 2 NOT_STARTED", |st| {
         st.iter().any(|n| n.id == 2 && n.status == "NOT_STARTED")
     });
     let (code, out, _) = mgm(&c, "2 START");
-    assert_eq!((code, out), (0, format!("{cn}Database node 2 is being started.\n\n")));
+    assert_eq!(
+        (code, out),
+        (0, format!("{cn}Database node 2 is being started.\n\n"))
+    );
     c.wait_started(&[2]);
     let (code, out, _) = mgm(&c, "1 RESTART -q");
     assert_eq!(code, 255);
-    assert!(out.ends_with("Invalid option: -q. Expecting -A,-N,-I or -F after RESTART\n\n"), "{out}");
+    assert!(
+        out.ends_with("Invalid option: -q. Expecting -A,-N,-I or -F after RESTART\n\n"),
+        "{out}"
+    );
 }

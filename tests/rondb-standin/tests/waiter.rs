@@ -46,7 +46,10 @@ fn bad_arguments_exit_2() {
     );
     let out = waiter(&["--wait-nodes=0"]);
     assert_eq!(out.status.code(), Some(2));
-    assert_eq!(text(&out.stdout), "Invalid nodeid specified in wait-nodes: 0\n");
+    assert_eq!(
+        text(&out.stdout),
+        "Invalid nodeid specified in wait-nodes: 0\n"
+    );
     let out = waiter(&["--bogus"]);
     assert_eq!(out.status.code(), Some(2));
 }

@@ -1,7 +1,7 @@
 //! Starts stand-in clusters on loopback addresses for the tests: every program on its own
 //! 127.x.y.z address with RonDB's default ports, in its own process group, logs in the
 //! test's directory.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use rondb_standin::mgm::{Message, NodeStatus};
 use std::collections::BTreeMap;
@@ -148,14 +148,18 @@ impl Cluster {
     }
 
     pub fn cluster_log(&self) -> String {
-        std::fs::read_to_string(self.path().join(format!("mgmd/ndb_{MGMD_ID}_cluster.log"))).unwrap_or_default()
+        std::fs::read_to_string(self.path().join(format!("mgmd/ndb_{MGMD_ID}_cluster.log")))
+            .unwrap_or_default()
     }
 
     /// SIGKILL to a program's whole process group (angel and node).
     pub fn kill(&mut self, name: &str) {
         if let Some(mut c) = self.procs.remove(name) {
             let pgid = c.id() as i32;
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
             let _ = c.wait();
         }
     }
@@ -235,7 +239,8 @@ impl Cluster {
 
     pub fn wait_started(&self, ids: &[u32]) {
         self.wait_for(&format!("data nodes {ids:?} STARTED"), |st| {
-            ids.iter().all(|id| st.iter().any(|n| n.id == *id && n.status == "STARTED"))
+            ids.iter()
+                .all(|id| st.iter().any(|n| n.id == *id && n.status == "STARTED"))
         });
     }
 
