@@ -111,6 +111,29 @@ impl ApiError {
     }
 }
 
+/// `println!` that cannot panic: when whoever runs the client stops reading, the client
+/// still finishes its command and exits with its code instead of crashing.
+pub(crate) fn say(args: std::fmt::Arguments<'_>) {
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_fmt(args);
+    let _ = o.write_all(b"\n");
+    let _ = o.flush();
+}
+
+/// `print!` without a newline (a prompt, text that ends in its own newline).
+pub(crate) fn say_raw(args: std::fmt::Arguments<'_>) {
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_fmt(args);
+    let _ = o.flush();
+}
+
+/// `eprintln!` that cannot panic.
+pub(crate) fn say_err(args: std::fmt::Arguments<'_>) {
+    let mut o = std::io::stderr().lock();
+    let _ = o.write_fmt(args);
+    let _ = o.write_all(b"\n");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Connect strings and connecting
 // ---------------------------------------------------------------------------------------------
@@ -207,7 +230,7 @@ pub(crate) async fn connect(
     loop {
         if let Ok(c) = MgmClient::connect(cs, 0, Duration::ZERO).await {
             if announced {
-                println!();
+                say(format_args!(""));
             }
             return Some(c);
         }
@@ -2021,7 +2044,7 @@ const OPTS: &[Opt] = &[
 
 /// `my_getopt`'s exit code and message for a bad command line.
 pub(crate) fn option_error(program: &str, e: &cli::CliError) -> i32 {
-    eprintln!("{program}: [ERROR] {e}");
+    say_err(format_args!("{program}: [ERROR] {e}"));
     match e {
         cli::CliError::Unknown(_) => 2,
         cli::CliError::MissingValue(_) => 5,
@@ -2044,14 +2067,14 @@ pub async fn main(args: Vec<String>) -> i32 {
         Err(e) => return option_error("ndb_mgm", &e),
     };
     if p.flag("help") || p.flag("usage") {
-        println!("Usage: ndb_mgm [OPTIONS] [hostname [port]]");
+        say(format_args!("Usage: ndb_mgm [OPTIONS] [hostname [port]]"));
         return 0;
     }
     if p.flag("version") {
-        println!(
+        say(format_args!(
             "ndb_mgm  Ver {}",
             version_string(Version::current().packed())
-        );
+        ));
         return 0;
     }
     let numbers = (|| -> Result<(u32, i64, u64), cli::CliError> {
@@ -2076,10 +2099,10 @@ pub async fn main(args: Vec<String>) -> i32 {
     let cs = match parse_connectstring(text.as_deref()) {
         Ok(cs) => cs,
         Err(s) => {
-            print!(
+            say_raw(format_args!(
                 "{}",
                 ApiError::new(code::ILLEGAL_CONNECT_STRING, s).render()
-            );
+            ));
             return 255;
         }
     };
@@ -2097,10 +2120,10 @@ pub async fn main(args: Vec<String>) -> i32 {
 
 /// Without `-e`: RonDB's banner, then one command per stdin line until QUIT or end of input.
 async fn interactive(interp: &mut Interpreter) -> i32 {
-    println!("-- RonDB -- Management Client --");
+    say(format_args!("-- RonDB -- Management Client --"));
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     loop {
-        print!("ndb_mgm> ");
+        say_raw(format_args!("ndb_mgm> "));
         let _ = std::io::stdout().flush();
         let Ok(Some(line)) = lines.next_line().await else {
             return 0;

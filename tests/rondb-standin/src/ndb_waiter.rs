@@ -10,7 +10,7 @@
 
 use crate::cli::{self, flag, value, Opt};
 use crate::mgm::{ConnectString, NodeStatus};
-use crate::ndb_mgm::{self, connectstring_text, Session};
+use crate::ndb_mgm::{self, connectstring_text, say, say_err, say_raw, Session};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -159,7 +159,10 @@ enum Wait {
 
 impl Waiter {
     fn failed_connection(&self) {
-        eprintln!("Connection to {} failed", connectstring_text(&self.cs));
+        say_err(format_args!(
+            "Connection to {} failed",
+            connectstring_text(&self.cs)
+        ));
     }
 
     /// `getStatus`: on a failed `get status`, reconnect once (with the connect retries) and
@@ -178,12 +181,12 @@ impl Waiter {
                         .await;
                 let Some(client) = client else {
                     if self.verbose > 1 {
-                        eprintln!("Reconnect failed");
+                        say_err(format_args!("Reconnect failed"));
                     }
                     return Err(Wait::NoConnection);
                 };
                 if self.verbose > 1 {
-                    println!("Connect succeeded");
+                    say(format_args!("Connect succeeded"));
                 }
                 let mut s = Session { client };
                 let again = s.status().await;
@@ -197,10 +200,10 @@ impl Waiter {
 
     async fn wait(&mut self) -> Wait {
         if self.verbose > 1 {
-            println!(
+            say(format_args!(
                 "Connecting to management server at {} (using cleartext)",
                 connectstring_text(&self.cs)
-            );
+            ));
         }
         let Some(client) =
             ndb_mgm::connect(&self.cs, self.retries - 1, self.delay, self.verbose > 1).await
@@ -213,12 +216,14 @@ impl Waiter {
         match session.config().await {
             Ok(cfg) => {
                 for n in cfg.data_nodes().filter(|n| !n.active) {
-                    println!("Node {}: INACTIVE", n.id);
+                    say(format_args!("Node {}: INACTIVE", n.id));
                     self.nowait.insert(n.id);
                 }
             }
             Err(_) => {
-                println!("Could not get configuration from MGM Server, exiting");
+                say(format_args!(
+                    "Could not get configuration from MGM Server, exiting"
+                ));
                 return Wait::NoConfig;
             }
         }
@@ -236,18 +241,18 @@ impl Waiter {
                         .all(|n| matches!(status_name(&n.status), "STARTED" | "STARTING"));
                 if !still_starting || resets > MAX_RESET_ATTEMPTS {
                     if self.verbose > 1 {
-                        eprintln!(
+                        say_err(format_args!(
                             "waitNodeState({}, -1) timeout after {attempts} attempts",
                             self.target
-                        );
+                        ));
                     }
                     return Wait::Failed;
                 }
                 if self.verbose > 1 {
-                    eprintln!(
+                    say_err(format_args!(
                         "waitNodeState({}, -1) resetting timeout {resets}",
                         self.target
-                    );
+                    ));
                 }
                 start = now;
                 resets += 1;
@@ -264,14 +269,14 @@ impl Waiter {
             let done = all_in_state(&self.nodes, self.target, self.allow_partial);
             if self.verbose > 1 {
                 for n in &self.nodes {
-                    println!("Node {}: {}", n.id, status_name(&n.status));
+                    say(format_args!("Node {}: {}", n.id, status_name(&n.status)));
                 }
                 if !done {
-                    println!(
+                    say(format_args!(
                         "[{}] Waiting for cluster enter state {}",
                         clock(),
                         self.target
-                    );
+                    ));
                 }
             }
             if done {
@@ -306,14 +311,14 @@ pub async fn main(args: Vec<String>) -> i32 {
         }
     };
     if p.flag("help") || p.flag("usage") {
-        println!("Usage: ndb_waiter [OPTIONS] [connectstring]");
+        say(format_args!("Usage: ndb_waiter [OPTIONS] [connectstring]"));
         return OK;
     }
     if p.flag("version") {
-        println!(
+        say(format_args!(
             "ndb_waiter  Ver {}",
             ndb_mgm::version_string(crate::version::Version::current().packed())
-        );
+        ));
         return OK;
     }
     let numbers = (|| -> Result<(i64, i64, i64, u64), cli::CliError> {
@@ -345,29 +350,33 @@ pub async fn main(args: Vec<String>) -> i32 {
         match parse_mask(m) {
             Ok(set) => nowait = set,
             Err(MaskError::InvalidNodeId) => {
-                println!("Invalid nodeid specified in nowait-nodes: {m}");
+                say(format_args!(
+                    "Invalid nodeid specified in nowait-nodes: {m}"
+                ));
                 return WRONG_ARGS;
             }
             Err(MaskError::Syntax) => {
-                println!("Unable to parse nowait-nodes argument: {m}");
+                say(format_args!("Unable to parse nowait-nodes argument: {m}"));
                 return WRONG_ARGS;
             }
         }
     }
     if let Some(m) = p.value("wait-nodes") {
         if p.value("nowait-nodes").is_some() {
-            println!("Can not set both wait-nodes and nowait-nodes.");
+            say(format_args!(
+                "Can not set both wait-nodes and nowait-nodes."
+            ));
             return WRONG_ARGS;
         }
         match parse_mask(m) {
             // Don't wait for any other nodes than the ones given.
             Ok(set) => nowait = (1..=MAX_NODE_ID).filter(|i| !set.contains(i)).collect(),
             Err(MaskError::InvalidNodeId) => {
-                println!("Invalid nodeid specified in wait-nodes: {m}");
+                say(format_args!("Invalid nodeid specified in wait-nodes: {m}"));
                 return WRONG_ARGS;
             }
             Err(MaskError::Syntax) => {
-                println!("Unable to parse wait-nodes argument: {m}");
+                say(format_args!("Unable to parse wait-nodes argument: {m}"));
                 return WRONG_ARGS;
             }
         }
@@ -381,7 +390,7 @@ pub async fn main(args: Vec<String>) -> i32 {
     let cs = match ndb_mgm::parse_connectstring(text.as_deref()) {
         Ok(cs) => cs,
         Err(s) => {
-            eprintln!("Connectstring {s} is invalid");
+            say_err(format_args!("Connectstring {s} is invalid"));
             return CONNECT_FAILED;
         }
     };
@@ -407,7 +416,7 @@ pub async fn main(args: Vec<String>) -> i32 {
         // Only verbose=1 prints (and re-checks) the final state: 0 prints nothing, 2 has
         // printed every poll already.
         let (text, all) = final_lines(&w.nodes, target);
-        print!("{text}");
+        say_raw(format_args!("{text}"));
         ok = all;
     }
     if ok {

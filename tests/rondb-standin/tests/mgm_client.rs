@@ -18,7 +18,7 @@ fn mgm_args(args: &[&str]) -> (i32, String, String) {
         .arg("ndb_mgm")
         .args(args)
         .output()
-        .expect("run ndb_mgm");
+        .unwrap_or_else(|e| panic!("run ndb_mgm: {e}"));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

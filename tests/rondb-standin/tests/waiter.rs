@@ -13,7 +13,7 @@ fn waiter(args: &[&str]) -> Output {
         .arg("ndb_waiter")
         .args(args)
         .output()
-        .expect("run ndb_waiter")
+        .unwrap_or_else(|e| panic!("run ndb_waiter: {e}"))
 }
 
 fn text(b: &[u8]) -> String {
