@@ -18,6 +18,7 @@ for v in 22.10.1 22.10.2; do
   done
 done
 before=$(sha256sum "$out"/*.tar.gz)
-./package.sh "$out" 22.10.1 22.10.2 2>&1 | grep -q "up to date" || { echo "second run rebuilt the tarballs" >&2; exit 1; }
+second=$(./package.sh "$out" 22.10.1 22.10.2 2>&1)
+grep -q "up to date" <<<"$second" || { echo "second run rebuilt the tarballs: $second" >&2; exit 1; }
 [ "$before" = "$(sha256sum "$out"/*.tar.gz)" ] || { echo "tarballs changed on a second run" >&2; exit 1; }
 echo "package.sh: 2 versions packed, checksums verified, programs report their version, second run cached"
