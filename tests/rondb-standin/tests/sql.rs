@@ -483,3 +483,113 @@ fn waits_for_the_data_nodes_before_serving() {
         conn.disconnect().await.unwrap();
     });
 }
+
+/// The loopback cluster: 1 management server, 2 node groups x 2 replicas, 1 MySQL
+/// server; rows written through the MySQL protocol survive data-node restarts with and
+/// without `--initial`, read back through the MySQL protocol.
+#[test]
+fn rows_written_through_mysql_survive_data_node_restarts_in_two_node_groups() {
+    let mut c = Cluster::new(2, 2);
+    c.start_mgmd(&[]);
+    c.start_all_data_nodes();
+    let data = c.path().join("mysqld");
+    let (rc, out) = mysqld(&[
+        "--initialize-insecure",
+        &format!("--datadir={}", data.display()),
+    ]);
+    assert_eq!(rc, 0, "{out}");
+    let cnf = c.path().join("my.cnf");
+    let ip = c.ip(67);
+    std::fs::write(
+        &cnf,
+        format!(
+            "[mysqld]\nndbcluster\nndb-connectstring={}\nndb-cluster-connection-pool=1\nndb-cluster-connection-pool-nodeids=67\nport=3306\ndatadir={}\nbind-address={ip}\n",
+            c.connectstring(),
+            data.display()
+        ),
+    )
+    .unwrap();
+    spawn(
+        &mut c,
+        "mysqld",
+        "mysqld",
+        &[format!("--defaults-file={}", cnf.display())],
+    );
+    wait_log(
+        &c,
+        "mysqld",
+        "ready for connections",
+        Duration::from_secs(60),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let opts = OptsBuilder::default()
+            .ip_or_hostname(ip.clone())
+            .tcp_port(3306)
+            .user(Some("root"))
+            .prefer_socket(false);
+        let mut conn = Conn::new(opts).await.unwrap();
+        conn.query_drop("CREATE DATABASE shop").await.unwrap();
+        conn.query_drop(
+            "CREATE TABLE shop.items (k BIGINT PRIMARY KEY, v VARCHAR(32)) ENGINE=NDBCLUSTER",
+        )
+        .await
+        .unwrap();
+        for batch in 0..10 {
+            let values: Vec<String> = (batch * 100..batch * 100 + 100)
+                .map(|k| format!("({k}, 'v{k}')"))
+                .collect();
+            conn.query_drop(format!(
+                "INSERT INTO shop.items (k, v) VALUES {}",
+                values.join(",")
+            ))
+            .await
+            .unwrap();
+        }
+        // Node 2 killed and restarted from its own files; then node 1 killed, so only the
+        // restarted node holds group 0.
+        c.kill("ndbd-2");
+        conn.query_drop("REPLACE INTO shop.items (k, v) VALUES (0, 'v0')")
+            .await
+            .unwrap();
+        c.start_data_node(2, false, &[]);
+        c.wait_started(&[2]);
+        c.kill("ndbd-1");
+        c.wait_for("node 1 gone", |st| {
+            st.iter().any(|n| n.id == 1 && n.status == "NO_CONTACT")
+        });
+        check_rows(&mut conn).await;
+        // Node 3 killed and restarted with --initial: it copies everything from node 4.
+        c.kill("ndbd-3");
+        c.start_data_node(3, true, &[]);
+        c.wait_started(&[3]);
+        c.kill("ndbd-4");
+        c.wait_for("node 4 gone", |st| {
+            st.iter().any(|n| n.id == 4 && n.status == "NO_CONTACT")
+        });
+        check_rows(&mut conn).await;
+        assert!(
+            !c.cluster_log().contains("Forced node shutdown"),
+            "{}",
+            c.cluster_log()
+        );
+    });
+}
+
+async fn check_rows(conn: &mut Conn) {
+    let n: Option<i64> = conn
+        .query_first("SELECT COUNT(*) FROM shop.items")
+        .await
+        .unwrap();
+    assert_eq!(n, Some(1000));
+    for k in [0, 1, 499, 998, 999] {
+        let v: Option<String> = conn
+            .query_first(format!("SELECT v FROM shop.items WHERE k = {k}"))
+            .await
+            .unwrap();
+        assert_eq!(v, Some(format!("v{k}")));
+    }
+}
