@@ -73,6 +73,7 @@ pub enum BackendCall {
 pub fn prepare(d: &DesiredState, s: &ClusterState, action: &Action) -> BackendCall {
     // Only the programs that connect to the management servers need their addresses.
     let connect = || s.mgmd_addresses(d.default_mgmd_port).join(",");
+    let home = |vm: &str| s.vms.get(vm).map(|v| v.home()).unwrap_or(crate::model::RONDB_HOME);
     use ActionKind::*;
     match action.kind.clone() {
         CreateVm {
@@ -125,14 +126,14 @@ pub fn prepare(d: &DesiredState, s: &ClusterState, action: &Action) -> BackendCa
             initial,
             ..
         } => BackendCall::StartProgram {
-            vm,
             spec: ProgramSpec {
                 kind: ProgramKind::Mgmd,
-                command: commands::ndb_mgmd(&version, node_id, initial),
+                command: commands::ndb_mgmd(home(&vm), &version, node_id, initial),
                 version,
                 node_ids: vec![node_id],
                 initial,
             },
+            vm,
         },
         StartDataNode {
             vm,
@@ -141,14 +142,14 @@ pub fn prepare(d: &DesiredState, s: &ClusterState, action: &Action) -> BackendCa
             initial,
             ..
         } => BackendCall::StartProgram {
-            vm,
             spec: ProgramSpec {
                 kind: ProgramKind::DataNode,
-                command: commands::ndbmtd(&version, &connect(), node_id, initial),
+                command: commands::ndbmtd(home(&vm), &version, &connect(), node_id, initial),
                 version,
                 node_ids: vec![node_id],
                 initial,
             },
+            vm,
         },
         StartMysqld {
             vm,
@@ -156,14 +157,14 @@ pub fn prepare(d: &DesiredState, s: &ClusterState, action: &Action) -> BackendCa
             version,
             ..
         } => BackendCall::StartProgram {
-            vm,
             spec: ProgramSpec {
                 kind: ProgramKind::Mysqld,
-                command: commands::mysqld(&version),
+                command: commands::mysqld(home(&vm), &version),
                 version,
                 node_ids,
                 initial: false,
             },
+            vm,
         },
         StartApi {
             vm,
@@ -171,14 +172,14 @@ pub fn prepare(d: &DesiredState, s: &ClusterState, action: &Action) -> BackendCa
             version,
             ..
         } => BackendCall::StartProgram {
-            vm,
             spec: ProgramSpec {
                 kind: ProgramKind::Api,
-                command: commands::api(&version, &connect(), &node_ids),
+                command: commands::api(home(&vm), &version),
                 version,
                 node_ids,
                 initial: false,
             },
+            vm,
         },
         StopMgmd { vm, .. } => stop(d, vm, ProgramKind::Mgmd),
         StopDataNode { vm, .. } => stop(d, vm, ProgramKind::DataNode),
@@ -219,9 +220,9 @@ pub fn prepare(d: &DesiredState, s: &ClusterState, action: &Action) -> BackendCa
                 .unwrap_or("/srv/rondb/backups")
                 .to_string();
             BackendCall::Restore {
-                vm,
                 run: RestoreRun {
                     command: commands::ndb_restore(
+                        home(&vm),
                         &d.rondb_version,
                         &connect(),
                         api_node_id,
@@ -235,6 +236,7 @@ pub fn prepare(d: &DesiredState, s: &ClusterState, action: &Action) -> BackendCa
                     api_node_id,
                     original_node: node_id,
                 },
+                vm,
             }
         }
         RestartAgent { vm, .. } => BackendCall::RestartAgent { vm },

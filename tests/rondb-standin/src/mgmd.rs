@@ -45,6 +45,9 @@ const SYSTEM_CRASH: &str =
     "Node shutdown would cause system crash: Permanent error: Application error";
 const NODES_STARTING: &str = "Operation not allowed while nodes are starting or stopping.";
 const BACKUP_EXISTS: &str = "Backup failed: file already exists (use 'START BACKUP <backup id>'): Temporary error: Temporary Resource error";
+/// A configuration change based on a generation that is no longer current.
+pub const CONFIG_CONFLICT: &str =
+    "Config change failed: the configuration database can only run one change at a time";
 const ARBITRATION: &str = "Node lost connection to other nodes and can not form a unpartitioned cluster, please investigate if there are error(s) on other node(s)(Arbitration error). Temporary error, restart node";
 
 /// How long a node group waits for its other nodes before the newest files start alone
@@ -769,6 +772,21 @@ impl Server {
             Err(e) => return reply("set config reply", &[("result", &e)]),
         };
         let mut st = self.lock();
+        // A change is made to the configuration it was read from: RonDB's configuration
+        // database runs one change at a time, and a client that read an older generation
+        // has to read it again (rondb-helm's ACTIVATE loops retry on exactly this).
+        if new.generation != st.config.generation {
+            return reply(
+                "set config reply",
+                &[(
+                    "result",
+                    &format!(
+                        "{CONFIG_CONFLICT} (the change was made to generation {}, the configuration is at generation {})",
+                        new.generation, st.config.generation
+                    ),
+                )],
+            );
+        }
         new.generation = st.config.generation + 1;
         self.log.info(&format!(
             "Starting configuration change, generation: {}",

@@ -491,7 +491,9 @@ async fn node(opts: &cli::Parsed, cs: &ConnectString, id: u32, version: Version,
                     }
                 }
                 loop {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    // Back soon: while this node is away from the management server, its
+                    // orders (stop, restart) wait.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                     let Ok(c) = MgmClient::connect(&cs, 0, Duration::from_secs(1)).await else {
                         continue;
                     };

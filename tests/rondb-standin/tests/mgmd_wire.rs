@@ -166,6 +166,12 @@ fn replies_are_framed_as_rondb_frames_them() {
         b64.len()
     );
     assert_eq!(s.call(&set), "set config reply\nresult: Ok\n\n");
+    // The same change again was made to generation 1, which is gone: one change at a time.
+    let stale = s.call(&set);
+    assert!(
+        stale.starts_with("set config reply\nresult: Config change failed: the configuration database can only run one change at a time"),
+        "{stale}"
+    );
     assert_eq!(
         s.call("activate\nnode: 2\n\n"),
         "activate reply\nresult: Ok\n\n"
