@@ -430,6 +430,11 @@ impl DirectRuntime {
                     Ok(reply) => match reply.get("result") {
                         Some("Ok") if reply.get("stopped").is_some_and(|n| n != "0") => return Ok(()),
                         Some("Ok") => last = format!("{addr} does not see data node {node} yet"),
+                        // RonDB stops one data node while none starts or stops: wait for
+                        // the other node's restart (another node group's) to finish.
+                        Some(text) if text.contains("nodes are starting or stopping") => {
+                            last = text.to_string()
+                        }
                         Some(text) if !cluster_shutdown => {
                             return Err(refused(format!(
                                 "RonDB refused to stop data node {node} on {vm}: {text}"

@@ -52,6 +52,10 @@ impl Drop for ApiNode {
     }
 }
 
+/// How long after connecting to a management server its view of the data nodes is taken
+/// with a grain of salt (data nodes reconnect to a restarted one within moments).
+const MGMD_SETTLE: Duration = Duration::from_secs(3);
+
 /// How long a statement keeps retrying while the members of a node group change.
 const WRITE_RETRY_FOR: Duration = Duration::from_secs(10);
 
@@ -69,11 +73,15 @@ impl ApiNode {
         let program = program.to_string();
         let task = tokio::spawn(async move {
             let mut client = Some(client);
+            let mut reconnect = false;
             loop {
                 if let Some(c) = client.take() {
-                    follow(c, id, &tx).await;
+                    follow(c, id, &tx, reconnect).await;
+                    reconnect = true;
                 }
-                tx.send_replace(Membership::default());
+                // The data nodes keep serving while the management server is away (as
+                // RonDB's do): the last membership stays; the data nodes' epochs say
+                // whether it is still current.
                 // Like the NDB API, reconnect with the same node id when the management
                 // server comes back.
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -465,7 +473,7 @@ async fn allocate(
 }
 
 /// Reads membership pushes until the management server goes away.
-async fn follow(c: MgmClient, id: u32, tx: &watch::Sender<Membership>) {
+async fn follow(c: MgmClient, id: u32, tx: &watch::Sender<Membership>, reconnect: bool) {
     let (mut r, mut w) = c.into_parts();
     let hello = ToMgmd::ApiHello {
         node: id,
@@ -474,9 +482,43 @@ async fn follow(c: MgmClient, id: u32, tx: &watch::Sender<Membership>) {
     if transporter::write_line(&mut w, &hello).await.is_err() {
         return;
     }
+    // A management server that has just started does not know the started data nodes yet
+    // (they reconnect within moments): for a short while a group it reports without a
+    // started node keeps the members last seen started. After that its word holds.
+    let connected = tokio::time::Instant::now();
+    let latest: std::sync::Arc<std::sync::Mutex<Option<Membership>>> = Default::default();
+    let settle = {
+        let latest = latest.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if !reconnect {
+                return;
+            }
+            tokio::time::sleep_until(connected + MGMD_SETTLE).await;
+            let raw = latest.lock().ok().and_then(|l| l.clone());
+            if let Some(m) = raw {
+                tx.send_replace(m);
+            }
+        })
+    };
     while let Ok(Some(msg)) = transporter::read_line::<_, FromMgmd>(&mut r).await {
         if let FromMgmd::Membership(m) = msg {
-            tx.send_replace(m);
+            if let Ok(mut l) = latest.lock() {
+                *l = Some(m.clone());
+            }
+            let mut shown = m;
+            if reconnect && connected.elapsed() < MGMD_SETTLE {
+                let last = tx.borrow().clone();
+                for (g, view) in shown.groups.iter_mut() {
+                    if view.started().next().is_none() {
+                        if let Some(old) = last.groups.get(g).filter(|o| o.started().next().is_some()) {
+                            *view = old.clone();
+                        }
+                    }
+                }
+            }
+            tx.send_replace(shown);
         }
     }
+    settle.abort();
 }

@@ -1372,7 +1372,7 @@ impl Server {
                 // gets a new epoch so every member agrees again.
                 if started {
                     if let Some(g) = st.config.nodes.get(&node).and_then(|d| d.node_group) {
-                        let e = st.epochs.entry(g).or_insert(0);
+                        let e = st.epochs.entry(g).or_insert_with(first_epoch);
                         *e += 1;
                         let epoch = *e;
                         for id in members(&st, g) {
@@ -1547,7 +1547,7 @@ impl Server {
         let epoch = {
             let mut st = self.lock();
             st.join_started.remove(&group);
-            let e = st.epochs.entry(group).or_insert(0);
+            let e = st.epochs.entry(group).or_insert_with(first_epoch);
             *e += 1;
             let epoch = *e;
             if let Some(n) = st.nodes.get_mut(&node) {
@@ -1613,7 +1613,7 @@ impl Server {
             .alert(&format!("Node {}: Node {node} Disconnected", self.me));
         let group = st.config.nodes.get(&node).and_then(|d| d.node_group);
         if let (Some(g), true) = (group, was_member) {
-            *st.epochs.entry(g).or_insert(0) += 1;
+            *st.epochs.entry(g).or_insert_with(first_epoch) += 1;
             let epoch = st.epochs[&g];
             for id in members(&st, g) {
                 if let Some(c) = st.nodes.get(&id).and_then(|n| n.conn.as_ref()) {
@@ -1704,6 +1704,16 @@ fn push_membership(st: &State) {
             let _ = c.tx.send(FromMgmd::Membership(m.clone()));
         }
     }
+}
+
+/// A group's first epoch under this management server: the time in milliseconds, so epochs
+/// never repeat across management-server restarts (a node or API node still holding an
+/// epoch of the previous one never matches a new one by chance).
+fn first_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(1)
 }
 
 fn unix_time() -> u64 {

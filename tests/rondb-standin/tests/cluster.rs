@@ -171,3 +171,27 @@ fn a_data_node_newer_than_the_management_server_is_refused() {
     );
     assert_eq!(c.node_status(1), "NO_CONTACT");
 }
+
+#[test]
+fn statements_keep_working_while_the_management_server_restarts() {
+    let mut c = Cluster::new(2, 2);
+    c.start_mgmd(&[]);
+    c.start_all_data_nodes();
+    let rt = rt();
+    rt.block_on(async {
+        let api = api(&c, 67).await;
+        api.create_database("d").await.unwrap();
+        api.create_table("d", "t", "k", "v", 16).await.unwrap();
+        api.put("d", "t", rows(0, 100)).await.unwrap();
+        // RonDB's data nodes and API nodes keep talking while the management server is away.
+        c.kill("mgmd");
+        api.put("d", "t", rows(100, 200)).await.unwrap();
+        c.start_mgmd(&[]);
+        for k in 200..300 {
+            api.put("d", "t", rows(k, k + 1)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        c.wait_started(&c.data_nodes());
+        assert_eq!(api.count("d", "t").await.unwrap(), 300);
+    });
+}
