@@ -248,7 +248,13 @@ pub fn agent_command(dir: &Path) -> anyhow::Result<()> {
         write_address(&dir, &grpc, &http)?;
         let provider = make_provider(&vm, &program)?;
         let address = vm.address.clone().unwrap_or_else(|| "127.0.0.1".into());
-        let runtime = make_runtime(vm.runtime, &vm.spec.name, &address, &dir, &sink_dir(&vm, &dir))?;
+        let runtime = make_runtime(
+            vm.runtime,
+            &vm.spec.name,
+            &address,
+            &dir,
+            &sink_dir(&vm, &dir),
+        )?;
         info!(vm = %vm.spec.name, role = ?vm.spec.role, "agent starting");
         let exit = agent::run(
             options(&vm, &dir, false, advertise),
@@ -645,6 +651,9 @@ pub fn status_command(endpoint: &str, json: bool) -> anyhow::Result<std::process
     if let Some(e) = &s.last_error {
         println!("last error:     {e}");
     }
+    if !s.mysqld_endpoints.is_empty() {
+        println!("MySQL servers:  {}", s.mysqld_endpoints.join(", "));
+    }
     let mut agents = comfy_table::Table::new();
     agents
         .load_style(comfy_table::presets::NOTHING)
@@ -661,12 +670,13 @@ pub fn status_command(endpoint: &str, json: bool) -> anyhow::Result<std::process
     }
     let mut vms = comfy_table::Table::new();
     vms.load_style(comfy_table::presets::NOTHING)
-        .set_header(["VM", "ROLE", "ZONE", "PROGRAM"]);
+        .set_header(["VM", "ROLE", "ZONE", "ADDRESS", "PROGRAM"]);
     for v in &s.vms {
         vms.add_row([
             v.name.clone(),
             v.role.clone(),
             v.zone.clone(),
+            v.address.clone(),
             match (v.down, v.running) {
                 (true, _) => "VM down",
                 (false, true) => "running",

@@ -23,7 +23,13 @@ pub fn ndb_mgmd(home: &str, version: &str, node_id: u32, initial: bool) -> Vec<S
     ]
 }
 
-pub fn ndbmtd(home: &str, version: &str, connect: &str, node_id: u32, initial: bool) -> Vec<String> {
+pub fn ndbmtd(
+    home: &str,
+    version: &str,
+    connect: &str,
+    node_id: u32,
+    initial: bool,
+) -> Vec<String> {
     let mut c = vec![
         bin(home, version, "ndbmtd"),
         format!("--ndb-connectstring={connect}"),

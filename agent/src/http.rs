@@ -58,6 +58,9 @@ pub struct Status {
     pub actions_completed: u64,
     /// The agent that answered.
     pub answered_by: String,
+    /// `host:port` of every started MySQL server: where clients connect.
+    #[serde(default)]
+    pub mysqld_endpoints: Vec<String>,
 }
 
 /// One VM in `GET /status`.
@@ -71,6 +74,9 @@ pub struct VmEntry {
     /// The machine itself is down (stopped, its agent dead): it is being started again.
     #[serde(default)]
     pub down: bool,
+    /// Where the VM answers (its RonDB servers listen there).
+    #[serde(default)]
+    pub address: String,
 }
 
 fn error(code: StatusCode, msg: impl Into<String>) -> Response {
@@ -131,8 +137,21 @@ pub fn build_status(shared: &AgentShared) -> Option<Status> {
                 zone: v.zone.clone(),
                 running: v.running,
                 down: v.down,
+                address: v.address.clone(),
             })
             .collect(),
+        mysqld_endpoints: {
+            let port = c
+                .accepted
+                .as_ref()
+                .map(|d| d.default_mysqld_port)
+                .unwrap_or(3306);
+            c.vms
+                .values()
+                .filter(|v| v.role == agent_core::model::Role::Mysqld && v.running && !v.down)
+                .map(|v| format!("{}:{port}", v.address))
+                .collect()
+        },
         actions_in_flight: c.in_flight.len(),
         actions_completed: c.completed_actions,
         answered_by: shared.vm.clone(),

@@ -260,7 +260,7 @@ impl DockerProvider {
             agent_endpoint: format!("{ip}:{AGENT_GRPC_PORT}"),
             state,
             home: None,
-        host_dir: None,
+            host_dir: None,
         })
     }
 

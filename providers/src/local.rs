@@ -68,7 +68,8 @@ pub fn kill_vm_processes(vm_dir: &Path) -> usize {
         if pid == me {
             continue;
         }
-        let inside = std::fs::read_link(p.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&dir));
+        let inside =
+            std::fs::read_link(p.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&dir));
         if inside {
             signal(pid, nix::sys::signal::Signal::SIGKILL);
             killed += 1;
@@ -135,7 +136,9 @@ impl LocalProvider {
             .display()
             .to_string()
             .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
         let (a, b) = (64 + h % 128, (h >> 8) % 254 + 1);
         let taken: Vec<String> = std::fs::read_dir(self.vms_dir())
             .map(|d| {
@@ -147,7 +150,11 @@ impl LocalProvider {
         (2..=254)
             .map(|x| format!("127.{a}.{b}.{x}"))
             .find(|addr| !taken.contains(addr))
-            .ok_or_else(|| BackendError::refused("no free loopback address left for another VM (253 per data directory)"))
+            .ok_or_else(|| {
+                BackendError::refused(
+                    "no free loopback address left for another VM (253 per data directory)",
+                )
+            })
     }
 
     /// Starts the agent of the VM in `dir` and waits until it listens. Another agent that

@@ -117,7 +117,10 @@ fn arg_value<'a>(command: &'a [String], name: &str) -> Option<&'a str> {
 }
 
 /// `key=value` of an option file's or config.ini's section; sections by predicate.
-fn ini_values(text: &str, in_section: impl Fn(&str, &[(String, String)]) -> bool) -> Vec<(String, String)> {
+fn ini_values(
+    text: &str,
+    in_section: impl Fn(&str, &[(String, String)]) -> bool,
+) -> Vec<(String, String)> {
     let mut sections: Vec<(String, Vec<(String, String)>)> = Vec::new();
     for line in text.lines().map(str::trim) {
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
@@ -157,7 +160,10 @@ impl DirectRuntime {
         if vm == self.vm {
             Ok(())
         } else {
-            Err(refused(format!("this runtime runs on {}, not {vm}", self.vm)))
+            Err(refused(format!(
+                "this runtime runs on {}, not {vm}",
+                self.vm
+            )))
         }
     }
 
@@ -166,7 +172,9 @@ impl DirectRuntime {
     }
 
     fn log_path(&self, kind: ProgramKind) -> PathBuf {
-        self.home.join("logs").join(format!("{}.log", program_name(kind)))
+        self.home
+            .join("logs")
+            .join(format!("{}.log", program_name(kind)))
     }
 
     fn running(&self) -> Option<Running> {
@@ -273,7 +281,10 @@ impl DirectRuntime {
                     let n = nodes.iter().find(|n| n.id == node);
                     return match n {
                         Some(n) if n.status == wanted => Ok(true),
-                        Some(n) => Err(format!("node {node} is {} (phase {})", n.status, n.startphase)),
+                        Some(n) => Err(format!(
+                            "node {node} is {} (phase {})",
+                            n.status, n.startphase
+                        )),
                         None => Err(format!("node {node} is not in the configuration of {a}")),
                     };
                 }
@@ -288,34 +299,58 @@ impl DirectRuntime {
         match spec.kind {
             ProgramKind::Mgmd => {
                 let addr = vec![self.mgmd_addr(node)];
-                self.wait_ready(spec.kind, pid, self.timeouts.mgmd_start, "CONNECTED", || {
-                    let addr = addr.clone();
-                    async move { Self::node_has_status(&addr, node, "CONNECTED").await }
-                })
+                self.wait_ready(
+                    spec.kind,
+                    pid,
+                    self.timeouts.mgmd_start,
+                    "CONNECTED",
+                    || {
+                        let addr = addr.clone();
+                        async move { Self::node_has_status(&addr, node, "CONNECTED").await }
+                    },
+                )
                 .await
             }
             ProgramKind::DataNode => {
                 let addrs = Self::connect_addrs(&spec.command);
-                self.wait_ready(spec.kind, pid, self.timeouts.data_node_start, "STARTED", || {
-                    let addrs = addrs.clone();
-                    async move { Self::node_has_status(&addrs, node, "STARTED").await }
-                })
+                self.wait_ready(
+                    spec.kind,
+                    pid,
+                    self.timeouts.data_node_start,
+                    "STARTED",
+                    || {
+                        let addrs = addrs.clone();
+                        async move { Self::node_has_status(&addrs, node, "STARTED").await }
+                    },
+                )
                 .await
             }
             ProgramKind::Api => {
                 let url = rdrs_health_url(&spec.command, &self.address);
-                self.wait_ready(spec.kind, pid, self.timeouts.mysqld_start, "REST API health", || {
-                    let url = url.clone();
-                    async move { http_ok(&url).await.map(|_| true) }
-                })
+                self.wait_ready(
+                    spec.kind,
+                    pid,
+                    self.timeouts.mysqld_start,
+                    "REST API health",
+                    || {
+                        let url = url.clone();
+                        async move { http_ok(&url).await.map(|_| true) }
+                    },
+                )
                 .await
             }
             ProgramKind::Mysqld => {
                 let (host, port) = self.mysqld_endpoint(&spec.command);
-                self.wait_ready(spec.kind, pid, self.timeouts.mysqld_start, "a MySQL ping", || {
-                    let host = host.clone();
-                    async move { mysql_ping(&host, port).await.map(|_| true) }
-                })
+                self.wait_ready(
+                    spec.kind,
+                    pid,
+                    self.timeouts.mysqld_start,
+                    "a MySQL ping",
+                    || {
+                        let host = host.clone();
+                        async move { mysql_ping(&host, port).await.map(|_| true) }
+                    },
+                )
                 .await
             }
         }
@@ -327,7 +362,9 @@ impl DirectRuntime {
             .and_then(|p| std::fs::read_to_string(p).ok())
             .unwrap_or_default();
         let kv = ini_values(&cnf, |name, _| name == "mysqld");
-        let port = get(&kv, "port").and_then(|p| p.parse().ok()).unwrap_or(3306);
+        let port = get(&kv, "port")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(3306);
         let host = match get(&kv, "bind-address") {
             Some(a) if a != "0.0.0.0" && !a.is_empty() => a.to_string(),
             _ => self.address.clone(),
@@ -358,7 +395,12 @@ impl DirectRuntime {
                 .output(),
         )
         .await
-        .map_err(|_| transient(format!("mysqld --initialize-insecure on {} timed out", self.vm)))?
+        .map_err(|_| {
+            transient(format!(
+                "mysqld --initialize-insecure on {} timed out",
+                self.vm
+            ))
+        })?
         .map_err(|e| io(format!("running {}", spec.command[0]), e))?;
         if !out.status.success() {
             return Err(refused(format!(
@@ -428,7 +470,9 @@ impl DirectRuntime {
                 ];
                 match s.call("stop v2", &args, self.timeouts.stop).await {
                     Ok(reply) => match reply.get("result") {
-                        Some("Ok") if reply.get("stopped").is_some_and(|n| n != "0") => return Ok(()),
+                        Some("Ok") if reply.get("stopped").is_some_and(|n| n != "0") => {
+                            return Ok(())
+                        }
                         Some("Ok") => last = format!("{addr} does not see data node {node} yet"),
                         // RonDB stops one data node while none starts or stops: wait for
                         // the other node's restart (another node group's) to finish.
@@ -560,7 +604,9 @@ async fn mysql_ping(host: &str, port: u16) -> Result<(), String> {
         .user(Some("root"))
         .prefer_socket(false);
     let fut = async {
-        let mut conn = mysql_async::Conn::new(opts).await.map_err(|e| e.to_string())?;
+        let mut conn = mysql_async::Conn::new(opts)
+            .await
+            .map_err(|e| e.to_string())?;
         conn.ping().await.map_err(|e| e.to_string())?;
         let _ = conn.query_drop("SELECT 1").await;
         conn.disconnect().await.map_err(|e| e.to_string())
@@ -600,7 +646,11 @@ async fn fetch(url: &str, timeout: Duration) -> Result<Vec<u8>, BackendError> {
     if !resp.status().is_success() {
         let status = resp.status();
         let msg = format!("cannot download {url}: HTTP {status}");
-        return Err(if status.is_client_error() { refused(msg) } else { transient(msg) });
+        return Err(if status.is_client_error() {
+            refused(msg)
+        } else {
+            transient(msg)
+        });
     }
     resp.bytes()
         .await
@@ -615,7 +665,9 @@ fn unpack(tarball: &[u8], dest: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(parent)?;
     let partial = parent.join(format!(
         ".{}.partial",
-        dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        dest.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     ));
     if partial.exists() {
         std::fs::remove_dir_all(&partial)?;
@@ -630,7 +682,10 @@ fn unpack(tarball: &[u8], dest: &Path) -> std::io::Result<()> {
         if inner.as_os_str().is_empty() {
             continue;
         }
-        if inner.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        if inner
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("unsafe path in tarball: {}", path.display()),
@@ -743,7 +798,9 @@ impl ProcessRuntime for DirectRuntime {
             )));
         }
         if spec.kind == ProgramKind::Mgmd && !self.home.join("mgmd").join("config.ini").exists() {
-            return Err(refused(format!("{vm} has no config.ini; ndb_mgmd cannot start")));
+            return Err(refused(format!(
+                "{vm} has no config.ini; ndb_mgmd cannot start"
+            )));
         }
         if spec.kind == ProgramKind::Mysqld {
             self.initialise_mysqld(spec).await?;
@@ -857,7 +914,12 @@ impl ProcessRuntime for DirectRuntime {
                     .output(),
             )
             .await
-            .map_err(|_| transient(format!("ndb_mgm -e '{line}' on {vm} took more than {} s", timeout.as_secs())))?
+            .map_err(|_| {
+                transient(format!(
+                    "ndb_mgm -e '{line}' on {vm} took more than {} s",
+                    timeout.as_secs()
+                ))
+            })?
             .map_err(|e| io(format!("running {}", exe.display()), e))?;
             let text = format!(
                 "{}{}",
@@ -867,7 +929,10 @@ impl ProcessRuntime for DirectRuntime {
             if out.status.success() || !text.contains("one change at a time") || attempt >= 20 {
                 break (out, text);
             }
-            tokio::time::sleep(Duration::from_millis(50 * attempt + u64::from(std::process::id() % 50))).await;
+            tokio::time::sleep(Duration::from_millis(
+                50 * attempt + u64::from(std::process::id() % 50),
+            ))
+            .await;
         };
         let ok = out.status.success()
             // A repeated DEACTIVATE (RonDB's is not idempotent) finds its work done.
@@ -895,12 +960,21 @@ impl ProcessRuntime for DirectRuntime {
             .map(|n| n.id)
             .collect();
         // A backup taken by an earlier try is complete when every node's files are there.
-        let written: Vec<u32> = if repeated_backup { self.backup_nodes(id) } else { nodes };
+        let written: Vec<u32> = if repeated_backup {
+            self.backup_nodes(id)
+        } else {
+            nodes
+        };
         self.collect_backup(id, &written)?;
         Ok(written)
     }
 
-    async fn restore(&self, _op: OpId, vm: &str, run: &RestoreRun) -> Result<Vec<u32>, BackendError> {
+    async fn restore(
+        &self,
+        _op: OpId,
+        vm: &str,
+        run: &RestoreRun,
+    ) -> Result<Vec<u32>, BackendError> {
         self.check(vm)?;
         let id = run.backup.id;
         let dir = self.sink.join("BACKUP").join(format!("BACKUP-{id}"));
@@ -929,10 +1003,17 @@ impl ProcessRuntime for DirectRuntime {
         }
         let out = tokio::time::timeout(
             self.timeouts.restore,
-            tokio::process::Command::new(&command[0]).args(&command[1..]).output(),
+            tokio::process::Command::new(&command[0])
+                .args(&command[1..])
+                .output(),
         )
         .await
-        .map_err(|_| transient(format!("ndb_restore on {vm} took more than {} s", self.timeouts.restore.as_secs())))?
+        .map_err(|_| {
+            transient(format!(
+                "ndb_restore on {vm} took more than {} s",
+                self.timeouts.restore.as_secs()
+            ))
+        })?
         .map_err(|e| io(format!("running {}", command[0]), e))?;
         if !out.status.success() {
             return Err(refused(format!(
@@ -942,12 +1023,24 @@ impl ProcessRuntime for DirectRuntime {
                 String::from_utf8_lossy(&out.stderr)
             )));
         }
-        Ok(if run.step == RestoreStep::Meta { originals } else { vec![] })
+        Ok(if run.step == RestoreStep::Meta {
+            originals
+        } else {
+            vec![]
+        })
     }
 
-    async fn delete_backup(&self, _op: OpId, vm: &str, backup: &BackupSpec) -> Result<(), BackendError> {
+    async fn delete_backup(
+        &self,
+        _op: OpId,
+        vm: &str,
+        backup: &BackupSpec,
+    ) -> Result<(), BackendError> {
         self.check(vm)?;
-        let dir = self.sink.join("BACKUP").join(format!("BACKUP-{}", backup.id));
+        let dir = self
+            .sink
+            .join("BACKUP")
+            .join(format!("BACKUP-{}", backup.id));
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -961,7 +1054,13 @@ impl ProcessRuntime for DirectRuntime {
         self.check(vm)
     }
 
-    async fn upgrade_agent(&self, _op: OpId, vm: &str, _version: &str, _url: &str) -> Result<(), BackendError> {
+    async fn upgrade_agent(
+        &self,
+        _op: OpId,
+        vm: &str,
+        _version: &str,
+        _url: &str,
+    ) -> Result<(), BackendError> {
         self.check(vm)
     }
 }

@@ -92,7 +92,10 @@ impl MgmSession {
             command: command.to_string(),
         };
         let fut = async {
-            self.w.write_all(req.as_bytes()).await.map_err(|_| closed())?;
+            self.w
+                .write_all(req.as_bytes())
+                .await
+                .map_err(|_| closed())?;
             let mut reply = Reply::default();
             let mut first = true;
             loop {
@@ -114,9 +117,9 @@ impl MgmSession {
                         reply.args.push((k.to_string(), v.trim().to_string()))
                     }
                     (true, _) => reply.head = l.to_string(),
-                    (false, Some((k, v))) => {
-                        reply.args.push((k.trim().to_string(), v.trim().to_string()))
-                    }
+                    (false, Some((k, v))) => reply
+                        .args
+                        .push((k.trim().to_string(), v.trim().to_string())),
                     (false, None) => reply.args.push((l.to_string(), String::new())),
                 }
                 first = false;
@@ -138,10 +141,7 @@ impl MgmSession {
             .await?;
         let mut nodes: Vec<NodeState> = Vec::new();
         for (k, v) in &reply.args {
-            let Some((id, field)) = k
-                .strip_prefix("node.")
-                .and_then(|r| r.split_once('.'))
-            else {
+            let Some((id, field)) = k.strip_prefix("node.").and_then(|r| r.split_once('.')) else {
                 continue;
             };
             let Ok(id) = id.parse::<u32>() else { continue };

@@ -16,6 +16,8 @@ pub struct LocalCluster {
     pub http: String,
     up: Child,
     delay_ms: u64,
+    /// RonDB's programs run (the direct runtime) instead of being pretended.
+    attached: bool,
     extra: Vec<Child>,
     pub agents: AgentsClient,
 }
@@ -29,7 +31,7 @@ fn free_port() -> u16 {
 
 /// `ndb-agent up` over `dir/data`, following `dir/desired_state.jsonc`, logging to
 /// `dir/up.log` (appended, so a restart keeps the first run's lines).
-fn spawn_up(bin: &Path, dir: &Path, http: &str, delay_ms: u64) -> Child {
+fn spawn_up(bin: &Path, dir: &Path, http: &str, delay_ms: u64, attached: bool) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -44,6 +46,13 @@ fn spawn_up(bin: &Path, dir: &Path, http: &str, delay_ms: u64) -> Child {
         .arg("--http")
         .arg(http)
         .env("NDB_DUMMY_PROGRAM_DELAY_MS", delay_ms.to_string())
+        .args(if attached {
+            &["--runtime", "direct"][..]
+        } else {
+            &[][..]
+        })
+        // The RonDB stand-in's start phases, short for tests.
+        .env("RONDB_STANDIN_PHASE_MS", "50")
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
         .spawn()
@@ -54,16 +63,26 @@ impl LocalCluster {
     /// Starts `ndb-agent up` on `desired` (JSONC text); `delay_ms` slows the dummy runtime's
     /// program starts and stops.
     pub fn start(bin: &Path, desired: &str, delay_ms: u64) -> Self {
+        Self::start_with(bin, desired, delay_ms, false)
+    }
+
+    /// A cluster whose agents run RonDB's programs (the direct runtime).
+    pub fn start_attached(bin: &Path, desired: &str) -> Self {
+        Self::start_with(bin, desired, 0, true)
+    }
+
+    fn start_with(bin: &Path, desired: &str, delay_ms: u64, attached: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("desired_state.jsonc");
         std::fs::write(&file, desired).expect("write desired state");
         let http = format!("127.0.0.1:{}", free_port());
-        let up = spawn_up(bin, dir.path(), &http, delay_ms);
+        let up = spawn_up(bin, dir.path(), &http, delay_ms, attached);
         LocalCluster {
             bin: bin.to_path_buf(),
             http: http.clone(),
             up,
             delay_ms,
+            attached,
             extra: vec![],
             agents: {
                 let a = AgentsClient::new();
@@ -117,7 +136,13 @@ impl LocalCluster {
 
     /// `ndb-agent up` again with the same arguments, on the same data directory.
     pub fn up_again(&mut self) {
-        self.up = spawn_up(&self.bin, self.dir.path(), &self.http, self.delay_ms);
+        self.up = spawn_up(
+            &self.bin,
+            self.dir.path(),
+            &self.http,
+            self.delay_ms,
+            self.attached,
+        );
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -258,6 +283,12 @@ impl Drop for LocalCluster {
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
+            }
+        }
+        // RonDB's programs of every VM (the direct runtime) go with their machines.
+        if let Ok(vms) = std::fs::read_dir(self.data_dir().join("vms")) {
+            for vm in vms.flatten() {
+                providers::local::kill_vm_processes(&vm.path());
             }
         }
         if std::env::var_os("KEEP_CLUSTER_DIR").is_some() {

@@ -73,7 +73,12 @@ pub enum BackendCall {
 pub fn prepare(d: &DesiredState, s: &ClusterState, action: &Action) -> BackendCall {
     // Only the programs that connect to the management servers need their addresses.
     let connect = || s.mgmd_addresses(d.default_mgmd_port).join(",");
-    let home = |vm: &str| s.vms.get(vm).map(|v| v.home()).unwrap_or(crate::model::RONDB_HOME);
+    let home = |vm: &str| {
+        s.vms
+            .get(vm)
+            .map(|v| v.home())
+            .unwrap_or(crate::model::RONDB_HOME)
+    };
     use ActionKind::*;
     match action.kind.clone() {
         CreateVm {

@@ -115,7 +115,9 @@ pub fn render_rdrs_config(d: &DesiredState, s: &ClusterState, vm: &Vm) -> String
         .mgmd_addresses(d.default_mgmd_port)
         .iter()
         .filter_map(|a| a.rsplit_once(':'))
-        .map(|(ip, port)| serde_json::json!({"IP": ip, "Port": port.parse::<u32>().unwrap_or(1186)}))
+        .map(
+            |(ip, port)| serde_json::json!({"IP": ip, "Port": port.parse::<u32>().unwrap_or(1186)}),
+        )
         .collect();
     let ids: Vec<u32> = s
         .slots
@@ -192,7 +194,12 @@ pub fn config_fingerprint_with(
                 h.write(host_str(s, &x.host, x.external).unwrap_or("").as_bytes());
                 h.write_u8(0);
                 if x.kind == Role::Mgmd {
-                    if let Some(home) = x.host.as_ref().and_then(|h| s.vms.get(h)).and_then(|v| v.home.as_deref()) {
+                    if let Some(home) = x
+                        .host
+                        .as_ref()
+                        .and_then(|h| s.vms.get(h))
+                        .and_then(|v| v.home.as_deref())
+                    {
                         h.write(home.as_bytes());
                     }
                 }

@@ -6,8 +6,8 @@ mod events;
 mod layout;
 
 pub use config::{
-    config_fingerprint, config_fingerprint_with, files_for, render_api_cnf, render_config_ini, render_rdrs_config,
-    render_my_cnf, ConfigFile, RONDB_HOME,
+    config_fingerprint, config_fingerprint_with, files_for, render_api_cnf, render_config_ini,
+    render_my_cnf, render_rdrs_config, ConfigFile, RONDB_HOME,
 };
 pub use events::{Event, Outcome};
 pub use layout::{slot_layout, SlotLayout};

@@ -511,7 +511,9 @@ async fn follow(c: MgmClient, id: u32, tx: &watch::Sender<Membership>, reconnect
                 let last = tx.borrow().clone();
                 for (g, view) in shown.groups.iter_mut() {
                     if view.started().next().is_none() {
-                        if let Some(old) = last.groups.get(g).filter(|o| o.started().next().is_some()) {
+                        if let Some(old) =
+                            last.groups.get(g).filter(|o| o.started().next().is_some())
+                        {
                             *view = old.clone();
                         }
                     }

@@ -239,7 +239,16 @@ fn data_nodes_follow_a_restarted_management_server() {
     c.start_mgmd(&[]);
     // The data nodes kept running and come back to the new management server as started.
     c.wait_started(&[1, 2]);
-    let r = mgm(&c, Message::new("stop v2").arg("node", 1).arg("abort", 0).arg("force", 0));
-    assert_eq!(r.encode(), "stop reply\nresult: Ok\nstopped: 1\ndisconnect: 0\n\n");
+    let r = mgm(
+        &c,
+        Message::new("stop v2")
+            .arg("node", 1)
+            .arg("abort", 0)
+            .arg("force", 0),
+    );
+    assert_eq!(
+        r.encode(),
+        "stop reply\nresult: Ok\nstopped: 1\ndisconnect: 0\n\n"
+    );
     assert_eq!(c.wait_exit("ndbd-1", Duration::from_secs(10)), Some(0));
 }

@@ -50,7 +50,7 @@ pub(super) fn world_of(s: &ClusterState) -> Observation {
             .values()
             .map(|v| VmInfo {
                 home: None,
-        host_dir: None,
+                host_dir: None,
                 name: v.name.clone(),
                 role: v.role,
                 zone: v.zone.clone(),

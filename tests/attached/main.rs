@@ -1,0 +1,378 @@
+//! The RonDB-attached tier on the local provider: `ndb-agent up --runtime direct` runs real
+//! (stand-in) RonDB programs, installed from the stand-in's tarballs, every VM on its own
+//! loopback address. One client writes and reads rows through the MySQL servers the whole
+//! time (another MySQL server when one goes away) while the agents apply live operations:
+//! rolling restart, upgrade and downgrade, more replicas, more and fewer MySQL servers, a
+//! data node killed -9. After every step every row written is read back, no cluster log has
+//! a forced shutdown, and the client's failed operations are counted.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+#[path = "../common/agents_client.rs"]
+mod agents_client;
+#[path = "../local_cluster/harness.rs"]
+mod harness;
+
+use harness::{at_desired, count_role, LocalCluster};
+use mysql_async::prelude::Queryable;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ndb-agent");
+
+/// The stand-in's tarballs of both versions, made by its package.sh (cached).
+fn tarballs() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = root.join("target").join("attached-tarballs");
+    let status = std::process::Command::new(root.join("tests/rondb-standin/package.sh"))
+        .arg(&out)
+        .args(["22.10.1", "22.10.2"])
+        .status()
+        .expect("run package.sh");
+    assert!(status.success(), "package.sh failed");
+    out
+}
+
+fn desired(id: u64, dir: &Path, f: impl FnOnce(&mut serde_json::Value)) -> String {
+    let mut d: serde_json::Value = serde_json::from_str(&harness::desired(id, 1)).unwrap();
+    d["RonDBDownloadLink"] =
+        format!("file://{}/rondb-22.10.1-linux-x86_64.tar.gz", dir.display()).into();
+    f(&mut d);
+    serde_json::to_string_pretty(&d).unwrap()
+}
+
+/// What the client saw, per step.
+#[derive(Default)]
+struct Record {
+    step: String,
+    /// Rows written and acknowledged: (key, value).
+    written: BTreeSet<i64>,
+    failures: Vec<(String, String)>,
+    ops: u64,
+}
+
+struct Client {
+    stop: Arc<AtomicBool>,
+    record: Arc<Mutex<Record>>,
+    endpoints: Arc<Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn opts(endpoint: &str) -> mysql_async::Opts {
+    let (host, port) = endpoint.rsplit_once(':').unwrap();
+    mysql_async::OptsBuilder::default()
+        .ip_or_hostname(host.to_string())
+        .tcp_port(port.parse().unwrap())
+        .user(Some("root"))
+        .prefer_socket(false)
+        .into()
+}
+
+impl Client {
+    /// Creates the table, writes `rows` rows, then writes and reads one row at a time
+    /// until stopped. An operation that fails is tried once more on another MySQL server;
+    /// only a second failure counts.
+    fn start(endpoints: Vec<String>, rows: i64) -> Client {
+        let stop = Arc::new(AtomicBool::new(false));
+        let record = Arc::new(Mutex::new(Record {
+            step: "create".into(),
+            ..Default::default()
+        }));
+        let endpoints = Arc::new(Mutex::new(endpoints));
+        let (s, r, e) = (stop.clone(), record.clone(), endpoints.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let first = e.lock().unwrap()[0].clone();
+                let mut conn = mysql_async::Conn::new(opts(&first)).await.unwrap();
+                conn.query_drop("CREATE DATABASE shop").await.unwrap();
+                conn.query_drop(
+                    "CREATE TABLE shop.items (k BIGINT PRIMARY KEY, v VARCHAR(32)) ENGINE=NDBCLUSTER",
+                )
+                .await
+                .unwrap();
+                for batch in (0..rows).step_by(100) {
+                    let values: Vec<String> = (batch..(batch + 100).min(rows))
+                        .map(|k| format!("({k}, 'v{k}')"))
+                        .collect();
+                    conn.query_drop(format!(
+                        "INSERT INTO shop.items (k, v) VALUES {}",
+                        values.join(",")
+                    ))
+                    .await
+                    .unwrap();
+                    r.lock().unwrap().written.extend(batch..(batch + 100).min(rows));
+                }
+                let mut conn = Some(conn);
+                let mut next = 0usize;
+                let mut key = 1_000_000i64;
+                while !s.load(Ordering::SeqCst) {
+                    let mut last_err = String::new();
+                    let mut ok = false;
+                    for _attempt in 0..2 {
+                        if conn.is_none() {
+                            let eps = e.lock().unwrap().clone();
+                            next += 1;
+                            let ep = eps[next % eps.len()].clone();
+                            match tokio::time::timeout(Duration::from_secs(5), mysql_async::Conn::new(opts(&ep))).await {
+                                Ok(Ok(c)) => conn = Some(c),
+                                Ok(Err(err)) => {
+                                    last_err = format!("connect {ep}: {err}");
+                                    continue;
+                                }
+                                Err(_) => {
+                                    last_err = format!("connect {ep}: timed out");
+                                    continue;
+                                }
+                            }
+                        }
+                        let c = conn.as_mut().unwrap();
+                        let res = async {
+                            c.query_drop(format!("INSERT INTO shop.items (k, v) VALUES ({key}, 'v{key}')"))
+                                .await?;
+                            let v: Option<String> = c
+                                .query_first(format!("SELECT v FROM shop.items WHERE k = {key}"))
+                                .await?;
+                            Ok::<_, mysql_async::Error>(v)
+                        };
+                        match tokio::time::timeout(Duration::from_secs(20), res).await {
+                            Ok(Ok(Some(v))) if v == format!("v{key}") => {
+                                ok = true;
+                                break;
+                            }
+                            Ok(Ok(other)) => {
+                                last_err = format!("read back {other:?} for key {key}");
+                                conn = None;
+                            }
+                            Ok(Err(err)) => {
+                                last_err = err.to_string();
+                                conn = None;
+                            }
+                            Err(_) => {
+                                last_err = "no answer within 20 s".into();
+                                conn = None;
+                            }
+                        }
+                    }
+                    let mut rec = r.lock().unwrap();
+                    rec.ops += 1;
+                    if ok {
+                        rec.written.insert(key);
+                    } else {
+                        let step = rec.step.clone();
+                        rec.failures.push((step, last_err));
+                        drop(rec);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    key += 1;
+                }
+            });
+        });
+        Client {
+            stop,
+            record,
+            endpoints,
+            thread: Some(thread),
+        }
+    }
+
+    fn step(&self, name: &str) {
+        self.record.lock().unwrap().step = name.to_string();
+    }
+
+    fn set_endpoints(&self, eps: Vec<String>) {
+        if !eps.is_empty() {
+            *self.endpoints.lock().unwrap() = eps;
+        }
+    }
+
+    fn failures_in(&self, step: &str) -> Vec<String> {
+        self.record
+            .lock()
+            .unwrap()
+            .failures
+            .iter()
+            .filter(|(s, _)| s == step)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    fn finish(mut self) -> Record {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        std::mem::take(&mut *self.record.lock().unwrap())
+    }
+}
+
+/// Every acknowledged row is there, read through a MySQL server.
+fn check_rows(endpoints: &[String], written: &BTreeSet<i64>) -> usize {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut conn = mysql_async::Conn::new(opts(&endpoints[0])).await.unwrap();
+        let rows: Vec<(i64, String)> = conn.query("SELECT k, v FROM shop.items").await.unwrap();
+        let have: BTreeSet<i64> = rows
+            .iter()
+            .filter(|(k, v)| *v == format!("v{k}"))
+            .map(|(k, _)| *k)
+            .collect();
+        written.difference(&have).count()
+    })
+}
+
+/// Forced shutdowns in every management server's cluster log.
+fn forced_shutdowns(c: &LocalCluster) -> usize {
+    let mut n = 0;
+    if let Ok(vms) = std::fs::read_dir(c.data_dir().join("vms")) {
+        for vm in vms.flatten() {
+            if let Ok(files) = std::fs::read_dir(vm.path().join("rondb/mgmd")) {
+                for f in files.flatten() {
+                    if f.file_name().to_string_lossy().ends_with("_cluster.log") {
+                        let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+                        n += text.matches("Forced node shutdown").count();
+                    }
+                }
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn live_operations_keep_every_row_and_the_cluster_up() {
+    let dir = tarballs();
+    let started = Instant::now();
+    let mut c = LocalCluster::start_attached(Path::new(BIN), &desired(1, &dir, |_| {}));
+    let s = c.wait_for("the attached cluster", Duration::from_secs(180), |s| {
+        at_desired(s, 1) && s.mysqld_endpoints.len() == 2
+    });
+    println!(
+        "up to AT_DESIRED_STATE (attached, 2 x 2 + 2 MySQLds + 1 API): {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let client = Client::start(s.mysqld_endpoints.clone(), 1000);
+    // The 1,000 rows are in before the first live operation.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.record.lock().unwrap().written.len() < 1000 {
+        assert!(
+            Instant::now() < deadline,
+            "the client did not write its 1,000 rows"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut id = 1;
+    let mut report = Vec::new();
+    let mut apply = |c: &mut LocalCluster, name: &str, f: &dyn Fn(&mut serde_json::Value)| {
+        id += 1;
+        client.step(name);
+        let t = Instant::now();
+        std::fs::write(
+            c.dir.path().join("desired_state.jsonc"),
+            desired(id, &dir, |d| f(d)),
+        )
+        .unwrap();
+        let this = id;
+        let s = c.wait_for(name, Duration::from_secs(300), |s| at_desired(s, this));
+        let took = t.elapsed().as_secs_f64();
+        client.set_endpoints(s.mysqld_endpoints.clone());
+        std::thread::sleep(Duration::from_millis(500));
+        let written = client.record.lock().unwrap().written.clone();
+        let lost = check_rows(&s.mysqld_endpoints, &written);
+        let forced = forced_shutdowns(c);
+        let failed = client.failures_in(name);
+        println!(
+            "{name}: {took:.1} s, {} client operation(s) failed after a retry on another MySQL server, {lost} of {} rows lost, {forced} forced shutdown(s)",
+            failed.len(),
+            written.len()
+        );
+        for f in failed.iter().take(5) {
+            println!("    {f}");
+        }
+        report.push((name.to_string(), failed.len(), lost, forced));
+        assert_eq!(lost, 0, "{name}: rows lost");
+        assert_eq!(forced, 0, "{name}: a forced shutdown in a cluster log");
+        s
+    };
+    apply(&mut c, "rolling restart", &|d| {
+        d["RonDBRunningSince"] = 2.into()
+    });
+    apply(&mut c, "upgrade 22.10.1 -> 22.10.2", &|d| {
+        d["RonDBRunningSince"] = 2.into();
+        d["RonDBVersion"] = "22.10.2".into();
+        let link = d["RonDBDownloadLink"]
+            .as_str()
+            .unwrap()
+            .replace("22.10.1", "22.10.2");
+        d["RonDBDownloadLink"] = link.into();
+    });
+    apply(&mut c, "downgrade 22.10.2 -> 22.10.1", &|d| {
+        d["RonDBRunningSince"] = 2.into()
+    });
+    apply(&mut c, "replicas 2 -> 3", &|d| {
+        d["RonDBRunningSince"] = 2.into();
+        d["ActiveReplicationFactor"] = 3.into();
+    });
+    let s = apply(&mut c, "MySQLds 2 -> 3", &|d| {
+        d["RonDBRunningSince"] = 2.into();
+        d["ActiveReplicationFactor"] = 3.into();
+        d["NumManagedMysqldVms"] = 3.into();
+    });
+    assert_eq!(s.mysqld_endpoints.len(), 3);
+    let s = apply(&mut c, "MySQLds 3 -> 2", &|d| {
+        d["RonDBRunningSince"] = 2.into();
+        d["ActiveReplicationFactor"] = 3.into();
+    });
+    assert_eq!(count_role(&s, "mysqld"), 2);
+
+    // A data node's processes killed -9: RonDB's other replicas serve; the agents see the
+    // program gone and start it again.
+    client.step("data node killed -9");
+    let victim = s
+        .vms
+        .iter()
+        .find(|v| v.role == "ndbd")
+        .map(|v| v.name.clone())
+        .unwrap();
+    let t = Instant::now();
+    providers::local::kill_vm_processes(&c.vm_dir(&victim).join("rondb"));
+    c.wait_for(
+        "the killed data node noticed",
+        Duration::from_secs(60),
+        |s| {
+            s.vms.iter().any(|v| v.name == victim && !v.running)
+                || s.reconciliation_state != "AT_DESIRED_STATE"
+        },
+    );
+    let s = c.wait_for("the killed data node back", Duration::from_secs(300), |s| {
+        at_desired(s, id) && s.vms.iter().any(|v| v.name == victim && v.running)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let written = client.record.lock().unwrap().written.clone();
+    let lost = check_rows(&s.mysqld_endpoints, &written);
+    let failed = client.failures_in("data node killed -9");
+    println!(
+        "data node killed -9: back in {:.1} s, {} client operation(s) failed, {lost} rows lost",
+        t.elapsed().as_secs_f64(),
+        failed.len()
+    );
+    assert_eq!(lost, 0, "rows lost after a data node was killed");
+    assert_eq!(forced_shutdowns(&c), 0);
+
+    let record = client.finish();
+    println!(
+        "client: {} operations, {} failed after a retry, {} rows written and read back",
+        record.ops,
+        record.failures.len(),
+        record.written.len()
+    );
+}
