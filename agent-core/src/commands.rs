@@ -61,10 +61,9 @@ pub fn api(home: &str, version: &str) -> Vec<String> {
     ]
 }
 
-/// One `ndb_restore` step.
+/// One `ndb_restore` step, run from the RonDB installed in `install` ([`install_dir`]).
 pub fn ndb_restore(
-    home: &str,
-    version: &str,
+    install: &str,
     connect: &str,
     api_node_id: u32,
     backup_id: u64,
@@ -74,7 +73,7 @@ pub fn ndb_restore(
 ) -> Vec<String> {
     use crate::actions::RestoreStep;
     let mut c = vec![
-        bin(home, version, "ndb_restore"),
+        format!("{install}/bin/ndb_restore"),
         format!("--ndb-connectstring={connect}"),
         format!("--ndb-nodeid={api_node_id}"),
         format!("--backupid={backup_id}"),

@@ -160,14 +160,17 @@ impl Client {
                             }
                         }
                     }
-                    let mut rec = r.lock().unwrap();
-                    rec.ops += 1;
-                    if ok {
-                        rec.written.insert(key);
-                    } else {
-                        let step = rec.step.clone();
-                        rec.failures.push((step, last_err));
-                        drop(rec);
+                    {
+                        let mut rec = r.lock().unwrap();
+                        rec.ops += 1;
+                        if ok {
+                            rec.written.insert(key);
+                        } else {
+                            let step = rec.step.clone();
+                            rec.failures.push((step, last_err));
+                        }
+                    }
+                    if !ok {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                     key += 1;

@@ -227,8 +227,7 @@ pub fn prepare(d: &DesiredState, s: &ClusterState, action: &Action) -> BackendCa
             BackendCall::Restore {
                 run: RestoreRun {
                     command: commands::ndb_restore(
-                        home(&vm),
-                        &d.rondb_version,
+                        &commands::install_dir(home(&vm), &d.rondb_version),
                         &connect(),
                         api_node_id,
                         backup_id,
