@@ -63,16 +63,29 @@ impl LocalCluster {
     /// Starts `ndb-agent up` on `desired` (JSONC text); `delay_ms` slows the dummy runtime's
     /// program starts and stops.
     pub fn start(bin: &Path, desired: &str, delay_ms: u64) -> Self {
-        Self::start_with(bin, desired, delay_ms, false)
+        Self::start_with(bin, desired, delay_ms, false, |_| {})
     }
 
     /// A cluster whose agents run RonDB's programs (the direct runtime).
     pub fn start_attached(bin: &Path, desired: &str) -> Self {
-        Self::start_with(bin, desired, 0, true)
+        Self::start_with(bin, desired, 0, true, |_| {})
     }
 
-    fn start_with(bin: &Path, desired: &str, delay_ms: u64, attached: bool) -> Self {
+    /// [`Self::start_attached`], after `prepare` has put files into the data directory
+    /// (another cluster's backup in the local sink).
+    pub fn start_attached_prepared(bin: &Path, desired: &str, prepare: impl FnOnce(&Path)) -> Self {
+        Self::start_with(bin, desired, 0, true, prepare)
+    }
+
+    fn start_with(
+        bin: &Path,
+        desired: &str,
+        delay_ms: u64,
+        attached: bool,
+        prepare: impl FnOnce(&Path),
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        prepare(&dir.path().join("data"));
         let file = dir.path().join("desired_state.jsonc");
         std::fs::write(&file, desired).expect("write desired state");
         let http = format!("127.0.0.1:{}", free_port());
