@@ -193,6 +193,8 @@ fn action_json(s: &ClusterState, k: &ActionKind) -> serde_json::Value {
 }
 
 impl Recorder {
+    /// Notes an action's start or end (the safety rules are checked per entry, by the
+    /// caller).
     fn on_event(&mut self, state: &ClusterState, event: &Event, t: f64) {
         let r = self;
         match event {
@@ -244,7 +246,6 @@ impl Recorder {
             }
             _ => {}
         }
-        r.checker.check(state, event);
     }
 }
 
@@ -386,6 +387,11 @@ impl Simulation {
                     for ev in &events {
                         self.recorder.on_event(self.engine.state(), ev, t);
                     }
+                    // One entry's events are applied at once: the safety rules see them
+                    // against the state after all of them, which they read once.
+                    self.recorder
+                        .checker
+                        .check_all(self.engine.state(), &events);
                 }
                 Command::Run { action, call } => self.run(action.op_id, call),
                 Command::Observe => {

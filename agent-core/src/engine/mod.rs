@@ -388,9 +388,10 @@ impl Engine {
         // Actions a previous leader started and did not record: run them again under the
         // same operation id (agents answer a repeated id with its first result).
         let resumed: Vec<Action> = self.state.in_flight.values().cloned().collect();
+        let mut config_ini = None;
         for action in resumed {
             info!(op_id = action.op_id, desired_id = d.id, "resume {action}");
-            let call = prepare(&d, &self.state, &action);
+            let call = call::prepare_with(&d, &self.state, &action, &mut config_ini);
             self.out.push(Command::Run { action, call });
         }
         self.drive(now);
@@ -425,11 +426,12 @@ impl Engine {
             // action changes only what is in flight and the id counters, which no call
             // reads, so the desired state need not be copied out of the state to apply the
             // starts one by one.
+            let mut config_ini = None;
             for (op_id, kind) in (self.state.next_op_id..).zip(kinds) {
                 let action = Action { op_id, kind };
                 self.started += 1;
                 info!(op_id = action.op_id, desired_id = d.id, "start {action}");
-                let call = prepare(d, &self.state, &action);
+                let call = call::prepare_with(d, &self.state, &action, &mut config_ini);
                 batch.push(Event::ActionStarted(action.clone()));
                 runs.push(Command::Run { action, call });
             }

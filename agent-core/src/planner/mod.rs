@@ -62,7 +62,12 @@ pub(crate) struct Planner<'a> {
     next_seq: u64,
     pub backup_active: bool,
     pub slot_change_active: bool,
-    config_hashes: BTreeMap<String, u64>,
+    /// config.ini's fingerprint: every management server gets the same file.
+    mgmd_config_hash: Option<u64>,
+    /// Fingerprints of the MySQLd and API VMs' files, computed once per round. A short list
+    /// keyed by borrowed names: looked up about twice per VM, and building a map with owned
+    /// keys cost more than the lookups.
+    config_hashes: Vec<(&'a str, u64)>,
     /// The management servers' addresses, listed once per round for the fingerprints.
     mgmd_addresses: Option<Vec<String>>,
     mgmd_version: Option<String>,
@@ -84,7 +89,8 @@ impl<'a> Planner<'a> {
             next_seq: s.next_vm_seq,
             backup_active: false,
             slot_change_active: false,
-            config_hashes: BTreeMap::new(),
+            mgmd_config_hash: None,
+            config_hashes: Vec::new(),
             mgmd_addresses: None,
             mgmd_version: None,
             held: BTreeMap::new(),
@@ -336,7 +342,7 @@ impl<'a> Planner<'a> {
     }
 
     /// Files are current on the VM (always true for roles without files).
-    pub fn config_current(&mut self, vm: &Vm) -> bool {
+    pub fn config_current(&mut self, vm: &'a Vm) -> bool {
         match vm.role {
             Role::Mgmd | Role::Mysqld | Role::Api => {
                 vm.config_hash == Some(self.wanted_config_hash(vm))
@@ -345,18 +351,21 @@ impl<'a> Planner<'a> {
         }
     }
 
-    pub fn wanted_config_hash(&mut self, vm: &Vm) -> u64 {
+    pub fn wanted_config_hash(&mut self, vm: &'a Vm) -> u64 {
         // Every management server gets the same config.ini: fingerprint it once per round.
-        let key = if vm.role == Role::Mgmd {
-            ""
-        } else {
-            vm.name.as_str()
-        };
-        if let Some(h) = self.config_hashes.get(key) {
+        if vm.role == Role::Mgmd {
+            if let Some(h) = self.mgmd_config_hash {
+                return h;
+            }
+        } else if let Some((_, h)) = self.config_hashes.iter().find(|(n, _)| *n == vm.name) {
             return *h;
         }
         let h = config_fingerprint_with(self.d, self.s, vm, &mut self.mgmd_addresses);
-        self.config_hashes.insert(key.to_string(), h);
+        if vm.role == Role::Mgmd {
+            self.mgmd_config_hash = Some(h);
+        } else {
+            self.config_hashes.push((vm.name.as_str(), h));
+        }
         h
     }
 
