@@ -6,6 +6,7 @@ use crate::desired::DesiredState;
 use crate::desired::RonDbVersion;
 use crate::model::{ClusterState, Event, Role, Slot};
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 
 /// Checks the rules that hold at every moment. Stateful: it remembers whether the cluster
 /// has been serving and how many VMs each role had when a desired state was accepted.
@@ -20,11 +21,18 @@ pub struct InvariantChecker {
     pub violations: Vec<String>,
 }
 
-fn counts(s: &ClusterState) -> BTreeMap<(Role, Option<u32>), usize> {
-    let mut m = BTreeMap::new();
+/// VMs per role and node group, in key order. A short list: a cluster has a handful of
+/// (role, node group) pairs, and this runs after every step of a simulation.
+fn counts(s: &ClusterState) -> Vec<((Role, Option<u32>), usize)> {
+    let mut m: Vec<((Role, Option<u32>), usize)> = Vec::with_capacity(8);
     for v in s.vms.values() {
-        *m.entry((v.role, v.node_group)).or_insert(0) += 1;
+        let key = (v.role, v.node_group);
+        match m.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += 1,
+            None => m.push((key, 1)),
+        }
     }
+    m.sort_unstable_by_key(|(k, _)| *k);
     m
 }
 
@@ -39,10 +47,10 @@ impl InvariantChecker {
     }
 
     /// [`check`](Self::check) of every event of a batch against the same state, the one
-    /// after the whole batch (an engine applies an entry's events at once, so a driver sees
-    /// only that state). The same as checking each event in turn; what depends on the state
-    /// alone (slots by host, started node groups, rules 3 to 5) is computed once per batch,
-    /// not once per event: a batch of started actions is the common case.
+    /// after the whole batch (an engine applies the events of a step at once, so a driver
+    /// sees only that state). The same as checking each event in turn; what depends on the
+    /// state alone (slots by host, started node groups, rules 3 to 5) is computed once per
+    /// batch, not once per event: a result and the starts it allows come in one step.
     pub fn check_all(&mut self, s: &ClusterState, events: &[Event]) {
         let Some(d) = s.accepted.as_ref() else {
             return;
@@ -62,7 +70,7 @@ impl InvariantChecker {
     ) {
         let mut bad = Vec::new();
         if let Event::Accepted(_) = ev {
-            self.baseline = counts(s);
+            self.baseline = counts(s).into_iter().collect();
         }
         // Only these events change VMs, slots or programs; the others cannot break a rule
         // (a started action is checked for rule 2 alone).
@@ -128,12 +136,14 @@ impl InvariantChecker {
         }
         if changes_world {
             // Rules 3 and 5 depend on the state alone.
-            let w = f.world.get_or_insert_with(|| WorldFacts::of(s, d, &f.held));
+            let w = f
+                .world
+                .get_or_insert_with(|| WorldFacts::of(s, d, &f.held, &f.per_vm));
             bad.extend(w.rule3.iter().cloned());
             // Rule 4: no more VMs than desired (or than existed), plus temporary ones if
             // allowed.
             let temp = usize::from(d.allow_requesting_temporary_vms);
-            for (&(role, ng), &n) in &w.counts {
+            for &((role, ng), n) in &w.counts {
                 let target = if role == Role::Bootstrap {
                     1
                 } else {
@@ -160,6 +170,8 @@ struct Facts<'s> {
     /// Active slots by host, in slot order within a host: one buffer rather than a map of
     /// vectors.
     held: Vec<(&'s str, &'s Slot)>,
+    /// Where each VM's active slots are in `held`, in the order of `s.vms`.
+    per_vm: Vec<Range<usize>>,
     /// Node groups with a started data node that holds an active slot.
     up_groups: BTreeSet<u32>,
     /// Every node group has a started data node.
@@ -171,18 +183,23 @@ struct Facts<'s> {
 /// The parts of the rules checked after events that change the world that depend on the
 /// state alone.
 struct WorldFacts {
-    /// VMs per role and node group (rule 4).
-    counts: BTreeMap<(Role, Option<u32>), usize>,
+    /// VMs per role and node group (rule 4), in key order.
+    counts: Vec<((Role, Option<u32>), usize)>,
     rule3: Vec<String>,
     rule5: Vec<String>,
 }
 
 impl WorldFacts {
-    fn of(s: &ClusterState, d: &DesiredState, held: &[(&str, &Slot)]) -> Self {
+    fn of(
+        s: &ClusterState,
+        d: &DesiredState,
+        held: &[(&str, &Slot)],
+        per_vm: &[Range<usize>],
+    ) -> Self {
         WorldFacts {
             counts: counts(s),
             rule3: rule3(s),
-            rule5: rule5(s, d, held),
+            rule5: rule5(s, d, held, per_vm),
         }
     }
 }
@@ -196,9 +213,10 @@ impl<'s> Facts<'s> {
             .filter_map(|x| x.host.as_deref().map(|h| (h, x)))
             .collect();
         held.sort_by(|a, b| a.0.cmp(b.0));
+        let per_vm = held_per_vm(s, &held);
         let mut up_groups = BTreeSet::new();
-        for v in s.vms_of(Role::Ndbd) {
-            if v.running && !slots_of(&held, &v.name).is_empty() {
+        for (v, r) in s.vms.values().zip(&per_vm) {
+            if v.role == Role::Ndbd && v.running && !r.is_empty() {
                 if let Some(g) = v.node_group {
                     up_groups.insert(g);
                 }
@@ -207,6 +225,7 @@ impl<'s> Facts<'s> {
         let serving = (0..d.num_node_groups).all(|g| up_groups.contains(&g));
         Facts {
             held,
+            per_vm,
             up_groups,
             serving,
             world: None,
@@ -242,10 +261,15 @@ fn rule3(s: &ClusterState) -> Vec<String> {
 }
 
 /// Rule 5: node ids in range, each data-node VM holds at most one slot of its group.
-fn rule5(s: &ClusterState, d: &DesiredState, held: &[(&str, &Slot)]) -> Vec<String> {
+fn rule5(
+    s: &ClusterState,
+    d: &DesiredState,
+    held: &[(&str, &Slot)],
+    per_vm: &[Range<usize>],
+) -> Vec<String> {
     let mut bad = Vec::new();
-    for v in s.vms.values() {
-        let held = slots_of(held, &v.name);
+    for (v, r) in s.vms.values().zip(per_vm) {
+        let held = &held[r.clone()];
         let max = match v.role {
             Role::Mysqld => d.num_mysqld_slots_per_vm as usize,
             Role::Api => d.num_api_slots_per_vm as usize,
@@ -271,11 +295,42 @@ fn rule5(s: &ClusterState, d: &DesiredState, held: &[(&str, &Slot)]) -> Vec<Stri
     bad
 }
 
+/// For each VM (in the order of `s.vms`), where its active slots are in `held` (sorted by
+/// host): the same as [`slots_of`] per VM, found by walking both sorted lists together
+/// rather than searching once per VM.
+fn held_per_vm(s: &ClusterState, held: &[(&str, &Slot)]) -> Vec<Range<usize>> {
+    let mut out = Vec::with_capacity(s.vms.len());
+    let mut i = 0;
+    for (key, v) in &s.vms {
+        if *key != v.name {
+            // Keys are names (the state's own events keep them so); a state that says
+            // otherwise is searched by name rather than walked.
+            out.push(slots_range(held, &v.name));
+            continue;
+        }
+        let name = key.as_str();
+        while i < held.len() && held[i].0 < name {
+            i += 1;
+        }
+        let lo = i;
+        while i < held.len() && held[i].0 == name {
+            i += 1;
+        }
+        out.push(lo..i);
+    }
+    out
+}
+
 /// The active slots bound to `vm`, from the slots sorted by host.
 fn slots_of<'b, 's>(held: &'b [(&'s str, &'s Slot)], vm: &str) -> &'b [(&'s str, &'s Slot)] {
+    &held[slots_range(held, vm)]
+}
+
+/// Where the active slots bound to `vm` are in `held` (sorted by host).
+fn slots_range(held: &[(&str, &Slot)], vm: &str) -> Range<usize> {
     let lo = held.partition_point(|(h, _)| *h < vm);
     let hi = lo + held[lo..].partition_point(|(h, _)| *h == vm);
-    &held[lo..hi]
+    lo..hi
 }
 
 /// Rule 6, checked once the desired state is reached: replicas of a node group sit in

@@ -301,7 +301,16 @@ impl World {
 
     /// The program the VM's agent sees: a running one, or one still exiting.
     pub fn visible_program(&self, vm: &str) -> Option<&WorldProgram> {
-        let running = self.vms.get(vm).and_then(|v| v.program.as_ref());
+        self.program_seen(vm, self.vms.get(vm))
+    }
+
+    /// [`World::visible_program`] of `vm`, already looked up (an observation walks every VM).
+    pub(crate) fn program_seen<'w>(
+        &'w self,
+        vm: &str,
+        found: Option<&'w WorldVm>,
+    ) -> Option<&'w WorldProgram> {
+        let running = found.and_then(|v| v.program.as_ref());
         running.or_else(|| {
             self.exiting
                 .get(vm)
