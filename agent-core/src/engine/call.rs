@@ -74,8 +74,9 @@ pub fn prepare(d: &DesiredState, s: &ClusterState, action: &Action) -> BackendCa
     prepare_with(d, s, action, &mut None)
 }
 
-/// [`prepare`], with config.ini kept in `config_ini` once rendered: the actions of one batch
-/// are prepared from the same state, and each management server gets the same file.
+/// [`prepare`], with config.ini kept in `config_ini` once rendered: each management server
+/// gets the same file, and the engine keeps it while the state's slots and VMs stay as
+/// they are. `config_ini` must be `None` or the file rendered from this state.
 pub(crate) fn prepare_with(
     d: &DesiredState,
     s: &ClusterState,

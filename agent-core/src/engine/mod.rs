@@ -23,7 +23,7 @@ use crate::actions::Action;
 use crate::backend::{BackendError, ProgramStatus, VmInfo, VmState};
 use crate::desired::{self, DesiredState, TransitionContext, Violation};
 use crate::model::{ClusterState, Event, Outcome, ReconciliationState, Role};
-use crate::planner::{diff, plan};
+use crate::planner::{diff, plan_with, ConfigCache};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -124,6 +124,9 @@ pub struct Engine {
     /// event changes it would propose nothing again (the planner is a pure function of the
     /// state), so periodic observations that find nothing new skip it.
     planned_nothing: bool,
+    /// The configuration files of the state and their fingerprints, kept across planning
+    /// rounds and emptied by every event that may change what they are made of.
+    config: ConfigCache,
     out: Vec<Command>,
 }
 
@@ -143,6 +146,7 @@ impl Engine {
             asked_wake: None,
             down_since: BTreeMap::new(),
             planned_nothing: false,
+            config: ConfigCache::default(),
             out: Vec::new(),
         }
     }
@@ -191,10 +195,18 @@ impl Engine {
             return;
         }
         for ev in &events {
-            self.state.apply(ev);
+            self.apply(ev);
         }
         self.planned_nothing = false;
         self.out.push(Command::Append(events));
+    }
+
+    /// Applies one event to the state, forgetting the configuration files it may change.
+    fn apply(&mut self, ev: &Event) {
+        if self.state.changes_config_inputs(ev) {
+            self.config = ConfigCache::default();
+        }
+        self.state.apply(ev);
     }
 
     fn observe(&mut self) {
@@ -388,10 +400,9 @@ impl Engine {
         // Actions a previous leader started and did not record: run them again under the
         // same operation id (agents answer a repeated id with its first result).
         let resumed: Vec<Action> = self.state.in_flight.values().cloned().collect();
-        let mut config_ini = None;
         for action in resumed {
             info!(op_id = action.op_id, desired_id = d.id, "resume {action}");
-            let call = call::prepare_with(&d, &self.state, &action, &mut config_ini);
+            let call = call::prepare_with(&d, &self.state, &action, &mut self.config.config_ini);
             self.out.push(Command::Run { action, call });
         }
         self.drive(now);
@@ -417,7 +428,7 @@ impl Engine {
             let kinds = if self.planned_nothing {
                 Vec::new()
             } else {
-                plan(d, &self.state)
+                plan_with(d, &self.state, &mut self.config)
             };
             self.planned_nothing = kinds.is_empty();
             let mut batch = Vec::with_capacity(kinds.len());
@@ -426,17 +437,16 @@ impl Engine {
             // action changes only what is in flight and the id counters, which no call
             // reads, so the desired state need not be copied out of the state to apply the
             // starts one by one.
-            let mut config_ini = None;
             for (op_id, kind) in (self.state.next_op_id..).zip(kinds) {
                 let action = Action { op_id, kind };
                 self.started += 1;
                 info!(op_id = action.op_id, desired_id = d.id, "start {action}");
-                let call = call::prepare_with(d, &self.state, &action, &mut config_ini);
+                let call = call::prepare_with(d, &self.state, &action, &mut self.config.config_ini);
                 batch.push(Event::ActionStarted(action.clone()));
                 runs.push(Command::Run { action, call });
             }
             for ev in &batch {
-                self.state.apply(ev);
+                self.apply(ev);
             }
             // Journaled (one entry) before any of them runs, so a new leader knows what may
             // have started.

@@ -34,14 +34,41 @@ pub fn node_group_lost(s: &ClusterState, g: u32) -> bool {
 
 /// Every action that is safe to start now, given the actions already in flight.
 pub fn plan(d: &DesiredState, s: &ClusterState) -> Vec<ActionKind> {
+    plan_with(d, s, &mut ConfigCache::default())
+}
+
+/// [`plan`], reusing what `cache` knows of the configuration files of this state and adding
+/// to it. The caller must empty the cache whenever the files' inputs may have changed
+/// ([`ClusterState::changes_config_inputs`]); the proposals are then the same as [`plan`]'s.
+pub fn plan_with(d: &DesiredState, s: &ClusterState, cache: &mut ConfigCache) -> Vec<ActionKind> {
     let mut p = Planner::new(d, s);
+    p.config = std::mem::take(cache);
     machines::plan(&mut p);
     slots::plan(&mut p);
     software::plan(&mut p);
     processes::plan(&mut p);
     backups::plan(&mut p);
     agents::plan(&mut p);
+    *cache = p.config;
     p.proposals
+}
+
+/// What the configuration files of one state are made of: their fingerprints, the
+/// management servers' addresses and config.ini itself. They depend only on the accepted
+/// desired state, the slots and the VMs' addresses, which most events leave alone (a
+/// program started, software installed, a file written), so an engine keeps them across
+/// planning rounds: rendering and fingerprinting them every round was a large share of
+/// planning.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigCache {
+    /// config.ini's fingerprint: every management server gets the same file.
+    mgmd_hash: Option<u64>,
+    /// Fingerprints of the MySQLd and API VMs' files, by VM (a handful).
+    hashes: Vec<(String, Role, u64)>,
+    /// The management servers' addresses, for the fingerprints.
+    mgmd_addresses: Option<Vec<String>>,
+    /// config.ini as rendered for the management servers.
+    pub config_ini: Option<String>,
 }
 
 /// The shared context of one planning round: what is locked, what is disrupted, what the
@@ -62,14 +89,8 @@ pub(crate) struct Planner<'a> {
     next_seq: u64,
     pub backup_active: bool,
     pub slot_change_active: bool,
-    /// config.ini's fingerprint: every management server gets the same file.
-    mgmd_config_hash: Option<u64>,
-    /// Fingerprints of the MySQLd and API VMs' files, computed once per round. A short list
-    /// keyed by borrowed names: looked up about twice per VM, and building a map with owned
-    /// keys cost more than the lookups.
-    config_hashes: Vec<(&'a str, u64)>,
-    /// The management servers' addresses, listed once per round for the fingerprints.
-    mgmd_addresses: Option<Vec<String>>,
+    /// Configuration fingerprints, kept across rounds by the caller while they hold.
+    config: ConfigCache,
     mgmd_version: Option<String>,
     /// Active slots per VM, computed once per round (the hot path of every budget check).
     held: BTreeMap<&'a str, Vec<u32>>,
@@ -89,9 +110,7 @@ impl<'a> Planner<'a> {
             next_seq: s.next_vm_seq,
             backup_active: false,
             slot_change_active: false,
-            mgmd_config_hash: None,
-            config_hashes: Vec::new(),
-            mgmd_addresses: None,
+            config: ConfigCache::default(),
             mgmd_version: None,
             held: BTreeMap::new(),
         };
@@ -342,7 +361,7 @@ impl<'a> Planner<'a> {
     }
 
     /// Files are current on the VM (always true for roles without files).
-    pub fn config_current(&mut self, vm: &'a Vm) -> bool {
+    pub fn config_current(&mut self, vm: &Vm) -> bool {
         match vm.role {
             Role::Mgmd | Role::Mysqld | Role::Api => {
                 vm.config_hash == Some(self.wanted_config_hash(vm))
@@ -351,20 +370,25 @@ impl<'a> Planner<'a> {
         }
     }
 
-    pub fn wanted_config_hash(&mut self, vm: &'a Vm) -> u64 {
-        // Every management server gets the same config.ini: fingerprint it once per round.
+    pub fn wanted_config_hash(&mut self, vm: &Vm) -> u64 {
+        // Every management server gets the same config.ini: fingerprint it once.
+        let c = &mut self.config;
         if vm.role == Role::Mgmd {
-            if let Some(h) = self.mgmd_config_hash {
+            if let Some(h) = c.mgmd_hash {
                 return h;
             }
-        } else if let Some((_, h)) = self.config_hashes.iter().find(|(n, _)| *n == vm.name) {
+        } else if let Some((_, _, h)) = c
+            .hashes
+            .iter()
+            .find(|(n, r, _)| *r == vm.role && *n == vm.name)
+        {
             return *h;
         }
-        let h = config_fingerprint_with(self.d, self.s, vm, &mut self.mgmd_addresses);
+        let h = config_fingerprint_with(self.d, self.s, vm, &mut c.mgmd_addresses);
         if vm.role == Role::Mgmd {
-            self.mgmd_config_hash = Some(h);
+            c.mgmd_hash = Some(h);
         } else {
-            self.config_hashes.push((vm.name.as_str(), h));
+            c.hashes.push((vm.name.clone(), vm.role, h));
         }
         h
     }

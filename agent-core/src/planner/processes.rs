@@ -14,12 +14,12 @@ pub(super) fn plan(p: &mut Planner) {
 }
 
 /// The VM is ready to run its program: software installed, slots bound, files current.
-fn ready<'a>(p: &mut Planner<'a>, vm: &'a Vm) -> bool {
+fn ready(p: &mut Planner, vm: &Vm) -> bool {
     let v = p.version();
     ready_for(p, vm, v)
 }
 
-fn ready_for<'a>(p: &mut Planner<'a>, vm: &'a Vm, version: &str) -> bool {
+fn ready_for(p: &mut Planner, vm: &Vm, version: &str) -> bool {
     if p.retiring.contains(&vm.name) || p.is_locked_vm(&vm.name) {
         return false;
     }
