@@ -23,7 +23,7 @@ use crate::actions::Action;
 use crate::backend::{BackendError, ProgramStatus, VmInfo, VmState};
 use crate::desired::{self, DesiredState, TransitionContext, Violation};
 use crate::model::{ClusterState, Event, Outcome, ReconciliationState, Role};
-use crate::planner::{diff, plan_with, ConfigCache};
+use crate::planner::{diff_with, plan_with, ConfigCache};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -375,7 +375,7 @@ impl Engine {
         };
         if self.state.reconciliation != ReconciliationState::WORKING_TOWARDS_DESIRED_STATE
             && self.state.in_flight.is_empty()
-            && diff(&d, &self.state).is_empty()
+            && diff_with(&d, &self.state, &mut self.config).is_empty()
         {
             if self.state.reconciliation == ReconciliationState::ERROR_STATE {
                 // What failed is no longer missing (the world healed, or a retry of an
@@ -470,7 +470,7 @@ impl Engine {
         let (state, error) = match self.give_up.take() {
             Some(e) => (ReconciliationState::ERROR_STATE, Some(e)),
             None => {
-                let left = diff(d, &self.state);
+                let left = diff_with(d, &self.state, &mut self.config);
                 if left.is_empty() {
                     (ReconciliationState::AT_DESIRED_STATE, None)
                 } else {

@@ -16,7 +16,7 @@ mod software;
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub use diff::{diff, Difference};
+pub use diff::{diff, diff_with, Difference};
 
 use crate::actions::{ActionKind, Subject};
 use crate::desired::{DesiredState, RonDbVersion, VmType};
@@ -69,6 +69,31 @@ pub struct ConfigCache {
     mgmd_addresses: Option<Vec<String>>,
     /// config.ini as rendered for the management servers.
     pub config_ini: Option<String>,
+}
+
+impl ConfigCache {
+    /// [`config_fingerprint`](crate::model::config_fingerprint) of `vm`'s files, computed
+    /// once per VM (once for all management servers, which get the same config.ini).
+    pub fn fingerprint(&mut self, d: &DesiredState, s: &ClusterState, vm: &Vm) -> u64 {
+        if vm.role == Role::Mgmd {
+            if let Some(h) = self.mgmd_hash {
+                return h;
+            }
+        } else if let Some((_, _, h)) = self
+            .hashes
+            .iter()
+            .find(|(n, r, _)| *r == vm.role && *n == vm.name)
+        {
+            return *h;
+        }
+        let h = config_fingerprint_with(d, s, vm, &mut self.mgmd_addresses);
+        if vm.role == Role::Mgmd {
+            self.mgmd_hash = Some(h);
+        } else {
+            self.hashes.push((vm.name.clone(), vm.role, h));
+        }
+        h
+    }
 }
 
 /// The shared context of one planning round: what is locked, what is disrupted, what the
@@ -325,18 +350,20 @@ impl<'a> Planner<'a> {
             return false;
         }
         // Only replicas that stay count; the ones being replaced will leave their zone.
-        let members: Vec<&Vm> = self
-            .s
-            .vms_of(Role::Ndbd)
-            .filter(|w| w.node_group == vm.node_group && self.spec_ok(w))
-            .collect();
-        let older_same_zone = members.iter().any(|w| w.zone == vm.zone && w.seq < vm.seq);
+        // Walked again rather than collected: this runs for every data node several times
+        // a round, and the second walk is rare (only for a replica that shares its zone).
+        let members = || {
+            self.s
+                .vms_of(Role::Ndbd)
+                .filter(|w| w.node_group == vm.node_group && self.spec_ok(w))
+        };
+        let older_same_zone = members().any(|w| w.zone == vm.zone && w.seq < vm.seq);
         older_same_zone
             && self
                 .d
                 .availability_zones
                 .iter()
-                .any(|z| !members.iter().any(|w| &w.zone == z))
+                .any(|z| !members().any(|w| &w.zone == z))
     }
 
     /// Another replica of the node group sits in the same zone.
@@ -371,26 +398,7 @@ impl<'a> Planner<'a> {
     }
 
     pub fn wanted_config_hash(&mut self, vm: &Vm) -> u64 {
-        // Every management server gets the same config.ini: fingerprint it once.
-        let c = &mut self.config;
-        if vm.role == Role::Mgmd {
-            if let Some(h) = c.mgmd_hash {
-                return h;
-            }
-        } else if let Some((_, _, h)) = c
-            .hashes
-            .iter()
-            .find(|(n, r, _)| *r == vm.role && *n == vm.name)
-        {
-            return *h;
-        }
-        let h = config_fingerprint_with(self.d, self.s, vm, &mut c.mgmd_addresses);
-        if vm.role == Role::Mgmd {
-            c.mgmd_hash = Some(h);
-        } else {
-            c.hashes.push((vm.name.clone(), vm.role, h));
-        }
-        h
+        self.config.fingerprint(self.d, self.s, vm)
     }
 
     pub fn version(&self) -> &'a str {
