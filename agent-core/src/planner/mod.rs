@@ -116,7 +116,9 @@ pub(crate) struct Planner<'a> {
     pub slot_change_active: bool,
     /// Configuration fingerprints, kept across rounds by the caller while they hold.
     config: ConfigCache,
-    mgmd_version: Option<String>,
+    /// The version a stopped management server starts with, decided once per round (it
+    /// borrows from the desired state or a VM of the state: nothing to copy).
+    mgmd_version: Option<&'a str>,
     /// Active slots per VM, computed once per round (the hot path of every budget check).
     held: BTreeMap<&'a str, Vec<u32>>,
 }
@@ -437,19 +439,19 @@ impl<'a> Planner<'a> {
     /// upgrade order forbids it (a downgrade whose data nodes still run the newer version)
     /// and no management server runs at all; then the newest version still running, so the
     /// data nodes can be downgraded through it.
-    pub fn mgmd_start_version(&mut self) -> String {
-        if let Some(v) = &self.mgmd_version {
-            return v.clone();
+    pub fn mgmd_start_version(&mut self) -> &'a str {
+        if let Some(v) = self.mgmd_version {
+            return v;
         }
         let v = self.compute_mgmd_start_version();
-        self.mgmd_version = Some(v.clone());
+        self.mgmd_version = Some(v);
         v
     }
 
-    fn compute_mgmd_start_version(&self) -> String {
+    fn compute_mgmd_start_version(&self) -> &'a str {
         let v = self.version();
         if self.version_gate(Role::Mgmd, v) || self.mgmd_up().is_some() {
-            return v.to_string();
+            return v;
         }
         self.s
             .vms
@@ -458,7 +460,6 @@ impl<'a> Planner<'a> {
             .filter_map(|w| w.version.as_deref())
             .max_by_key(|x| RonDbVersion::parse(x))
             .unwrap_or(v)
-            .to_string()
     }
 
     /// Restart order for a rolling restart: every active program of an earlier phase was
