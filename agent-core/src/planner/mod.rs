@@ -61,9 +61,7 @@ pub fn plan_with(d: &DesiredState, s: &ClusterState, cache: &mut ConfigCache) ->
 /// planning.
 #[derive(Debug, Clone, Default)]
 pub struct ConfigCache {
-    /// config.ini's fingerprint: every management server gets the same file.
-    mgmd_hash: Option<u64>,
-    /// Fingerprints of the MySQLd and API VMs' files, by VM (a handful).
+    /// Fingerprints of the VMs' files, by VM (a handful).
     hashes: Vec<(String, Role, u64)>,
     /// The management servers' addresses, for the fingerprints.
     mgmd_addresses: Option<Vec<String>>,
@@ -73,13 +71,9 @@ pub struct ConfigCache {
 
 impl ConfigCache {
     /// [`config_fingerprint`](crate::model::config_fingerprint) of `vm`'s files, computed
-    /// once per VM (once for all management servers, which get the same config.ini).
+    /// once per VM while the cache holds.
     pub fn fingerprint(&mut self, d: &DesiredState, s: &ClusterState, vm: &Vm) -> u64 {
-        if vm.role == Role::Mgmd {
-            if let Some(h) = self.mgmd_hash {
-                return h;
-            }
-        } else if let Some((_, _, h)) = self
+        if let Some((_, _, h)) = self
             .hashes
             .iter()
             .find(|(n, r, _)| *r == vm.role && *n == vm.name)
@@ -87,11 +81,7 @@ impl ConfigCache {
             return *h;
         }
         let h = config_fingerprint_with(d, s, vm, &mut self.mgmd_addresses);
-        if vm.role == Role::Mgmd {
-            self.mgmd_hash = Some(h);
-        } else {
-            self.hashes.push((vm.name.clone(), vm.role, h));
-        }
+        self.hashes.push((vm.name.clone(), vm.role, h));
         h
     }
 }
