@@ -12,7 +12,8 @@ use anyhow::{bail, Context};
 use providers::docker::{DockerConfig, DockerProvider, AGENT_GRPC_PORT, AGENT_HTTP_PORT, VM_ENV};
 use providers::local::{self, AgentAddress, LocalProvider};
 use providers::{ProviderConfig, RuntimeKind, VmConfig};
-use runtime_backends::VmDummyRuntime;
+use runtime_backends::direct::Timeouts;
+use runtime_backends::{DirectRuntime, VmDummyRuntime};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,10 +51,18 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn make_runtime(
     kind: RuntimeKind,
     vm: &str,
+    address: &str,
     dir: &Path,
     data_dir: &Path,
 ) -> anyhow::Result<Arc<dyn ProcessRuntime>> {
     match kind {
+        RuntimeKind::Direct => Ok(Arc::new(DirectRuntime::new(
+            vm,
+            &std::path::absolute(local::rondb_home(dir))?,
+            &data_dir.join("backups"),
+            address,
+            Timeouts::default(),
+        ))),
         RuntimeKind::Dummy => {
             let delay = std::env::var(DUMMY_DELAY_ENV)
                 .ok()
@@ -238,7 +247,8 @@ pub fn agent_command(dir: &Path) -> anyhow::Result<()> {
         let (grpc, http, advertise) = listeners(&vm, &dir, None).await?;
         write_address(&dir, &grpc, &http)?;
         let provider = make_provider(&vm, &program)?;
-        let runtime = make_runtime(vm.runtime, &vm.spec.name, &dir, &sink_dir(&vm, &dir))?;
+        let address = vm.address.clone().unwrap_or_else(|| "127.0.0.1".into());
+        let runtime = make_runtime(vm.runtime, &vm.spec.name, &address, &dir, &sink_dir(&vm, &dir))?;
         info!(vm = %vm.spec.name, role = ?vm.spec.role, "agent starting");
         let exit = agent::run(
             options(&vm, &dir, false, advertise),
@@ -334,6 +344,7 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
             },
             Some(d) => ProviderConfig::Docker(d.clone()),
         },
+        address: None,
     };
     local::write_atomic(&dir.join(local::VM_FILE), &serde_json::to_vec_pretty(&vm)?)?;
     let program = std::env::current_exe().context("cannot find the ndb-agent binary")?;
@@ -341,7 +352,7 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
         let (grpc, http, advertise) = listeners(&vm, &dir, Some(&o.http)).await?;
         write_address(&dir, &grpc, &http)?;
         let provider = make_provider(&vm, &program)?;
-        let runtime = make_runtime(o.runtime, "bootstrap", &dir, &sink_dir(&vm, &dir))?;
+        let runtime = make_runtime(o.runtime, "bootstrap", "127.0.0.1", &dir, &sink_dir(&vm, &dir))?;
         let resume = tokio::spawn(resume_vms(Arc::clone(&provider)));
         let agent = tokio::spawn(agent::run(
             options(&vm, &dir, true, advertise),
@@ -696,6 +707,8 @@ pub fn down_command(data_dir: &Path, remove: bool) -> anyhow::Result<()> {
                 stopped += 1;
             }
         }
+        // A VM that goes down stops everything on it, RonDB's programs too.
+        local::kill_vm_processes(&dir);
     }
     println!("stopped {stopped} agent(s) of {}", data_dir.display());
     if remove {

@@ -31,6 +31,9 @@ enum ProviderArg {
 enum RuntimeArg {
     /// Pretended programs: real configuration files and command lines, no RonDB process.
     Dummy,
+    /// RonDB's programs as processes, installed from the desired state's RonDB tarballs;
+    /// every local VM gets a loopback address of its own.
+    Direct,
 }
 
 #[derive(Subcommand)]
@@ -192,6 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 http,
                 runtime: match runtime {
                     RuntimeArg::Dummy => providers::RuntimeKind::Dummy,
+                    RuntimeArg::Direct => providers::RuntimeKind::Direct,
                 },
                 docker,
             })

@@ -62,6 +62,16 @@ pub struct VmInfo {
     pub agent_endpoint: String,
     #[serde(default)]
     pub state: VmState,
+    /// Where RonDB lives on the VM when several VMs share one host (the local provider):
+    /// then RonDB's files are kept under it and its servers bind to the VM's own address.
+    /// `None`: the VM is a machine of its own, RonDB lives in `/srv/rondb`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<String>,
+    /// Set with `home`: the shared host's directory where every data node of the cluster
+    /// keeps its files (RonDB separates them by node id, so a node's files do not depend on
+    /// which VM runs it) and writes its backups (the local backup sink).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_dir: Option<String>,
 }
 
 /// What kind of failure a backend call met: it decides what the reconciler does next.

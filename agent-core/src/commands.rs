@@ -1,32 +1,31 @@
 //! Real RonDB command lines. The dummy runtime records them; the direct and supervisord
-//! runtimes exec them unchanged against a RonDB tarball.
-
-use crate::model::RONDB_HOME;
+//! runtimes exec them unchanged against a RonDB tarball. `home` is where RonDB lives on the
+//! VM ([`crate::model::Vm::home`]).
 
 /// Where a RonDB version is unpacked on a VM.
-pub fn install_dir(version: &str) -> String {
-    format!("{RONDB_HOME}/versions/{version}")
+pub fn install_dir(home: &str, version: &str) -> String {
+    format!("{home}/versions/{version}")
 }
 
-fn bin(version: &str, program: &str) -> String {
-    format!("{}/bin/{program}", install_dir(version))
+fn bin(home: &str, version: &str, program: &str) -> String {
+    format!("{}/bin/{program}", install_dir(home, version))
 }
 
-pub fn ndb_mgmd(version: &str, node_id: u32, initial: bool) -> Vec<String> {
+pub fn ndb_mgmd(home: &str, version: &str, node_id: u32, initial: bool) -> Vec<String> {
     vec![
-        bin(version, "ndb_mgmd"),
+        bin(home, version, "ndb_mgmd"),
         format!("--ndb-nodeid={node_id}"),
         "-f".into(),
-        format!("{RONDB_HOME}/mgmd/config.ini"),
-        format!("--configdir={RONDB_HOME}/mgmd"),
+        format!("{home}/mgmd/config.ini"),
+        format!("--configdir={home}/mgmd"),
         if initial { "--initial" } else { "--reload" }.into(),
         "--nodaemon".into(),
     ]
 }
 
-pub fn ndbmtd(version: &str, connect: &str, node_id: u32, initial: bool) -> Vec<String> {
+pub fn ndbmtd(home: &str, version: &str, connect: &str, node_id: u32, initial: bool) -> Vec<String> {
     let mut c = vec![
-        bin(version, "ndbmtd"),
+        bin(home, version, "ndbmtd"),
         format!("--ndb-connectstring={connect}"),
         format!("--ndb-nodeid={node_id}"),
     ];
@@ -37,33 +36,28 @@ pub fn ndbmtd(version: &str, connect: &str, node_id: u32, initial: bool) -> Vec<
     c
 }
 
-pub fn mysqld(version: &str) -> Vec<String> {
+pub fn mysqld(home: &str, version: &str) -> Vec<String> {
     vec![
-        bin(version, "mysqld"),
-        format!("--defaults-file={RONDB_HOME}/my.cnf"),
-        format!("--basedir={}", install_dir(version)),
+        bin(home, version, "mysqld"),
+        format!("--defaults-file={home}/my.cnf"),
+        format!("--basedir={}", install_dir(home, version)),
     ]
 }
 
-/// API hosts run the application the user deploys; the agent starts RonDB's own API
-/// process wrapper with the node ids and connect string of `ndb_api.cnf`.
-pub fn api(version: &str, connect: &str, node_ids: &[u32]) -> Vec<String> {
+/// API hosts run RonDB's REST API server (`rdrs2`) on their slots, configured by
+/// `rdrs2.json` ([`crate::model::render_rdrs_config`]); the user's own application reads the
+/// same slots from `ndb_api.cnf`.
+pub fn api(home: &str, version: &str) -> Vec<String> {
     vec![
-        bin(version, "ndb_api_host"),
-        format!("--ndb-connectstring={connect}"),
-        format!(
-            "--ndb-nodeids={}",
-            node_ids
-                .iter()
-                .map(|n| n.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        ),
+        bin(home, version, "rdrs2"),
+        "-config".into(),
+        format!("{home}/rdrs2.json"),
     ]
 }
 
 /// One `ndb_restore` step.
 pub fn ndb_restore(
+    home: &str,
     version: &str,
     connect: &str,
     api_node_id: u32,
@@ -74,7 +68,7 @@ pub fn ndb_restore(
 ) -> Vec<String> {
     use crate::actions::RestoreStep;
     let mut c = vec![
-        bin(version, "ndb_restore"),
+        bin(home, version, "ndb_restore"),
         format!("--ndb-connectstring={connect}"),
         format!("--ndb-nodeid={api_node_id}"),
         format!("--backupid={backup_id}"),

@@ -259,6 +259,8 @@ impl DockerProvider {
             address: ip.to_string(),
             agent_endpoint: format!("{ip}:{AGENT_GRPC_PORT}"),
             state,
+            home: None,
+        host_dir: None,
         })
     }
 
@@ -325,6 +327,7 @@ impl CloudProvider for DockerProvider {
                 spec: spec.clone(),
                 runtime: self.runtime,
                 provider: ProviderConfig::Docker(self.cfg.clone()),
+                address: None,
             };
             let vm_json = serde_json::to_string(&vm)
                 .map_err(|e| BackendError::refused(format!("VM config: {e}")))?;

@@ -34,12 +34,15 @@ pub enum RuntimeKind {
     /// Programs are pretended: real files and command lines, no RonDB process.
     #[default]
     Dummy,
+    /// RonDB's programs run as processes of the agent, from an installed RonDB tarball.
+    Direct,
 }
 
 impl std::fmt::Display for RuntimeKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             RuntimeKind::Dummy => "dummy",
+            RuntimeKind::Direct => "direct",
         })
     }
 }
@@ -52,6 +55,10 @@ pub struct VmConfig {
     /// The `ProcessRuntime` the agent uses.
     pub runtime: RuntimeKind,
     pub provider: ProviderConfig,
+    /// A local VM that runs RonDB gets a loopback address of its own (127.x.y.z), so every
+    /// program listens on RonDB's default ports as on a machine of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 impl VmConfig {

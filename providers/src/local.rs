@@ -39,6 +39,47 @@ pub struct LocalProvider {
     data_dir: PathBuf,
     program: PathBuf,
     runtime: crate::RuntimeKind,
+    /// Held while a VM's address is chosen and recorded: never two VMs on one address.
+    addressing: tokio::sync::Mutex<()>,
+}
+
+fn absolute(p: &Path) -> String {
+    std::path::absolute(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// Kills every process working in a VM's directory (RonDB's programs run there): what
+/// switching a machine off does to them. Returns how many it killed.
+pub fn kill_vm_processes(vm_dir: &Path) -> usize {
+    let Ok(dir) = vm_dir.canonicalize() else {
+        return 0;
+    };
+    let me = std::process::id();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let inside = std::fs::read_link(p.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&dir));
+        if inside {
+            signal(pid, nix::sys::signal::Signal::SIGKILL);
+            killed += 1;
+        }
+    }
+    killed
+}
+
+/// Where RonDB lives in a local VM's directory (its files, logs and installed versions).
+pub fn rondb_home(vm_dir: &Path) -> PathBuf {
+    vm_dir.join("rondb")
 }
 
 fn failed(what: &str, e: impl std::fmt::Display) -> BackendError {
@@ -52,6 +93,7 @@ impl LocalProvider {
             data_dir: data_dir.to_path_buf(),
             program: program.to_path_buf(),
             runtime,
+            addressing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -74,10 +116,38 @@ impl LocalProvider {
             zone: vm.spec.zone.clone(),
             vm_type: vm.spec.vm_type,
             storage_gib: vm.spec.storage_gib,
-            address: "127.0.0.1".into(),
+            address: vm.address.clone().unwrap_or_else(|| "127.0.0.1".into()),
             agent_endpoint: addr.map(|a| a.grpc_addr.clone()).unwrap_or_default(),
             state,
+            // Absolute: RonDB's programs run with their own working directory.
+            home: (vm.runtime == crate::RuntimeKind::Direct)
+                .then(|| absolute(&rondb_home(&self.vm_dir(&vm.spec.name)))),
+            host_dir: (vm.runtime == crate::RuntimeKind::Direct).then(|| absolute(&self.data_dir)),
         }
+    }
+
+    /// The lowest loopback address of this data directory's block (127.A.B.2 ...) that no
+    /// VM holds. The block comes from the data directory's path, so two clusters on one
+    /// machine do not meet on RonDB's ports.
+    fn free_address(&self) -> Result<String, BackendError> {
+        let h = self
+            .data_dir
+            .display()
+            .to_string()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        let (a, b) = (64 + h % 128, (h >> 8) % 254 + 1);
+        let taken: Vec<String> = std::fs::read_dir(self.vms_dir())
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| read_vm(&e.path()).ok()?.address)
+                    .collect()
+            })
+            .unwrap_or_default();
+        (2..=254)
+            .map(|x| format!("127.{a}.{b}.{x}"))
+            .find(|addr| !taken.contains(addr))
+            .ok_or_else(|| BackendError::refused("no free loopback address left for another VM (253 per data directory)"))
     }
 
     /// Starts the agent of the VM in `dir` and waits until it listens. Another agent that
@@ -249,17 +319,23 @@ fn signal(pid: u32, sig: nix::sys::signal::Signal) {
 impl CloudProvider for LocalProvider {
     async fn create_vm(&self, _op: OpId, spec: &VmSpec) -> Result<VmInfo, BackendError> {
         let dir = self.vm_dir(&spec.name);
+        // Idempotent: a VM created by a leader that died before recording it is reused.
+        if let (Some(addr), Ok(existing)) = (running_agent(&dir), read_vm(&dir)) {
+            return Ok(self.info(&existing, &addr));
+        }
+        let _addressing = self.addressing.lock().await;
+        let address = match self.runtime {
+            crate::RuntimeKind::Direct => Some(self.free_address()?),
+            crate::RuntimeKind::Dummy => None,
+        };
         let vm = VmConfig {
             spec: spec.clone(),
             runtime: self.runtime,
             provider: ProviderConfig::Local {
                 data_dir: self.data_dir.clone(),
             },
+            address,
         };
-        // Idempotent: a VM created by a leader that died before recording it is reused.
-        if let (Some(addr), Ok(existing)) = (running_agent(&dir), read_vm(&dir)) {
-            return Ok(self.info(&existing, &addr));
-        }
         std::fs::create_dir_all(&dir)
             .map_err(|e| failed(&format!("cannot create {}", dir.display()), e))?;
         let _ = std::fs::remove_file(dir.join(ADDRESS_FILE));
@@ -287,6 +363,8 @@ impl CloudProvider for LocalProvider {
                 signal(pid, nix::sys::signal::Signal::SIGKILL);
             }
         }
+        // The machine goes away with everything that ran on it.
+        kill_vm_processes(&dir);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

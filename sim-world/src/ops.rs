@@ -322,6 +322,8 @@ fn create_vm(w: &mut World, spec: VmSpec) -> Result<Outcome, BackendError> {
         return Ok(Outcome::VmCreated(v.info.clone()));
     }
     let info = VmInfo {
+        home: None,
+        host_dir: None,
         name: spec.name.clone(),
         role: spec.role,
         zone: spec.zone.clone(),

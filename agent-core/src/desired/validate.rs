@@ -91,17 +91,21 @@ pub fn validate(d: &DesiredState) -> Vec<Violation> {
             "must be a dotted numeric version, e.g. 1.0",
         );
     }
-    for (field, link) in [
-        ("RonDBDownloadLink", &d.rondb_download_link),
-        ("NdbAgentDownloadLink", &d.ndb_agent_download_link),
-    ] {
-        if !http_url_ok(link) {
-            bad(
-                field,
-                v(format!("{link:?}")),
-                "must be an http:// or https:// URL with a host",
-            );
-        }
+    if !http_url_ok(&d.ndb_agent_download_link) {
+        bad(
+            "NdbAgentDownloadLink",
+            v(format!("{:?}", d.ndb_agent_download_link)),
+            "must be an http:// or https:// URL with a host",
+        );
+    }
+    // RonDB tarballs may also come from this machine's disk (a local cluster, tarballs
+    // built here); every VM reads the same path.
+    if !http_url_ok(&d.rondb_download_link) && !file_url_ok(&d.rondb_download_link) {
+        bad(
+            "RonDBDownloadLink",
+            v(format!("{:?}", d.rondb_download_link)),
+            "must be an http:// or https:// URL with a host, or a file:/// URL with an absolute path",
+        );
     }
     if !memory_ok(&d.total_memory_config) {
         bad(
@@ -570,6 +574,11 @@ fn http_url_ok(s: &str) -> bool {
         }
         Err(_) => false,
     }
+}
+
+fn file_url_ok(s: &str) -> bool {
+    s.strip_prefix("file://")
+        .is_some_and(|p| p.starts_with('/') && p.len() > 1 && !p.contains("/../"))
 }
 
 fn memory_ok(s: &str) -> bool {

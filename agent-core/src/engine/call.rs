@@ -85,6 +85,7 @@ pub(crate) fn prepare_with(
 ) -> BackendCall {
     // Only the programs that connect to the management servers need their addresses.
     let connect = || s.mgmd_addresses(d.default_mgmd_port).join(",");
+    let home = |vm: &str| s.vms.get(vm).map(|v| v.home()).unwrap_or(crate::model::RONDB_HOME);
     use ActionKind::*;
     match action.kind.clone() {
         CreateVm {
@@ -137,14 +138,14 @@ pub(crate) fn prepare_with(
             initial,
             ..
         } => BackendCall::StartProgram {
-            vm,
             spec: ProgramSpec {
                 kind: ProgramKind::Mgmd,
-                command: commands::ndb_mgmd(&version, node_id, initial),
+                command: commands::ndb_mgmd(home(&vm), &version, node_id, initial),
                 version,
                 node_ids: vec![node_id],
                 initial,
             },
+            vm,
         },
         StartDataNode {
             vm,
@@ -153,14 +154,14 @@ pub(crate) fn prepare_with(
             initial,
             ..
         } => BackendCall::StartProgram {
-            vm,
             spec: ProgramSpec {
                 kind: ProgramKind::DataNode,
-                command: commands::ndbmtd(&version, &connect(), node_id, initial),
+                command: commands::ndbmtd(home(&vm), &version, &connect(), node_id, initial),
                 version,
                 node_ids: vec![node_id],
                 initial,
             },
+            vm,
         },
         StartMysqld {
             vm,
@@ -168,14 +169,14 @@ pub(crate) fn prepare_with(
             version,
             ..
         } => BackendCall::StartProgram {
-            vm,
             spec: ProgramSpec {
                 kind: ProgramKind::Mysqld,
-                command: commands::mysqld(&version),
+                command: commands::mysqld(home(&vm), &version),
                 version,
                 node_ids,
                 initial: false,
             },
+            vm,
         },
         StartApi {
             vm,
@@ -183,14 +184,14 @@ pub(crate) fn prepare_with(
             version,
             ..
         } => BackendCall::StartProgram {
-            vm,
             spec: ProgramSpec {
                 kind: ProgramKind::Api,
-                command: commands::api(&version, &connect(), &node_ids),
+                command: commands::api(home(&vm), &version),
                 version,
                 node_ids,
                 initial: false,
             },
+            vm,
         },
         StopMgmd { vm, .. } => stop(d, vm, ProgramKind::Mgmd),
         StopDataNode { vm, .. } => stop(d, vm, ProgramKind::DataNode),
@@ -231,9 +232,9 @@ pub(crate) fn prepare_with(
                 .unwrap_or("/srv/rondb/backups")
                 .to_string();
             BackendCall::Restore {
-                vm,
                 run: RestoreRun {
                     command: commands::ndb_restore(
+                        home(&vm),
                         &d.rondb_version,
                         &connect(),
                         api_node_id,
@@ -247,6 +248,7 @@ pub(crate) fn prepare_with(
                     api_node_id,
                     original_node: node_id,
                 },
+                vm,
             }
         }
         RestartAgent { vm, .. } => BackendCall::RestartAgent { vm },

@@ -244,6 +244,15 @@ impl ClusterState {
                     Outcome::VmCreated(info) => info.address.clone(),
                     _ => vm.clone(),
                 };
+                let home = match outcome {
+                    Outcome::VmCreated(info) => {
+                        if info.host_dir.is_some() {
+                            self.host_dir = info.host_dir.clone();
+                        }
+                        info.home.clone()
+                    }
+                    _ => None,
+                };
                 self.vms.insert(
                     vm.clone(),
                     Vm {
@@ -263,6 +272,7 @@ impl ClusterState {
                         version: None,
                         clock: 0,
                         has_data: false,
+                        home,
                         mgmd_initialized: false,
                         seq: *seq,
                         down: false,
@@ -280,6 +290,7 @@ impl ClusterState {
                     v.down = false;
                     if let Outcome::VmStarted(info) = outcome {
                         v.address = info.address.clone();
+                        v.home = info.home.clone();
                     }
                 }
             }

@@ -6,7 +6,7 @@ mod events;
 mod layout;
 
 pub use config::{
-    config_fingerprint, config_fingerprint_with, files_for, render_api_cnf, render_config_ini,
+    config_fingerprint, config_fingerprint_with, files_for, render_api_cnf, render_config_ini, render_rdrs_config,
     render_my_cnf, ConfigFile, RONDB_HOME,
 };
 pub use events::{Event, Outcome};
@@ -177,6 +177,25 @@ pub struct Vm {
     /// run, its disks are kept, and it is started again rather than replaced.
     #[serde(default)]
     pub down: bool,
+    /// See [`crate::backend::VmInfo::home`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<String>,
+}
+
+impl Vm {
+    /// Where RonDB lives on this VM.
+    pub fn home(&self) -> &str {
+        self.home.as_deref().unwrap_or(RONDB_HOME)
+    }
+
+    /// The address RonDB's servers on this VM bind to: its own when it shares a host.
+    pub fn bind_address(&self) -> &str {
+        if self.home.is_some() {
+            &self.address
+        } else {
+            "0.0.0.0"
+        }
+    }
 }
 
 /// A backup this cluster holds.
@@ -229,6 +248,10 @@ pub struct ClusterState {
     /// cluster restart may have made stale: it is not reported as the truth.
     #[serde(default)]
     pub world_seen: bool,
+    /// See [`crate::backend::VmInfo::host_dir`]: where data nodes keep their files when the
+    /// cluster's VMs share one host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_dir: Option<String>,
     /// VMs given up after staying down past the grace period: no longer members, still at
     /// the provider until deleted.
     #[serde(default)]

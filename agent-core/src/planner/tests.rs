@@ -28,6 +28,7 @@ pub(crate) fn at_desired(d: &DesiredState) -> ClusterState {
             s.vms.insert(
                 name.clone(),
                 Vm {
+                    home: None,
                     name: name.clone(),
                     role,
                     zone: zone.to_string(),

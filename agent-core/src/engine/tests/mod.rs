@@ -49,6 +49,8 @@ pub(super) fn world_of(s: &ClusterState) -> Observation {
             .vms
             .values()
             .map(|v| VmInfo {
+                home: None,
+        host_dir: None,
                 name: v.name.clone(),
                 role: v.role,
                 zone: v.zone.clone(),
