@@ -70,6 +70,16 @@ pub struct WorldSlot {
     pub active: bool,
 }
 
+/// The keys of one config.ini section that [`World::load_config_ini`] reads, as slices of
+/// the file.
+#[derive(Default)]
+struct IniSection<'t> {
+    node_id: Option<&'t str>,
+    node_group: Option<&'t str>,
+    host_name: Option<&'t str>,
+    node_active: Option<&'t str>,
+}
+
 /// A backup stored in the sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SinkBackup {
@@ -291,7 +301,16 @@ impl World {
 
     /// The program the VM's agent sees: a running one, or one still exiting.
     pub fn visible_program(&self, vm: &str) -> Option<&WorldProgram> {
-        let running = self.vms.get(vm).and_then(|v| v.program.as_ref());
+        self.program_seen(vm, self.vms.get(vm))
+    }
+
+    /// [`World::visible_program`] of `vm`, already looked up (an observation walks every VM).
+    pub(crate) fn program_seen<'w>(
+        &'w self,
+        vm: &str,
+        found: Option<&'w WorldVm>,
+    ) -> Option<&'w WorldProgram> {
+        let running = found.and_then(|v| v.program.as_ref());
         running.or_else(|| {
             self.exiting
                 .get(vm)
@@ -331,18 +350,21 @@ impl World {
     }
 
     /// Loads a config.ini the way ndb_mgmd does on `--initial` / `--reload`.
+    ///
+    /// Every start of a management server loads the file, so it is read in place: only the
+    /// keys the world uses are kept, as slices of `text` (the last value of a key wins).
     pub fn load_config_ini(&mut self, text: &str) -> Result<(), String> {
         let mut out = BTreeMap::new();
-        let mut section: Option<String> = None;
-        let mut cur: BTreeMap<String, String> = BTreeMap::new();
-        let flush = |section: &Option<String>,
-                     cur: &mut BTreeMap<String, String>,
+        let mut section: Option<&str> = None;
+        let mut cur = IniSection::default();
+        let flush = |section: Option<&str>,
+                     cur: &mut IniSection,
                      out: &mut BTreeMap<u32, WorldSlot>|
          -> Result<(), String> {
             if let Some(sec) = section {
                 if !sec.ends_with("default]") {
                     let id: u32 = cur
-                        .get("NodeId")
+                        .node_id
                         .and_then(|x| x.parse().ok())
                         .ok_or_else(|| format!("{sec} without a valid NodeId"))?;
                     if out.contains_key(&id) {
@@ -351,15 +373,15 @@ impl World {
                     out.insert(
                         id,
                         WorldSlot {
-                            section: sec.clone(),
-                            node_group: cur.get("NodeGroup").and_then(|x| x.parse().ok()),
-                            host: cur.get("HostName").cloned(),
-                            active: cur.get("NodeActive").map(|x| x == "1").unwrap_or(true),
+                            section: sec.to_string(),
+                            node_group: cur.node_group.and_then(|x| x.parse().ok()),
+                            host: cur.host_name.map(str::to_string),
+                            active: cur.node_active.map(|x| x == "1").unwrap_or(true),
                         },
                     );
                 }
             }
-            cur.clear();
+            *cur = IniSection::default();
             Ok(())
         };
         for line in text.lines() {
@@ -368,15 +390,22 @@ impl World {
                 continue;
             }
             if line.starts_with('[') {
-                flush(&section, &mut cur, &mut out)?;
-                section = Some(line.to_string());
+                flush(section, &mut cur, &mut out)?;
+                section = Some(line);
             } else if let Some((k, v)) = line.split_once('=') {
-                cur.insert(k.trim().to_string(), v.trim().to_string());
+                let v = Some(v.trim());
+                match k.trim() {
+                    "NodeId" => cur.node_id = v,
+                    "NodeGroup" => cur.node_group = v,
+                    "HostName" => cur.host_name = v,
+                    "NodeActive" => cur.node_active = v,
+                    _ => {}
+                }
             } else {
                 return Err(format!("config.ini: cannot parse line {line:?}"));
             }
         }
-        flush(&section, &mut cur, &mut out)?;
+        flush(section, &mut cur, &mut out)?;
         self.cluster_config = out;
         Ok(())
     }

@@ -243,16 +243,21 @@ impl World {
             vms: self.vms.values().map(|v| v.info.clone()).collect(),
             programs: self
                 .vms
-                .keys()
-                .filter(|n| known(n))
-                .map(|n| (n.clone(), self.status(n)))
+                .iter()
+                .filter(|(n, _)| known(n))
+                .map(|(n, v)| (n.clone(), self.status_of(n, Some(v))))
                 .collect(),
         }
     }
 
     /// The program state the VM's agent reports.
     pub fn status(&self, vm: &str) -> ProgramStatus {
-        let p = self.visible_program(vm);
+        self.status_of(vm, self.vms.get(vm))
+    }
+
+    /// [`World::status`] of `vm`, already looked up.
+    fn status_of(&self, vm: &str, found: Option<&WorldVm>) -> ProgramStatus {
+        let p = self.program_seen(vm, found);
         ProgramStatus {
             running: p.is_some(),
             version: p.map(|p| p.version.clone()),

@@ -111,12 +111,21 @@ fn merge(base: &mut Value, patch: &Value) {
 
 /// Runs a case; `Err` says which step failed and why, with every safety-rule violation.
 pub fn run_case(case: &Case) -> Result<(), String> {
-    run_case_with(case, &mut |_, _| {})
+    run(case, None)
 }
 
 /// [`run_case`], showing every step's report to `seen` (step index, report), so that two
 /// builds can be compared decision by decision.
 pub fn run_case_with(case: &Case, seen: &mut dyn FnMut(usize, &StepReport)) -> Result<(), String> {
+    run(case, Some(seen))
+}
+
+/// What [`run_case_with`] shows every step's report to (step index, report).
+type Seen<'a> = dyn FnMut(usize, &StepReport) + 'a;
+
+/// Runs a case. The reports list their actions only when someone reads them: `seen`, or a
+/// step that forbids an action kind.
+fn run(case: &Case, mut seen: Option<&mut Seen<'_>>) -> Result<(), String> {
     {
         let opts = SimOptions {
             seed: case.seed,
@@ -133,6 +142,19 @@ pub fn run_case_with(case: &Case, seen: &mut dyn FnMut(usize, &StepReport)) -> R
         };
         let mut sim = Simulation::new(&opts);
         sim.set_verbose(std::env::var_os("REPLAY_VERBOSE").is_some());
+        let forbids = case.steps.iter().any(|s| {
+            matches!(
+                s,
+                Step::LoseVm {
+                    forbid_action: Some(_),
+                    ..
+                } | Step::StopVms {
+                    forbid_action: Some(_),
+                    ..
+                }
+            )
+        });
+        sim.set_action_records(seen.is_some() || forbids);
         let mut doc = serde_json::to_value(DesiredState::example()).map_err(|e| e.to_string())?;
         for (i, step) in case.steps.iter().enumerate() {
             let report = match step {
@@ -248,7 +270,9 @@ pub fn run_case_with(case: &Case, seen: &mut dyn FnMut(usize, &StepReport)) -> R
                     report
                 }
             };
-            seen(i, &report);
+            if let Some(seen) = seen.as_mut() {
+                seen(i, &report);
+            }
             if !report.invariant_violations.is_empty() {
                 return Err(format!(
                     "step {i}: safety rules broken:\n  {}",

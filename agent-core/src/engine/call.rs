@@ -71,6 +71,18 @@ pub enum BackendCall {
 
 /// Gathers everything `action` needs from the desired state and the state now.
 pub fn prepare(d: &DesiredState, s: &ClusterState, action: &Action) -> BackendCall {
+    prepare_with(d, s, action, &mut None)
+}
+
+/// [`prepare`], with config.ini kept in `config_ini` once rendered: each management server
+/// gets the same file, and the engine keeps it while the state's slots and VMs stay as
+/// they are. `config_ini` must be `None` or the file rendered from this state.
+pub(crate) fn prepare_with(
+    d: &DesiredState,
+    s: &ClusterState,
+    action: &Action,
+    config_ini: &mut Option<String>,
+) -> BackendCall {
     // Only the programs that connect to the management servers need their addresses.
     let connect = || s.mgmd_addresses(d.default_mgmd_port).join(",");
     let home = |vm: &str| {
@@ -115,11 +127,11 @@ pub fn prepare(d: &DesiredState, s: &ClusterState, action: &Action) -> BackendCa
                 .map(|v| {
                     // Only management servers read config.ini; render it for them alone.
                     let ini = if v.role == Role::Mgmd {
-                        render_config_ini(d, s)
+                        config_ini.get_or_insert_with(|| render_config_ini(d, s))
                     } else {
-                        String::new()
+                        ""
                     };
-                    files_for(d, s, v, &ini)
+                    files_for(d, s, v, ini)
                 })
                 .unwrap_or_default(),
             vm,

@@ -23,7 +23,7 @@ use crate::actions::Action;
 use crate::backend::{BackendError, ProgramStatus, VmInfo, VmState};
 use crate::desired::{self, DesiredState, TransitionContext, Violation};
 use crate::model::{ClusterState, Event, Outcome, ReconciliationState, Role};
-use crate::planner::{diff, plan};
+use crate::planner::{diff_with, plan_with, ConfigCache};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -124,6 +124,9 @@ pub struct Engine {
     /// event changes it would propose nothing again (the planner is a pure function of the
     /// state), so periodic observations that find nothing new skip it.
     planned_nothing: bool,
+    /// The configuration files of the state and their fingerprints, kept across planning
+    /// rounds and emptied by every event that may change what they are made of.
+    config: ConfigCache,
     out: Vec<Command>,
 }
 
@@ -143,6 +146,7 @@ impl Engine {
             asked_wake: None,
             down_since: BTreeMap::new(),
             planned_nothing: false,
+            config: ConfigCache::default(),
             out: Vec::new(),
         }
     }
@@ -191,10 +195,18 @@ impl Engine {
             return;
         }
         for ev in &events {
-            self.state.apply(ev);
+            self.apply(ev);
         }
         self.planned_nothing = false;
         self.out.push(Command::Append(events));
+    }
+
+    /// Applies one event to the state, forgetting the configuration files it may change.
+    fn apply(&mut self, ev: &Event) {
+        if self.state.changes_config_inputs(ev) {
+            self.config = ConfigCache::default();
+        }
+        self.state.apply(ev);
     }
 
     fn observe(&mut self) {
@@ -363,7 +375,7 @@ impl Engine {
         };
         if self.state.reconciliation != ReconciliationState::WORKING_TOWARDS_DESIRED_STATE
             && self.state.in_flight.is_empty()
-            && diff(&d, &self.state).is_empty()
+            && diff_with(&d, &self.state, &mut self.config).is_empty()
         {
             if self.state.reconciliation == ReconciliationState::ERROR_STATE {
                 // What failed is no longer missing (the world healed, or a retry of an
@@ -390,7 +402,7 @@ impl Engine {
         let resumed: Vec<Action> = self.state.in_flight.values().cloned().collect();
         for action in resumed {
             info!(op_id = action.op_id, desired_id = d.id, "resume {action}");
-            let call = prepare(&d, &self.state, &action);
+            let call = call::prepare_with(&d, &self.state, &action, &mut self.config.config_ini);
             self.out.push(Command::Run { action, call });
         }
         self.drive(now);
@@ -416,7 +428,7 @@ impl Engine {
             let kinds = if self.planned_nothing {
                 Vec::new()
             } else {
-                plan(d, &self.state)
+                plan_with(d, &self.state, &mut self.config)
             };
             self.planned_nothing = kinds.is_empty();
             let mut batch = Vec::with_capacity(kinds.len());
@@ -429,12 +441,12 @@ impl Engine {
                 let action = Action { op_id, kind };
                 self.started += 1;
                 info!(op_id = action.op_id, desired_id = d.id, "start {action}");
-                let call = prepare(d, &self.state, &action);
+                let call = call::prepare_with(d, &self.state, &action, &mut self.config.config_ini);
                 batch.push(Event::ActionStarted(action.clone()));
                 runs.push(Command::Run { action, call });
             }
             for ev in &batch {
-                self.state.apply(ev);
+                self.apply(ev);
             }
             // Journaled (one entry) before any of them runs, so a new leader knows what may
             // have started.
@@ -458,7 +470,7 @@ impl Engine {
         let (state, error) = match self.give_up.take() {
             Some(e) => (ReconciliationState::ERROR_STATE, Some(e)),
             None => {
-                let left = diff(d, &self.state);
+                let left = diff_with(d, &self.state, &mut self.config);
                 if left.is_empty() {
                     (ReconciliationState::AT_DESIRED_STATE, None)
                 } else {

@@ -40,38 +40,66 @@ pub fn render_config_ini(d: &DesiredState, s: &ClusterState) -> String {
         }
     }
     let _ = writeln!(out);
+    // One section per slot, appended piece by piece: the file is rendered for every write
+    // of the management servers' files, and formatting each line cost most of the time.
     for slot in s.slots.values() {
-        let section = match slot.kind {
-            Role::Mgmd => "ndb_mgmd",
-            Role::Ndbd => "ndbd",
-            Role::Mysqld => "mysqld",
-            Role::Api | Role::Bootstrap => "api",
-        };
-        let _ = writeln!(out, "[{section}]");
-        let _ = writeln!(out, "NodeId={}", slot.node_id);
+        out.push_str(match slot.kind {
+            Role::Mgmd => "[ndb_mgmd]\nNodeId=",
+            Role::Ndbd => "[ndbd]\nNodeId=",
+            Role::Mysqld => "[mysqld]\nNodeId=",
+            Role::Api | Role::Bootstrap => "[api]\nNodeId=",
+        });
+        push_decimal(&mut out, slot.node_id);
+        out.push('\n');
         if let Some(ng) = slot.node_group {
-            let _ = writeln!(out, "NodeGroup={ng}");
+            out.push_str("NodeGroup=");
+            push_decimal(&mut out, ng);
+            out.push('\n');
         }
         // Inactive slots without a host keep no HostName: RonDB ignores them until ACTIVATE.
         if let Some(h) = host_str(s, &slot.host, slot.external) {
-            let _ = writeln!(out, "HostName={h}");
+            out.push_str("HostName=");
+            out.push_str(h);
+            out.push('\n');
         }
-        // A management server sharing its host keeps its files under its own home.
-        let home = slot
-            .host
-            .as_ref()
-            .filter(|_| !slot.external)
-            .and_then(|h| s.vms.get(h))
-            .and_then(|v| v.home.as_deref());
         if slot.kind == Role::Mgmd {
-            let _ = writeln!(out, "PortNumber={}", d.default_mgmd_port);
-            let _ = writeln!(out, "DataDir={}/mgmd", home.unwrap_or(RONDB_HOME));
+            // A management server sharing its host keeps its files under its own home.
+            let home = slot
+                .host
+                .as_ref()
+                .filter(|_| !slot.external)
+                .and_then(|h| s.vms.get(h))
+                .and_then(|v| v.home.as_deref());
+            out.push_str("PortNumber=");
+            push_decimal(&mut out, d.default_mgmd_port);
+            out.push_str("\nDataDir=");
+            out.push_str(home.unwrap_or(RONDB_HOME));
+            out.push_str("/mgmd\n");
         }
-
-        let _ = writeln!(out, "NodeActive={}", u8::from(slot.active));
-        let _ = writeln!(out);
+        out.push_str(if slot.active {
+            "NodeActive=1\n\n"
+        } else {
+            "NodeActive=0\n\n"
+        });
     }
     out
+}
+
+/// Appends `n` in decimal, as `write!` would.
+fn push_decimal(out: &mut String, n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        // A digit: n % 10 < 10.
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&b| char::from(b)));
 }
 
 /// my.cnf of a MySQL server: its connection pool is the slots bound to its VM.
@@ -251,6 +279,21 @@ impl Hasher for Fnv {
         for b in chunks.remainder() {
             self.0 ^= u64::from(*b);
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_decimal;
+
+    /// config.ini keeps the digits `write!` gave it before it was rendered piece by piece.
+    #[test]
+    fn decimal_digits_match_display() {
+        for n in [0, 1, 9, 10, 99, 100, 255, 1186, 65_535, 1_000_000, u32::MAX] {
+            let mut s = String::from("x");
+            push_decimal(&mut s, n);
+            assert_eq!(s, format!("x{n}"));
         }
     }
 }

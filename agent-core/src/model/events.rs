@@ -81,6 +81,51 @@ impl ClusterState {
         }
     }
 
+    /// Whether applying `event` to this state may change what the configuration files are
+    /// made of: the accepted desired state, the slots, and which VMs exist at which address.
+    /// Fingerprints and files kept from before such an event are stale; across any other
+    /// event they still hold (see `planner::ConfigCache`). Conservative: an event is
+    /// listed as harmless only if [`ClusterState::apply`] touches none of those inputs.
+    pub fn changes_config_inputs(&self, event: &Event) -> bool {
+        use ActionKind::*;
+        match event {
+            Event::Accepted(_) | Event::Observed { .. } | Event::VmAbandoned { .. } => true,
+            Event::Queued(_)
+            | Event::PendingDropped { .. }
+            | Event::ActionStarted(_)
+            | Event::ActionFailed { .. }
+            | Event::LeaderChanged { .. }
+            | Event::ReconciliationChanged { .. } => false,
+            Event::ActionSucceeded { op_id, .. } => match self.in_flight.get(op_id) {
+                // Not in flight: applying it changes nothing.
+                None => false,
+                Some(a) => match &a.kind {
+                    CreateVm { .. }
+                    | DeleteVm { .. }
+                    | StartVm { .. }
+                    | ActivateNode { .. }
+                    | DeactivateNode { .. }
+                    | SetHostname { .. } => true,
+                    InstallSoftware { .. }
+                    | WriteConfig { .. }
+                    | StartMgmd { .. }
+                    | StopMgmd { .. }
+                    | StartDataNode { .. }
+                    | StopDataNode { .. }
+                    | StartMysqld { .. }
+                    | StopMysqld { .. }
+                    | StartApi { .. }
+                    | StopApi { .. }
+                    | CreateBackup { .. }
+                    | DeleteBackup { .. }
+                    | RestoreBackup { .. }
+                    | RestartAgent { .. }
+                    | UpgradeAgent { .. } => false,
+                },
+            },
+        }
+    }
+
     fn apply_inner(&mut self, event: &Event) {
         match event {
             Event::Accepted(d) => {

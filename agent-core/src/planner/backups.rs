@@ -22,15 +22,12 @@ fn data_tier_steady(p: &Planner) -> bool {
 }
 
 fn take(p: &mut Planner) {
-    if !p.want_running() || p.backup_active || !data_tier_steady(p) {
+    if !p.want_running() || p.backup_active {
         return;
     }
     if p.d.restore_from_backup.is_some() && !p.s.restore.done {
         return;
     }
-    let Some(via) = p.mgmd_up().map(|m| m.name.clone()) else {
-        return;
-    };
     let restore_id = p.d.restore_from_backup.as_ref().map(|r| r.id);
     let next =
         p.d.single_backups
@@ -38,12 +35,25 @@ fn take(p: &mut Planner) {
             .map(|b| b.id)
             .filter(|id| Some(*id) != restore_id && !p.s.backups.contains_key(id))
             .find(|id| !p.is_locked_backup(*id));
-    if let Some(backup_id) = next {
-        p.propose(ActionKind::CreateBackup { backup_id, via });
+    // Whether the data tier is steady is asked last: it walks every data node, and most
+    // rounds have no backup to take.
+    let Some(backup_id) = next else {
+        return;
+    };
+    if !data_tier_steady(p) {
+        return;
     }
+    let Some(via) = p.mgmd_up().map(|m| m.name.clone()) else {
+        return;
+    };
+    p.propose(ActionKind::CreateBackup { backup_id, via });
 }
 
 fn delete(p: &mut Planner) {
+    // Most rounds have no backup at all: nothing to list or look up.
+    if p.s.backups.is_empty() {
+        return;
+    }
     let listed: BTreeSet<u64> = p.d.single_backups.iter().map(|b| b.id).collect();
     let Some(via) = p.s.vms_of(Role::Mgmd).next().map(|m| m.name.clone()) else {
         return;

@@ -2,8 +2,9 @@
 //! `AT_DESIRED_STATE`; when the planner has nothing left to do but this is not empty, the
 //! reconciliation is stuck and the text says why.
 
+use super::ConfigCache;
 use crate::desired::{DesiredState, VmType};
-use crate::model::{config_fingerprint_with, machine_spec, target_vms, ClusterState, Role};
+use crate::model::{machine_spec, target_vms, ClusterState, Role};
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -143,6 +144,12 @@ impl fmt::Display for Difference {
 
 /// Everything that still differs, the most serious first; empty = at the desired state.
 pub fn diff(d: &DesiredState, s: &ClusterState) -> Vec<Difference> {
+    diff_with(d, s, &mut ConfigCache::default())
+}
+
+/// [`diff`], with the files' fingerprints taken from (and added to) `cache`, which must hold
+/// only fingerprints of this state (see [`ConfigCache`]).
+pub fn diff_with(d: &DesiredState, s: &ClusterState, cache: &mut ConfigCache) -> Vec<Difference> {
     let mut out = Vec::new();
     // A node group that held data and has no running data node left cannot be recovered
     // by the agents (nothing to copy from): say so first, with what to do.
@@ -242,7 +249,6 @@ pub fn diff(d: &DesiredState, s: &ClusterState) -> Vec<Difference> {
             out.push(Difference::SlotWithoutVm { node_id: x.node_id });
         }
     }
-    let mut mgmd_addresses = None;
     for v in s.vms.values() {
         let (t, st) = machine_spec(d, v.role);
         if v.vm_type != t || v.storage_gib != st || !d.availability_zones.contains(&v.zone) {
@@ -265,7 +271,7 @@ pub fn diff(d: &DesiredState, s: &ClusterState) -> Vec<Difference> {
             });
         }
         if matches!(v.role, Role::Mgmd | Role::Mysqld | Role::Api)
-            && v.config_hash != Some(config_fingerprint_with(d, s, v, &mut mgmd_addresses))
+            && v.config_hash != Some(cache.fingerprint(d, s, v))
         {
             out.push(Difference::ConfigOutdated { vm: v.name.clone() });
         }

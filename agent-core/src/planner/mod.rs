@@ -16,7 +16,7 @@ mod software;
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub use diff::{diff, Difference};
+pub use diff::{diff, diff_with, Difference};
 
 use crate::actions::{ActionKind, Subject};
 use crate::desired::{DesiredState, RonDbVersion, VmType};
@@ -34,14 +34,56 @@ pub fn node_group_lost(s: &ClusterState, g: u32) -> bool {
 
 /// Every action that is safe to start now, given the actions already in flight.
 pub fn plan(d: &DesiredState, s: &ClusterState) -> Vec<ActionKind> {
+    plan_with(d, s, &mut ConfigCache::default())
+}
+
+/// [`plan`], reusing what `cache` knows of the configuration files of this state and adding
+/// to it. The caller must empty the cache whenever the files' inputs may have changed
+/// ([`ClusterState::changes_config_inputs`]); the proposals are then the same as [`plan`]'s.
+pub fn plan_with(d: &DesiredState, s: &ClusterState, cache: &mut ConfigCache) -> Vec<ActionKind> {
     let mut p = Planner::new(d, s);
+    p.config = std::mem::take(cache);
     machines::plan(&mut p);
     slots::plan(&mut p);
     software::plan(&mut p);
     processes::plan(&mut p);
     backups::plan(&mut p);
     agents::plan(&mut p);
+    *cache = p.config;
     p.proposals
+}
+
+/// What the configuration files of one state are made of: their fingerprints, the
+/// management servers' addresses and config.ini itself. They depend only on the accepted
+/// desired state, the slots and the VMs' addresses, which most events leave alone (a
+/// program started, software installed, a file written), so an engine keeps them across
+/// planning rounds: rendering and fingerprinting them every round was a large share of
+/// planning.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigCache {
+    /// Fingerprints of the VMs' files, by VM (a handful).
+    hashes: Vec<(String, Role, u64)>,
+    /// The management servers' addresses, for the fingerprints.
+    mgmd_addresses: Option<Vec<String>>,
+    /// config.ini as rendered for the management servers.
+    pub config_ini: Option<String>,
+}
+
+impl ConfigCache {
+    /// [`config_fingerprint`](crate::model::config_fingerprint) of `vm`'s files, computed
+    /// once per VM while the cache holds.
+    pub fn fingerprint(&mut self, d: &DesiredState, s: &ClusterState, vm: &Vm) -> u64 {
+        if let Some((_, _, h)) = self
+            .hashes
+            .iter()
+            .find(|(n, r, _)| *r == vm.role && *n == vm.name)
+        {
+            return *h;
+        }
+        let h = config_fingerprint_with(d, s, vm, &mut self.mgmd_addresses);
+        self.hashes.push((vm.name.clone(), vm.role, h));
+        h
+    }
 }
 
 /// The shared context of one planning round: what is locked, what is disrupted, what the
@@ -62,10 +104,11 @@ pub(crate) struct Planner<'a> {
     next_seq: u64,
     pub backup_active: bool,
     pub slot_change_active: bool,
-    config_hashes: BTreeMap<String, u64>,
-    /// The management servers' addresses, listed once per round for the fingerprints.
-    mgmd_addresses: Option<Vec<String>>,
-    mgmd_version: Option<String>,
+    /// Configuration fingerprints, kept across rounds by the caller while they hold.
+    config: ConfigCache,
+    /// The version a stopped management server starts with, decided once per round (it
+    /// borrows from the desired state or a VM of the state: nothing to copy).
+    mgmd_version: Option<&'a str>,
     /// Active slots per VM, computed once per round (the hot path of every budget check).
     held: BTreeMap<&'a str, Vec<u32>>,
 }
@@ -84,8 +127,7 @@ impl<'a> Planner<'a> {
             next_seq: s.next_vm_seq,
             backup_active: false,
             slot_change_active: false,
-            config_hashes: BTreeMap::new(),
-            mgmd_addresses: None,
+            config: ConfigCache::default(),
             mgmd_version: None,
             held: BTreeMap::new(),
         };
@@ -300,18 +342,20 @@ impl<'a> Planner<'a> {
             return false;
         }
         // Only replicas that stay count; the ones being replaced will leave their zone.
-        let members: Vec<&Vm> = self
-            .s
-            .vms_of(Role::Ndbd)
-            .filter(|w| w.node_group == vm.node_group && self.spec_ok(w))
-            .collect();
-        let older_same_zone = members.iter().any(|w| w.zone == vm.zone && w.seq < vm.seq);
+        // Walked again rather than collected: this runs for every data node several times
+        // a round, and the second walk is rare (only for a replica that shares its zone).
+        let members = || {
+            self.s
+                .vms_of(Role::Ndbd)
+                .filter(|w| w.node_group == vm.node_group && self.spec_ok(w))
+        };
+        let older_same_zone = members().any(|w| w.zone == vm.zone && w.seq < vm.seq);
         older_same_zone
             && self
                 .d
                 .availability_zones
                 .iter()
-                .any(|z| !members.iter().any(|w| &w.zone == z))
+                .any(|z| !members().any(|w| &w.zone == z))
     }
 
     /// Another replica of the node group sits in the same zone.
@@ -346,18 +390,7 @@ impl<'a> Planner<'a> {
     }
 
     pub fn wanted_config_hash(&mut self, vm: &Vm) -> u64 {
-        // Every management server gets the same config.ini: fingerprint it once per round.
-        let key = if vm.role == Role::Mgmd {
-            ""
-        } else {
-            vm.name.as_str()
-        };
-        if let Some(h) = self.config_hashes.get(key) {
-            return *h;
-        }
-        let h = config_fingerprint_with(self.d, self.s, vm, &mut self.mgmd_addresses);
-        self.config_hashes.insert(key.to_string(), h);
-        h
+        self.config.fingerprint(self.d, self.s, vm)
     }
 
     pub fn version(&self) -> &'a str {
@@ -396,19 +429,19 @@ impl<'a> Planner<'a> {
     /// upgrade order forbids it (a downgrade whose data nodes still run the newer version)
     /// and no management server runs at all; then the newest version still running, so the
     /// data nodes can be downgraded through it.
-    pub fn mgmd_start_version(&mut self) -> String {
-        if let Some(v) = &self.mgmd_version {
-            return v.clone();
+    pub fn mgmd_start_version(&mut self) -> &'a str {
+        if let Some(v) = self.mgmd_version {
+            return v;
         }
         let v = self.compute_mgmd_start_version();
-        self.mgmd_version = Some(v.clone());
+        self.mgmd_version = Some(v);
         v
     }
 
-    fn compute_mgmd_start_version(&self) -> String {
+    fn compute_mgmd_start_version(&self) -> &'a str {
         let v = self.version();
         if self.version_gate(Role::Mgmd, v) || self.mgmd_up().is_some() {
-            return v.to_string();
+            return v;
         }
         self.s
             .vms
@@ -417,7 +450,6 @@ impl<'a> Planner<'a> {
             .filter_map(|w| w.version.as_deref())
             .max_by_key(|x| RonDbVersion::parse(x))
             .unwrap_or(v)
-            .to_string()
     }
 
     /// Restart order for a rolling restart: every active program of an earlier phase was

@@ -15,8 +15,8 @@ pub(super) fn plan(p: &mut Planner) {
 
 /// The VM is ready to run its program: software installed, slots bound, files current.
 fn ready(p: &mut Planner, vm: &Vm) -> bool {
-    let v = p.version().to_string();
-    ready_for(p, vm, &v)
+    let v = p.version();
+    ready_for(p, vm, v)
 }
 
 fn ready_for(p: &mut Planner, vm: &Vm, version: &str) -> bool {
@@ -43,16 +43,16 @@ fn run(p: &mut Planner) {
     let mgmds: Vec<&Vm> = p.s.vms_of(Role::Mgmd).collect();
     let mgmd_version = p.mgmd_start_version();
     for vm in mgmds {
-        if !ready_for(p, vm, &mgmd_version) {
+        if !ready_for(p, vm, mgmd_version) {
             continue;
         }
         if !vm.running {
             // It loads config.ini: not while slots change (the file would be stale).
-            if p.version_gate(Role::Mgmd, &mgmd_version) && !p.slot_change_active {
+            if p.version_gate(Role::Mgmd, mgmd_version) && !p.slot_change_active {
                 p.propose(ActionKind::StartMgmd {
                     vm: vm.name.clone(),
                     node_id: node_ids(p, vm)[0],
-                    version: mgmd_version.clone(),
+                    version: mgmd_version.to_string(),
                     initial: !vm.mgmd_initialized,
                     clock,
                 });

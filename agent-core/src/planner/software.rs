@@ -6,7 +6,7 @@ use crate::actions::ActionKind;
 use crate::model::{Role, Vm};
 
 pub(super) fn plan(p: &mut Planner) {
-    let version = p.version().to_string();
+    let version = p.version();
     let bridge = p.mgmd_start_version();
     let vms: Vec<&Vm> = p.s.vms.values().collect();
     for vm in &vms {
@@ -15,21 +15,21 @@ pub(super) fn plan(p: &mut Planner) {
         }
         // A stopped management server may first need the version the data nodes still run.
         let wanted = if vm.role == Role::Mgmd && !vm.running && bridge != version {
-            &bridge
+            bridge
         } else {
-            &version
+            version
         };
         if !vm.installed.contains(wanted) {
             p.propose(ActionKind::InstallSoftware {
                 vm: vm.name.clone(),
                 role: vm.role,
-                version: wanted.clone(),
+                version: wanted.to_string(),
             });
-        } else if !vm.installed.contains(&version) {
+        } else if !vm.installed.contains(version) {
             p.propose(ActionKind::InstallSoftware {
                 vm: vm.name.clone(),
                 role: vm.role,
-                version: version.clone(),
+                version: version.to_string(),
             });
         }
     }
