@@ -3,8 +3,10 @@
 //! loopback address. One client writes and reads rows through the MySQL servers the whole
 //! time (another MySQL server when one goes away) while the agents apply live operations:
 //! rolling restart, upgrade and downgrade, more replicas, more and fewer MySQL servers, a
-//! data node killed -9. After every step every row written is read back, no cluster log has
-//! a forced shutdown, and the client's failed operations are counted.
+//! backup, every data-node VM replaced by one of another type, a data node killed -9, a
+//! data-node VM gone; then a fresh cluster of another shape is restored from the backup.
+//! After every step every row written is read back, no cluster log has a forced shutdown,
+//! and the client's failed operations are counted.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -359,6 +361,16 @@ fn live_operations_keep_every_row_and_the_cluster_up() {
     // Every started data node (2 node groups x 3 replicas) wrote its part.
     assert_eq!(ctl.len(), 6, "backup files in {}: {ctl:?}", sink.display());
 
+    // Data-node VMs of another type: every data node moves to a new VM (its own address)
+    // and copies its node group's rows from a live replica.
+    let s = apply(&mut c, "data-node VM type change", &|d| {
+        d["RonDBRunningSince"] = 2.into();
+        d["ActiveReplicationFactor"] = 3.into();
+        d["SingleBackups"] = serde_json::json!([{ "Id": 1, "SinkType": "local", "SinkParameters": { "Directory": "/backups" } }]);
+        d["VmTypeNdbds"] = "medium".into();
+    });
+    assert_eq!(count_role(&s, "ndbd"), 6);
+
     // A data node's processes killed -9: RonDB's other replicas serve; the agents see the
     // program gone and start it again.
     client.step("data node killed -9");
@@ -391,6 +403,41 @@ fn live_operations_keep_every_row_and_the_cluster_up() {
         failed.len()
     );
     assert_eq!(lost, 0, "rows lost after a data node was killed");
+    assert_eq!(forced_shutdowns(&c), 0);
+
+    // A data node's whole VM gone (its directory removed, everything on it killed): the
+    // agents replace it; the new VM's data node copies its group's rows from a replica.
+    client.step("data-node VM gone");
+    let gone = s
+        .vms
+        .iter()
+        .find(|v| v.role == "ndbd")
+        .map(|v| v.name.clone())
+        .unwrap();
+    let t = Instant::now();
+    let pid = c.pid_of(&gone).expect("the VM's agent pid");
+    providers::local::kill_vm_processes(&c.vm_dir(&gone).join("rondb"));
+    std::fs::remove_dir_all(c.vm_dir(&gone)).unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let s = c.wait_for(
+        "the gone data-node VM replaced",
+        Duration::from_secs(300),
+        |s| {
+            at_desired(s, id) && !s.vms.iter().any(|v| v.name == gone) && count_role(s, "ndbd") == 6
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let written = client.record.lock().unwrap().written.clone();
+    let lost = check_rows(&s.mysqld_endpoints, &written);
+    println!(
+        "data-node VM gone: replaced in {:.1} s, {} client operation(s) failed, {lost} rows lost",
+        t.elapsed().as_secs_f64(),
+        client.failures_in("data-node VM gone").len()
+    );
+    assert_eq!(lost, 0, "rows lost after a data-node VM was lost");
     assert_eq!(forced_shutdowns(&c), 0);
 
     let record = client.finish();
