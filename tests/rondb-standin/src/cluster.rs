@@ -56,6 +56,9 @@ impl Drop for ApiNode {
 /// with a grain of salt (data nodes reconnect to a restarted one within moments).
 const MGMD_SETTLE: Duration = Duration::from_secs(3);
 
+/// How long a read waits for news of the members when none of those it knows answers.
+const READ_RETRY_FOR: Duration = Duration::from_secs(2);
+
 /// How long a statement keeps retrying while the members of a node group change.
 const WRITE_RETRY_FOR: Duration = Duration::from_secs(10);
 
@@ -133,17 +136,42 @@ impl ApiNode {
     }
 
     pub async fn dictionary(&self) -> Result<Dictionary, ClusterError> {
-        let m = self.membership();
-        for g in m.groups.values() {
-            for member in g.started() {
-                if let Ok(DataReply::Dictionary(d)) =
-                    request(&member.addr, &DataRequest::Dictionary).await
-                {
-                    return Ok(d);
+        self.with_members(|m| async move {
+            for g in m.groups.values() {
+                for member in g.started() {
+                    if let Ok(DataReply::Dictionary(d)) =
+                        request(&member.addr, &DataRequest::Dictionary).await
+                    {
+                        return Some(Ok(d));
+                    }
                 }
             }
+            None
+        })
+        .await
+    }
+
+    /// Runs `f` on the members as this node knows them; when no member answered (a node
+    /// failed and the news is on its way, as NDB's API learns of failures moments later) it
+    /// waits for the next membership change and tries again, for a short while.
+    async fn with_members<T, F, Fut>(&self, f: F) -> Result<T, ClusterError>
+    where
+        F: Fn(Membership) -> Fut,
+        Fut: std::future::Future<Output = Option<Result<T, ClusterError>>>,
+    {
+        let deadline = tokio::time::Instant::now() + READ_RETRY_FOR;
+        let mut rx = self.membership.clone();
+        loop {
+            let m = rx.borrow_and_update().clone();
+            if let Some(r) = f(m).await {
+                return r;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(ClusterError::ClusterFailure);
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), rx.changed()).await;
         }
-        Err(ClusterError::ClusterFailure)
     }
 
     pub async fn table(&self, db: &str, table: &str) -> Result<TableDef, ClusterError> {
@@ -295,20 +323,20 @@ impl ApiNode {
 
     /// A read goes to one started member of the group (the lowest node id first).
     async fn read_from(&self, group: u32, req: &DataRequest) -> Result<DataReply, ClusterError> {
-        let view = self
-            .membership()
-            .groups
-            .get(&group)
-            .cloned()
-            .unwrap_or_default();
-        for m in view.started() {
-            match request(&m.addr, req).await {
-                Ok(DataReply::NotStarted) | Err(_) => continue,
-                Ok(DataReply::Error { code, text }) => return Err(data_error(code, text)),
-                Ok(r) => return Ok(r),
+        self.with_members(|m| async move {
+            let view = m.groups.get(&group).cloned().unwrap_or_default();
+            for member in view.started() {
+                match request(&member.addr, req).await {
+                    Ok(DataReply::NotStarted) | Err(_) => continue,
+                    Ok(DataReply::Error { code, text }) => {
+                        return Some(Err(data_error(code, text)))
+                    }
+                    Ok(r) => return Some(Ok(r)),
+                }
             }
-        }
-        Err(ClusterError::ClusterFailure)
+            None
+        })
+        .await
     }
 
     async fn write(&self, def: &TableDef, ops: Vec<RowOp>) -> Result<u64, ClusterError> {

@@ -478,18 +478,31 @@ async fn node(opts: &cli::Parsed, cs: &ConnectString, id: u32, version: Version,
         let cs = cs.clone();
         tokio::spawn(async move {
             loop {
+                // Orders are read by a task of their own: a line read is never cut short by
+                // a report going out (reading is not cancel-safe).
+                let (closed_tx, mut closed) = tokio::sync::oneshot::channel::<()>();
+                let reader = {
+                    let orders_tx = orders_tx.clone();
+                    tokio::spawn(async move {
+                        while let Ok(Some(order)) =
+                            transporter::read_line::<_, FromMgmd>(&mut r).await
+                        {
+                            let _ = orders_tx.send(order);
+                        }
+                        let _ = closed_tx.send(());
+                        r
+                    })
+                };
                 loop {
                     tokio::select! {
                         m = outbox.recv() => match m {
                             Some(m) => if transporter::write_line(&mut w, &m).await.is_err() { break },
                             None => return,
                         },
-                        got = transporter::read_line::<_, FromMgmd>(&mut r) => match got {
-                            Ok(Some(order)) => { let _ = orders_tx.send(order); }
-                            _ => break,
-                        },
+                        _ = &mut closed => break,
                     }
                 }
+                reader.abort();
                 loop {
                     // Back soon: while this node is away from the management server, its
                     // orders (stop, restart) wait.

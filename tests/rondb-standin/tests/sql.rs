@@ -366,12 +366,25 @@ fn serves_sql_and_rest_against_a_cluster() {
             let (n, msg) = code(conn.query_drop(q).await.unwrap_err());
             assert_eq!(n, 1297, "{q}: {msg}");
         }
-        let r = http
-            .get(format!("http://{rest}/health"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 503);
+        // The REST server learns of the lost node group from the management server, as
+        // the MySQL server did (moments apart).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = http
+                .get(format!("http://{rest}/health"))
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 503 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "health still {} after the node group was lost",
+                r.status()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let _ = conn.disconnect().await;
     });
 
