@@ -48,28 +48,29 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn make_runtime(
-    kind: RuntimeKind,
-    vm: &str,
-    address: &str,
-    dir: &Path,
-    data_dir: &Path,
-) -> anyhow::Result<Arc<dyn ProcessRuntime>> {
-    match kind {
-        RuntimeKind::Direct => Ok(Arc::new(DirectRuntime::new(
-            vm,
-            &std::path::absolute(local::rondb_home(dir))?,
-            &data_dir.join("backups"),
-            address,
-            Timeouts::default(),
-        ))),
+/// The runtime a VM's configuration names; its servers answer on the VM's address
+/// (loopback for a VM without one of its own).
+fn make_runtime(vm: &VmConfig, dir: &Path) -> anyhow::Result<Arc<dyn ProcessRuntime>> {
+    let data_dir = sink_dir(vm, dir);
+    let address = vm.address.as_deref().unwrap_or("127.0.0.1");
+    match vm.runtime {
+        RuntimeKind::Direct => Ok(Arc::new(
+            DirectRuntime::new(
+                &vm.spec.name,
+                &std::path::absolute(local::rondb_home(dir))?,
+                &data_dir.join("backups"),
+                address,
+                Timeouts::default(),
+            )
+            .with_mirrors(vm.artifact_mirrors.clone()),
+        )),
         RuntimeKind::Dummy => {
             let delay = std::env::var(DUMMY_DELAY_ENV)
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0);
             Ok(Arc::new(VmDummyRuntime::new(
-                vm,
+                &vm.spec.name,
                 dir,
                 &data_dir.join("backups"),
                 Duration::from_millis(delay),
@@ -165,9 +166,10 @@ fn options(vm: &VmConfig, dir: &Path, bootstrap: bool, advertise: Option<String>
 /// The provider a VM's configuration names.
 fn make_provider(vm: &VmConfig, program: &Path) -> anyhow::Result<Arc<dyn CloudProvider>> {
     Ok(match &vm.provider {
-        ProviderConfig::Local { data_dir } => {
-            Arc::new(LocalProvider::new(data_dir, program, vm.runtime))
-        }
+        ProviderConfig::Local { data_dir } => Arc::new(
+            LocalProvider::new(data_dir, program, vm.runtime)
+                .with_artifact_mirrors(vm.artifact_mirrors.clone()),
+        ),
         ProviderConfig::Docker(cfg) => Arc::new(
             DockerProvider::new(cfg.clone(), vm.runtime).map_err(|e| anyhow::anyhow!("{e}"))?,
         ),
@@ -247,14 +249,7 @@ pub fn agent_command(dir: &Path) -> anyhow::Result<()> {
         let (grpc, http, advertise) = listeners(&vm, &dir, None).await?;
         write_address(&dir, &grpc, &http)?;
         let provider = make_provider(&vm, &program)?;
-        let address = vm.address.clone().unwrap_or_else(|| "127.0.0.1".into());
-        let runtime = make_runtime(
-            vm.runtime,
-            &vm.spec.name,
-            &address,
-            &dir,
-            &sink_dir(&vm, &dir),
-        )?;
+        let runtime = make_runtime(&vm, &dir)?;
         info!(vm = %vm.spec.name, role = ?vm.spec.role, "agent starting");
         let exit = agent::run(
             options(&vm, &dir, false, advertise),
@@ -291,6 +286,8 @@ pub struct UpOptions {
     pub runtime: RuntimeKind,
     /// `None`: the local provider; `Some`: VMs are containers.
     pub docker: Option<DockerConfig>,
+    /// Handed to every VM: where their runtimes fetch tarballs from.
+    pub artifact_mirrors: Vec<agent_core::artifacts::ArtifactMirror>,
 }
 
 fn read_desired(path: &Path) -> anyhow::Result<Result<agent_core::DesiredState, Vec<String>>> {
@@ -351,6 +348,7 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
             Some(d) => ProviderConfig::Docker(d.clone()),
         },
         address: None,
+        artifact_mirrors: o.artifact_mirrors.clone(),
     };
     local::write_atomic(&dir.join(local::VM_FILE), &serde_json::to_vec_pretty(&vm)?)?;
     let program = std::env::current_exe().context("cannot find the ndb-agent binary")?;
@@ -358,7 +356,7 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
         let (grpc, http, advertise) = listeners(&vm, &dir, Some(&o.http)).await?;
         write_address(&dir, &grpc, &http)?;
         let provider = make_provider(&vm, &program)?;
-        let runtime = make_runtime(o.runtime, "bootstrap", "127.0.0.1", &dir, &sink_dir(&vm, &dir))?;
+        let runtime = make_runtime(&vm, &dir)?;
         let resume = tokio::spawn(resume_vms(Arc::clone(&provider)));
         let agent = tokio::spawn(agent::run(
             options(&vm, &dir, true, advertise),

@@ -116,6 +116,11 @@ enum Command {
         /// docker: the agent image of the VMs.
         #[arg(long, default_value = "managed-rondb/ndb-agent:latest")]
         agent_image: String,
+        /// PREFIX=REPLACEMENT: fetch tarballs whose link starts with PREFIX from REPLACEMENT
+        /// (an http(s) URL or file:///DIR/) instead; repeatable. scripts/up.sh serves the
+        /// stand-in's tarballs this way.
+        #[arg(long = "artifact-mirror", value_name = "PREFIX=REPLACEMENT")]
+        artifact_mirrors: Vec<agent_core::artifacts::ArtifactMirror>,
     },
     /// Run the agent of one local VM (started by the local provider).
     Agent {
@@ -177,6 +182,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cluster_name,
             docker_network,
             agent_image,
+            artifact_mirrors,
         } => {
             let docker = match provider {
                 ProviderArg::Local => None,
@@ -198,6 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     RuntimeArg::Direct => providers::RuntimeKind::Direct,
                 },
                 docker,
+                artifact_mirrors,
             })
         }
         Command::Agent { vm_dir } => {

@@ -10,6 +10,7 @@ pub mod desired;
 
 pub use desired::DesiredState;
 pub mod actions;
+pub mod artifacts;
 pub mod backend;
 pub mod model;
 pub mod planner;

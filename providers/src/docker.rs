@@ -328,6 +328,7 @@ impl CloudProvider for DockerProvider {
                 runtime: self.runtime,
                 provider: ProviderConfig::Docker(self.cfg.clone()),
                 address: None,
+                artifact_mirrors: Vec::new(),
             };
             let vm_json = serde_json::to_string(&vm)
                 .map_err(|e| BackendError::refused(format!("VM config: {e}")))?;

@@ -59,6 +59,10 @@ pub struct VmConfig {
     /// program listens on RonDB's default ports as on a machine of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// Where the VM's runtime fetches tarballs whose links name another server (a local
+    /// cluster gets the Docker demo's artifact-server links from a directory).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifact_mirrors: Vec<agent_core::artifacts::ArtifactMirror>,
 }
 
 impl VmConfig {

@@ -39,6 +39,8 @@ pub struct LocalProvider {
     data_dir: PathBuf,
     program: PathBuf,
     runtime: crate::RuntimeKind,
+    /// Handed to every VM it creates.
+    artifact_mirrors: Vec<agent_core::artifacts::ArtifactMirror>,
     /// Held while a VM's address is chosen and recorded: never two VMs on one address.
     addressing: tokio::sync::Mutex<()>,
 }
@@ -94,8 +96,18 @@ impl LocalProvider {
             data_dir: data_dir.to_path_buf(),
             program: program.to_path_buf(),
             runtime,
+            artifact_mirrors: Vec::new(),
             addressing: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The VMs it creates fetch tarballs through these mirrors.
+    pub fn with_artifact_mirrors(
+        mut self,
+        mirrors: Vec<agent_core::artifacts::ArtifactMirror>,
+    ) -> Self {
+        self.artifact_mirrors = mirrors;
+        self
     }
 
     pub fn vms_dir(&self) -> PathBuf {
@@ -342,6 +354,7 @@ impl CloudProvider for LocalProvider {
                 data_dir: self.data_dir.clone(),
             },
             address,
+            artifact_mirrors: self.artifact_mirrors.clone(),
         };
         std::fs::create_dir_all(&dir)
             .map_err(|e| failed(&format!("cannot create {}", dir.display()), e))?;

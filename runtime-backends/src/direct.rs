@@ -8,6 +8,7 @@
 
 use crate::mgm::{self, MgmSession};
 use agent_core::actions::RestoreStep;
+use agent_core::artifacts::{self, ArtifactMirror};
 use agent_core::backend::{
     BackendError, MgmCommand, OpId, ProcessRuntime, ProgramKind, ProgramSpec, ProgramStatus,
     RestoreRun,
@@ -69,6 +70,8 @@ pub struct DirectRuntime {
     /// The VM's own address: where its servers answer.
     address: String,
     timeouts: Timeouts,
+    /// Where tarballs are really fetched from (see `agent_core::artifacts`).
+    mirrors: Vec<ArtifactMirror>,
     lock: tokio::sync::Mutex<()>,
 }
 
@@ -152,8 +155,15 @@ impl DirectRuntime {
             sink: sink.to_path_buf(),
             address: address.to_string(),
             timeouts,
+            mirrors: Vec::new(),
             lock: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Fetches tarballs through these mirrors.
+    pub fn with_mirrors(mut self, mirrors: Vec<ArtifactMirror>) -> Self {
+        self.mirrors = mirrors;
+        self
     }
 
     fn check(&self, vm: &str) -> Result<(), BackendError> {
@@ -677,7 +687,7 @@ fn unpack(tarball: &[u8], dest: &Path) -> std::io::Result<()> {
     for entry in archive.entries()? {
         let mut entry = entry?;
         let path = entry.path()?.into_owned();
-        // Strip the tarball's top directory (rondb-VERSION-linux-x86_64/).
+        // Strip the tarball's top directory (rondb-VERSION-linux-glibc2.28-x86_64/).
         let inner: PathBuf = path.components().skip(1).collect();
         if inner.as_os_str().is_empty() {
             continue;
@@ -720,9 +730,14 @@ impl ProcessRuntime for DirectRuntime {
         if dest.join("bin").is_dir() {
             return Ok(());
         }
-        info!(vm = %self.vm, version, url, "downloading RonDB");
-        let tarball = fetch(url, self.timeouts.download).await?;
-        let sums = fetch(&format!("{url}.sha256"), self.timeouts.download).await?;
+        let source = artifacts::resolve(&self.mirrors, url);
+        if source == url {
+            info!(vm = %self.vm, version, url, "downloading RonDB");
+        } else {
+            info!(vm = %self.vm, version, url, mirror = %source, "downloading RonDB from a mirror");
+        }
+        let tarball = fetch(&source, self.timeouts.download).await?;
+        let sums = fetch(&format!("{source}.sha256"), self.timeouts.download).await?;
         let expected = String::from_utf8_lossy(&sums)
             .split_whitespace()
             .next()
@@ -731,14 +746,14 @@ impl ProcessRuntime for DirectRuntime {
         let actual = format!("{:x}", sha2::Sha256::digest(&tarball));
         if expected != actual {
             return Err(refused(format!(
-                "the RonDB {version} tarball from {url} does not match its checksum (expected {expected}, got {actual}); it was not installed"
+                "the RonDB {version} tarball from {source} does not match its checksum (expected {expected}, got {actual}); it was not installed"
             )));
         }
         let d = dest.clone();
         tokio::task::spawn_blocking(move || unpack(&tarball, &d))
             .await
             .map_err(|e| transient(format!("unpacking was interrupted: {e}")))?
-            .map_err(|e| refused(format!("cannot unpack RonDB {version} from {url}: {e}")))?;
+            .map_err(|e| refused(format!("cannot unpack RonDB {version} from {source}: {e}")))?;
         info!(vm = %self.vm, version, "RonDB installed");
         Ok(())
     }

@@ -40,8 +40,11 @@ fn tarballs() -> PathBuf {
 
 fn desired(id: u64, dir: &Path, f: impl FnOnce(&mut serde_json::Value)) -> String {
     let mut d: serde_json::Value = serde_json::from_str(&harness::desired(id, 1)).unwrap();
-    d["RonDBDownloadLink"] =
-        format!("file://{}/rondb-22.10.1-linux-x86_64.tar.gz", dir.display()).into();
+    d["RonDBDownloadLink"] = format!(
+        "file://{}/rondb-22.10.1-linux-glibc2.28-x86_64.tar.gz",
+        dir.display()
+    )
+    .into();
     f(&mut d);
     serde_json::to_string_pretty(&d).unwrap()
 }

@@ -8,11 +8,11 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 ./package.sh "$out" 22.10.1 22.10.2 >/dev/null
 for v in 22.10.1 22.10.2; do
-  t="rondb-$v-linux-x86_64.tar.gz"
+  t="rondb-$v-linux-glibc2.28-x86_64.tar.gz"
   (cd "$out" && sha256sum --check --quiet "$t.sha256")
   mkdir -p "$out/x-$v" && tar xzf "$out/$t" -C "$out/x-$v"
   top=$(ls "$out/x-$v")
-  [ "$top" = "rondb-$v-linux-x86_64" ] || { echo "unexpected top directory $top" >&2; exit 1; }
+  [ "$top" = "rondb-$v-linux-glibc2.28-x86_64" ] || { echo "unexpected top directory $top" >&2; exit 1; }
   for p in ndb_mgmd ndbmtd mysqld ndb_mgm ndb_restore ndb_waiter; do
     "$out/x-$v/$top/bin/$p" --version | grep -q "RonDB-$v" || { echo "$p does not report $v" >&2; exit 1; }
   done

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Packs the RonDB stand-in as RonDB release tarballs, one per version, so code that installs
 # RonDB from a tarball (download, check the .sha256, unpack, run bin/<program>) can install
-# the stand-in unchanged:
+# the stand-in unchanged. Names are those of RonDB's x86_64 release tarballs:
 #
-#   OUTDIR/rondb-VERSION-linux-x86_64.tar.gz         rondb-VERSION-linux-x86_64/
-#   OUTDIR/rondb-VERSION-linux-x86_64.tar.gz.sha256    bin/rondb-standin, bin/<program> -> rondb-standin
-#                                                      VERSION   (what every program reports)
+#   OUTDIR/rondb-VERSION-linux-glibc2.28-x86_64.tar.gz
+#   OUTDIR/rondb-VERSION-linux-glibc2.28-x86_64.tar.gz.sha256
+#
+# holding rondb-VERSION-linux-glibc2.28-x86_64/ with bin/rondb-standin, bin/<program> (links
+# to it) and VERSION (what every program reports).
 #
 # The same binary packs to the same bytes (sorted names, fixed times and owners, gzip
 # without name or time), so a tarball's sha256 only changes when the binary does; a tarball
@@ -49,7 +51,7 @@ binary_sha=$(sha256sum "$binary" | cut -d' ' -f1)
 
 umask 022
 for v in "$@"; do
-    name=rondb-$v-linux-x86_64
+    name=rondb-$v-linux-glibc2.28-x86_64
     tarball=$name.tar.gz
     stamp=$outdir/.$name.stamp
     if [ -f "$outdir/$tarball" ] && [ -f "$outdir/$tarball.sha256" ] &&
