@@ -617,7 +617,19 @@ pub fn apply_command(file: &Path, endpoint: &str) -> anyhow::Result<std::process
 
 /// `ndb-agent status --endpoint ADDR [--json]`.
 pub fn status_command(endpoint: &str, json: bool) -> anyhow::Result<std::process::ExitCode> {
-    let s = tokio_runtime()?.block_on(get_status(endpoint))?;
+    let s = tokio_runtime()?.block_on(async {
+        let s = get_status(endpoint).await?;
+        // RonDB's view of the programs is the leader's alone: ask it when another answered.
+        let leader_http = s
+            .agents
+            .iter()
+            .find(|a| Some(&a.vm) == s.leader_vm.as_ref() && a.vm != s.answered_by)
+            .map(|a| a.http_addr.clone());
+        match leader_http {
+            Some(addr) => Ok(get_status(&addr).await.unwrap_or(s)),
+            None => anyhow::Ok(s),
+        }
+    })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(std::process::ExitCode::SUCCESS);
@@ -667,8 +679,14 @@ pub fn status_command(endpoint: &str, json: bool) -> anyhow::Result<std::process
         ]);
     }
     let mut vms = comfy_table::Table::new();
-    vms.load_style(comfy_table::presets::NOTHING)
-        .set_header(["VM", "ROLE", "ZONE", "ADDRESS", "PROGRAM"]);
+    vms.load_style(comfy_table::presets::NOTHING).set_header([
+        "VM",
+        "ROLE",
+        "ZONE",
+        "ADDRESS",
+        "PROGRAM",
+        "RONDB SAYS",
+    ]);
     for v in &s.vms {
         vms.add_row([
             v.name.clone(),
@@ -681,6 +699,11 @@ pub fn status_command(endpoint: &str, json: bool) -> anyhow::Result<std::process
                 (false, false) => "stopped",
             }
             .to_string(),
+            v.rondb
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
         ]);
     }
     println!("\n{agents}\n\n{vms}");

@@ -241,6 +241,88 @@ pub struct ProgramSpec {
 pub struct ProgramStatus {
     pub running: bool,
     pub version: Option<String>,
+    /// The program's node ids as RonDB's management server sees them (`get status`): a
+    /// process can run and still be starting, or be cut off from the cluster. Empty when
+    /// the runtime does not ask RonDB (the dummy) or no management server answered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rondb: Vec<RonDbNode>,
+}
+
+/// One node id's state in RonDB's own words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RonDbNode {
+    pub node_id: u32,
+    pub status: NodeStatus,
+    /// The start phase while `Starting` (RonDB's `startphase`), else 0.
+    #[serde(default)]
+    pub start_phase: u32,
+}
+
+/// RonDB's node status words (`get status`, `ndb_mgm SHOW`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum NodeStatus {
+    NoContact,
+    NotStarted,
+    Starting,
+    Started,
+    ShuttingDown,
+    Restarting,
+    SingleUserMode,
+    Resume,
+    Connected,
+    Unknown,
+}
+
+impl NodeStatus {
+    /// RonDB's word for it, as `get status` sends it (`SINGLE USER MODE` has spaces).
+    pub fn as_rondb(self) -> &'static str {
+        match self {
+            NodeStatus::NoContact => "NO_CONTACT",
+            NodeStatus::NotStarted => "NOT_STARTED",
+            NodeStatus::Starting => "STARTING",
+            NodeStatus::Started => "STARTED",
+            NodeStatus::ShuttingDown => "SHUTTING_DOWN",
+            NodeStatus::Restarting => "RESTARTING",
+            NodeStatus::SingleUserMode => "SINGLE USER MODE",
+            NodeStatus::Resume => "RESUME",
+            NodeStatus::Connected => "CONNECTED",
+            NodeStatus::Unknown => "UNKNOWN",
+        }
+    }
+
+    /// Reads RonDB's word; one it does not know is `Unknown`, as RonDB's own API does.
+    pub fn from_rondb(s: &str) -> NodeStatus {
+        [
+            NodeStatus::NoContact,
+            NodeStatus::NotStarted,
+            NodeStatus::Starting,
+            NodeStatus::Started,
+            NodeStatus::ShuttingDown,
+            NodeStatus::Restarting,
+            NodeStatus::SingleUserMode,
+            NodeStatus::Resume,
+            NodeStatus::Connected,
+        ]
+        .into_iter()
+        .find(|n| n.as_rondb() == s)
+        .unwrap_or(NodeStatus::Unknown)
+    }
+}
+
+impl std::fmt::Display for RonDbNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.status {
+            NodeStatus::Starting | NodeStatus::ShuttingDown if self.start_phase > 0 => write!(
+                f,
+                "node {}: {} (phase {})",
+                self.node_id,
+                self.status.as_rondb(),
+                self.start_phase
+            ),
+            _ => write!(f, "node {}: {}", self.node_id, self.status.as_rondb()),
+        }
+    }
 }
 
 /// A management-client command (`ndb_mgm -e`).
@@ -342,4 +424,34 @@ pub trait ProcessRuntime: Send + Sync {
         version: &str,
         url: &str,
     ) -> Result<(), BackendError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rondb_status_words_read_back_as_written_and_strangers_are_unknown() {
+        for s in [
+            "NO_CONTACT",
+            "NOT_STARTED",
+            "STARTING",
+            "STARTED",
+            "SHUTTING_DOWN",
+            "RESTARTING",
+            "SINGLE USER MODE",
+            "RESUME",
+            "CONNECTED",
+            "UNKNOWN",
+        ] {
+            assert_eq!(NodeStatus::from_rondb(s).as_rondb(), s);
+        }
+        assert_eq!(NodeStatus::from_rondb("SINGLEUSER"), NodeStatus::Unknown);
+        let starting = RonDbNode {
+            node_id: 3,
+            status: NodeStatus::Starting,
+            start_phase: 4,
+        };
+        assert_eq!(starting.to_string(), "node 3: STARTING (phase 4)");
+    }
 }

@@ -8,7 +8,8 @@ use super::AgentShared;
 use crate::actions::RestoreStep;
 use crate::backend::OpId;
 use crate::backend::{
-    BackendError, ErrorKind, MgmCommand, ProcessRuntime, ProgramKind, ProgramSpec, RestoreRun,
+    BackendError, ErrorKind, MgmCommand, NodeStatus, ProcessRuntime, ProgramKind, ProgramSpec,
+    RestoreRun, RonDbNode,
 };
 use crate::desired::{BackupSpec, SinkType};
 use crate::model::ConfigFile;
@@ -161,6 +162,52 @@ pub fn kind_to_pb(k: ProgramKind) -> pb::ProgramKind {
         ProgramKind::Mysqld => pb::ProgramKind::Mysqld,
         ProgramKind::Api => pb::ProgramKind::Api,
     }
+}
+
+/// RonDB's view of a program's nodes, for the wire.
+pub fn rondb_to_pb(nodes: &[RonDbNode]) -> Vec<pb::RonDbNode> {
+    nodes
+        .iter()
+        .map(|n| pb::RonDbNode {
+            node_id: n.node_id,
+            status: match n.status {
+                NodeStatus::Unknown => pb::NodeStatus::Unknown,
+                NodeStatus::NoContact => pb::NodeStatus::NoContact,
+                NodeStatus::NotStarted => pb::NodeStatus::NotStarted,
+                NodeStatus::Starting => pb::NodeStatus::Starting,
+                NodeStatus::Started => pb::NodeStatus::Started,
+                NodeStatus::ShuttingDown => pb::NodeStatus::ShuttingDown,
+                NodeStatus::Restarting => pb::NodeStatus::Restarting,
+                NodeStatus::SingleUserMode => pb::NodeStatus::SingleUserMode,
+                NodeStatus::Resume => pb::NodeStatus::Resume,
+                NodeStatus::Connected => pb::NodeStatus::Connected,
+            } as i32,
+            start_phase: n.start_phase,
+        })
+        .collect()
+}
+
+/// A status word this build does not know (a newer agent's) reads as `Unknown`.
+pub fn rondb_from_pb(nodes: Vec<pb::RonDbNode>) -> Vec<RonDbNode> {
+    nodes
+        .into_iter()
+        .map(|n| RonDbNode {
+            node_id: n.node_id,
+            status: match pb::NodeStatus::try_from(n.status) {
+                Ok(pb::NodeStatus::NoContact) => NodeStatus::NoContact,
+                Ok(pb::NodeStatus::NotStarted) => NodeStatus::NotStarted,
+                Ok(pb::NodeStatus::Starting) => NodeStatus::Starting,
+                Ok(pb::NodeStatus::Started) => NodeStatus::Started,
+                Ok(pb::NodeStatus::ShuttingDown) => NodeStatus::ShuttingDown,
+                Ok(pb::NodeStatus::Restarting) => NodeStatus::Restarting,
+                Ok(pb::NodeStatus::SingleUserMode) => NodeStatus::SingleUserMode,
+                Ok(pb::NodeStatus::Resume) => NodeStatus::Resume,
+                Ok(pb::NodeStatus::Connected) => NodeStatus::Connected,
+                Ok(pb::NodeStatus::Unknown) | Err(_) => NodeStatus::Unknown,
+            },
+            start_phase: n.start_phase,
+        })
+        .collect()
 }
 
 pub fn backup_from_pb(b: Option<pb::Backup>) -> Result<BackupSpec, Status> {
@@ -386,6 +433,7 @@ impl Agent for AgentService {
         Ok(Response::new(match self.runtime.status(&vm).await {
             Ok(st) => pb::ProgramStatusReply {
                 running: st.running,
+                rondb: rondb_to_pb(&st.rondb),
                 version: st.version.unwrap_or_default(),
                 failure: None,
             },
@@ -393,6 +441,7 @@ impl Agent for AgentService {
                 running: false,
                 version: String::new(),
                 failure: Some(failure_to_pb(&e)),
+                rondb: Vec::new(),
             },
         }))
     }

@@ -77,6 +77,10 @@ pub struct VmEntry {
     /// Where the VM answers (its RonDB servers listen there).
     #[serde(default)]
     pub address: String,
+    /// Its program's node ids as RonDB's management server reports them, at the leader's
+    /// last look (only the leader has looked: empty in a follower's answer).
+    #[serde(default)]
+    pub rondb: Vec<agent_core::backend::RonDbNode>,
 }
 
 fn error(code: StatusCode, msg: impl Into<String>) -> Response {
@@ -108,6 +112,7 @@ pub fn build_status(shared: &AgentShared) -> Option<Status> {
         super::LeaderView::Unknown(why) => (None, Some(why)),
     };
     let c = &rep.cluster;
+    let mut seen = shared.programs_seen();
     // What this replica says is only as true as the quorum behind it, and as fresh as the
     // leader's last look at the world.
     let (reconciliation_state, leader_problem) = match (&leader_vm, leader_problem) {
@@ -138,6 +143,7 @@ pub fn build_status(shared: &AgentShared) -> Option<Status> {
                 running: v.running,
                 down: v.down,
                 address: v.address.clone(),
+                rondb: seen.remove(&v.name).map(|p| p.rondb).unwrap_or_default(),
             })
             .collect(),
         mysqld_endpoints: {

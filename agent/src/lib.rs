@@ -146,6 +146,8 @@ pub struct AgentShared {
     provider: Arc<dyn CloudProvider>,
     /// When the leader last reached this agent (a follower's proof that a leader exists).
     leader_contact: Mutex<Option<std::time::Instant>>,
+    /// While this agent leads: its reconciler's last look at every VM's program.
+    programs_seen: reconcile::ProgramsSeen,
 }
 
 const RAFT_ID_FILE: &str = "raft_id";
@@ -451,6 +453,20 @@ impl AgentShared {
     }
 
     /// Hands a desired state to the reconciler if this agent leads.
+    /// The leader's last look at every VM's program (empty on a follower).
+    pub fn programs_seen(&self) -> BTreeMap<String, crate::backend::ProgramStatus> {
+        self.programs_seen
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    fn forget_programs_seen(&self) {
+        if let Ok(mut m) = self.programs_seen.lock() {
+            m.clear();
+        }
+    }
+
     pub fn leader_inbox(&self) -> Option<mpsc::Sender<Submit>> {
         self.inbox.lock().ok()?.clone()
     }
@@ -541,6 +557,7 @@ pub async fn run(
         fresh: Mutex::new(BTreeMap::new()),
         provider,
         leader_contact: Mutex::new(None),
+        programs_seen: Arc::default(),
     });
 
     let id_file = opts.dir.join(RAFT_ID_FILE);
@@ -629,6 +646,7 @@ async fn watch_leadership(shared: Arc<AgentShared>, id: NodeId, raft: Raft) {
             if let Ok(mut i) = shared.inbox.lock() {
                 *i = None;
             }
+            shared.forget_programs_seen();
         }
         tokio::select! {
             r = metrics.changed() => if r.is_err() { return },
@@ -691,13 +709,15 @@ async fn lead(shared: Arc<AgentShared>, raft: Raft) {
         shared.opts.reconciler.clone(),
     )
     .with_journal(Arc::new(RaftJournal { raft }))
-    .with_inbox(rx);
+    .with_inbox(rx)
+    .with_programs_seen(Arc::clone(&shared.programs_seen));
     reconciler.record_leader(&shared.vm).await;
     let why = reconciler.serve().await;
     upkeep.abort();
     if let Ok(mut i) = shared.inbox.lock() {
         *i = None;
     }
+    shared.forget_programs_seen();
     warn!(reason = %why, "reconciler stopped");
 }
 

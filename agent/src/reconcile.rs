@@ -3,7 +3,7 @@
 //! concurrently, observations of the world, wake-ups on the tokio clock — and feeds the
 //! results back as inputs. Every decision is the engine's.
 
-use crate::backend::{BackendError, CloudProvider, OpId, ProcessRuntime};
+use crate::backend::{BackendError, CloudProvider, OpId, ProcessRuntime, ProgramStatus};
 use crate::desired::{DesiredState, Violation};
 use crate::model::{ClusterState, Event, Outcome};
 pub use agent_core::engine::Submission;
@@ -61,7 +61,13 @@ pub struct Reconciler {
     running: FuturesUnordered<Running>,
     observing: Option<Observing>,
     wake_at: Option<Duration>,
+    /// Where the last look at every VM's program is published (for `GET /status`).
+    programs_seen: Option<ProgramsSeen>,
 }
+
+/// The leader's last look at every VM's program, RonDB's view included. Not replicated:
+/// it is only as fresh as the observation that made it, and a new leader looks again.
+pub type ProgramsSeen = Arc<std::sync::Mutex<BTreeMap<String, ProgramStatus>>>;
 
 impl Reconciler {
     pub fn new(
@@ -81,7 +87,14 @@ impl Reconciler {
             running: FuturesUnordered::new(),
             observing: None,
             wake_at: None,
+            programs_seen: None,
         }
+    }
+
+    /// Publishes every observation's program statuses there.
+    pub fn with_programs_seen(mut self, seen: ProgramsSeen) -> Self {
+        self.programs_seen = Some(seen);
+        self
     }
 
     /// Makes every event durable through `journal` before anything after it happens.
@@ -206,6 +219,11 @@ impl Reconciler {
                 }
             }, if has_observing => {
                 self.observing = None;
+                if let (Ok(o), Some(seen)) = (&r, &self.programs_seen) {
+                    if let Ok(mut m) = seen.lock() {
+                        m.clone_from(&o.programs);
+                    }
+                }
                 Input::Observed(r)
             }
             _ = tokio::time::sleep_until(wake.unwrap_or(self.epoch)), if wake.is_some() => {

@@ -1,7 +1,7 @@
 //! The leader's `ProcessRuntime`: every call goes over gRPC to the agent of the target VM,
 //! with the action's operation id, so a repeat after a leader change is answered, not redone.
 
-use super::grpc::{backup_to_pb, failure_from_pb, kind_to_pb, step_to_pb};
+use super::grpc::{backup_to_pb, failure_from_pb, kind_to_pb, rondb_from_pb, step_to_pb};
 use super::AgentShared;
 use crate::backend::{
     BackendError, ErrorKind, MgmCommand, OpId, ProcessRuntime, ProgramKind, ProgramSpec,
@@ -284,6 +284,7 @@ impl ProcessRuntime for RemoteRuntime {
         Ok(ProgramStatus {
             running: r.running,
             version: Some(r.version).filter(|v| !v.is_empty()),
+            rondb: rondb_from_pb(r.rondb),
         })
     }
 

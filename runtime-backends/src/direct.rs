@@ -10,8 +10,8 @@ use crate::mgm::{self, MgmSession};
 use agent_core::actions::RestoreStep;
 use agent_core::artifacts::{self, ArtifactMirror};
 use agent_core::backend::{
-    BackendError, MgmCommand, OpId, ProcessRuntime, ProgramKind, ProgramSpec, ProgramStatus,
-    RestoreRun,
+    BackendError, MgmCommand, NodeStatus, OpId, ProcessRuntime, ProgramKind, ProgramSpec,
+    ProgramStatus, RestoreRun, RonDbNode,
 };
 use agent_core::desired::BackupSpec;
 use agent_core::model::ConfigFile;
@@ -75,6 +75,10 @@ pub struct DirectRuntime {
     lock: tokio::sync::Mutex<()>,
 }
 
+/// How long a status query waits for a management server (the leader's whole query of a VM
+/// has one second).
+const STATUS_PATIENCE: Duration = Duration::from_millis(500);
+
 fn refused(msg: String) -> BackendError {
     BackendError::refused(msg)
 }
@@ -114,9 +118,17 @@ fn signal_group(pid: u32, sig: nix::sys::signal::Signal) {
 }
 
 /// The value of `--name=value` in a command line.
+/// An option's value, given as `NAME=VALUE` or as `NAME VALUE` (rdrs2's `-config FILE`).
 fn arg_value<'a>(command: &'a [String], name: &str) -> Option<&'a str> {
     let prefix = format!("{name}=");
-    command.iter().find_map(|a| a.strip_prefix(prefix.as_str()))
+    command
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| match a.strip_prefix(prefix.as_str()) {
+            Some(v) => Some(v),
+            None if a == name => command.get(i + 1).map(String::as_str),
+            None => None,
+        })
 }
 
 /// `key=value` of an option file's or config.ini's section; sections by predicate.
@@ -239,6 +251,79 @@ impl DirectRuntime {
             .filter(|s| !s.is_empty() && !s.starts_with("nodeid="))
             .map(str::to_string)
             .collect()
+    }
+
+    /// The management servers a running program was configured with: on its command line
+    /// (data nodes), in my.cnf (MySQL servers), in rdrs2's configuration (REST API).
+    fn mgmds_of(&self, r: &Running) -> Vec<String> {
+        match r.kind {
+            ProgramKind::Mgmd => vec![self.mgmd_addr(r.node_ids.first().copied().unwrap_or(0))],
+            ProgramKind::DataNode => Self::connect_addrs(&r.command),
+            ProgramKind::Mysqld => {
+                let cnf = arg_value(&r.command, "--defaults-file")
+                    .and_then(|p| std::fs::read_to_string(p).ok())
+                    .unwrap_or_default();
+                let kv = ini_values(&cnf, |name, _| name == "mysqld");
+                get(&kv, "ndb-connectstring")
+                    .unwrap_or("")
+                    .split(',')
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            }
+            ProgramKind::Api => {
+                #[derive(Deserialize)]
+                struct Mgmd {
+                    #[serde(rename = "IP")]
+                    ip: String,
+                    #[serde(rename = "Port")]
+                    port: u32,
+                }
+                #[derive(Deserialize)]
+                struct RonDb {
+                    #[serde(rename = "Mgmds", default)]
+                    mgmds: Vec<Mgmd>,
+                }
+                #[derive(Deserialize)]
+                struct Config {
+                    #[serde(rename = "RonDB")]
+                    rondb: RonDb,
+                }
+                arg_value(&r.command, "-config")
+                    .or_else(|| arg_value(&r.command, "--config"))
+                    .and_then(|p| std::fs::read(p).ok())
+                    .and_then(|b| serde_json::from_slice::<Config>(&b).ok())
+                    .map(|c| {
+                        c.rondb
+                            .mgmds
+                            .into_iter()
+                            .map(|m| format!("{}:{}", m.ip, m.port))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }
+        }
+    }
+
+    /// What RonDB's management server says about the program's node ids; nothing when
+    /// none answers quickly (status is observed often and must never hang).
+    async fn rondb_view(&self, r: &Running) -> Vec<RonDbNode> {
+        for addr in self.mgmds_of(r) {
+            let Ok(Ok(nodes)) = tokio::time::timeout(STATUS_PATIENCE, mgm::status(&addr)).await
+            else {
+                continue;
+            };
+            return nodes
+                .into_iter()
+                .filter(|n| r.node_ids.contains(&n.id))
+                .map(|n| RonDbNode {
+                    node_id: n.id,
+                    status: NodeStatus::from_rondb(&n.status),
+                    start_phase: n.startphase,
+                })
+                .collect();
+        }
+        Vec::new()
     }
 
     /// Waits until `ready` says yes, failing early when the program exits.
@@ -879,6 +964,7 @@ impl ProcessRuntime for DirectRuntime {
         Ok(match self.running() {
             Some(r) => ProgramStatus {
                 running: true,
+                rondb: self.rondb_view(&r).await,
                 version: Some(r.version),
             },
             None => ProgramStatus::default(),
@@ -1077,5 +1163,34 @@ impl ProcessRuntime for DirectRuntime {
         _url: &str,
     ) -> Result<(), BackendError> {
         self.check(vm)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_read_in_both_forms_rondb_programs_use() {
+        let cmd: Vec<String> = [
+            "bin/rdrs2",
+            "-config",
+            "/srv/rondb/rdrs2.json",
+            "--ndb-connectstring=10.0.0.2:1186,10.0.0.3:1186",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(arg_value(&cmd, "-config"), Some("/srv/rondb/rdrs2.json"));
+        assert_eq!(
+            arg_value(&cmd, "--ndb-connectstring"),
+            Some("10.0.0.2:1186,10.0.0.3:1186")
+        );
+        assert_eq!(arg_value(&cmd, "--defaults-file"), None);
+        // A flag at the end has no value to take.
+        assert_eq!(arg_value(&["x".into(), "-config".into()], "-config"), None);
+        assert_eq!(
+            DirectRuntime::connect_addrs(&cmd),
+            vec!["10.0.0.2:1186", "10.0.0.3:1186"]
+        );
     }
 }

@@ -236,6 +236,7 @@ impl ProcessRuntime for VmDummyRuntime {
         Ok(ProgramStatus {
             running: s.program.running,
             version: s.program.running.then(|| s.program.version.clone()),
+            rondb: Vec::new(),
         })
     }
 

@@ -261,6 +261,7 @@ impl World {
         ProgramStatus {
             running: p.is_some(),
             version: p.map(|p| p.version.clone()),
+            rondb: Vec::new(),
         }
     }
 

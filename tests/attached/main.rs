@@ -15,6 +15,7 @@ mod agents_client;
 #[path = "../local_cluster/harness.rs"]
 mod harness;
 
+use agent_core::backend::NodeStatus;
 use harness::{at_desired, count_role, LocalCluster};
 use mysql_async::prelude::Queryable;
 use std::collections::BTreeSet;
@@ -267,6 +268,22 @@ fn live_operations_keep_every_row_and_the_cluster_up() {
     println!(
         "up to AT_DESIRED_STATE (attached, 2 x 2 + 2 MySQLds + 1 API): {:.1} s",
         started.elapsed().as_secs_f64()
+    );
+    // The status carries RonDB's own view of every program: data nodes STARTED, the
+    // management server, MySQL servers and the REST API's node CONNECTED.
+    c.wait_for(
+        "RonDB's view of every program in the status",
+        Duration::from_secs(30),
+        |s| {
+            s.vms.iter().all(|v| {
+                let want = if v.role == "ndbd" {
+                    NodeStatus::Started
+                } else {
+                    NodeStatus::Connected
+                };
+                !v.rondb.is_empty() && v.rondb.iter().all(|n| n.status == want)
+            })
+        },
     );
     let client = Client::start(s.mysqld_endpoints.clone(), 1000);
     // The 1,000 rows are in before the first live operation.

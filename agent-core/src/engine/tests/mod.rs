@@ -74,6 +74,7 @@ pub(super) fn world_of(s: &ClusterState) -> Observation {
                     ProgramStatus {
                         running: v.running,
                         version: v.version.clone(),
+                        rondb: Vec::new(),
                     },
                 )
             })
