@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# The Docker demo: builds the images if missing (no registry: debootstrap + docker import),
-# then starts the bootstrap agent and the artifact server with docker-compose. The bootstrap
+# The Docker demo: compose/up.sh [--detached] [DESIRED_STATE_FILE]
+#
+# Builds the images if missing (no registry: debootstrap + docker import), then starts the
+# bootstrap agent and the artifact server with docker-compose. RonDB-attached by default:
+# the VM containers run RonDB's programs under supervisord (the stand-in's tarballs, served
+# by the artifact server); --detached pretends them (dummy runtime). The bootstrap
 # agent applies DESIRED_STATE_FILE (default compose/desired_state.jsonc) and follows every
 # saved edit of it. `docker logs -f bootstrap_agent` shows the progress; the HTTP API is on
 # 127.0.0.1:${NDB_AGENT_HTTP_PORT:-8181}; compose/down.sh removes everything. Run again after
@@ -8,6 +12,12 @@
 # resumes (every container has a fixed address on the network).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+# --detached: the RonDB-detached demo (the agents pretend RonDB's programs: dummy runtime).
+export NDB_AGENT_RUNTIME=supervisord
+if [ "${1:-}" = "--detached" ]; then
+  NDB_AGENT_RUNTIME=dummy
+  shift
+fi
 FILE=${1:-$HERE/desired_state.jsonc}
 [ -f "$FILE" ] || { echo "no desired-state file $FILE" >&2; exit 2; }
 FILE=$(cd "$(dirname "$FILE")" && pwd)/$(basename "$FILE")

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Checks the Docker demo as a new user meets it: compose/up.sh on a copy of the example,
-# wait for AT_DESIRED_STATE with the containers by role, edit and save the file (one more
-# MySQLd), wait for the new container, stop every container (a host restart) and run
-# compose/up.sh again: the same containers resume; then compose/down.sh must leave nothing.
+# Checks the Docker demo as a new user meets it: compose/up.sh on a copy of the example
+# (RonDB-attached: the stand-in's programs under supervisord in the VM containers), wait
+# for AT_DESIRED_STATE with the containers by role, write 1,000 rows through a MySQL server
+# the status lists, edit and save the file (one more MySQLd), wait for the new container,
+# stop every container (a host restart) and run compose/up.sh again: the same containers
+# resume with every row; then compose/down.sh must leave nothing.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d)
 export NDB_AGENT_HTTP_PORT=${NDB_AGENT_HTTP_PORT:-18181}
 trap '"$ROOT/compose/down.sh" >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
 cp "$ROOT/compose/desired_state.jsonc" "$WORK/desired_state.jsonc"
+(cd "$ROOT" && cargo build --release --locked -q -p integration-tests --bin sql-rows)
+ROWS=$ROOT/target/release/sql-rows
 "$ROOT/compose/up.sh" "$WORK/desired_state.jsonc" >/dev/null
 
 count() { docker ps -q --filter label=managed-rondb.cluster=managed-rondb --filter "label=managed-rondb.role=$1" | wc -l; }
@@ -25,12 +29,16 @@ wait_for() { # ID MYSQLDS
   docker logs --tail 30 bootstrap_agent >&2
   return 1
 }
+t0=$(date +%s.%N)
 wait_for 1 2
-echo "== docker demo: desired state 1 reached (4 ndbd, 1 mgmd, 2 mysqld, 1 api containers)"
+printf '== docker demo: desired state 1 reached (4 ndbd, 1 mgmd, 2 mysqld, 1 api containers) in %.1f s\n' "$(echo "$(date +%s.%N) - $t0" | bc)"
+endpoint() { curl -sf "http://127.0.0.1:$NDB_AGENT_HTTP_PORT/status" | python3 -c 'import json,sys; e=json.load(sys.stdin)["mysqld_endpoints"]; print(e[0] if e else "")'; }
+"$ROWS" write "$(endpoint)" 0 1000
 # The user edits and saves the file: one more MySQLd.
 sed -i -e 's/^  "Id": 1,/  "Id": 2,/' -e 's/"NumManagedMysqldVms": 2,/"NumManagedMysqldVms": 3,/' "$WORK/desired_state.jsonc"
 wait_for 2 3
 echo "== docker demo: the saved edit was followed (3 mysqld containers)"
+"$ROWS" check "$(endpoint)" 1000
 # A host restart: every container stops; compose/up.sh brings back the same ones.
 containers() { docker ps -aq --no-trunc --filter label=managed-rondb.cluster=managed-rondb | sort; }
 before=$(containers)
@@ -39,7 +47,8 @@ docker stop -t 5 $(docker ps -q --filter label=managed-rondb.cluster=managed-ron
 "$ROOT/compose/up.sh" "$WORK/desired_state.jsonc" >/dev/null
 wait_for 2 3
 [ "$(containers)" = "$before" ] || { echo "containers were replaced after the restart:" >&2; diff <(echo "$before") <(containers) >&2; exit 1; }
-echo "== docker demo: every container stopped (a host restart); compose/up.sh resumed the same containers"
+"$ROWS" check "$(endpoint)" 1000
+echo "== docker demo: every container stopped (a host restart); compose/up.sh resumed the same containers, every row read back"
 "$ROOT/compose/down.sh"
 left=$(docker ps -aq --filter label=managed-rondb.cluster=managed-rondb; docker volume ls -q --filter label=managed-rondb.cluster=managed-rondb; docker network ls -q --filter name=managed-rondb)
 [ -z "$left" ] || { echo "compose/down.sh left: $left" >&2; exit 1; }

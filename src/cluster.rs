@@ -13,6 +13,7 @@ use providers::docker::{DockerConfig, DockerProvider, AGENT_GRPC_PORT, AGENT_HTT
 use providers::local::{self, AgentAddress, LocalProvider};
 use providers::{ProviderConfig, RuntimeKind, VmConfig};
 use runtime_backends::direct::Timeouts;
+use runtime_backends::supervisord::Supervisord;
 use runtime_backends::{DirectRuntime, VmDummyRuntime};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +24,11 @@ use tracing::{info, warn};
 /// Milliseconds a pretended program start/stop takes in the dummy runtime (inherited by
 /// the agents `up` starts).
 pub const DUMMY_DELAY_ENV: &str = "NDB_DUMMY_PROGRAM_DELAY_MS";
+
+/// supervisord's configuration in the agent image, and the directory it includes
+/// (compose/images/agent/supervisord.conf).
+const SUPERVISORD_CONFIG: &str = "/etc/supervisor/supervisord.conf";
+const SUPERVISORD_INCLUDE_DIR: &str = "/etc/supervisor/conf.d";
 
 /// This build's agent version.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -51,19 +57,28 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// The runtime a VM's configuration names; its servers answer on the VM's address
 /// (loopback for a VM without one of its own).
 fn make_runtime(vm: &VmConfig, dir: &Path) -> anyhow::Result<Arc<dyn ProcessRuntime>> {
-    let data_dir = sink_dir(vm, dir);
+    let sink = sink_dir(vm);
     let address = vm.address.as_deref().unwrap_or("127.0.0.1");
+    // Where RonDB lives: in the VM's directory locally (many VMs share the host), where
+    // the commands expect it in a container (a machine of its own).
+    let home = match vm.provider {
+        ProviderConfig::Local { .. } => std::path::absolute(local::rondb_home(dir))?,
+        ProviderConfig::Docker(_) => PathBuf::from(agent_core::model::RONDB_HOME),
+    };
+    let rondb = |control: Option<Arc<dyn runtime_backends::process::ProcessControl>>| {
+        let r = DirectRuntime::new(&vm.spec.name, &home, &sink, address, Timeouts::default())
+            .with_mirrors(vm.artifact_mirrors.clone());
+        match control {
+            Some(c) => r.with_control(c),
+            None => r,
+        }
+    };
     match vm.runtime {
-        RuntimeKind::Direct => Ok(Arc::new(
-            DirectRuntime::new(
-                &vm.spec.name,
-                &std::path::absolute(local::rondb_home(dir))?,
-                &data_dir.join("backups"),
-                address,
-                Timeouts::default(),
-            )
-            .with_mirrors(vm.artifact_mirrors.clone()),
-        )),
+        RuntimeKind::Direct => Ok(Arc::new(rondb(None))),
+        RuntimeKind::Supervisord => Ok(Arc::new(rondb(Some(Arc::new(Supervisord::new(
+            Path::new(SUPERVISORD_INCLUDE_DIR),
+            Path::new(SUPERVISORD_CONFIG),
+        )))))),
         RuntimeKind::Dummy => {
             let delay = std::env::var(DUMMY_DELAY_ENV)
                 .ok()
@@ -72,7 +87,7 @@ fn make_runtime(vm: &VmConfig, dir: &Path) -> anyhow::Result<Arc<dyn ProcessRunt
             Ok(Arc::new(VmDummyRuntime::new(
                 &vm.spec.name,
                 dir,
-                &data_dir.join("backups"),
+                &sink,
                 Duration::from_millis(delay),
             )))
         }
@@ -217,10 +232,13 @@ async fn listeners(
     }
 }
 
-fn sink_dir(vm: &VmConfig, dir: &Path) -> PathBuf {
-    vm.local_data_dir()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| dir.to_path_buf())
+/// The backup sink every VM of the cluster reaches: a directory of the data directory
+/// locally, the cluster's backup volume in a container.
+fn sink_dir(vm: &VmConfig) -> PathBuf {
+    match vm.local_data_dir() {
+        Some(d) => d.join("backups"),
+        None => PathBuf::from(providers::docker::BACKUP_DIR),
+    }
 }
 
 /// `ndb-agent agent --vm-dir DIR`: the agent of one local VM. On a restart request it execs
@@ -318,6 +336,11 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
             eprintln!("  - {p}");
         }
         return Ok(std::process::ExitCode::from(2));
+    }
+    if o.runtime == RuntimeKind::Supervisord && o.docker.is_none() {
+        bail!(
+            "the supervisord runtime runs in containers, where supervisord runs the agent too: use --provider docker, or --runtime direct for a cluster on this machine"
+        );
     }
     std::fs::create_dir_all(&o.data_dir)
         .with_context(|| format!("cannot create {}", o.data_dir.display()))?;

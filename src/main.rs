@@ -34,6 +34,9 @@ enum RuntimeArg {
     /// RonDB's programs as processes, installed from the desired state's RonDB tarballs;
     /// every local VM gets a loopback address of its own.
     Direct,
+    /// RonDB's programs under supervisord, installed from the desired state's RonDB
+    /// tarballs (containers: `--provider docker`, the agent image runs supervisord).
+    Supervisord,
 }
 
 #[derive(Subcommand)]
@@ -202,6 +205,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 runtime: match runtime {
                     RuntimeArg::Dummy => providers::RuntimeKind::Dummy,
                     RuntimeArg::Direct => providers::RuntimeKind::Direct,
+                    RuntimeArg::Supervisord => providers::RuntimeKind::Supervisord,
                 },
                 docker,
                 artifact_mirrors,

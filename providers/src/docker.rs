@@ -37,6 +37,9 @@ pub const AGENT_GRPC_PORT: u16 = 7100;
 pub const AGENT_HTTP_PORT: u16 = 8181;
 /// Where a VM's volume is mounted: the agent's directory.
 pub const VM_DIR: &str = "/var/lib/ndb-agent";
+/// Where every VM container of a cluster mounts the cluster's backup volume: the backup
+/// sink, so a backup taken on the data nodes' VMs can be restored on any other.
+pub const BACKUP_DIR: &str = "/var/lib/ndb-backups";
 /// The environment variable that hands a container its [`VmConfig`].
 pub const VM_ENV: &str = "NDB_AGENT_VM";
 
@@ -341,6 +344,18 @@ impl CloudProvider for DockerProvider {
                 })
                 .await
                 .map_err(|e| transient("docker volume create", e))?;
+            let backups = format!("{}-backups", self.cfg.cluster);
+            self.docker
+                .create_volume(VolumeCreateRequest {
+                    name: Some(backups.clone()),
+                    labels: Some(HashMap::from([(
+                        LABEL_CLUSTER.to_string(),
+                        self.cfg.cluster.clone(),
+                    )])),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| transient("docker volume create", e))?;
             let (memory, nano_cpus) = limits(spec.vm_type);
             let mut env = vec![format!("{VM_ENV}={vm_json}")];
             env.extend(self.cfg.env.iter().map(|(k, v)| format!("{k}={v}")));
@@ -357,6 +372,7 @@ impl CloudProvider for DockerProvider {
                     network_mode: Some(self.cfg.network.clone()),
                     binds: Some(vec![
                         format!("{volume}:{VM_DIR}"),
+                        format!("{backups}:{BACKUP_DIR}"),
                         "/var/run/docker.sock:/var/run/docker.sock".to_string(),
                     ]),
                     ..Default::default()

@@ -36,6 +36,16 @@ pub enum RuntimeKind {
     Dummy,
     /// RonDB's programs run as processes of the agent, from an installed RonDB tarball.
     Direct,
+    /// RonDB's programs run under supervisord (as on the seed's containers), from an
+    /// installed RonDB tarball. Containers only: supervisord runs the agent there too.
+    Supervisord,
+}
+
+impl RuntimeKind {
+    /// Whether RonDB's programs really run (a tarball installed, processes started).
+    pub fn runs_rondb(self) -> bool {
+        !matches!(self, RuntimeKind::Dummy)
+    }
 }
 
 impl std::fmt::Display for RuntimeKind {
@@ -43,6 +53,7 @@ impl std::fmt::Display for RuntimeKind {
         f.write_str(match self {
             RuntimeKind::Dummy => "dummy",
             RuntimeKind::Direct => "direct",
+            RuntimeKind::Supervisord => "supervisord",
         })
     }
 }

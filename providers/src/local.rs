@@ -133,9 +133,11 @@ impl LocalProvider {
             agent_endpoint: addr.map(|a| a.grpc_addr.clone()).unwrap_or_default(),
             state,
             // Absolute: RonDB's programs run with their own working directory.
-            home: (vm.runtime == crate::RuntimeKind::Direct)
+            home: vm
+                .runtime
+                .runs_rondb()
                 .then(|| absolute(&rondb_home(&self.vm_dir(&vm.spec.name)))),
-            host_dir: (vm.runtime == crate::RuntimeKind::Direct).then(|| absolute(&self.data_dir)),
+            host_dir: vm.runtime.runs_rondb().then(|| absolute(&self.data_dir)),
         }
     }
 
@@ -344,7 +346,9 @@ impl CloudProvider for LocalProvider {
         }
         let _addressing = self.addressing.lock().await;
         let address = match self.runtime {
-            crate::RuntimeKind::Direct => Some(self.free_address()?),
+            crate::RuntimeKind::Direct | crate::RuntimeKind::Supervisord => {
+                Some(self.free_address()?)
+            }
             crate::RuntimeKind::Dummy => None,
         };
         let vm = VmConfig {

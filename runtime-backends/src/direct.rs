@@ -7,6 +7,7 @@
 //! leader's back.
 
 use crate::mgm::{self, MgmSession};
+use crate::process::{alive, ChildProcesses, Launch, ProcessControl};
 use agent_core::actions::RestoreStep;
 use agent_core::artifacts::{self, ArtifactMirror};
 use agent_core::backend::{
@@ -20,8 +21,9 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::{info, warn};
+use tracing::info;
 
 /// How long each kind of wait may take before the call fails with what RonDB said.
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +74,8 @@ pub struct DirectRuntime {
     timeouts: Timeouts,
     /// Where tarballs are really fetched from (see `agent_core::artifacts`).
     mirrors: Vec<ArtifactMirror>,
+    /// Children of this agent (`direct`) or programs of supervisord (`supervisord`).
+    control: Arc<dyn ProcessControl>,
     lock: tokio::sync::Mutex<()>,
 }
 
@@ -100,24 +104,6 @@ fn program_name(kind: ProgramKind) -> &'static str {
     }
 }
 
-/// Whether `pid` runs (a zombie does not).
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.chars().next())
-            .is_some_and(|state| state != 'Z' && state != 'X'),
-        Err(_) => false,
-    }
-}
-
-fn signal_group(pid: u32, sig: nix::sys::signal::Signal) {
-    if let Ok(p) = i32::try_from(pid) {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(p), sig);
-    }
-}
-
-/// The value of `--name=value` in a command line.
 /// An option's value, given as `NAME=VALUE` or as `NAME VALUE` (rdrs2's `-config FILE`).
 fn arg_value<'a>(command: &'a [String], name: &str) -> Option<&'a str> {
     let prefix = format!("{name}=");
@@ -168,8 +154,15 @@ impl DirectRuntime {
             address: address.to_string(),
             timeouts,
             mirrors: Vec::new(),
+            control: Arc::new(ChildProcesses),
             lock: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Runs the programs through `control` (supervisord) instead of as children.
+    pub fn with_control(mut self, control: Arc<dyn ProcessControl>) -> Self {
+        self.control = control;
+        self
     }
 
     /// Fetches tarballs through these mirrors.
@@ -508,35 +501,6 @@ impl DirectRuntime {
         Ok(())
     }
 
-    fn spawn(&self, spec: &ProgramSpec) -> Result<u32, BackendError> {
-        use std::os::unix::process::CommandExt;
-        let log_path = self.log_path(spec.kind);
-        if let Some(d) = log_path.parent() {
-            std::fs::create_dir_all(d).map_err(|e| io(d.display(), e))?;
-        }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| io(log_path.display(), e))?;
-        let log2 = log.try_clone().map_err(|e| io(log_path.display(), e))?;
-        let mut child = std::process::Command::new(&spec.command[0])
-            .args(&spec.command[1..])
-            .current_dir(&self.home)
-            .stdin(std::process::Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| io(format!("starting {}", spec.command[0]), e))?;
-        let pid = child.id();
-        // Reaped while this agent lives; after an agent restart it is adopted by pid.
-        std::thread::spawn(move || {
-            let _ = child.wait();
-        });
-        Ok(pid)
-    }
-
     /// Stops a data node through the management server, so RonDB refuses to stop the last
     /// node of a node group (unless the whole cluster stops). A management server that
     /// does not see the node yet (it has just restarted) is asked again until it does.
@@ -711,7 +675,7 @@ async fn mysql_ping(host: &str, port: u16) -> Result<(), String> {
         .map_err(|_| format!("MySQL server {host}:{port} did not answer within 5 s"))?
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d)?;
     }
@@ -905,7 +869,14 @@ impl ProcessRuntime for DirectRuntime {
         if spec.kind == ProgramKind::Mysqld {
             self.initialise_mysqld(spec).await?;
         }
-        let pid = self.spawn(spec)?;
+        let pid = self
+            .control
+            .start(&Launch {
+                command: &spec.command,
+                dir: &self.home,
+                log: &self.log_path(spec.kind),
+            })
+            .await?;
         info!(vm = %self.vm, pid, command = %spec.command.join(" "), "started");
         self.save_record(Some(&Running {
             kind: spec.kind,
@@ -936,25 +907,10 @@ impl ProcessRuntime for DirectRuntime {
             self.stop_through_mgmd(vm, &r, cluster_shutdown).await?;
         }
         // A data node stopped through RonDB exits by itself (its angel too); everything
-        // else gets SIGTERM, as RonDB's programs stop cleanly on it, then SIGKILL.
-        if kind != ProgramKind::DataNode {
-            signal_group(r.pid, nix::sys::signal::Signal::SIGTERM);
-        }
-        let wait_exit = |secs: u64| async move {
-            let deadline = Instant::now() + Duration::from_secs(secs);
-            while alive(r.pid) && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        };
-        wait_exit(30).await;
-        if alive(r.pid) {
-            signal_group(r.pid, nix::sys::signal::Signal::SIGTERM);
-            wait_exit(10).await;
-        }
-        if alive(r.pid) {
-            warn!(vm = %self.vm, pid = r.pid, "did not stop; killing it");
-            signal_group(r.pid, nix::sys::signal::Signal::SIGKILL);
-        }
+        // else is asked to stop (SIGTERM: RonDB's programs stop cleanly on it).
+        self.control
+            .stop(r.pid, kind != ProgramKind::DataNode)
+            .await;
         info!(vm = %self.vm, program = program_name(kind), "stopped");
         self.save_record(None)
     }
