@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The test command of the README: every test of the workspace (unit, table-driven, property,
-# generative and regression-corpus tests). Needs only a Rust toolchain; Cargo fetches the rest.
+# generative and regression-corpus tests, the multi-process local tier, the RonDB-attached
+# suites locally and in Docker, the Docker tier). Needs a Rust toolchain and a running Docker
+# engine; Cargo fetches the rest, the Docker tests build their images on this machine.
 # GENERATIVE_TRANSITIONS=N raises the number of random desired-state transitions.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -72,6 +72,11 @@ pub struct VmInfo {
     /// which VM runs it) and writes its backups (the local backup sink).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_dir: Option<String>,
+    /// Where every VM of the cluster reaches the backup sink (a volume all containers
+    /// mount): data nodes write their backups straight into it, so any VM can restore
+    /// them. `None`: as `host_dir` says, or on the VM's own disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_dir: Option<String>,
 }
 
 /// What kind of failure a backend call met: it decides what the reconciler does next.

@@ -264,6 +264,7 @@ impl DockerProvider {
             state,
             home: None,
             host_dir: None,
+            backup_dir: Some(BACKUP_DIR.to_string()),
         })
     }
 

@@ -138,6 +138,7 @@ impl LocalProvider {
                 .runs_rondb()
                 .then(|| absolute(&rondb_home(&self.vm_dir(&vm.spec.name)))),
             host_dir: vm.runtime.runs_rondb().then(|| absolute(&self.data_dir)),
+            backup_dir: None,
         }
     }
 

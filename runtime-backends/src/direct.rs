@@ -1022,6 +1022,12 @@ impl ProcessRuntime for DirectRuntime {
         } else {
             nodes
         };
+        if written.is_empty() {
+            return Err(refused(format!(
+                "backup {id} was taken, but no data node's files are in the sink {}; check BackupDataDir in config.ini and that every VM mounts the sink",
+                self.sink.display()
+            )));
+        }
         self.collect_backup(id, &written)?;
         Ok(written)
     }

@@ -325,6 +325,7 @@ fn create_vm(w: &mut World, spec: VmSpec) -> Result<Outcome, BackendError> {
     let info = VmInfo {
         home: None,
         host_dir: None,
+        backup_dir: None,
         name: spec.name.clone(),
         role: spec.role,
         zone: spec.zone.clone(),

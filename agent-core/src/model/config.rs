@@ -36,7 +36,15 @@ pub fn render_config_ini(d: &DesiredState, s: &ClusterState) -> String {
         None => {
             let _ = writeln!(out, "DataDir={RONDB_HOME}/data");
             let _ = writeln!(out, "FileSystemPath={RONDB_HOME}/data/ndb_fs");
-            let _ = writeln!(out, "BackupDataDir={RONDB_HOME}/backups");
+            match &s.backup_dir {
+                // Containers: backups straight into the volume every VM mounts.
+                Some(dir) => {
+                    let _ = writeln!(out, "BackupDataDir={dir}");
+                }
+                None => {
+                    let _ = writeln!(out, "BackupDataDir={RONDB_HOME}/backups");
+                }
+            }
         }
     }
     let _ = writeln!(out);

@@ -249,6 +249,9 @@ impl ClusterState {
                         if info.host_dir.is_some() {
                             self.host_dir = info.host_dir.clone();
                         }
+                        if info.backup_dir.is_some() {
+                            self.backup_dir = info.backup_dir.clone();
+                        }
                         info.home.clone()
                     }
                     _ => None,

@@ -252,6 +252,9 @@ pub struct ClusterState {
     /// cluster's VMs share one host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_dir: Option<String>,
+    /// See [`crate::backend::VmInfo::backup_dir`]: the backup sink as every VM sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_dir: Option<String>,
     /// VMs given up after staying down past the grace period: no longer members, still at
     /// the provider until deleted.
     #[serde(default)]

@@ -51,6 +51,7 @@ pub(super) fn world_of(s: &ClusterState) -> Observation {
             .map(|v| VmInfo {
                 home: None,
                 host_dir: None,
+                backup_dir: None,
                 name: v.name.clone(),
                 role: v.role,
                 zone: v.zone.clone(),

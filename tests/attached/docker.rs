@@ -1,0 +1,529 @@
+//! The RonDB-attached suite in Docker: the docker provider, the supervisord runtime in the
+//! agent image, the RonDB stand-in's tarballs from the artifact server. The fixtures (the
+//! artifact server and the bootstrap agent) are started with testcontainers from the images
+//! built on this machine (no registry); the bootstrap agent creates every VM container.
+//!
+//! The same sequence as the local attached suite, while one client thread writes and reads
+//! rows through the MySQL servers: create 2 x 2 + 2 MySQLds, 1,000 rows, rolling restart,
+//! upgrade 22.10.1 -> 22.10.2 and back, replicas 2 -> 3, MySQLds 2 -> 3 -> 2, a backup, a
+//! data-node VM type change, a data node killed -9, a data-node container removed, and a
+//! fresh cluster of another shape restored from the backup. After each step: no
+//! acknowledged row lost, no forced shutdown in the cluster log, client failures counted.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+#[path = "../common/agents_client.rs"]
+mod agents_client;
+mod client;
+
+use agent::http::Status;
+use agent_core::backend::NodeStatus;
+use agents_client::AgentsClient;
+use client::{check_rows, opts, Client};
+use mysql_async::prelude::Queryable;
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use testcontainers::core::{Mount, WaitFor};
+use testcontainers::runners::SyncRunner;
+use testcontainers::{Container, GenericImage, ImageExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ndb-agent");
+const AGENT_IMAGE: &str = "managed-rondb/ndb-agent";
+const BASE_IMAGE: &str = "managed-rondb/base:bookworm-1";
+/// Where the VM containers mount the cluster's backup volume (providers::docker::BACKUP_DIR).
+const BACKUP_DIR: &str = "/var/lib/ndb-backups";
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    assert!(
+        out.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Everything of a cluster is removed at the end, also when the test fails.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let label = format!("label=managed-rondb.cluster={}", self.0);
+        for (list, rm) in [
+            (vec!["ps", "-aq", "--filter"], vec!["rm", "-f", "-v"]),
+            (
+                vec!["volume", "ls", "-q", "--filter"],
+                vec!["volume", "rm", "-f"],
+            ),
+            (
+                vec!["network", "ls", "-q", "--filter"],
+                vec!["network", "rm"],
+            ),
+        ] {
+            let ids = Command::new("docker")
+                .args(&list)
+                .arg(&label)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default();
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker").args(&rm).args(&ids).output();
+            }
+        }
+    }
+}
+
+/// One cluster: its network, its fixtures, its agents.
+struct DockerCluster {
+    name: String,
+    dir: tempfile::TempDir,
+    agents: AgentsClient,
+    _bootstrap: Container<GenericImage>,
+    _artifacts: Container<GenericImage>,
+    _cleanup: Cleanup,
+}
+
+/// The desired state of the Docker demo (compose/desired_state.jsonc) for cluster `name`.
+fn desired(id: u64, name: &str, f: impl FnOnce(&mut serde_json::Value)) -> String {
+    let base = agent_core::desired::parse(include_bytes!("../../compose/desired_state.jsonc"))
+        .expect("compose/desired_state.jsonc parses");
+    let mut d = serde_json::to_value(base).unwrap();
+    d["Id"] = id.into();
+    d["RonDBDownloadLink"] =
+        format!("http://{name}-artifacts:8080/rondb/rondb-22.10.1-linux-glibc2.28-x86_64.tar.gz")
+            .into();
+    f(&mut d);
+    serde_json::to_string_pretty(&d).unwrap()
+}
+
+impl DockerCluster {
+    /// A network with a subnet of its own, the artifact server, and the bootstrap agent
+    /// applying `desired`. `prepare` runs once the cluster's backup volume exists, before
+    /// the bootstrap agent starts.
+    fn start(name: &str, subnet: &str, desired: &str, prepare: impl FnOnce(&str)) -> DockerCluster {
+        let cleanup = Cleanup(name.to_string());
+        let label = format!("managed-rondb.cluster={name}");
+        docker(&[
+            "network", "create", "--subnet", subnet, "--label", &label, name,
+        ]);
+        docker(&[
+            "volume",
+            "create",
+            "--label",
+            &label,
+            &format!("{name}-backups"),
+        ]);
+        prepare(name);
+        let artifacts = GenericImage::new("managed-rondb/artifacts", "latest")
+            .with_wait_for(WaitFor::seconds(1))
+            .with_container_name(format!("{name}-artifacts"))
+            .with_network(name)
+            .with_label("managed-rondb.cluster", name)
+            .with_label("managed-rondb.role", "artifacts")
+            .start()
+            .expect("start the artifact server (managed-rondb/artifacts:latest)");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("desired_state.jsonc"), desired).unwrap();
+        let bootstrap = GenericImage::new(AGENT_IMAGE, "latest")
+            .with_wait_for(WaitFor::message_on_stdout("bootstrap agent: HTTP API"))
+            .with_cmd([
+                "ndb-agent".to_string(),
+                "up".into(),
+                "--provider=docker".into(),
+                "--runtime=supervisord".into(),
+                "--desired-state=/config/desired_state.jsonc".into(),
+                "--data-dir=/var/lib/ndb-agent".into(),
+                "--http=0.0.0.0:8181".into(),
+                format!("--cluster-name={name}"),
+                format!("--docker-network={name}"),
+                format!("--agent-image={AGENT_IMAGE}:latest"),
+            ])
+            .with_container_name(format!("{name}-bootstrap"))
+            .with_network(name)
+            .with_label("managed-rondb.cluster", name)
+            .with_label("managed-rondb.role", "bootstrap")
+            .with_mount(Mount::bind_mount(
+                dir.path().display().to_string(),
+                "/config",
+            ))
+            .with_mount(Mount::bind_mount(
+                "/var/run/docker.sock",
+                "/var/run/docker.sock",
+            ))
+            .with_startup_timeout(Duration::from_secs(60))
+            .start()
+            .expect("start the bootstrap agent (managed-rondb/ndb-agent:latest)");
+        let ip = docker(&[
+            "inspect",
+            "-f",
+            &format!("{{{{(index .NetworkSettings.Networks \"{name}\").IPAddress}}}}"),
+            &format!("{name}-bootstrap"),
+        ]);
+        let agents = AgentsClient::new();
+        agents.learn(&format!("{ip}:8181"));
+        DockerCluster {
+            name: name.to_string(),
+            dir,
+            agents,
+            _bootstrap: bootstrap,
+            _artifacts: artifacts,
+            _cleanup: cleanup,
+        }
+    }
+
+    fn wait_for(&self, what: &str, patience: Duration, pred: impl Fn(&Status) -> bool) -> Status {
+        match self.agents.wait_until(patience, |s| pred(s)) {
+            Ok((s, _)) => s,
+            Err(last) => {
+                let logs = Command::new("docker")
+                    .args(["logs", "--tail", "40", &format!("{}-bootstrap", self.name)])
+                    .output()
+                    .map(|o| {
+                        String::from_utf8_lossy(&o.stdout).to_string()
+                            + &String::from_utf8_lossy(&o.stderr)
+                    })
+                    .unwrap_or_default();
+                panic!(
+                    "timed out waiting for {what}\nlast status: {}\nbootstrap log:\n{logs}",
+                    serde_json::to_string_pretty(&*last).unwrap_or_default()
+                )
+            }
+        }
+    }
+
+    /// The bootstrap agent follows the file, as a user's saved edit.
+    fn write_desired(&self, text: &str) {
+        std::fs::write(self.dir.path().join("desired_state.jsonc"), text).unwrap();
+    }
+
+    /// The container of VM `vm`.
+    fn container(&self, vm: &str) -> String {
+        docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=managed-rondb.cluster={}", self.name),
+            "--filter",
+            &format!("label=managed-rondb.vm={vm}"),
+        ])
+    }
+
+    /// Forced shutdowns in the management servers' cluster logs.
+    fn forced_shutdowns(&self, s: &Status) -> usize {
+        s.vms
+            .iter()
+            .filter(|v| v.role == "mgmd")
+            .map(|v| {
+                let out = Command::new("docker")
+                    .args([
+                        "exec",
+                        &self.container(&v.name),
+                        "sh",
+                        "-c",
+                        "cat /srv/rondb/mgmd/*_cluster.log 2>/dev/null",
+                    ])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                    .unwrap_or_default();
+                out.matches("Forced node shutdown").count()
+            })
+            .sum()
+    }
+}
+
+fn at_desired(s: &Status, id: u64) -> bool {
+    s.accepted_id == Some(id)
+        && s.pending_id.is_none()
+        && s.reconciliation_state == "AT_DESIRED_STATE"
+}
+
+fn count_role(s: &Status, role: &str) -> usize {
+    s.vms.iter().filter(|v| v.role == role).count()
+}
+
+fn build_images() {
+    let build = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/compose/images/build.sh"
+    ))
+    .env("NDB_AGENT_BIN", BIN)
+    .status()
+    .expect("run compose/images/build.sh");
+    assert!(build.success(), "building the images failed");
+}
+
+#[test]
+fn docker_live_operations_keep_every_row_and_the_cluster_up() {
+    docker(&["info", "--format", "{{.ServerVersion}}"]);
+    build_images();
+    let pid = std::process::id();
+    let name = format!("mrdb-a{pid}");
+    let started = Instant::now();
+    let c = DockerCluster::start(
+        &name,
+        &format!("10.214.{}.0/24", pid % 250),
+        &desired(1, &name, |_| {}),
+        |_| {},
+    );
+    let s = c.wait_for("the attached cluster", Duration::from_secs(300), |s| {
+        at_desired(s, 1) && s.mysqld_endpoints.len() == 2
+    });
+    println!(
+        "up to AT_DESIRED_STATE (Docker, supervisord, 2 x 2 + 2 MySQLds + 1 API): {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    c.wait_for(
+        "RonDB's view of every program in the status",
+        Duration::from_secs(30),
+        |s| {
+            s.vms.iter().all(|v| {
+                let want = if v.role == "ndbd" {
+                    NodeStatus::Started
+                } else {
+                    NodeStatus::Connected
+                };
+                !v.rondb.is_empty() && v.rondb.iter().all(|n| n.status == want)
+            })
+        },
+    );
+    let client = Client::start(s.mysqld_endpoints.clone(), 1000);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.record.lock().unwrap().written.len() < 1000 {
+        assert!(
+            Instant::now() < deadline,
+            "the client did not write its 1,000 rows"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let backup_sink = format!(
+        r#"[{{ "Id": 1, "SinkType": "local", "SinkParameters": {{ "Directory": "{BACKUP_DIR}" }} }}]"#
+    );
+    let backup: serde_json::Value = serde_json::from_str(&backup_sink).unwrap();
+    let mut id = 1;
+    let mut apply = |name: &str, f: &dyn Fn(&mut serde_json::Value)| {
+        id += 1;
+        client.step(name);
+        let t = Instant::now();
+        c.write_desired(&desired(id, &c.name, |d| f(d)));
+        let this = id;
+        let s = c.wait_for(name, Duration::from_secs(600), |s| at_desired(s, this));
+        let took = t.elapsed().as_secs_f64();
+        client.set_endpoints(s.mysqld_endpoints.clone());
+        std::thread::sleep(Duration::from_millis(500));
+        let written = client.record.lock().unwrap().written.clone();
+        let lost = check_rows(&s.mysqld_endpoints, &written);
+        let forced = c.forced_shutdowns(&s);
+        let failed = client.failures_in(name);
+        println!(
+            "{name}: {took:.1} s, {} client operation(s) failed after a retry on another MySQL server, {lost} of {} rows lost, {forced} forced shutdown(s)",
+            failed.len(),
+            written.len()
+        );
+        for f in failed.iter().take(5) {
+            println!("    {f}");
+        }
+        assert_eq!(lost, 0, "{name}: rows lost");
+        assert_eq!(forced, 0, "{name}: a forced shutdown in a cluster log");
+        s
+    };
+    let v2 = |d: &mut serde_json::Value| {
+        d["RonDBVersion"] = "22.10.2".into();
+        let link = d["RonDBDownloadLink"]
+            .as_str()
+            .unwrap()
+            .replace("22.10.1", "22.10.2");
+        d["RonDBDownloadLink"] = link.into();
+    };
+    apply("rolling restart", &|d| d["RonDBRunningSince"] = 2.into());
+    apply("upgrade 22.10.1 -> 22.10.2", &|d| {
+        d["RonDBRunningSince"] = 2.into();
+        v2(d);
+    });
+    apply("downgrade 22.10.2 -> 22.10.1", &|d| {
+        d["RonDBRunningSince"] = 2.into()
+    });
+    let three = |d: &mut serde_json::Value| {
+        d["RonDBRunningSince"] = 2.into();
+        d["ActiveReplicationFactor"] = 3.into();
+    };
+    apply("replicas 2 -> 3", &|d| three(d));
+    let s = apply("MySQLds 2 -> 3", &|d| {
+        three(d);
+        d["NumManagedMysqldVms"] = 3.into();
+    });
+    assert_eq!(s.mysqld_endpoints.len(), 3);
+    let s = apply("MySQLds 3 -> 2", &|d| three(d));
+    assert_eq!(count_role(&s, "mysqld"), 2);
+
+    let before_backup = client.record.lock().unwrap().written.clone();
+    let b = backup.clone();
+    let s = apply("backup", &move |d| {
+        three(d);
+        d["SingleBackups"] = b.clone();
+    });
+    let after_backup = client.record.lock().unwrap().written.clone();
+    let ndbd = s
+        .vms
+        .iter()
+        .find(|v| v.role == "ndbd")
+        .unwrap()
+        .name
+        .clone();
+    let files = docker(&[
+        "exec",
+        &c.container(&ndbd),
+        "ls",
+        &format!("{BACKUP_DIR}/BACKUP/BACKUP-1"),
+    ]);
+    let ctl = files.lines().filter(|f| f.ends_with(".ctl")).count();
+    assert_eq!(
+        ctl, 6,
+        "backup files in the cluster's backup volume: {files}"
+    );
+
+    let b = backup.clone();
+    let s = apply("data-node VM type change", &move |d| {
+        three(d);
+        d["SingleBackups"] = b.clone();
+        d["VmTypeNdbds"] = "medium".into();
+    });
+    assert_eq!(count_role(&s, "ndbd"), 6);
+
+    // A data node's processes killed -9 in its container: the agents start it again.
+    client.step("data node killed -9");
+    let victim = s
+        .vms
+        .iter()
+        .find(|v| v.role == "ndbd")
+        .unwrap()
+        .name
+        .clone();
+    let t = Instant::now();
+    docker(&["exec", &c.container(&victim), "pkill", "-9", "-f", "ndbmtd"]);
+    c.wait_for(
+        "the killed data node noticed",
+        Duration::from_secs(60),
+        |s| {
+            s.vms.iter().any(|v| v.name == victim && !v.running)
+                || s.reconciliation_state != "AT_DESIRED_STATE"
+        },
+    );
+    let s = c.wait_for("the killed data node back", Duration::from_secs(300), |s| {
+        at_desired(s, id) && s.vms.iter().any(|v| v.name == victim && v.running)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let written = client.record.lock().unwrap().written.clone();
+    let lost = check_rows(&s.mysqld_endpoints, &written);
+    println!(
+        "data node killed -9: back in {:.1} s, {} client operation(s) failed, {lost} rows lost",
+        t.elapsed().as_secs_f64(),
+        client.failures_in("data node killed -9").len()
+    );
+    assert_eq!(lost, 0, "rows lost after a data node was killed");
+    assert_eq!(c.forced_shutdowns(&s), 0);
+
+    // A data node's whole VM gone (its container removed): the agents replace it.
+    client.step("data-node VM gone");
+    let gone = s
+        .vms
+        .iter()
+        .find(|v| v.role == "ndbd")
+        .unwrap()
+        .name
+        .clone();
+    let t = Instant::now();
+    docker(&["rm", "-f", &c.container(&gone)]);
+    let s = c.wait_for(
+        "the gone data-node VM replaced",
+        Duration::from_secs(300),
+        |s| {
+            at_desired(s, id) && !s.vms.iter().any(|v| v.name == gone) && count_role(s, "ndbd") == 6
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let written = client.record.lock().unwrap().written.clone();
+    let lost = check_rows(&s.mysqld_endpoints, &written);
+    println!(
+        "data-node VM gone: replaced in {:.1} s, {} client operation(s) failed, {lost} rows lost",
+        t.elapsed().as_secs_f64(),
+        client.failures_in("data-node VM gone").len()
+    );
+    assert_eq!(lost, 0, "rows lost after a data-node VM was lost");
+    assert_eq!(c.forced_shutdowns(&s), 0);
+
+    let record = client.finish();
+    println!(
+        "client: {} operations, {} failed after a retry, {} rows written and read back",
+        record.ops,
+        record.failures.len(),
+        record.written.len()
+    );
+
+    // A fresh cluster of another shape (1 x 2), its backup volume holding the backup.
+    let t = Instant::now();
+    let fresh_name = format!("mrdb-r{pid}");
+    let restore: serde_json::Value = backup[0].clone();
+    let fresh = desired(1, &fresh_name, |d| {
+        d["NumNodeGroups"] = 1.into();
+        d["SingleBackups"] = backup.clone();
+        d["RestoreFromBackup"] = restore.clone();
+    });
+    let r = DockerCluster::start(
+        &fresh_name,
+        &format!("10.215.{}.0/24", pid % 250),
+        &fresh,
+        |n| {
+            docker(&[
+                "run",
+                "--rm",
+                "-v",
+                &format!("{name}-backups:/from:ro"),
+                "-v",
+                &format!("{n}-backups:/to"),
+                BASE_IMAGE,
+                "cp",
+                "-a",
+                "/from/.",
+                "/to/",
+            ]);
+        },
+    );
+    let s = r.wait_for("the restored cluster", Duration::from_secs(600), |s| {
+        at_desired(s, 1) && !s.mysqld_endpoints.is_empty()
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let restored: BTreeSet<i64> = rt.block_on(async {
+        let mut conn = mysql_async::Conn::new(opts(&s.mysqld_endpoints[0]))
+            .await
+            .unwrap();
+        let rows: Vec<(i64, String)> = conn.query("SELECT k, v FROM shop.items").await.unwrap();
+        assert!(rows.iter().all(|(k, v)| *v == format!("v{k}")));
+        rows.into_iter().map(|(k, _)| k).collect()
+    });
+    println!(
+        "restore into 1 x 2 (Docker): {:.1} s, {} rows ({} acknowledged before the backup, {} by its end)",
+        t.elapsed().as_secs_f64(),
+        restored.len(),
+        before_backup.len(),
+        after_backup.len()
+    );
+    assert!(
+        before_backup.is_subset(&restored),
+        "rows acknowledged before the backup are missing"
+    );
+    assert!(
+        restored.is_subset(&after_backup),
+        "the restore holds rows never acknowledged"
+    );
+    assert_eq!(r.forced_shutdowns(&s), 0);
+}
