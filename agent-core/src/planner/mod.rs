@@ -101,7 +101,7 @@ impl ConfigCache {
 pub(crate) struct VmIndex<'a> {
     /// Every VM, by role (in [`Role`]'s order) and by name within a role.
     by_role: Vec<&'a Vm>,
-    /// The data-node VMs with a node group, by node group and by name within a group.
+    /// The data-node VMs by node group (those without one first) and by name within a group.
     by_group: Vec<&'a Vm>,
     /// Node ids of the active slots bound to each VM, in node-id order.
     held: BTreeMap<&'a str, Vec<u32>>,
@@ -122,7 +122,7 @@ impl<'a> VmIndex<'a> {
         let mut by_group: Vec<&Vm> = by_role
             .iter()
             .copied()
-            .filter(|v| v.role == Role::Ndbd && v.node_group.is_some())
+            .filter(|v| v.role == Role::Ndbd)
             .collect();
         by_group.sort_by_key(|v| v.node_group);
         let mut held: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
@@ -163,10 +163,10 @@ impl<'a> VmIndex<'a> {
         &self.by_role[lo..hi]
     }
 
-    /// Data-node VMs of node group `g`, in name order.
-    fn group(&self, g: u32) -> &[&'a Vm] {
-        let lo = self.by_group.partition_point(|v| v.node_group < Some(g));
-        let hi = lo + self.by_group[lo..].partition_point(|v| v.node_group == Some(g));
+    /// Data-node VMs of node group `g` (or of none), in name order.
+    fn group(&self, g: Option<u32>) -> &[&'a Vm] {
+        let lo = self.by_group.partition_point(|v| v.node_group < g);
+        let hi = lo + self.by_group[lo..].partition_point(|v| v.node_group == g);
         &self.by_group[lo..hi]
     }
 
@@ -355,10 +355,16 @@ impl<'a> Planner<'a> {
         ix.lost.iter().copied()
     }
 
+    /// Data-node VMs in node group `ng` (or in none), in name order: a replica's peers.
+    fn peers_of(&self, ng: Option<u32>) -> impl Iterator<Item = &'a Vm> + Clone + 'a {
+        let ix: &'a VmIndex<'a> = self.ix;
+        ix.group(ng).iter().copied()
+    }
+
     /// Data-node VMs of a node group, in name order.
     pub fn group(&self, ng: u32) -> impl Iterator<Item = &'a Vm> + Clone + 'a {
         let ix: &'a VmIndex<'a> = self.ix;
-        ix.group(ng).iter().copied()
+        ix.group(Some(ng)).iter().copied()
     }
 
     /// Data-node VMs of a node group that hold an active slot.
@@ -443,11 +449,11 @@ impl<'a> Planner<'a> {
         // Only replicas that stay count; the ones being replaced will leave their zone.
         // Walked again rather than collected: this runs for every data node several times
         // a round, and the second walk is rare (only for a replica that shares its zone).
-        let members = || {
-            self.vms_of(Role::Ndbd)
-                .filter(|w| w.node_group == vm.node_group && self.spec_ok(w))
-        };
-        let older_same_zone = members().any(|w| w.zone == vm.zone && w.seq < vm.seq);
+        let members = || self.peers_of(vm.node_group).filter(|w| self.spec_ok(w));
+        // The cheap tests first; the machine spec is asked last.
+        let older_same_zone = self
+            .peers_of(vm.node_group)
+            .any(|w| w.seq < vm.seq && w.zone == vm.zone && self.spec_ok(w));
         older_same_zone
             && self
                 .d
@@ -460,8 +466,8 @@ impl<'a> Planner<'a> {
     pub fn shares_zone(&self, vm: &Vm) -> bool {
         vm.role == Role::Ndbd
             && self
-                .vms_of(Role::Ndbd)
-                .any(|w| w.name != vm.name && w.node_group == vm.node_group && w.zone == vm.zone)
+                .peers_of(vm.node_group)
+                .any(|w| w.name != vm.name && w.zone == vm.zone)
     }
 
     pub fn target(&self, role: Role) -> usize {
