@@ -119,11 +119,8 @@ impl<'a> VmIndex<'a> {
         // and a node group.
         let mut by_role: Vec<&Vm> = s.vms.values().collect();
         by_role.sort_by_key(|v| v.role);
-        let mut by_group: Vec<&Vm> = by_role
-            .iter()
-            .copied()
-            .filter(|v| v.role == Role::Ndbd)
-            .collect();
+        let mut by_group: Vec<&Vm> = Vec::with_capacity(by_role.len());
+        by_group.extend(by_role.iter().copied().filter(|v| v.role == Role::Ndbd));
         by_group.sort_by_key(|v| v.node_group);
         let mut held: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
         let mut lost = Vec::new();
@@ -142,11 +139,12 @@ impl<'a> VmIndex<'a> {
             }
         }
         lost.sort_by_key(|x| x.node_id);
-        let versions = s
-            .vms
-            .values()
-            .filter_map(|v| Some((v, v.version.as_deref().and_then(RonDbVersion::parse)?)))
-            .collect();
+        let mut versions = Vec::with_capacity(s.vms.len());
+        versions.extend(
+            s.vms
+                .values()
+                .filter_map(|v| Some((v, v.version.as_deref().and_then(RonDbVersion::parse)?))),
+        );
         VmIndex {
             by_role,
             by_group,
