@@ -94,18 +94,29 @@ pub enum Step {
     CutLeaderAfter { cut_leader_after: String },
 }
 
+/// Applies a JSON merge patch (RFC 7386). Generated cases patch with whole documents, most
+/// of whose values are already there: a key is copied only when it is new, and a value only
+/// when it differs.
 fn merge(base: &mut Value, patch: &Value) {
     match (base, patch) {
         (Value::Object(b), Value::Object(p)) => {
             for (k, v) in p {
                 if v.is_null() {
                     b.remove(k);
+                } else if let Some(old) = b.get_mut(k) {
+                    merge(old, v);
                 } else {
-                    merge(b.entry(k.clone()).or_insert(Value::Null), v);
+                    let mut fresh = Value::Null;
+                    merge(&mut fresh, v);
+                    b.insert(k.clone(), fresh);
                 }
             }
         }
-        (b, p) => *b = p.clone(),
+        (b, p) => {
+            if b != p {
+                *b = p.clone();
+            }
+        }
     }
 }
 

@@ -18,17 +18,17 @@ pub(super) fn plan(p: &mut Planner) {
     let clock = p.d.ndb_agent_running_since;
     // The leader's VM last: its agent hands the leadership over when its turn comes.
     let leader = p.s.leader_vm.as_deref();
+    // The cheap test first: most rounds no agent is due, and no name is looked up.
     let mut due =
         p.s.vms
             .values()
-            .filter(|v| !p.retiring.contains(&v.name) && !p.is_locked_vm(&v.name))
-            .filter(|v| &v.agent_version != version || v.agent_clock < clock);
-    let candidate = {
-        let all: Vec<_> = due.by_ref().collect();
-        all.iter()
+            .filter(|v| &v.agent_version != version || v.agent_clock < clock)
+            .filter(|v| !p.retiring.contains(&v.name) && !p.is_locked_vm(&v.name));
+    let candidate = match due.next() {
+        Some(first) if Some(first.name.as_str()) == leader => due
             .find(|v| Some(v.name.as_str()) != leader)
-            .or_else(|| all.first())
-            .copied()
+            .or(Some(first)),
+        first => first,
     };
     if let Some(vm) = candidate {
         let k = if &vm.agent_version != version {

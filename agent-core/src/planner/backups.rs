@@ -16,7 +16,6 @@ pub(super) fn plan(p: &mut Planner) {
 fn data_tier_steady(p: &Planner) -> bool {
     p.serving()
         && !p
-            .s
             .vms_of(Role::Ndbd)
             .any(|v| p.is_disrupted(&v.name) || (p.holds_active_slot(v) && !v.running))
 }
@@ -55,7 +54,7 @@ fn delete(p: &mut Planner) {
         return;
     }
     let listed: BTreeSet<u64> = p.d.single_backups.iter().map(|b| b.id).collect();
-    let Some(via) = p.s.vms_of(Role::Mgmd).next().map(|m| m.name.clone()) else {
+    let Some(via) = p.vms_of(Role::Mgmd).next().map(|m| m.name.clone()) else {
         return;
     };
     let gone: Vec<u64> =

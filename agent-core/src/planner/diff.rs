@@ -5,7 +5,7 @@
 use super::ConfigCache;
 use crate::desired::{DesiredState, VmType};
 use crate::model::{machine_spec, target_vms, ClusterState, Role};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// One way the cluster still differs from the desired state. Typed, so that code can tell
@@ -151,6 +151,15 @@ pub fn diff(d: &DesiredState, s: &ClusterState) -> Vec<Difference> {
 /// only fingerprints of this state (see [`ConfigCache`]).
 pub fn diff_with(d: &DesiredState, s: &ClusterState, cache: &mut ConfigCache) -> Vec<Difference> {
     let mut out = Vec::new();
+    // Active slots per VM ([`ClusterState::active_slots_of`]), counted in one walk of the
+    // slots rather than one walk per VM.
+    let mut held: BTreeMap<&str, usize> = BTreeMap::new();
+    for x in s.slots.values().filter(|x| x.active && !x.external) {
+        if let Some(h) = &x.host {
+            *held.entry(h.as_str()).or_default() += 1;
+        }
+    }
+    let held = |vm: &str| held.get(vm).copied().unwrap_or(0);
     // A node group that held data and has no running data node left cannot be recovered
     // by the agents (nothing to copy from): say so first, with what to do.
     if d.rondb_running {
@@ -195,7 +204,7 @@ pub fn diff_with(d: &DesiredState, s: &ClusterState, cache: &mut ConfigCache) ->
             });
         }
         for v in s.vms_of(role) {
-            let held = s.active_slots_of(&v.name).count();
+            let held = held(&v.name);
             if held != k {
                 out.push(Difference::SlotsHeld {
                     vm: v.name.clone(),
@@ -239,7 +248,7 @@ pub fn diff_with(d: &DesiredState, s: &ClusterState, cache: &mut ConfigCache) ->
             }
         }
         for v in &members {
-            if s.active_slots_of(&v.name).count() != 1 {
+            if held(&v.name) != 1 {
                 out.push(Difference::NoActiveSlot { vm: v.name.clone() });
             }
         }

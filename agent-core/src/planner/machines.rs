@@ -44,7 +44,7 @@ fn bring_back(p: &mut Planner) {
 /// Management servers, MySQL servers and API hosts: any VM of the role can do the job.
 fn stateless_role(p: &mut Planner, role: Role) {
     let target = p.target(role);
-    let members: Vec<&Vm> = p.s.vms_of(role).collect();
+    let members: Vec<&Vm> = p.vms_of(role).collect();
     let creating = p.creating(role, None);
     let n = members.len() + creating;
     if n < target {
@@ -90,11 +90,8 @@ fn stateless_role(p: &mut Planner, role: Role) {
 /// a temporary one while a replica must go down and no other could take its place.
 fn node_group(p: &mut Planner, g: u32) {
     let target = p.target(Role::Ndbd);
-    let members: Vec<&Vm> =
-        p.s.vms_of(Role::Ndbd)
-            .filter(|v| v.node_group == Some(g))
-            .collect();
-    if crate::planner::node_group_lost(p.s, g) {
+    let members: Vec<&Vm> = p.group(g).collect();
+    if super::group_lost(p, g) {
         // Every replica that held this node group's rows is gone: fresh VMs would make an
         // empty node group behind the user's back. Nothing is created; the reconciliation
         // ends in ERROR_STATE naming the node group and what the user can do.
@@ -166,10 +163,10 @@ fn free_slots(p: &Planner, role: Role) -> usize {
             .count();
     // Slots that VMs of the role still have to bind are not free.
     let k = p.slots_per_vm(role);
-    let still_needed: usize =
-        p.s.vms_of(role)
-            .map(|v| k.saturating_sub(p.held(&v.name).len()))
-            .sum();
+    let still_needed: usize = p
+        .vms_of(role)
+        .map(|v| k.saturating_sub(p.held(&v.name).len()))
+        .sum();
     free.saturating_sub(still_needed)
 }
 

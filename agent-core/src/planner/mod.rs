@@ -20,7 +20,9 @@ pub use diff::{diff, diff_with, Difference};
 
 use crate::actions::{ActionKind, Subject};
 use crate::desired::{DesiredState, RonDbVersion, VmType};
-use crate::model::{config_fingerprint_with, machine_spec, target_vms, ClusterState, Role, Vm};
+use crate::model::{
+    config_fingerprint_with, machine_spec, target_vms, ClusterState, Role, Slot, Vm,
+};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Node group `g` held data once and no VM of it runs a data node or keeps its file
@@ -32,6 +34,11 @@ pub fn node_group_lost(s: &ClusterState, g: u32) -> bool {
             .any(|v| v.node_group == Some(g) && (v.running || v.has_data))
 }
 
+/// [`node_group_lost`] from the planner's index: the group's members alone are read.
+fn group_lost(p: &Planner, g: u32) -> bool {
+    p.s.started_groups.contains(&g) && !p.group(g).any(|v| v.running || v.has_data)
+}
+
 /// Every action that is safe to start now, given the actions already in flight.
 pub fn plan(d: &DesiredState, s: &ClusterState) -> Vec<ActionKind> {
     plan_with(d, s, &mut ConfigCache::default())
@@ -41,7 +48,8 @@ pub fn plan(d: &DesiredState, s: &ClusterState) -> Vec<ActionKind> {
 /// to it. The caller must empty the cache whenever the files' inputs may have changed
 /// ([`ClusterState::changes_config_inputs`]); the proposals are then the same as [`plan`]'s.
 pub fn plan_with(d: &DesiredState, s: &ClusterState, cache: &mut ConfigCache) -> Vec<ActionKind> {
-    let mut p = Planner::new(d, s);
+    let ix = VmIndex::of(s);
+    let mut p = Planner::new(d, s, &ix);
     p.config = std::mem::take(cache);
     machines::plan(&mut p);
     slots::plan(&mut p);
@@ -86,6 +94,86 @@ impl ConfigCache {
     }
 }
 
+/// The state's VMs as the sub-planners look them up, built once per round: by role, data
+/// nodes by node group, and the active slots of each VM. The sub-planners walk the VMs of
+/// one role or node group many times a round; walking the whole VM map for each (and
+/// comparing names) was the largest share of planning.
+pub(crate) struct VmIndex<'a> {
+    /// Every VM, by role (in [`Role`]'s order) and by name within a role.
+    by_role: Vec<&'a Vm>,
+    /// The data-node VMs by node group (those without one first) and by name within a group.
+    by_group: Vec<&'a Vm>,
+    /// Node ids of the active slots bound to each VM, in node-id order.
+    held: BTreeMap<&'a str, Vec<u32>>,
+    /// Active slots bound to no VM of the state (never bound, or their VM is gone), in
+    /// node-id order: found while `held` is built rather than by a lookup per slot.
+    lost: Vec<&'a Slot>,
+    /// The VMs whose program version is known, with that version parsed: the upgrade
+    /// order is checked many times a round against the same versions.
+    versions: Vec<(&'a Vm, RonDbVersion)>,
+}
+
+impl<'a> VmIndex<'a> {
+    pub(crate) fn of(s: &'a ClusterState) -> Self {
+        // Stable sorts: the state lists VMs by name, and that order is kept within a role
+        // and a node group.
+        let mut by_role: Vec<&Vm> = s.vms.values().collect();
+        by_role.sort_by_key(|v| v.role);
+        let mut by_group: Vec<&Vm> = Vec::with_capacity(by_role.len());
+        by_group.extend(by_role.iter().copied().filter(|v| v.role == Role::Ndbd));
+        by_group.sort_by_key(|v| v.node_group);
+        let mut held: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+        let mut lost = Vec::new();
+        for slot in s.slots.values().filter(|x| x.active && !x.external) {
+            match &slot.host {
+                Some(h) => held.entry(h.as_str()).or_default().push(slot.node_id),
+                None => lost.push(slot),
+            }
+        }
+        // Hosts that name no VM, found by one walk of both lists (both in name order).
+        let mut names = s.vms.keys().map(String::as_str).peekable();
+        for (host, ids) in &held {
+            while names.next_if(|n| n < host).is_some() {}
+            if names.peek() != Some(host) {
+                lost.extend(ids.iter().filter_map(|id| s.slots.get(id)));
+            }
+        }
+        lost.sort_by_key(|x| x.node_id);
+        let mut versions = Vec::with_capacity(s.vms.len());
+        versions.extend(
+            s.vms
+                .values()
+                .filter_map(|v| Some((v, v.version.as_deref().and_then(RonDbVersion::parse)?))),
+        );
+        VmIndex {
+            by_role,
+            by_group,
+            held,
+            lost,
+            versions,
+        }
+    }
+
+    /// VMs of one role, in name order.
+    fn vms_of(&self, role: Role) -> &[&'a Vm] {
+        let lo = self.by_role.partition_point(|v| v.role < role);
+        let hi = lo + self.by_role[lo..].partition_point(|v| v.role == role);
+        &self.by_role[lo..hi]
+    }
+
+    /// Data-node VMs of node group `g` (or of none), in name order.
+    fn group(&self, g: Option<u32>) -> &[&'a Vm] {
+        let lo = self.by_group.partition_point(|v| v.node_group < g);
+        let hi = lo + self.by_group[lo..].partition_point(|v| v.node_group == g);
+        &self.by_group[lo..hi]
+    }
+
+    /// Node ids of the active slots bound to `vm`, in node-id order.
+    fn held(&self, vm: &str) -> &[u32] {
+        self.held.get(vm).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
 /// The shared context of one planning round: what is locked, what is disrupted, what the
 /// sub-planners already proposed.
 pub(crate) struct Planner<'a> {
@@ -109,12 +197,12 @@ pub(crate) struct Planner<'a> {
     /// The version a stopped management server starts with, decided once per round (it
     /// borrows from the desired state or a VM of the state: nothing to copy).
     mgmd_version: Option<&'a str>,
-    /// Active slots per VM, computed once per round (the hot path of every budget check).
-    held: BTreeMap<&'a str, Vec<u32>>,
+    /// The state's VMs by role and node group, and the slots they hold.
+    ix: &'a VmIndex<'a>,
 }
 
 impl<'a> Planner<'a> {
-    fn new(d: &'a DesiredState, s: &'a ClusterState) -> Self {
+    fn new(d: &'a DesiredState, s: &'a ClusterState, ix: &'a VmIndex<'a>) -> Self {
         let mut p = Planner {
             d,
             s,
@@ -129,13 +217,8 @@ impl<'a> Planner<'a> {
             slot_change_active: false,
             config: ConfigCache::default(),
             mgmd_version: None,
-            held: BTreeMap::new(),
+            ix,
         };
-        for slot in s.slots.values().filter(|x| x.active && !x.external) {
-            if let Some(h) = &slot.host {
-                p.held.entry(h.as_str()).or_default().push(slot.node_id);
-            }
-        }
         for a in s.in_flight.values() {
             p.note(&a.kind);
         }
@@ -253,17 +336,38 @@ impl<'a> Planner<'a> {
     }
 
     /// Node ids of the active slots bound to a VM.
-    pub fn held(&self, vm: &str) -> &[u32] {
-        self.held.get(vm).map(Vec::as_slice).unwrap_or(&[])
+    pub fn held(&self, vm: &str) -> &'a [u32] {
+        let ix: &'a VmIndex<'a> = self.ix;
+        ix.held(vm)
+    }
+
+    /// VMs of one role, in name order (the state's [`ClusterState::vms_of`], indexed).
+    pub fn vms_of(&self, role: Role) -> impl Iterator<Item = &'a Vm> + Clone + 'a {
+        let ix: &'a VmIndex<'a> = self.ix;
+        ix.vms_of(role).iter().copied()
+    }
+
+    /// Active slots bound to no VM of the state (see [`VmIndex`]), in node-id order.
+    pub fn lost_slots(&self) -> impl Iterator<Item = &'a Slot> + 'a {
+        let ix: &'a VmIndex<'a> = self.ix;
+        ix.lost.iter().copied()
+    }
+
+    /// Data-node VMs in node group `ng` (or in none), in name order: a replica's peers.
+    fn peers_of(&self, ng: Option<u32>) -> impl Iterator<Item = &'a Vm> + Clone + 'a {
+        let ix: &'a VmIndex<'a> = self.ix;
+        ix.group(ng).iter().copied()
+    }
+
+    /// Data-node VMs of a node group, in name order.
+    pub fn group(&self, ng: u32) -> impl Iterator<Item = &'a Vm> + Clone + 'a {
+        let ix: &'a VmIndex<'a> = self.ix;
+        ix.group(Some(ng)).iter().copied()
     }
 
     /// Data-node VMs of a node group that hold an active slot.
     pub fn active_members(&self, ng: u32) -> impl Iterator<Item = &'a Vm> + '_ {
-        let s = self.s;
-        s.vms
-            .values()
-            .filter(move |v| v.role == Role::Ndbd && v.node_group == Some(ng))
-            .filter(move |v| self.holds_active_slot(v))
+        self.group(ng).filter(move |v| self.holds_active_slot(v))
     }
 
     pub fn ng_up(&self, ng: u32) -> usize {
@@ -278,8 +382,7 @@ impl<'a> Planner<'a> {
     /// A management server that runs and is not being restarted: the one `ndb_mgm -e`
     /// commands go through.
     pub fn mgmd_up(&self) -> Option<&'a Vm> {
-        let s = self.s;
-        s.vms_of(Role::Mgmd).find(|v| {
+        self.vms_of(Role::Mgmd).find(|v| {
             v.running && !self.disrupted.contains(&v.name) && !self.retiring.contains(&v.name)
         })
     }
@@ -295,7 +398,7 @@ impl<'a> Planner<'a> {
     }
 
     pub fn any_data_node_running(&self) -> bool {
-        self.s.vms_of(Role::Ndbd).any(|v| v.running)
+        self.vms_of(Role::Ndbd).any(|v| v.running)
     }
 
     /// Where a slot change goes: `Some(Some(mgmd))` online, `Some(None)` into config.ini
@@ -312,7 +415,7 @@ impl<'a> Planner<'a> {
         }
         // Into config.ini only while no management server holds a live configuration (one
         // that is stopping could fail to stop and keep the old one).
-        let mgmd_running = self.s.vms_of(Role::Mgmd).any(|m| m.running);
+        let mgmd_running = self.vms_of(Role::Mgmd).any(|m| m.running);
         if !mgmd_running && (!self.any_data_node_running() || kind == Role::Mgmd) {
             return Some(None);
         }
@@ -344,12 +447,11 @@ impl<'a> Planner<'a> {
         // Only replicas that stay count; the ones being replaced will leave their zone.
         // Walked again rather than collected: this runs for every data node several times
         // a round, and the second walk is rare (only for a replica that shares its zone).
-        let members = || {
-            self.s
-                .vms_of(Role::Ndbd)
-                .filter(|w| w.node_group == vm.node_group && self.spec_ok(w))
-        };
-        let older_same_zone = members().any(|w| w.zone == vm.zone && w.seq < vm.seq);
+        let members = || self.peers_of(vm.node_group).filter(|w| self.spec_ok(w));
+        // The cheap tests first; the machine spec is asked last.
+        let older_same_zone = self
+            .peers_of(vm.node_group)
+            .any(|w| w.seq < vm.seq && w.zone == vm.zone && self.spec_ok(w));
         older_same_zone
             && self
                 .d
@@ -362,9 +464,8 @@ impl<'a> Planner<'a> {
     pub fn shares_zone(&self, vm: &Vm) -> bool {
         vm.role == Role::Ndbd
             && self
-                .s
-                .vms_of(Role::Ndbd)
-                .any(|w| w.name != vm.name && w.node_group == vm.node_group && w.zone == vm.zone)
+                .peers_of(vm.node_group)
+                .any(|w| w.name != vm.name && w.zone == vm.zone)
     }
 
     pub fn target(&self, role: Role) -> usize {
@@ -411,17 +512,17 @@ impl<'a> Planner<'a> {
             return true;
         };
         // Programs being restarted count with the version they had: MySQLds wait until the
-        // last data node is back on the new version.
-        let counted = |w: &&Vm| w.running || self.disrupted.contains(&w.name);
-        self.s.vms.values().filter(counted).all(|w| {
-            let Some(have) = w.version.as_deref().and_then(RonDbVersion::parse) else {
-                return true;
-            };
-            match w.role.phase().cmp(&role.phase()) {
+        // last data node is back on the new version. VMs without a known version never
+        // close the gate, so only the indexed ones are read.
+        let counted = |w: &Vm| w.running || self.disrupted.contains(&w.name);
+        self.ix.versions.iter().all(|&(w, have)| {
+            let in_order = match w.role.phase().cmp(&role.phase()) {
                 std::cmp::Ordering::Less => have >= want,
                 std::cmp::Ordering::Greater => have <= want,
                 std::cmp::Ordering::Equal => true,
-            }
+            };
+            // Asked second: whether a VM counts is a lookup by name.
+            in_order || !counted(w)
         })
     }
 

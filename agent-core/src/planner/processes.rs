@@ -40,9 +40,8 @@ fn node_ids(p: &Planner, vm: &Vm) -> Vec<u32> {
 fn run(p: &mut Planner) {
     let version = p.version().to_string();
     let clock = p.d.rondb_running_since;
-    let mgmds: Vec<&Vm> = p.s.vms_of(Role::Mgmd).collect();
     let mgmd_version = p.mgmd_start_version();
-    for vm in mgmds {
+    for vm in p.vms_of(Role::Mgmd) {
         if !ready_for(p, vm, mgmd_version) {
             continue;
         }
@@ -61,8 +60,7 @@ fn run(p: &mut Planner) {
             stop(p, vm);
         }
     }
-    let data_nodes: Vec<&Vm> = p.s.vms_of(Role::Ndbd).collect();
-    for vm in data_nodes {
+    for vm in p.vms_of(Role::Ndbd) {
         if !ready(p, vm) {
             if stray(p, vm) {
                 stop(p, vm);
@@ -95,8 +93,7 @@ fn run(p: &mut Planner) {
     let serving = p.serving();
     let restore_ok = p.d.restore_from_backup.is_none() || p.s.restore.done;
     for role in [Role::Mysqld, Role::Api] {
-        let vms: Vec<&Vm> = p.s.vms_of(role).collect();
-        for vm in vms {
+        for vm in p.vms_of(role) {
             if !ready(p, vm) {
                 continue;
             }
@@ -161,24 +158,24 @@ pub(super) fn may_stop(p: &Planner, vm: &Vm) -> bool {
                 && !p.backup_active
         }
         Role::Mgmd => {
-            let mgmd_disrupted = p.s.vms_of(Role::Mgmd).any(|m| p.is_disrupted(&m.name));
+            let mgmd_disrupted = p.vms_of(Role::Mgmd).any(|m| p.is_disrupted(&m.name));
             if mgmd_disrupted {
                 return false;
             }
-            let other_up =
-                p.s.vms_of(Role::Mgmd)
-                    .any(|m| m.name != vm.name && p.up(m) && !p.retiring.contains(&m.name));
+            let other_up = p
+                .vms_of(Role::Mgmd)
+                .any(|m| m.name != vm.name && p.up(m) && !p.retiring.contains(&m.name));
             // Keep an arbitrator while data nodes restart, and a target for mgm commands.
             other_up
-                || (!p.s.vms_of(Role::Ndbd).any(|d| p.is_disrupted(&d.name))
+                || (!p.vms_of(Role::Ndbd).any(|d| p.is_disrupted(&d.name))
                     && !p.slot_change_active
                     && !p.backup_active)
         }
         Role::Mysqld | Role::Api => {
-            let members: Vec<&Vm> = p.s.vms_of(vm.role).collect();
+            let mut members = p.vms_of(vm.role);
             // Counting VMs being drained too: scaling to zero stops all but one first, then
             // the last one once the others are gone.
-            members.len() <= 1 || members.iter().any(|w| w.name != vm.name && p.up(w))
+            members.clone().count() <= 1 || members.any(|w| w.name != vm.name && p.up(w))
         }
         Role::Bootstrap => false,
     }

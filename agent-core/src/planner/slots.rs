@@ -11,8 +11,7 @@ pub(super) fn plan(p: &mut Planner) {
     let mut taken: BTreeSet<u32> = BTreeSet::new();
     for role in [Role::Mgmd, Role::Mysqld, Role::Api] {
         let k = p.slots_per_vm(role);
-        let vms: Vec<&Vm> = p.s.vms_of(role).collect();
-        for vm in vms {
+        for vm in p.vms_of(role) {
             if p.retiring.contains(&vm.name) || p.is_locked_vm(&vm.name) {
                 continue;
             }
@@ -23,10 +22,10 @@ pub(super) fn plan(p: &mut Planner) {
             bind_one(p, vm, role, None, &mut taken);
         }
     }
-    let spares: Vec<&Vm> =
-        p.s.vms_of(Role::Ndbd)
-            .filter(|v| !p.holds_active_slot(v))
-            .collect();
+    let spares: Vec<&Vm> = p
+        .vms_of(Role::Ndbd)
+        .filter(|v| !p.holds_active_slot(v))
+        .collect();
     for vm in spares {
         if p.retiring.contains(&vm.name) || p.is_locked_vm(&vm.name) {
             continue;
@@ -37,14 +36,7 @@ pub(super) fn plan(p: &mut Planner) {
 
 /// Active slots whose VM no longer exists are deactivated, so they can move to a new VM.
 fn release_lost(p: &mut Planner) {
-    let lost: Vec<(u32, Role)> =
-        p.s.slots
-            .values()
-            .filter(|s| s.active && !s.external)
-            .filter(|s| s.host.as_ref().is_none_or(|h| !p.s.vms.contains_key(h)))
-            .map(|s| (s.node_id, s.kind))
-            .collect();
-    for (node_id, kind) in lost {
+    for (node_id, kind) in p.lost_slots().map(|s| (s.node_id, s.kind)) {
         if p.is_locked_slot(node_id) {
             continue;
         }

@@ -3,13 +3,14 @@
 
 use super::Planner;
 use crate::actions::ActionKind;
-use crate::model::{Role, Vm};
+use crate::model::Role;
 
 pub(super) fn plan(p: &mut Planner) {
     let version = p.version();
     let bridge = p.mgmd_start_version();
-    let vms: Vec<&Vm> = p.s.vms.values().collect();
-    for vm in &vms {
+    // Borrowed from the state, not the planner: proposing while walking needs no copy.
+    let s = p.s;
+    for vm in s.vms.values() {
         if vm.role == Role::Bootstrap || p.retiring.contains(&vm.name) {
             continue;
         }
@@ -37,7 +38,7 @@ pub(super) fn plan(p: &mut Planner) {
     if p.slot_change_active {
         return;
     }
-    for vm in vms {
+    for vm in s.vms.values() {
         if !matches!(vm.role, Role::Mgmd | Role::Mysqld | Role::Api)
             || p.retiring.contains(&vm.name)
             || p.is_locked_vm(&vm.name)

@@ -82,7 +82,8 @@ pub(crate) fn at_desired(d: &DesiredState) -> ClusterState {
     let names: Vec<String> = s.vms.keys().cloned().collect();
     for n in names {
         let h = {
-            let mut p = Planner::new(d, &s);
+            let ix = VmIndex::of(&s);
+            let mut p = Planner::new(d, &s, &ix);
             let vm = s.vms[&n].clone();
             p.wanted_config_hash(&vm)
         };
