@@ -405,19 +405,20 @@ fn docker_live_operations_keep_every_row_and_the_cluster_up() {
         .unwrap()
         .name
         .clone();
+    let before = s.actions_completed;
     let t = Instant::now();
     docker(&["exec", &c.container(&victim), "pkill", "-9", "-f", "ndbmtd"]);
-    c.wait_for(
-        "the killed data node noticed",
-        Duration::from_secs(60),
+    // Noticed and started again: an action ran after the kill (the restart can be over
+    // before a look at the status sees the node down).
+    let s = c.wait_for(
+        "the killed data node started again",
+        Duration::from_secs(300),
         |s| {
-            s.vms.iter().any(|v| v.name == victim && !v.running)
-                || s.reconciliation_state != "AT_DESIRED_STATE"
+            at_desired(s, id)
+                && s.actions_completed > before
+                && s.vms.iter().any(|v| v.name == victim && v.running)
         },
     );
-    let s = c.wait_for("the killed data node back", Duration::from_secs(300), |s| {
-        at_desired(s, id) && s.vms.iter().any(|v| v.name == victim && v.running)
-    });
     std::thread::sleep(Duration::from_millis(500));
     let written = client.record.lock().unwrap().written.clone();
     let lost = check_rows(&s.mysqld_endpoints, &written);
