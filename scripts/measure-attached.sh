@@ -3,10 +3,12 @@
 #   1. time from `ndb-agent up` to AT_DESIRED_STATE for compose/desired_state.jsonc,
 #      attached (direct runtime, the stand-in) vs dummy runtime, RUNS times each;
 #   2. the makespan of a rolling restart and of an upgrade of the 2 x 2 cluster against the
-#      sum of the stand-in's start-phase times along the critical path: the data nodes
-#      restart one replica of every node group at a time, so the path is
-#      replicas x 9 phases x RONDB_STANDIN_PHASE_MS (the management server's and MySQL
-#      servers' restarts add no phases).
+#      sum of the stand-in's phase times along the critical path: the data nodes restart
+#      one replica of every node group at a time, and a data node's restart is one phase
+#      time to stop (four quarter phases) and eight timed start phases (1-3, 5-9; phase 4
+#      copies rows), so the path is replicas x 9 x RONDB_STANDIN_PHASE_MS. The management
+#      server's and the MySQL servers' restarts have no phase times: what they take is the
+#      overhead the ratio shows.
 # Usage: scripts/measure-attached.sh [RUNS]   (PHASE_MS=500 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +23,9 @@ EP=127.0.0.1:$PORT
 WORK=$(mktemp -d)
 cleanup() {
   [ -n "${UP_PID:-}" ] && kill "$UP_PID" 2>/dev/null || true
+  # The bootstrap agent's log of the run (every action with its start and end), to see
+  # where the time went.
+  cp "$WORK/up.log" target/measure-attached.log 2>/dev/null || true
   "$BIN" down --data-dir "$WORK/data" --remove >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
