@@ -684,6 +684,18 @@ pub fn status_command(endpoint: &str, json: bool) -> anyhow::Result<std::process
     if let Some(e) = &s.last_error {
         println!("last error:     {e}");
     }
+    let voters = s.agents.iter().filter(|a| a.voter).count();
+    match s.agent_losses_survived {
+        0 if s.agents.len() < 3 => println!(
+            "fault tolerance: none ({} agent(s), {voters} voter(s)): losing the leader's agent stops reconciliation; three agents are needed to survive the loss of one",
+            s.agents.len()
+        ),
+        0 => println!(
+            "fault tolerance: none yet ({} agent(s), {voters} voter(s)): the leader is making more agents voters",
+            s.agents.len()
+        ),
+        n => println!("fault tolerance: survives the loss of {n} agent(s) ({voters} voters)"),
+    }
     if !s.mysqld_endpoints.is_empty() {
         println!("MySQL servers:  {}", s.mysqld_endpoints.join(", "));
     }

@@ -61,6 +61,10 @@ pub struct Status {
     /// `host:port` of every started MySQL server: where clients connect.
     #[serde(default)]
     pub mysqld_endpoints: Vec<String>,
+    /// How many agents the cluster can lose and still elect a leader (a majority of the
+    /// Raft voters must remain): 0 with fewer than three voters.
+    #[serde(default)]
+    pub agent_losses_survived: usize,
 }
 
 /// One VM in `GET /status`.
@@ -112,12 +116,16 @@ pub fn build_status(shared: &AgentShared) -> Option<Status> {
         super::LeaderView::Unknown(why) => (None, Some(why)),
     };
     let c = &rep.cluster;
+    let current_term = shared
+        .raft()
+        .map(|(_, r)| r.metrics().borrow().current_term)
+        .unwrap_or_default();
     let mut seen = shared.programs_seen();
     // What this replica says is only as true as the quorum behind it, and as fresh as the
     // leader's last look at the world.
     let (reconciliation_state, leader_problem) = match (&leader_vm, leader_problem) {
         (None, why) => ("UNKNOWN".to_string(), why),
-        (Some(l), _) if !c.world_seen && c.accepted.is_some() => (
+        (Some(l), _) if (!c.world_seen || rep.looked_in_term < current_term) && c.accepted.is_some() => (
             "UNKNOWN".to_string(),
             Some(format!(
                 "{l} took over the leadership and has not looked at the VMs yet; the state on record may be stale"
@@ -158,6 +166,7 @@ pub fn build_status(shared: &AgentShared) -> Option<Status> {
                 .map(|v| format!("{}:{port}", v.address))
                 .collect()
         },
+        agent_losses_survived: voters.len().saturating_sub(1) / 2,
         actions_in_flight: c.in_flight.len(),
         actions_completed: c.completed_actions,
         answered_by: shared.vm.clone(),

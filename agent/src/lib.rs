@@ -703,11 +703,12 @@ async fn lead(shared: Arc<AgentShared>, raft: Raft) {
     let upkeep = tokio::spawn(Arc::clone(&members).upkeep());
     let runtime = Arc::new(remote::RemoteRuntime::new(Arc::clone(&shared)));
     let mut reconciler = Reconciler::new(
-        members,
+        Arc::clone(&members) as Arc<dyn CloudProvider>,
         runtime,
         rep.cluster,
         shared.opts.reconciler.clone(),
     )
+    .with_membership(members)
     .with_journal(Arc::new(RaftJournal { raft }))
     .with_inbox(rx)
     .with_programs_seen(Arc::clone(&shared.programs_seen));

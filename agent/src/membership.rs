@@ -25,6 +25,8 @@ pub struct Membership {
     shared: Arc<AgentShared>,
     raft: Raft,
     change: tokio::sync::Mutex<()>,
+    /// One upkeep pass at a time (the periodic loop and the reconciler's looks share it).
+    pass: tokio::sync::Mutex<()>,
     last_seen: Mutex<BTreeMap<NodeId, Instant>>,
 }
 
@@ -38,6 +40,7 @@ impl Membership {
             shared,
             raft,
             change: tokio::sync::Mutex::new(()),
+            pass: tokio::sync::Mutex::new(()),
             last_seen: Mutex::new(BTreeMap::new()),
         }
     }
@@ -193,40 +196,66 @@ impl Membership {
         }
     }
 
-    async fn upkeep_once(&self) -> Result<(), BackendError> {
-        let my_id = self.shared.raft_id().unwrap_or(0);
+    /// One upkeep pass now, and the agents it wants as voters that do not vote yet (by VM).
+    /// The reconciler asks at every look: a desired state counts as reached only when this
+    /// is empty, so the group survives losing any one agent from then on.
+    pub async fn settle_voters(&self) -> Result<BTreeSet<String>, BackendError> {
+        let mut want = self.upkeep_once().await?;
         let (voters, nodes) = self.members();
+        // Members that did not answer are wanted too while the group is smaller than its
+        // size calls for: they must answer (or leave the group) before it is fault tolerant.
+        if voters.len() < voter_target(nodes.len()) {
+            want.extend(nodes.keys().filter(|id| !voters.contains(id)));
+        }
+        Ok(want
+            .difference(&voters)
+            .map(|id| {
+                nodes
+                    .get(id)
+                    .map(|n| n.vm.clone())
+                    .unwrap_or_else(|| format!("raft id {id}"))
+            })
+            .collect())
+    }
+
+    /// Removes dead agents, admits missing ones, moves the voters where they should be;
+    /// returns the voters it wants.
+    async fn upkeep_once(&self) -> Result<BTreeSet<NodeId>, BackendError> {
+        let _pass = self.pass.lock().await;
+        let my_id = self.shared.raft_id().unwrap_or(0);
+        let (mut voters, mut nodes) = self.members();
         let now = Instant::now();
         let mut alive: BTreeSet<NodeId> = BTreeSet::from([my_id]);
         let mut wiped: BTreeSet<NodeId> = BTreeSet::new();
-        for (id, node) in &nodes {
-            if *id == my_id {
-                continue;
-            }
-            match self
-                .shared
-                .identity_of(&node.grpc_addr, Duration::from_millis(500))
-                .await
-            {
-                Ok(ident) if ident.raft_id == *id && ident.vm == node.vm => {
-                    alive.insert(*id);
+        // Every agent asked at once: a dead one costs one timeout, not one each.
+        let answers = futures::future::join_all(nodes.iter().filter(|(id, _)| **id != my_id).map(
+            |(id, node)| async move {
+                let r = self
+                    .shared
+                    .identity_of(&node.grpc_addr, Duration::from_millis(500))
+                    .await;
+                (*id, node, r)
+            },
+        ))
+        .await;
+        for (id, node, answer) in answers {
+            match answer {
+                Ok(ident) if ident.raft_id == id && ident.vm == node.vm => {
+                    alive.insert(id);
                     if let Ok(mut s) = self.last_seen.lock() {
-                        s.insert(*id, now);
+                        s.insert(id, now);
                     }
                 }
                 Ok(ident) => {
                     warn!(raft_id = id, vm = %node.vm, answered_as = ident.raft_id,
                         "agent answers under another identity (wiped?); it is removed and comes back only under a new id");
-                    wiped.insert(*id);
+                    wiped.insert(id);
                 }
                 Err(_) => {}
             }
         }
         // Dead: silent for DEAD_AFTER and the provider no longer lists its VM.
-        let infos = match self.shared.provider.list_vms().await {
-            Ok(v) => v,
-            Err(_) => return Ok(()),
-        };
+        let infos = self.shared.provider.list_vms().await?;
         let listed: BTreeSet<String> = infos.iter().map(|v| v.name.clone()).collect();
         let mut dead = wiped;
         for (id, node) in &nodes {
@@ -252,7 +281,8 @@ impl Membership {
             let _g = self.change.lock().await;
             info!(raft_ids = ?dead, "removing dead or wiped agents from the Raft group");
             self.remove_ids(&voters, dead.clone()).await?;
-            return Ok(());
+            // The voters are chosen from the group as it is now.
+            (voters, nodes) = self.members();
         }
         // A VM whose agent is in no membership (wiped, or created by a leader that died
         // before admitting it) joins under a new id.
@@ -271,11 +301,7 @@ impl Membership {
         // Voters: round-robin over zones, so losing a zone loses as few voters as possible;
         // within a zone the leader first, then current voters (no churn), then long-lived
         // roles.
-        let target = match alive.len() {
-            n if n >= MAX_VOTERS => MAX_VOTERS,
-            n if n >= 3 => 3,
-            _ => 1,
-        };
+        let target = voter_target(alive.len());
         let mut by_zone: BTreeMap<String, Vec<VoterCandidate>> = BTreeMap::new();
         for id in &alive {
             let Some(n) = nodes.get(id) else { continue };
@@ -312,11 +338,21 @@ impl Membership {
             let _g = self.change.lock().await;
             info!(voters = ?want, "changing the Raft voters");
             self.raft
-                .change_membership(want, true)
+                .change_membership(want.clone(), true)
                 .await
                 .map_err(|e| transient("cannot change voters", e))?;
         }
-        Ok(())
+        Ok(want)
+    }
+}
+
+/// Voters for a group of `agents`: as many as make a majority survive the loss of one
+/// agent (three) or two (five); a group of one or two agents cannot survive any loss.
+fn voter_target(agents: usize) -> usize {
+    match agents {
+        n if n >= MAX_VOTERS => MAX_VOTERS,
+        n if n >= 3 => 3,
+        _ => 1,
     }
 }
 

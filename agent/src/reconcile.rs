@@ -63,6 +63,8 @@ pub struct Reconciler {
     wake_at: Option<Duration>,
     /// Where the last look at every VM's program is published (for `GET /status`).
     programs_seen: Option<ProgramsSeen>,
+    /// The Raft membership, asked at every look whether the voters are settled.
+    membership: Option<Arc<crate::membership::Membership>>,
 }
 
 /// The leader's last look at every VM's program, RonDB's view included. Not replicated:
@@ -88,7 +90,15 @@ impl Reconciler {
             observing: None,
             wake_at: None,
             programs_seen: None,
+            membership: None,
         }
+    }
+
+    /// Asks `membership` at every look whether every agent that should vote does: the
+    /// desired state is reported reached only then.
+    pub fn with_membership(mut self, membership: Arc<crate::membership::Membership>) -> Self {
+        self.membership = Some(membership);
+        self
     }
 
     /// Publishes every observation's program statuses there.
@@ -181,6 +191,7 @@ impl Reconciler {
         let provider = Arc::clone(&self.provider);
         let runtime = Arc::clone(&self.runtime);
         let known: BTreeSet<String> = self.engine.state().vms.keys().cloned().collect();
+        let members = self.membership.clone();
         Box::pin(async move {
             let vms = provider.list_vms().await?;
             let queries = vms.iter().filter(|vm| known.contains(&vm.name)).map(|vm| {
@@ -188,16 +199,35 @@ impl Reconciler {
                 async move { (vm.name.clone(), runtime.status(&vm.name).await) }
             });
             let mut programs = BTreeMap::new();
+            let mut unanswered = BTreeSet::new();
             for (name, r) in futures::future::join_all(queries).await {
                 match r {
                     Ok(st) => {
                         programs.insert(name, st);
                     }
                     Err(e) if e.is_drift() => {}
-                    Err(e) => warn!(vm = %name, error = %e, "cannot query program status"),
+                    Err(e) => {
+                        warn!(vm = %name, error = %e, "cannot query program status");
+                        unanswered.insert(name);
+                    }
                 }
             }
-            Ok(Observation { vms, programs })
+            let voters_missing = match &members {
+                Some(m) => match m.settle_voters().await {
+                    Ok(missing) => Some(missing),
+                    Err(e) => {
+                        warn!(error = %e, "cannot check the Raft voters");
+                        None
+                    }
+                },
+                None => None,
+            };
+            Ok(Observation {
+                vms,
+                programs,
+                unanswered,
+                voters_missing,
+            })
         })
     }
 

@@ -247,6 +247,8 @@ impl World {
                 .filter(|(n, _)| known(n))
                 .map(|(n, v)| (n.clone(), self.status_of(n, Some(v))))
                 .collect(),
+            unanswered: Default::default(),
+            voters_missing: None,
         }
     }
 

@@ -6,7 +6,8 @@
 //! removed and comes back under a new id. Every agent killed at once (at rest, and in the
 //! middle of a rolling restart) comes back with one `ndb-agent up`: the same VMs, the same
 //! Raft ids, nothing replaced. A removed VM directory is a VM gone (replaced); a node group
-//! whose every VM is gone is never recreated empty.
+//! whose every VM is gone is never recreated empty. The bootstrap agent killed the moment the
+//! first desired state is reported reached leaves a group that elects a leader.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -437,4 +438,34 @@ fn removed_vm_directories_are_gone_vms() {
         .filter(|n| !group.contains(n))
         .collect();
     assert_eq!(names, expected);
+}
+
+/// AT_DESIRED_STATE means fault tolerant: the moment the first desired state is reported
+/// reached, the new agents vote already, so the bootstrap agent (which the user may now
+/// remove) can go and the rest elects a leader.
+#[test]
+fn the_bootstrap_agent_can_go_the_moment_the_first_desired_state_is_reached() {
+    let c = LocalCluster::start(Path::new(BIN), &desired(1, 1), 0);
+    let s = c.wait_for("desired state 1", Duration::from_secs(120), |s| {
+        at_desired(s, 1)
+    });
+    assert_eq!(
+        voters(&s),
+        5,
+        "reported reached with learners left: {:?}",
+        s.agents
+    );
+    assert_eq!(s.agent_losses_survived, 2);
+    let t = Instant::now();
+    c.kill("bootstrap");
+    let s = c.wait_for(
+        "a new leader once the bootstrap agent is gone",
+        Duration::from_secs(30),
+        |s| s.leader_vm.as_deref().is_some_and(|l| l != "bootstrap"),
+    );
+    eprintln!(
+        "bootstrap agent killed right at AT_DESIRED_STATE: new leader {:?} after {:.2} s",
+        s.leader_vm,
+        t.elapsed().as_secs_f64()
+    );
 }

@@ -24,7 +24,7 @@ use crate::backend::{BackendError, ProgramStatus, VmInfo, VmState};
 use crate::desired::{self, DesiredState, TransitionContext, Violation};
 use crate::model::{ClusterState, Event, Outcome, ReconciliationState, Role};
 use crate::planner::{diff_with, plan_with, ConfigCache};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -42,6 +42,12 @@ pub enum Submission {
 pub struct Observation {
     pub vms: Vec<VmInfo>,
     pub programs: BTreeMap<String, ProgramStatus>,
+    /// VMs the provider reports running whose agent did not say how its program is (it is
+    /// still starting, or unreachable): their program state on record is not confirmed.
+    pub unanswered: BTreeSet<String>,
+    /// The agents (by VM) the Raft membership wants as voters that do not vote yet; `None`
+    /// when not checked (no Raft group, as in a simulation): the last answer stands.
+    pub voters_missing: Option<BTreeSet<String>>,
 }
 
 /// Something the engine must react to. Every input comes with the driver's time now.
@@ -88,6 +94,9 @@ pub enum Command {
     WakeAt(Duration),
 }
 
+/// How soon a new leader looks again when some agents did not answer its first look.
+const FIRST_LOOK_RETRY: Duration = Duration::from_millis(500);
+
 /// Where the engine is between inputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -117,6 +126,20 @@ pub struct Engine {
     deadline: Option<Duration>,
     /// The last wake-up asked for, so it is asked once.
     asked_wake: Option<Duration>,
+    /// When this agent began to lead: a new leader waits (up to the policy's patience)
+    /// for every running VM's agent to answer before it vouches for the state on record.
+    leading_since: Option<Duration>,
+    /// The agents the membership wants as voters that did not vote at the last look: until
+    /// they do, losing one agent could leave the group without a leader, so the desired
+    /// state is not reported reached.
+    voters_missing: BTreeSet<String>,
+    /// Since when a reconciliation with nothing left to do waits for those voters.
+    voters_wait_since: Option<Duration>,
+    /// Observations tell about the voters (a Raft group is behind this engine).
+    voters_tracked: bool,
+    /// The voters were looked at after the last action ended (a VM just created brings an
+    /// agent the last look did not know).
+    voters_fresh: bool,
     /// When this leader first saw each VM that is down. Not replicated: a new leader
     /// waits a whole grace period again, which errs on the side of keeping data.
     down_since: BTreeMap<String, Duration>,
@@ -144,6 +167,11 @@ impl Engine {
             failed_rounds: 0,
             deadline: None,
             asked_wake: None,
+            leading_since: None,
+            voters_missing: BTreeSet::new(),
+            voters_wait_since: None,
+            voters_tracked: false,
+            voters_fresh: false,
             down_since: BTreeMap::new(),
             planned_nothing: false,
             config: ConfigCache::default(),
@@ -167,6 +195,7 @@ impl Engine {
                 // Recorded also when the same agent leads again: until it has looked at the
                 // world, the reconciliation state on record is not vouched for.
                 self.record(vec![Event::LeaderChanged { vm }]);
+                self.leading_since = Some(now);
                 self.begin(now);
             }
             Input::Submit(d) => self.on_submit(now, *d),
@@ -286,6 +315,22 @@ impl Engine {
         self.observing = false;
         match r {
             Ok(obs) => {
+                if !self.state.world_seen && self.phase == Phase::Starting {
+                    if let Some(silent) = self.silent_agents(now, &obs) {
+                        // After a whole-cluster restart the VMs run again before their
+                        // agents answer; what the log says their programs were doing is from
+                        // before the restart and must not be reported as the truth.
+                        info!(vms = %silent, "waiting for the agents of these VMs to answer before vouching for the cluster's state");
+                        self.deadline =
+                            Some(now + self.policy.observe_every().min(FIRST_LOOK_RETRY));
+                        return;
+                    }
+                }
+                if let Some(m) = &obs.voters_missing {
+                    self.voters_missing.clone_from(m);
+                    self.voters_tracked = true;
+                    self.voters_fresh = true;
+                }
                 // The first look of a leader is always recorded: it vouches for the state.
                 if !self.state.world_seen || self.observation_changes(&obs) {
                     self.record(vec![Event::Observed {
@@ -350,6 +395,24 @@ impl Engine {
         self.record(events);
     }
 
+    /// The known, running VMs whose agent did not answer a new leader's look, while the
+    /// leader is still willing to wait for them (a VM whose agent stays silent longer than
+    /// the policy's patience is taken as the log has it, and its actions will tell).
+    fn silent_agents(&self, now: Duration, obs: &Observation) -> Option<String> {
+        let since = self.leading_since?;
+        if now.saturating_sub(since) >= self.policy.first_look_patience() {
+            return None;
+        }
+        let silent: Vec<&str> = obs
+            .vms
+            .iter()
+            .filter(|v| v.state != VmState::Down && obs.unanswered.contains(&v.name))
+            .filter(|v| self.state.vms.contains_key(&v.name))
+            .map(|v| v.name.as_str())
+            .collect();
+        (!silent.is_empty()).then(|| silent.join(", "))
+    }
+
     /// Whether an observation tells something new: a known VM gone, down or back, or a
     /// program that started or stopped behind the leader's back.
     fn observation_changes(&self, obs: &Observation) -> bool {
@@ -375,6 +438,7 @@ impl Engine {
         };
         if self.state.reconciliation != ReconciliationState::WORKING_TOWARDS_DESIRED_STATE
             && self.state.in_flight.is_empty()
+            && self.voters_missing.is_empty()
             && diff_with(&d, &self.state, &mut self.config).is_empty()
         {
             if self.state.reconciliation == ReconciliationState::ERROR_STATE {
@@ -455,9 +519,47 @@ impl Engine {
                 self.out.extend(runs);
             }
         }
-        if self.state.in_flight.is_empty() {
+        if self.state.in_flight.is_empty() && !self.waiting_for_voters(now) {
             self.finish(now);
         }
+    }
+
+    /// Nothing is left to do but some agents do not vote yet: look again soon rather than
+    /// report the desired state reached. Past the policy's patience the reconciliation
+    /// gives up and says which agents never became voters.
+    fn waiting_for_voters(&mut self, now: Duration) -> bool {
+        if self.give_up.is_some() {
+            self.voters_wait_since = None;
+            return false;
+        }
+        if self.voters_tracked && !self.voters_fresh {
+            // Look at the voters as the last actions left them before saying anything.
+            self.observe();
+            return true;
+        }
+        if self.voters_missing.is_empty() {
+            self.voters_wait_since = None;
+            return false;
+        }
+        let since = *self.voters_wait_since.get_or_insert(now);
+        let missing = self
+            .voters_missing
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let waited = now.saturating_sub(since);
+        if waited >= self.policy.first_look_patience() {
+            self.give_up = Some(format!(
+                "the agents of {missing} did not become Raft voters within {:.0} s: losing one agent could leave the cluster without a leader; check that they run and reach the leader",
+                waited.as_secs_f64()
+            ));
+            self.voters_wait_since = None;
+            return false;
+        }
+        info!(agents = %missing, "the cluster is as desired; waiting for these agents to become Raft voters before reporting it reached");
+        self.deadline = Some(now + self.policy.observe_every().min(FIRST_LOOK_RETRY));
+        true
     }
 
     /// The reconciliation ends: report where it got, then take the pending desired state.
@@ -543,6 +645,9 @@ impl Engine {
             any |= self.on_action_done(op_id, result);
         }
         if any {
+            self.voters_fresh = false;
+        }
+        if any {
             self.drive(now);
         }
     }
@@ -603,7 +708,11 @@ impl Engine {
                 self.deadline = Some(now + self.policy.observe_every());
                 self.observe();
             }
-            Phase::Starting => self.deadline = None,
+            Phase::Starting => {
+                // A new leader looks again for agents that had not answered yet.
+                self.deadline = None;
+                self.observe();
+            }
         }
     }
 }

@@ -30,6 +30,9 @@ pub trait Policy: Send {
     fn observe_every(&self) -> Duration;
     /// Actions one reconciliation may start before it is declared not to converge.
     fn max_actions(&self) -> u64;
+    /// How long a new leader waits for the agents of running VMs to answer its first look
+    /// before it takes the state on record as it is.
+    fn first_look_patience(&self) -> Duration;
 }
 
 /// The policy of every agent: a few attempts per action, then `ERROR_STATE`, retried less and
@@ -45,6 +48,8 @@ pub struct StandardPolicy {
     pub max_actions: u64,
     /// The rest after repeated `ERROR_STATE` doubles at most this many times.
     pub max_backoff_doublings: u32,
+    /// How long a new leader waits for silent agents before it vouches for the state.
+    pub first_look_patience: Duration,
 }
 
 impl Default for StandardPolicy {
@@ -54,6 +59,7 @@ impl Default for StandardPolicy {
             observe_every: Duration::from_secs(30),
             max_actions: 20_000,
             max_backoff_doublings: 6,
+            first_look_patience: Duration::from_secs(60),
         }
     }
 }
@@ -86,5 +92,9 @@ impl Policy for StandardPolicy {
 
     fn max_actions(&self) -> u64 {
         self.max_actions
+    }
+
+    fn first_look_patience(&self) -> Duration {
+        self.first_look_patience
     }
 }

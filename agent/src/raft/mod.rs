@@ -77,6 +77,11 @@ pub struct Replicated {
     /// Ids removed from the group; never admitted again.
     #[serde(default)]
     pub retired: std::collections::BTreeSet<NodeId>,
+    /// The Raft term whose leader last looked at the world (recorded an observation). A
+    /// replica in a later term knows a new leader has not looked yet, even before that
+    /// leader's first entries reach it: the state on record is not vouched for.
+    #[serde(default)]
+    pub looked_in_term: u64,
 }
 
 impl Replicated {

@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 use super::{NodeId, Replicated, TypeConfig};
+use agent_core::model::Event;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
@@ -318,7 +319,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             next.last_applied = Some(e.log_id);
             match e.payload {
                 EntryPayload::Blank => out.push(super::Response::Done),
-                EntryPayload::Normal(req) => out.push(next.apply_request(&req)),
+                EntryPayload::Normal(req) => {
+                    if let super::Request::Events(evs) = &req {
+                        if evs.iter().any(|ev| matches!(ev, Event::Observed { .. })) {
+                            next.looked_in_term = e.log_id.leader_id.term;
+                        }
+                    }
+                    out.push(next.apply_request(&req));
+                }
                 EntryPayload::Membership(m) => {
                     next.membership = StoredMembership::new(Some(e.log_id), m);
                     out.push(super::Response::Done);

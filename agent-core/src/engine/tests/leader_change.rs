@@ -111,3 +111,66 @@ fn nothing_to_reconcile_before_a_first_desired_state() {
     assert!(!e.is_busy());
     assert_eq!(e.step(secs(1000), Input::Tick), vec![]);
 }
+
+#[test]
+fn after_a_whole_cluster_restart_a_leader_waits_for_silent_agents_before_vouching() {
+    let (_, s) = settled();
+    let mysqld = mysqld_vm(&s);
+    let mut e = Engine::new(s, policy());
+    leads(&mut e, secs(0), "mgmd-1");
+    // The VMs run again but the MySQLd VM's agent does not answer yet: the log says its
+    // program runs, which was true before the restart only. Nothing is vouched for, nothing
+    // is reported; the leader looks again soon.
+    let silent = with_silent_agent(e.state(), &mysqld);
+    assert_eq!(
+        e.step(secs(1), Input::Observed(Ok(silent))),
+        vec![Command::WakeAt(secs(1) + Duration::from_millis(500))]
+    );
+    assert!(!e.state().world_seen);
+    assert_eq!(
+        e.step(secs(1) + Duration::from_millis(500), Input::Tick),
+        vec![Command::Observe]
+    );
+    // Now it answers: its program is not running (supervisord does not start it on its own).
+    let world = with_dead_program(e.state(), &mysqld);
+    let cmds = e.step(secs(2), Input::Observed(Ok(world.clone())));
+    assert_eq!(
+        cmds.first(),
+        Some(&Command::Append(vec![Event::Observed {
+            vms: world.vms,
+            programs: world.programs
+        }]))
+    );
+    assert!(e.state().world_seen);
+    assert!(!e.state().vms[&mysqld].running);
+    assert_eq!(e.state().reconciliation, WORKING_TOWARDS_DESIRED_STATE);
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::Run { action, .. } if action.kind.vm() == Some(&mysqld))),
+        "the MySQLd is started again: {cmds:?}"
+    );
+}
+
+#[test]
+fn an_agent_silent_longer_than_the_patience_does_not_keep_the_leader_from_acting() {
+    let (_, s) = settled();
+    let mysqld = mysqld_vm(&s);
+    let mut e = Engine::new(s, policy());
+    leads(&mut e, secs(0), "mgmd-1");
+    let silent = with_silent_agent(e.state(), &mysqld);
+    assert_eq!(
+        e.step(secs(1), Input::Observed(Ok(silent.clone()))),
+        vec![Command::WakeAt(secs(1) + Duration::from_millis(500))]
+    );
+    // Past the patience the state on record is taken as it is (the VM's next action, or
+    // its agent's next answer, corrects it).
+    let cmds = e.step(PATIENCE, Input::Observed(Ok(silent.clone())));
+    assert_eq!(
+        cmds.first(),
+        Some(&Command::Append(vec![Event::Observed {
+            vms: silent.vms,
+            programs: silent.programs
+        }]))
+    );
+    assert!(e.state().world_seen);
+}

@@ -7,6 +7,7 @@ mod drift;
 mod leader_change;
 mod pending;
 mod retries;
+mod voters;
 
 use super::*;
 use crate::actions::ActionKind;
@@ -16,6 +17,7 @@ use crate::model::ReconciliationState::*;
 use crate::planner::tests::at_desired;
 
 pub(super) const OBSERVE: Duration = Duration::from_secs(30);
+pub(super) const PATIENCE: Duration = Duration::from_secs(60);
 
 pub(super) fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -27,6 +29,7 @@ pub(super) fn policy() -> Box<dyn Policy> {
         observe_every: OBSERVE,
         max_actions: 100,
         max_backoff_doublings: 3,
+        first_look_patience: PATIENCE,
     })
 }
 
@@ -80,7 +83,17 @@ pub(super) fn world_of(s: &ClusterState) -> Observation {
                 )
             })
             .collect(),
+        unanswered: BTreeSet::new(),
+        voters_missing: None,
     }
+}
+
+/// The world as a new leader sees it while `vm`'s agent does not answer yet.
+pub(super) fn with_silent_agent(s: &ClusterState, vm: &str) -> Observation {
+    let mut o = world_of(s);
+    o.programs.remove(vm);
+    o.unanswered.insert(vm.to_string());
+    o
 }
 
 /// The name of the first MySQLd VM.
