@@ -626,10 +626,8 @@ impl DirectRuntime {
 
 /// RonDB's REST API server answers `GET /health` with 200 once it is connected to RonDB.
 fn rdrs_health_url(command: &[String], address: &str) -> String {
-    let config = command
-        .iter()
-        .position(|a| a == "-config" || a == "--config")
-        .and_then(|i| command.get(i + 1))
+    let config = arg_value(command, "-config")
+        .or_else(|| arg_value(command, "--config"))
         .and_then(|p| std::fs::read(p).ok())
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .unwrap_or_default();
@@ -1154,5 +1152,30 @@ mod tests {
             DirectRuntime::connect_addrs(&cmd),
             vec!["10.0.0.2:1186", "10.0.0.3:1186"]
         );
+    }
+
+    #[test]
+    fn the_rest_servers_health_url_comes_from_its_config_in_either_option_form() {
+        let dir = std::env::temp_dir().join(format!("rdrs-health-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_default();
+        let cfg = dir.join("rdrs2.json");
+        std::fs::write(&cfg, r#"{"REST":{"ServerIP":"10.0.0.9","ServerPort":5406}}"#)
+            .unwrap_or_default();
+        let path = cfg.display().to_string();
+        for cmd in [
+            vec!["bin/rdrs2".to_string(), "-config".into(), path.clone()],
+            vec!["bin/rdrs2".to_string(), format!("--config={path}")],
+        ] {
+            assert_eq!(
+                rdrs_health_url(&cmd, "127.0.0.5"),
+                "http://10.0.0.9:5406/health"
+            );
+        }
+        // No readable config: RonDB's defaults on the VM's own address.
+        assert_eq!(
+            rdrs_health_url(&["bin/rdrs2".to_string()], "127.0.0.5"),
+            "http://127.0.0.5:4406/health"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
