@@ -473,17 +473,11 @@ impl ClusterState {
             return;
         }
         let target = super::target_vms(d, role);
-        let members: Vec<String> = self
-            .vms
-            .values()
-            .filter(|v| v.role == role && v.node_group == node_group)
-            .map(|v| v.name.clone())
-            .collect();
-        if members.len() <= target {
-            for m in members {
-                if let Some(v) = self.vms.get_mut(&m) {
-                    v.temporary = false;
-                }
+        let member = |v: &Vm| v.role == role && v.node_group == node_group;
+        // Counted, then cleared in place: no names are copied.
+        if self.vms.values().filter(|v| member(v)).count() <= target {
+            for v in self.vms.values_mut().filter(|v| member(v)) {
+                v.temporary = false;
             }
         }
     }
@@ -521,9 +515,8 @@ impl ClusterState {
                 }
             }
         }
-        let names: Vec<String> = self.vms.keys().cloned().collect();
-        for name in names {
-            if let (Some(v), Some(p)) = (self.vms.get_mut(&name), programs.get(&name)) {
+        for (name, v) in self.vms.iter_mut() {
+            if let Some(p) = programs.get(name) {
                 if v.down {
                     continue;
                 }

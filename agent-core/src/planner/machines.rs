@@ -44,7 +44,8 @@ fn bring_back(p: &mut Planner) {
 /// Management servers, MySQL servers and API hosts: any VM of the role can do the job.
 fn stateless_role(p: &mut Planner, role: Role) {
     let target = p.target(role);
-    let members: Vec<&Vm> = p.vms_of(role).collect();
+    // Slices of the round's index: nothing is collected for a role that needs no change.
+    let members: &[&Vm] = p.vms_of_slice(role);
     let creating = p.creating(role, None);
     let n = members.len() + creating;
     if n < target {
@@ -57,27 +58,29 @@ fn stateless_role(p: &mut Planner, role: Role) {
         return;
     }
     let mut victims: Vec<&Vm> = Vec::new();
-    let nonconf: Vec<&Vm> = members
-        .iter()
-        .copied()
-        .filter(|v| !p.conforming(v))
-        .collect();
+    // Whether any member does not conform; the list itself is built only when ranked.
+    let any_nonconf = members.iter().any(|v| !p.conforming(v));
     if members.len() > target {
         let excess = members.len() - target;
-        let chosen: Vec<&Vm> = ranked(p, &members).into_iter().take(excess).collect();
+        let chosen: Vec<&Vm> = ranked(p, members).into_iter().take(excess).collect();
         // A surge replacement drains the old VM only once the VMs that stay serve.
         let staying_ready = members
             .iter()
             .filter(|v| !chosen.iter().any(|c| c.name == v.name))
             .all(|v| !p.want_running() || v.running);
-        if nonconf.is_empty() || staying_ready {
+        if !any_nonconf || staying_ready {
             victims = chosen;
         }
-    } else if !nonconf.is_empty() {
+    } else if any_nonconf {
         // Surge (a new VM first) when allowed and there are slots for it; else drain first.
         if p.d.allow_requesting_temporary_vms && free_slots(p, role) >= p.slots_per_vm(role) {
             create(p, role, None, true);
         } else {
+            let nonconf: Vec<&Vm> = members
+                .iter()
+                .copied()
+                .filter(|v| !p.conforming(v))
+                .collect();
             victims = ranked(p, &nonconf).into_iter().take(1).collect();
         }
     }
@@ -90,7 +93,7 @@ fn stateless_role(p: &mut Planner, role: Role) {
 /// a temporary one while a replica must go down and no other could take its place.
 fn node_group(p: &mut Planner, g: u32) {
     let target = p.target(Role::Ndbd);
-    let members: Vec<&Vm> = p.group(g).collect();
+    let members: &[&Vm] = p.group_slice(g);
     if super::group_lost(p, g) {
         // Every replica that held this node group's rows is gone: fresh VMs would make an
         // empty node group behind the user's back. Nothing is created; the reconciliation
@@ -98,18 +101,15 @@ fn node_group(p: &mut Planner, g: u32) {
         return;
     }
     let creating = p.creating(Role::Ndbd, Some(g));
-    let nonconf: Vec<&Vm> = members
-        .iter()
-        .copied()
-        .filter(|v| !p.conforming(v))
-        .collect();
+    // Whether any member does not conform; the list itself is built only when ranked.
+    let any_nonconf = members.iter().any(|v| !p.conforming(v));
     let want = p.want_running();
     let needs_restart = want && p.active_members(g).any(|v| v.running && !p.current(v));
     let room = (p.d.max_replication_factor as usize) > target;
     let surge_ok = p.d.allow_requesting_temporary_vms && room && want;
     // With one replica, restarting it would take the node group down: a temporary replica
     // holds the data meanwhile.
-    let extra = usize::from(surge_ok && (!nonconf.is_empty() || (needs_restart && target <= 1)));
+    let extra = usize::from(surge_ok && (any_nonconf || (needs_restart && target <= 1)));
     let desired_n = target + extra;
     let n = members.len() + creating;
     if n < desired_n {
@@ -127,7 +127,7 @@ fn node_group(p: &mut Planner, g: u32) {
         return;
     }
     // Replace only after restarts finish: the replicas being replaced are restart budget.
-    if !nonconf.is_empty() && want && !needs_restart {
+    if any_nonconf && want && !needs_restart {
         let enough = if surge_ok {
             members.len() > target
         } else {
@@ -138,6 +138,11 @@ fn node_group(p: &mut Planner, g: u32) {
             .filter(|v| p.conforming(v))
             .all(|v| p.holds_active_slot(v) && v.running);
         if enough && conforming_ready {
+            let nonconf: Vec<&Vm> = members
+                .iter()
+                .copied()
+                .filter(|v| !p.conforming(v))
+                .collect();
             if let Some(v) = ranked(p, &nonconf).into_iter().next() {
                 p.retiring.insert(v.name.clone());
             }
@@ -147,7 +152,7 @@ fn node_group(p: &mut Planner, g: u32) {
     // Fewer replicas only after restarts finish: the spare replicas are the disruption budget.
     if members.len() > desired_n && !needs_restart {
         let excess = members.len() - desired_n;
-        for v in ranked(p, &members).into_iter().take(excess) {
+        for v in ranked(p, members).into_iter().take(excess) {
             p.retiring.insert(v.name.clone());
         }
     }

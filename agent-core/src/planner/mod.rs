@@ -103,8 +103,11 @@ pub(crate) struct VmIndex<'a> {
     by_role: Vec<&'a Vm>,
     /// The data-node VMs by node group (those without one first) and by name within a group.
     by_group: Vec<&'a Vm>,
-    /// Node ids of the active slots bound to each VM, in node-id order.
-    held: BTreeMap<&'a str, Vec<u32>>,
+    /// Hosts of the active slots bound to a host, sorted by host (node-id order within a
+    /// host): one buffer searched by halving rather than a map of vectors built per round.
+    held_hosts: Vec<&'a str>,
+    /// Node ids of those slots, in the order of `held_hosts`.
+    held_ids: Vec<u32>,
     /// Active slots bound to no VM of the state (never bound, or their VM is gone), in
     /// node-id order: found while `held` is built rather than by a lookup per slot.
     lost: Vec<&'a Slot>,
@@ -122,22 +125,26 @@ impl<'a> VmIndex<'a> {
         let mut by_group: Vec<&Vm> = Vec::with_capacity(by_role.len());
         by_group.extend(by_role.iter().copied().filter(|v| v.role == Role::Ndbd));
         by_group.sort_by_key(|v| v.node_group);
-        let mut held: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+        let mut held: Vec<(&str, u32)> = Vec::with_capacity(s.slots.len());
         let mut lost = Vec::new();
         for slot in s.slots.values().filter(|x| x.active && !x.external) {
             match &slot.host {
-                Some(h) => held.entry(h.as_str()).or_default().push(slot.node_id),
+                Some(h) => held.push((h.as_str(), slot.node_id)),
                 None => lost.push(slot),
             }
         }
+        // Stable: the slots of one host stay in node-id order.
+        held.sort_by(|a, b| a.0.cmp(b.0));
         // Hosts that name no VM, found by one walk of both lists (both in name order).
         let mut names = s.vms.keys().map(String::as_str).peekable();
-        for (host, ids) in &held {
-            while names.next_if(|n| n < host).is_some() {}
-            if names.peek() != Some(host) {
-                lost.extend(ids.iter().filter_map(|id| s.slots.get(id)));
+        for run in held.chunk_by(|a, b| a.0 == b.0) {
+            let host = run[0].0;
+            while names.next_if(|n| *n < host).is_some() {}
+            if names.peek() != Some(&host) {
+                lost.extend(run.iter().filter_map(|(_, id)| s.slots.get(id)));
             }
         }
+        let (held_hosts, held_ids) = held.into_iter().unzip();
         lost.sort_by_key(|x| x.node_id);
         let mut versions = Vec::with_capacity(s.vms.len());
         versions.extend(
@@ -148,7 +155,8 @@ impl<'a> VmIndex<'a> {
         VmIndex {
             by_role,
             by_group,
-            held,
+            held_hosts,
+            held_ids,
             lost,
             versions,
         }
@@ -170,7 +178,9 @@ impl<'a> VmIndex<'a> {
 
     /// Node ids of the active slots bound to `vm`, in node-id order.
     fn held(&self, vm: &str) -> &[u32] {
-        self.held.get(vm).map(Vec::as_slice).unwrap_or(&[])
+        let lo = self.held_hosts.partition_point(|h| *h < vm);
+        let hi = lo + self.held_hosts[lo..].partition_point(|h| *h == vm);
+        &self.held_ids[lo..hi]
     }
 }
 
@@ -345,6 +355,18 @@ impl<'a> Planner<'a> {
     pub fn vms_of(&self, role: Role) -> impl Iterator<Item = &'a Vm> + Clone + 'a {
         let ix: &'a VmIndex<'a> = self.ix;
         ix.vms_of(role).iter().copied()
+    }
+
+    /// [`Planner::vms_of`] as the index's slice.
+    pub fn vms_of_slice(&self, role: Role) -> &'a [&'a Vm] {
+        let ix: &'a VmIndex<'a> = self.ix;
+        ix.vms_of(role)
+    }
+
+    /// [`Planner::group`] as the index's slice.
+    pub fn group_slice(&self, ng: u32) -> &'a [&'a Vm] {
+        let ix: &'a VmIndex<'a> = self.ix;
+        ix.group(Some(ng))
     }
 
     /// Active slots bound to no VM of the state (see [`VmIndex`]), in node-id order.
