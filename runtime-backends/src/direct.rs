@@ -1159,8 +1159,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rdrs-health-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap_or_default();
         let cfg = dir.join("rdrs2.json");
-        std::fs::write(&cfg, r#"{"REST":{"ServerIP":"10.0.0.9","ServerPort":5406}}"#)
-            .unwrap_or_default();
+        std::fs::write(
+            &cfg,
+            r#"{"REST":{"ServerIP":"10.0.0.9","ServerPort":5406}}"#,
+        )
+        .unwrap_or_default();
         let path = cfg.display().to_string();
         for cmd in [
             vec!["bin/rdrs2".to_string(), "-config".into(), path.clone()],
