@@ -114,10 +114,8 @@ fn nothing_to_reconcile_before_a_first_desired_state() {
 
 #[test]
 fn after_a_whole_cluster_restart_a_leader_waits_for_silent_agents_before_vouching() {
-    let (_, s) = settled();
-    let mysqld = mysqld_vm(&s);
-    let mut e = Engine::new(s, policy());
-    leads(&mut e, secs(0), "mgmd-1");
+    let mut e = new_leader();
+    let mysqld = mysqld_vm(e.state());
     // The VMs run again but the MySQLd VM's agent does not answer yet: the log says its
     // program runs, which was true before the restart only. Nothing is vouched for, nothing
     // is reported; the leader looks again soon.
@@ -153,10 +151,8 @@ fn after_a_whole_cluster_restart_a_leader_waits_for_silent_agents_before_vouchin
 
 #[test]
 fn an_agent_silent_longer_than_the_patience_does_not_keep_the_leader_from_acting() {
-    let (_, s) = settled();
-    let mysqld = mysqld_vm(&s);
-    let mut e = Engine::new(s, policy());
-    leads(&mut e, secs(0), "mgmd-1");
+    let mut e = new_leader();
+    let mysqld = mysqld_vm(e.state());
     let silent = with_silent_agent(e.state(), &mysqld);
     assert_eq!(
         e.step(secs(1), Input::Observed(Ok(silent.clone()))),

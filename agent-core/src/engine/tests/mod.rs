@@ -125,6 +125,14 @@ pub(super) fn leads(e: &mut Engine, at: Duration, vm: &str) {
     );
 }
 
+/// A new leader of a settled cluster (after a restart, say) that has not looked yet.
+pub(super) fn new_leader() -> Engine {
+    let (_, s) = settled();
+    let mut e = Engine::new(s, policy());
+    leads(&mut e, secs(0), "mgmd-1");
+    e
+}
+
 /// An engine leading a settled cluster, resting after its first look at the world.
 pub(super) fn resting() -> (DesiredState, Engine) {
     let (d, s) = settled();

@@ -21,9 +21,7 @@ fn reports(cmds: &[Command]) -> Vec<ReconciliationState> {
 
 #[test]
 fn the_desired_state_is_reported_reached_only_once_every_wanted_voter_votes() {
-    let (_, s) = settled();
-    let mut e = Engine::new(s, policy());
-    leads(&mut e, secs(0), "mgmd-1");
+    let mut e = new_leader();
     // Everything is in place but two agents are still learners.
     let cmds = e.step(
         secs(0),
@@ -61,9 +59,7 @@ fn the_desired_state_is_reported_reached_only_once_every_wanted_voter_votes() {
 
 #[test]
 fn voters_that_never_come_end_the_reconciliation_in_error_state_naming_them() {
-    let (_, s) = settled();
-    let mut e = Engine::new(s, policy());
-    leads(&mut e, secs(0), "mgmd-1");
+    let mut e = new_leader();
     e.step(
         secs(0),
         Input::Observed(Ok(with_voters_missing(e.state(), &["ndbd-0-2"]))),
@@ -82,9 +78,7 @@ fn voters_that_never_come_end_the_reconciliation_in_error_state_naming_them() {
 
 #[test]
 fn a_look_that_cannot_check_the_voters_keeps_the_last_answer() {
-    let (_, s) = settled();
-    let mut e = Engine::new(s, policy());
-    leads(&mut e, secs(0), "mgmd-1");
+    let mut e = new_leader();
     e.step(
         secs(0),
         Input::Observed(Ok(with_voters_missing(e.state(), &["ndbd-0-2"]))),
@@ -97,10 +91,8 @@ fn a_look_that_cannot_check_the_voters_keeps_the_last_answer() {
 
 #[test]
 fn after_the_last_action_the_voters_are_looked_at_again_before_reporting() {
-    let (_, s) = settled();
-    let mysqld = mysqld_vm(&s);
-    let mut e = Engine::new(s, policy());
-    leads(&mut e, secs(0), "mgmd-1");
+    let mut e = new_leader();
+    let mysqld = mysqld_vm(e.state());
     let mut world = with_dead_program(e.state(), &mysqld);
     world.voters_missing = Some(BTreeSet::new());
     let cmds = e.step(secs(0), Input::Observed(Ok(world)));
