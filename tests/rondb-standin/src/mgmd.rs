@@ -61,6 +61,18 @@ fn partial_start_timeout() -> Duration {
     )
 }
 
+/// How long a node group whose started nodes come back to a restarted management server
+/// waits for the others before the ones back (if they hold its newest epoch) go on alone
+/// (`RONDB_STANDIN_REJOIN_MS`; a node back later must catch up with a node restart).
+fn rejoin_timeout() -> Duration {
+    Duration::from_millis(
+        std::env::var("RONDB_STANDIN_REJOIN_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000),
+    )
+}
+
 pub async fn main(args: Vec<String>) -> i32 {
     let opts = match cli::parse(&args, OPTIONS) {
         Ok(o) => o,
@@ -164,6 +176,17 @@ async fn start(
         .split_whitespace()
         .filter_map(|s| s.parse().ok())
         .collect();
+    // The epoch each node group had under the previous run of this management server:
+    // a started node coming back with an older one missed writes.
+    let epochs_file = data_dir.join(format!("ndb_{me}_epochs"));
+    let last_epochs = std::fs::read_to_string(&epochs_file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (g, e) = l.split_once(' ')?;
+            Some((g.trim().parse().ok()?, e.trim().parse().ok()?))
+        })
+        .collect();
     let (changed, _) = watch::channel(0u64);
     let server = Arc::new(Server {
         me,
@@ -171,6 +194,7 @@ async fn start(
         cache,
         log: cluster_log,
         backups_file,
+        epochs_file,
         changed,
         state: Mutex::new(State {
             config,
@@ -181,6 +205,8 @@ async fn start(
             next_session: 1,
             next_dynamic: 1,
             join_started: BTreeMap::new(),
+            rejoin: BTreeMap::new(),
+            last_epochs,
             gci: 1000,
             stop_requested: false,
         }),
@@ -348,6 +374,8 @@ struct Server {
     cache: Option<PathBuf>,
     log: Log,
     backups_file: PathBuf,
+    /// Every node group's current epoch, kept for the next run of this management server.
+    epochs_file: PathBuf,
     /// Bumped on every state change; waiters (stop, restart, backup) watch it.
     changed: watch::Sender<u64>,
     state: Mutex<State>,
@@ -364,6 +392,11 @@ struct State {
     next_dynamic: u32,
     /// When a node group without a started node first had a node ask to join.
     join_started: BTreeMap<u32, Instant>,
+    /// Node groups without members whose started nodes are coming back to this management
+    /// server (it restarted): nobody is admitted until they are back, or the wait is over.
+    rejoin: BTreeMap<u32, Rejoin>,
+    /// Each node group's last epoch under the previous run of this management server.
+    last_epochs: BTreeMap<u32, u64>,
     gci: u64,
     stop_requested: bool,
 }
@@ -380,6 +413,13 @@ struct NodeRt {
     joining_lsn: Option<u64>,
     acked_epoch: u64,
     backups: BTreeMap<u32, BackupResult>,
+}
+
+/// Started nodes back to a restarted management server, waiting to be members again.
+struct Rejoin {
+    since: Instant,
+    /// Node → the epoch it holds.
+    epochs: BTreeMap<u32, u64>,
 }
 
 /// A data node's part of a backup: (records, bytes) or (NDB error code, text).
@@ -1343,6 +1383,7 @@ impl Server {
                 server_port,
                 lsn: _,
                 started,
+                epoch,
             } => {
                 let mut st = self.lock();
                 st.next_dynamic += 1;
@@ -1350,7 +1391,9 @@ impl Server {
                 let config = st.config.render();
                 let rt = st.nodes.entry(node).or_default();
                 rt.connect_count += 1;
-                rt.member = started;
+                // Never a member at once: a started node is one again only after its group
+                // checked it missed nothing (below), a starting one after phase 4.
+                rt.member = false;
                 rt.joining_lsn = None;
                 rt.conn = Some(Conn {
                     session,
@@ -1368,22 +1411,23 @@ impl Server {
                     is_data: true,
                 });
                 let _ = tx.send(FromMgmd::Welcome { config });
-                // A started node back after this management server restarted: its group
-                // gets a new epoch so every member agrees again.
-                if started {
-                    if let Some(g) = st.config.nodes.get(&node).and_then(|d| d.node_group) {
-                        let e = st.epochs.entry(g).or_insert_with(first_epoch);
-                        *e += 1;
-                        let epoch = *e;
-                        for id in members(&st, g) {
-                            if let Some(c) = st.nodes.get(&id).and_then(|n| n.conn.as_ref()) {
-                                let _ = c.tx.send(FromMgmd::Epoch { group: g, epoch });
-                            }
-                        }
-                    }
-                    push_membership(&st);
-                }
+                let wait = if started {
+                    self.started_back(&mut st, node, epoch)
+                } else {
+                    self.check_rejoin(&mut st, None);
+                    None
+                };
                 drop(st);
+                if let Some(g) = wait {
+                    let s = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(rejoin_timeout()).await;
+                        let mut st = s.lock();
+                        s.check_rejoin(&mut st, Some(g));
+                        drop(st);
+                        s.bump();
+                    });
+                }
                 self.log
                     .info(&format!("Node {node}: Data node connected ({})", peer.ip()));
                 node
@@ -1462,12 +1506,18 @@ impl Server {
         c.status = status;
         c.phase = phase;
         if status == DataStatus::Started && was != DataStatus::Started {
-            if let Some(n) = st.nodes.get_mut(&node) {
-                n.member = true;
+            let member = st.nodes.get(&node).is_some_and(|n| n.member);
+            let group = st.config.nodes.get(&node).and_then(|d| d.node_group);
+            match group {
+                // Writes have not reached it since it lost this management server during
+                // its start (it joined under the previous one): it copies again.
+                Some(g) if !member => self.catch_up(&mut st, node, g),
+                _ => {
+                    self.log
+                        .info(&format!("Node {node}: Started (RonDB-{})", self.version));
+                    push_membership(&st);
+                }
             }
-            self.log
-                .info(&format!("Node {node}: Started (RonDB-{})", self.version));
-            push_membership(&st);
         }
         drop(st);
         self.bump();
@@ -1486,6 +1536,13 @@ impl Server {
             if let Some(n) = st.nodes.get_mut(&node) {
                 n.joining_lsn = Some(lsn);
             }
+            // Its group's started nodes are coming back to this management server: which of
+            // them hold the rows is not decided yet.
+            if st.rejoin.contains_key(&group) {
+                drop(st);
+                self.send_to(node, FromMgmd::Join(JoinReply::Wait));
+                return;
+            }
             let peers: Vec<(u32, &NodeRt)> = st
                 .config
                 .data_nodes()
@@ -1494,7 +1551,7 @@ impl Server {
                 .collect();
             let started = peers.iter().find_map(|(id, n)| {
                 let c = n.conn.as_ref()?;
-                (c.status == DataStatus::Started)
+                (c.status == DataStatus::Started && n.member)
                     .then(|| (*id, format!("{}:{}", c.address, c.server_port)))
             });
             match started {
@@ -1547,19 +1604,11 @@ impl Server {
         let epoch = {
             let mut st = self.lock();
             st.join_started.remove(&group);
-            let e = st.epochs.entry(group).or_insert_with(first_epoch);
-            *e += 1;
-            let epoch = *e;
             if let Some(n) = st.nodes.get_mut(&node) {
                 n.member = true;
                 n.joining_lsn = None;
             }
-            for id in members(&st, group) {
-                if let Some(c) = st.nodes.get(&id).and_then(|n| n.conn.as_ref()) {
-                    let _ = c.tx.send(FromMgmd::Epoch { group, epoch });
-                }
-            }
-            epoch
+            self.new_epoch(&mut st, group)
         };
         self.wait_for(Duration::from_secs(5), |st| {
             members(st, group).iter().all(|id| {
@@ -1602,6 +1651,10 @@ impl Server {
         let was_member = std::mem::take(&mut rt.member);
         rt.joining_lsn = None;
         let Some(conn) = conn else { return };
+        st.rejoin.retain(|_, r| {
+            r.epochs.remove(&node);
+            !r.epochs.is_empty()
+        });
         if !conn.is_data {
             self.log
                 .info(&format!("Node {node}: Node {node} Disconnected"));
@@ -1613,13 +1666,7 @@ impl Server {
             .alert(&format!("Node {}: Node {node} Disconnected", self.me));
         let group = st.config.nodes.get(&node).and_then(|d| d.node_group);
         if let (Some(g), true) = (group, was_member) {
-            *st.epochs.entry(g).or_insert_with(first_epoch) += 1;
-            let epoch = st.epochs[&g];
-            for id in members(&st, g) {
-                if let Some(c) = st.nodes.get(&id).and_then(|n| n.conn.as_ref()) {
-                    let _ = c.tx.send(FromMgmd::Epoch { group: g, epoch });
-                }
-            }
+            self.new_epoch(&mut st, g);
         }
         let group_lost = conn.status == DataStatus::Started
             && group.is_some_and(|g| {
@@ -1655,6 +1702,132 @@ impl Server {
         push_membership(&st);
         drop(st);
         self.bump();
+    }
+}
+
+impl Server {
+    /// A new epoch of `group`, sent to its members (and kept for the next run of this
+    /// management server); a member refuses writes of any other epoch.
+    fn new_epoch(&self, st: &mut State, group: u32) -> u64 {
+        let e = st.epochs.entry(group).or_insert_with(first_epoch);
+        *e += 1;
+        let epoch = *e;
+        for id in members(st, group) {
+            if let Some(c) = st.nodes.get(&id).and_then(|n| n.conn.as_ref()) {
+                let _ = c.tx.send(FromMgmd::Epoch { group, epoch });
+            }
+        }
+        let text: String = st
+            .epochs
+            .iter()
+            .map(|(g, e)| format!("{g} {e}\n"))
+            .collect();
+        if let Err(e) = write_atomic(&self.epochs_file, text.as_bytes()) {
+            self.log.warn(&format!(
+                "Cannot record the node groups' epochs in {}: {e}",
+                self.epochs_file.display()
+            ));
+        }
+        epoch
+    }
+
+    /// A data node that was STARTED when its transporter (re)connected, holding `epoch`.
+    /// If its group went on without it (it has members, which took writes this node does
+    /// not have), it must catch up first: a node restart, which copies from a started
+    /// member. Otherwise (this management server restarted) it waits for the group's other
+    /// started nodes, so that one node back first does not take writes alone while an
+    /// equally current peer is about to come back. Returns the group when its wait starts.
+    fn started_back(&self, st: &mut State, node: u32, epoch: u64) -> Option<u32> {
+        let g = st.config.nodes.get(&node).and_then(|d| d.node_group)?;
+        if !members(st, g).is_empty() {
+            self.catch_up(st, node, g);
+            return None;
+        }
+        let first = !st.rejoin.contains_key(&g);
+        st.rejoin
+            .entry(g)
+            .or_insert_with(|| Rejoin {
+                since: Instant::now(),
+                epochs: BTreeMap::new(),
+            })
+            .epochs
+            .insert(node, epoch);
+        self.log.info(&format!(
+            "Node {node}: Started node back in node group {g} (epoch {epoch})"
+        ));
+        self.check_rejoin(st, Some(g));
+        (first && st.rejoin.contains_key(&g)).then_some(g)
+    }
+
+    /// Admits the started nodes back in a waiting node group once every active node of the
+    /// group is connected, or once the wait is over if one of them holds the group's last
+    /// epoch: those with the newest epoch become members (a new epoch), the others catch
+    /// up. `None`: every waiting group.
+    fn check_rejoin(&self, st: &mut State, group: Option<u32>) {
+        let groups: Vec<u32> = match group {
+            Some(g) => vec![g],
+            None => st.rejoin.keys().copied().collect(),
+        };
+        for g in groups {
+            let Some(r) = st.rejoin.get(&g) else { continue };
+            let Some(newest) = r.epochs.values().max().copied() else {
+                st.rejoin.remove(&g);
+                continue;
+            };
+            let all_back = st
+                .config
+                .data_nodes()
+                .filter(|d| d.node_group == Some(g) && d.active)
+                .all(|d| st.nodes.get(&d.id).is_some_and(|n| n.conn.is_some()));
+            // Without a node holding the group's last epoch, the writes it took may be on
+            // a node not back yet: wait for it (or for every node).
+            let current = st.last_epochs.get(&g).is_none_or(|last| newest >= *last);
+            if !(all_back || (current && r.since.elapsed() >= rejoin_timeout())) {
+                continue;
+            }
+            let Some(r) = st.rejoin.remove(&g) else {
+                continue;
+            };
+            let mut admitted = Vec::new();
+            for (id, e) in r.epochs {
+                if e == newest {
+                    if let Some(n) = st.nodes.get_mut(&id) {
+                        n.member = true;
+                    }
+                    admitted.push(id.to_string());
+                } else {
+                    self.catch_up(st, id, g);
+                }
+            }
+            let epoch = self.new_epoch(st, g);
+            self.log.info(&format!(
+                "Node group {g}: node(s) {} members again (epoch {epoch})",
+                admitted.join(", ")
+            ));
+            push_membership(st);
+        }
+    }
+
+    /// `node` missed writes of its group: it is no member, serves no read, and does a node
+    /// restart (its angel starts it again), copying from a started member in phase 4, as
+    /// RonDB's nodes must after they lost contact with their group.
+    fn catch_up(&self, st: &mut State, node: u32, group: u32) {
+        let Some(n) = st.nodes.get_mut(&node) else {
+            return;
+        };
+        n.member = false;
+        if let Some(c) = n.conn.as_mut() {
+            c.status = DataStatus::ShuttingDown;
+            let _ = c.tx.send(FromMgmd::Stop {
+                restart: true,
+                initial: false,
+                nostart: false,
+            });
+        }
+        self.log.alert(&format!(
+            "Node {node}: Node group {group} went on without node {node}; node restart to catch up"
+        ));
+        push_membership(st);
     }
 }
 

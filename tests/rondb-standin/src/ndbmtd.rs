@@ -65,6 +65,18 @@ fn phase_time() -> Duration {
     )
 }
 
+/// Test-only (`RONDB_STANDIN_RECONNECT_DELAY_MS`, default 0): how long a node waits before
+/// it tries to reconnect to a management server it lost, so tests can make one node's link
+/// come back late.
+fn reconnect_delay() -> Duration {
+    Duration::from_millis(
+        std::env::var("RONDB_STANDIN_RECONNECT_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    )
+}
+
 pub async fn main(args: Vec<String>) -> i32 {
     let opts = match cli::parse(&args, OPTIONS) {
         Ok(o) => o,
@@ -441,6 +453,7 @@ async fn node(opts: &cli::Parsed, cs: &ConnectString, id: u32, version: Version,
         server_port: def.port,
         lsn,
         started: false,
+        epoch: 0,
     };
     if transporter::write_line(&mut w, &hello).await.is_err() {
         node_log.error("Lost the management server before the start");
@@ -503,6 +516,8 @@ async fn node(opts: &cli::Parsed, cs: &ConnectString, id: u32, version: Version,
                     }
                 }
                 reader.abort();
+                // Test-only: a node whose link comes back late (the others went on meanwhile).
+                tokio::time::sleep(reconnect_delay()).await;
                 loop {
                     // Back soon: while this node is away from the management server, its
                     // orders (stop, restart) wait.
@@ -513,9 +528,9 @@ async fn node(opts: &cli::Parsed, cs: &ConnectString, id: u32, version: Version,
                     let Ok((nr, mut nw)) = connect_transporter(c, id).await else {
                         continue;
                     };
-                    let (lsn, started) = {
+                    let (lsn, started, epoch) = {
                         let n = lock(&shared);
-                        (n.store.data.lsn, n.status == DataStatus::Started)
+                        (n.store.data.lsn, n.status == DataStatus::Started, n.epoch)
                     };
                     let hello = ToMgmd::DataHello {
                         node: id,
@@ -523,6 +538,7 @@ async fn node(opts: &cli::Parsed, cs: &ConnectString, id: u32, version: Version,
                         server_port: def.port,
                         lsn,
                         started,
+                        epoch,
                     };
                     if transporter::write_line(&mut nw, &hello).await.is_ok() {
                         r = nr;

@@ -11,13 +11,16 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ToMgmd {
     /// First message of a data node's transporter (`lsn`: how much it has applied;
-    /// `started`: a started node reconnecting to a management server that restarted).
+    /// `started`: a started node reconnecting to a management server that restarted or a
+    /// transporter that broke; `epoch`: its group's epoch as it holds it).
     DataHello {
         node: u32,
         version: u32,
         server_port: u16,
         lsn: u64,
         started: bool,
+        #[serde(default)]
+        epoch: u64,
     },
     /// First message of an API node's transporter.
     ApiHello {

@@ -2,14 +2,16 @@
 //! they missed, a node group's last node cannot be stopped, losing it shuts the cluster
 //! down, versions are checked.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use common::Cluster;
+use rondb_standin::cluster::request;
 use rondb_standin::cluster::{ApiNode, ClusterError};
 use rondb_standin::mgm::{ConnectString, Message, MgmClient};
-use std::time::Duration;
+use rondb_standin::transporter::{DataReply, DataRequest};
+use std::time::{Duration, Instant};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -32,6 +34,112 @@ async fn mgm(c: &Cluster, req: Message) -> Message {
         .await
         .unwrap();
     m.call(&req, Duration::from_secs(120)).await.unwrap()
+}
+
+/// Every row of `table` as one data node holds it (what a read that goes to it sees).
+async fn rows_on(c: &Cluster, node: u32, table: &str) -> Vec<(i64, Option<String>)> {
+    let addr = format!("{}:11860", c.ip(node));
+    let req = DataRequest::Scan {
+        table: table.into(),
+    };
+    match request(&addr, &req).await.unwrap() {
+        DataReply::Rows(r) => r,
+        other => panic!("node {node} answered {other:?}"),
+    }
+}
+
+/// One node group of two; node 1's link to the management server comes back
+/// `node1_delay_ms` after it lost it. The management server restarts while rows are written;
+/// afterwards every row acknowledged must be on both nodes and in a scan. Returns the cluster
+/// (for its logs) and the number of rows written.
+fn restart_mgmd_with_node_1_late(node1_delay_ms: &str, rejoin_ms: &str) -> (Cluster, i64) {
+    let mut c = Cluster::new(1, 2);
+    c.start_mgmd(&[]);
+    c.start_data_node(
+        1,
+        true,
+        &[("RONDB_STANDIN_RECONNECT_DELAY_MS", node1_delay_ms)],
+    );
+    c.start_data_node(2, true, &[]);
+    c.wait_started(&[1, 2]);
+    let rt = rt();
+    let written = rt.block_on(async {
+        let api = api(&c, 67).await;
+        api.create_database("d").await.unwrap();
+        api.create_table("d", "t", "k", "v", 32).await.unwrap();
+        api.put("d", "t", rows(0, 100)).await.unwrap();
+        c.kill("mgmd");
+        api.put("d", "t", rows(100, 200)).await.unwrap();
+        c.start_mgmd(&[("RONDB_STANDIN_REJOIN_MS", rejoin_ms)]);
+        // Node 2 is back at once, node 1 only later: every write acknowledged meanwhile
+        // must reach node 1 too, or be copied to it before it serves reads again.
+        let mut k = 200;
+        let until = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < until {
+            api.put("d", "t", rows(k, k + 1)).await.unwrap();
+            k += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        c.wait_for("node 1 back in contact", |st| {
+            st.iter().any(|n| n.id == 1 && n.status != "NO_CONTACT")
+        });
+        c.wait_started(&[1, 2]);
+        api.wait_ready(Duration::from_secs(30)).await.unwrap();
+        api.put("d", "t", rows(k, k + 1)).await.unwrap();
+        k += 1;
+        let want = rows(0, k);
+        let missing = |on: &[(i64, Option<String>)]| -> Vec<i64> {
+            want.iter()
+                .filter(|r| !on.contains(r))
+                .map(|r| r.0)
+                .collect()
+        };
+        // A scan reads the lowest node id first: node 1.
+        let scan = api.scan("d", "t").await.unwrap();
+        assert_eq!(
+            missing(&scan),
+            Vec::<i64>::new(),
+            "a scan lacks acknowledged rows\ncluster log:\n{}",
+            c.cluster_log()
+        );
+        assert_eq!(scan.len(), want.len());
+        assert_eq!(api.count("d", "t").await.unwrap(), k as u64);
+        for node in [1, 2] {
+            let on = rows_on(&c, node, "d.t").await;
+            assert_eq!(
+                missing(&on),
+                Vec::<i64>::new(),
+                "node {node} lacks acknowledged rows"
+            );
+        }
+        k
+    });
+    (c, written)
+}
+
+#[test]
+fn a_data_node_whose_link_comes_back_after_its_group_went_on_catches_up_first() {
+    // Node 1's link comes back after the management server stopped waiting for it: node 2
+    // took writes alone meanwhile, so node 1 must copy them (a node restart) before it is a
+    // member again and before a read goes to it.
+    let (c, written) = restart_mgmd_with_node_1_late("3000", "500");
+    assert!(written > 200);
+    let log = c.cluster_log();
+    assert!(
+        log.contains("Node 1: Node group 0 went on without node 1"),
+        "{log}"
+    );
+    assert!(c.log("ndbd-1").contains("Ndb has terminated"));
+}
+
+#[test]
+fn started_data_nodes_back_after_a_management_server_restart_rejoin_together() {
+    // Node 1's link comes back while the management server still waits for it: both nodes
+    // are equally current and rejoin together, without a node restart.
+    let (c, _) = restart_mgmd_with_node_1_late("600", "5000");
+    let log = c.log("ndbd-1");
+    assert!(!log.contains("Ndb has terminated"), "{log}");
+    assert!(!c.cluster_log().contains("went on without"));
 }
 
 fn rows(from: i64, to: i64) -> Vec<(i64, Option<String>)> {
