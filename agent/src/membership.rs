@@ -298,42 +298,25 @@ impl Membership {
                 self.admit(info).await?;
             }
         }
-        // Voters: round-robin over zones, so losing a zone loses as few voters as possible;
-        // within a zone the leader first, then current voters (no churn), then long-lived
-        // roles.
-        let target = voter_target(alive.len());
-        let mut by_zone: BTreeMap<String, Vec<VoterCandidate>> = BTreeMap::new();
-        for id in &alive {
-            let Some(n) = nodes.get(id) else { continue };
-            let key = (
-                u8::from(*id != my_id),
-                u8::from(!voters.contains(id)),
-                role_rank(&n.role),
-            );
-            by_zone.entry(n.zone.clone()).or_default().push((key, *id));
-        }
-        for v in by_zone.values_mut() {
-            v.sort();
-            v.reverse(); // pop() takes the best
-        }
-        let mut want: BTreeSet<NodeId> = BTreeSet::from([my_id]);
-        if let Some(v) = nodes.get(&my_id).and_then(|n| by_zone.get_mut(&n.zone)) {
-            v.retain(|(_, id)| *id != my_id);
-        }
-        while want.len() < target {
-            let before = want.len();
-            for v in by_zone.values_mut() {
-                if want.len() >= target {
-                    break;
-                }
-                if let Some((_, id)) = v.pop() {
-                    want.insert(id);
-                }
-            }
-            if want.len() == before {
-                break;
-            }
-        }
+        // A voter that missed this one probe (a busy machine, an agent restarting) stays a
+        // candidate until it has been silent for DEAD_AFTER: demoting voters on one missed
+        // answer could shrink the group to the leader alone, and losing that one agent
+        // would then leave a group that never elects again.
+        let responsive: BTreeSet<NodeId> = nodes
+            .keys()
+            .filter(|id| {
+                alive.contains(id)
+                    || (voters.contains(id)
+                        && self
+                            .last_seen
+                            .lock()
+                            .ok()
+                            .and_then(|s| s.get(id).copied())
+                            .is_some_and(|seen| now.duration_since(seen) < DEAD_AFTER))
+            })
+            .copied()
+            .collect();
+        let want = choose_voters(my_id, &nodes, &voters, &responsive);
         if want != voters {
             let _g = self.change.lock().await;
             info!(voters = ?want, "changing the Raft voters");
@@ -356,8 +339,54 @@ fn voter_target(agents: usize) -> usize {
     }
 }
 
-/// (is not the leader, is not a voter, role rank) and the id: smaller is preferred.
-type VoterCandidate = ((u8, u8, u8), NodeId);
+/// The voters among the `responsive` members: as many as `voter_target` asks for, each
+/// next one from the zone with the fewest voters so far (the leader's zone counts the
+/// leader), so losing a zone loses as few voters as possible; among equals the current
+/// voters first (no churn), then long-lived roles.
+fn choose_voters(
+    my_id: NodeId,
+    nodes: &BTreeMap<NodeId, AgentNode>,
+    voters: &BTreeSet<NodeId>,
+    responsive: &BTreeSet<NodeId>,
+) -> BTreeSet<NodeId> {
+    let mut pool = responsive.clone();
+    pool.insert(my_id);
+    let target = voter_target(pool.len());
+    let mut by_zone: BTreeMap<&str, Vec<VoterCandidate>> = BTreeMap::new();
+    for id in pool.iter().filter(|id| **id != my_id) {
+        let Some(n) = nodes.get(id) else { continue };
+        let key = (u8::from(!voters.contains(id)), role_rank(&n.role));
+        by_zone.entry(n.zone.as_str()).or_default().push((key, *id));
+    }
+    for v in by_zone.values_mut() {
+        v.sort();
+        v.reverse(); // the best last
+    }
+    let mut chosen: BTreeMap<&str, usize> = BTreeMap::new();
+    if let Some(n) = nodes.get(&my_id) {
+        *chosen.entry(n.zone.as_str()).or_default() += 1;
+    }
+    let mut want: BTreeSet<NodeId> = BTreeSet::from([my_id]);
+    while want.len() < target {
+        let next = by_zone
+            .iter()
+            .filter_map(|(zone, v)| {
+                let best = v.last()?;
+                Some((chosen.get(zone).copied().unwrap_or(0), best.0, *zone))
+            })
+            .min()
+            .map(|(_, _, zone)| zone);
+        let Some(zone) = next else { break };
+        if let Some((_, id)) = by_zone.get_mut(zone).and_then(Vec::pop) {
+            want.insert(id);
+            *chosen.entry(zone).or_default() += 1;
+        }
+    }
+    want
+}
+
+/// (is not a voter, role rank) and the id: smaller is preferred.
+type VoterCandidate = ((u8, u8), NodeId);
 
 /// Voter preference: VMs that live long first.
 fn role_rank(role: &str) -> u8 {
@@ -403,5 +432,104 @@ impl CloudProvider for Membership {
     /// The VM's agent keeps its Raft id and store: once up it catches up with the log.
     async fn start_vm(&self, op: OpId, name: &str) -> Result<VmInfo, BackendError> {
         self.shared.provider.start_vm(op, name).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(members: &[(NodeId, &str, &str)]) -> BTreeMap<NodeId, AgentNode> {
+        members
+            .iter()
+            .map(|(id, role, zone)| {
+                (
+                    *id,
+                    AgentNode {
+                        vm: format!("vm-{id}"),
+                        role: (*role).to_string(),
+                        zone: (*zone).to_string(),
+                        grpc_addr: String::new(),
+                        http_addr: String::new(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn ids(v: &[NodeId]) -> BTreeSet<NodeId> {
+        v.iter().copied().collect()
+    }
+
+    /// Ten agents over three zones, five of them voters, the bootstrap agent (1) leading.
+    fn ten() -> BTreeMap<NodeId, AgentNode> {
+        group(&[
+            (1, "bootstrap", "zone-a"),
+            (2, "mgmd", "zone-a"),
+            (3, "ndbd", "zone-a"),
+            (4, "ndbd", "zone-b"),
+            (5, "ndbd", "zone-c"),
+            (6, "ndbd", "zone-a"),
+            (7, "ndbd", "zone-b"),
+            (8, "ndbd", "zone-c"),
+            (9, "mysqld", "zone-a"),
+            (10, "api", "zone-b"),
+        ])
+    }
+
+    #[test]
+    fn voters_that_answered_stay_voters() {
+        let voters = ids(&[1, 2, 4, 5, 7]);
+        let all: BTreeSet<NodeId> = ten().keys().copied().collect();
+        assert_eq!(choose_voters(1, &ten(), &voters, &all), voters);
+    }
+
+    #[test]
+    fn voters_still_within_their_grace_keep_the_group_at_five() {
+        // Only the leader and one learner answered this pass (a busy machine); the voters
+        // that missed it are still responsive: nothing changes, and above all the group does
+        // not shrink to the leader alone.
+        let voters = ids(&[1, 2, 4, 5, 7]);
+        let responsive = ids(&[1, 9, 2, 4, 5, 7]);
+        assert_eq!(choose_voters(1, &ten(), &voters, &responsive), voters);
+    }
+
+    #[test]
+    fn a_voter_silent_past_its_grace_is_replaced_by_an_answering_agent() {
+        let voters = ids(&[1, 2, 4, 5, 7]);
+        let responsive = ids(&[1, 2, 4, 5, 8, 9]);
+        let want = choose_voters(1, &ten(), &voters, &responsive);
+        assert_eq!(want.len(), 5);
+        assert!(!want.contains(&7), "{want:?}");
+        assert!(want.is_subset(&responsive), "{want:?}");
+    }
+
+    #[test]
+    fn voters_spread_over_zones() {
+        let want = choose_voters(1, &ten(), &ids(&[1]), &ten().keys().copied().collect());
+        let zones: BTreeSet<String> = want.iter().map(|id| ten()[id].zone.clone()).collect();
+        assert_eq!(want.len(), 5);
+        assert_eq!(zones.len(), 3, "{want:?}");
+        assert!(want.contains(&1));
+        // No zone holds a majority: losing any one zone leaves a quorum.
+        for z in &zones {
+            let n = want.iter().filter(|id| &ten()[*id].zone == z).count();
+            assert!(n <= 2, "{z} holds {n} of the voters: {want:?}");
+        }
+    }
+
+    #[test]
+    fn a_group_too_small_to_survive_a_loss_keeps_one_voter() {
+        let g = group(&[(1, "bootstrap", "zone-a"), (2, "mgmd", "zone-b")]);
+        assert_eq!(choose_voters(1, &g, &ids(&[1]), &ids(&[1, 2])), ids(&[1]));
+        let g3 = group(&[
+            (1, "bootstrap", "zone-a"),
+            (2, "mgmd", "zone-b"),
+            (3, "ndbd", "zone-c"),
+        ]);
+        assert_eq!(
+            choose_voters(1, &g3, &ids(&[1]), &ids(&[1, 2, 3])),
+            ids(&[1, 2, 3])
+        );
     }
 }
