@@ -9,7 +9,8 @@
 # saved edit of it. `docker logs -f bootstrap_agent` shows the progress; the HTTP API is on
 # 127.0.0.1:${NDB_AGENT_HTTP_PORT:-8181}; compose/down.sh removes everything. Run again after
 # a host restart: the bootstrap agent starts every stopped VM container and the same cluster
-# resumes (every container has a fixed address on the network).
+# resumes (every container has a fixed address on the network). The API needs the cluster's
+# token: compose/up.sh copies it to compose/api-token (0600; NDB_AGENT_TOKEN_FILE elsewhere).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # --detached: the RonDB-detached demo (the agents pretend RonDB's programs: dummy runtime).
@@ -24,12 +25,23 @@ FILE=$(cd "$(dirname "$FILE")" && pwd)/$(basename "$FILE")
 "$HERE/images/build.sh"
 export DESIRED_STATE_DIR=$(dirname "$FILE") DESIRED_STATE_NAME=$(basename "$FILE")
 docker-compose -p managed-rondb -f "$HERE/docker-compose.yml" up -d
+# The API's token: the bootstrap agent makes it in its volume on the first run; a private
+# copy here is what the CLI and curl read.
+TOKEN_FILE=${NDB_AGENT_TOKEN_FILE:-$HERE/api-token}
+for _ in $(seq 1 120); do
+  docker exec bootstrap_agent test -s /var/lib/ndb-agent/api-token 2>/dev/null && break
+  sleep 0.5
+done
+(umask 077 && docker exec bootstrap_agent cat /var/lib/ndb-agent/api-token >"$TOKEN_FILE.tmp") \
+  && mv "$TOKEN_FILE.tmp" "$TOKEN_FILE" \
+  || { echo "the bootstrap agent wrote no API token; see docker logs bootstrap_agent" >&2; exit 1; }
 cat <<MSG
 
 The bootstrap agent follows $FILE: edit and save it (raise "Id" each time).
   progress:  docker logs -f bootstrap_agent
-  status:    curl -s http://127.0.0.1:${NDB_AGENT_HTTP_PORT:-8181}/status
-             (or: target/release/ndb-agent status --endpoint 127.0.0.1:${NDB_AGENT_HTTP_PORT:-8181})
+  status:    curl -s -H "Authorization: Bearer \$(cat $TOKEN_FILE)" http://127.0.0.1:${NDB_AGENT_HTTP_PORT:-8181}/status
+             (or: target/release/ndb-agent status --endpoint 127.0.0.1:${NDB_AGENT_HTTP_PORT:-8181} --token-file $TOKEN_FILE)
+  token:     $TOKEN_FILE (mode 0600): the API answers nothing but /health without it
   VMs:       docker ps --filter label=managed-rondb.cluster=managed-rondb
   restart:   after a host restart (containers stopped), run $0 again: the same cluster resumes
   remove:    $HERE/down.sh

@@ -9,6 +9,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d)
 export NDB_AGENT_HTTP_PORT=${NDB_AGENT_HTTP_PORT:-18181}
+# compose/up.sh copies the cluster's API token here.
+export NDB_AGENT_TOKEN_FILE=$WORK/api-token
+TOKEN_FILE=$NDB_AGENT_TOKEN_FILE
 trap '"$ROOT/compose/down.sh" >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
 cp "$ROOT/compose/desired_state.jsonc" "$WORK/desired_state.jsonc"
 (cd "$ROOT" && cargo build --release --locked -q -p integration-tests --bin sql-rows)
@@ -18,7 +21,7 @@ ROWS=$ROOT/target/release/sql-rows
 count() { docker ps -q --filter label=managed-rondb.cluster=managed-rondb --filter "label=managed-rondb.role=$1" | wc -l; }
 wait_for() { # ID MYSQLDS
   for _ in $(seq 1 240); do
-    if curl -sf "http://127.0.0.1:$NDB_AGENT_HTTP_PORT/status" 2>/dev/null \
+    if curl -sf -H "Authorization: Bearer $(cat "$TOKEN_FILE" 2>/dev/null)" "http://127.0.0.1:$NDB_AGENT_HTTP_PORT/status" 2>/dev/null \
         | grep -q "\"reconciliation_state\":\"AT_DESIRED_STATE\",\"accepted_id\":$1," \
        && [ "$(count mysqld)" = "$2" ] && [ "$(count ndbd)" = 4 ] && [ "$(count mgmd)" = 1 ] && [ "$(count api)" = 1 ]; then
       return 0
@@ -32,7 +35,11 @@ wait_for() { # ID MYSQLDS
 t0=$(date +%s.%N)
 wait_for 1 2
 printf '== docker demo: desired state 1 reached (4 ndbd, 1 mgmd, 2 mysqld, 1 api containers) in %.1f s\n' "$(echo "$(date +%s.%N) - $t0" | bc)"
-endpoint() { curl -sf "http://127.0.0.1:$NDB_AGENT_HTTP_PORT/status" | python3 -c 'import json,sys; e=json.load(sys.stdin)["mysqld_endpoints"]; print(e[0] if e else "")'; }
+[ "$(stat -c %a "$TOKEN_FILE")" = 600 ] || { echo "compose/up.sh left the API token readable by others" >&2; exit 1; }
+code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NDB_AGENT_HTTP_PORT/status")
+[ "$code" = 401 ] || { echo "GET /status without the token answered $code, not 401" >&2; exit 1; }
+echo "== docker demo: the API answers 401 without the cluster's token"
+endpoint() { curl -sf -H "Authorization: Bearer $(cat "$TOKEN_FILE" 2>/dev/null)" "http://127.0.0.1:$NDB_AGENT_HTTP_PORT/status" | python3 -c 'import json,sys; e=json.load(sys.stdin)["mysqld_endpoints"]; print(e[0] if e else "")'; }
 "$ROWS" write "$(endpoint)" 0 1000
 # The user edits and saves the file: one more MySQLd.
 sed -i -e 's/^  "Id": 1,/  "Id": 2,/' -e 's/"NumManagedMysqldVms": 2,/"NumManagedMysqldVms": 3,/' "$WORK/desired_state.jsonc"

@@ -33,7 +33,7 @@ trap cleanup EXIT
 now() { date +%s.%N; }
 since() { echo "$(now) - $1" | bc; }
 reached() { # ID
-  "$BIN" status --endpoint "$EP" --json 2>/dev/null | python3 -c '
+  "$BIN" status --endpoint "$EP" --token-file "$WORK/data/api-token" --json 2>/dev/null | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
 sys.exit(0 if s["accepted_id"] == int(sys.argv[1]) and s["pending_id"] is None and s["reconciliation_state"] == "AT_DESIRED_STATE" else 1)' "$1" 2>/dev/null
@@ -79,7 +79,7 @@ replicas=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["Acti
 path=$(echo "$replicas * 9 * $PHASE_MS / 1000" | bc -l)
 for step in "2 rolling restart" "3 upgrade 22.10.1 -> 22.10.2"; do
   id=${step%% *}; what=${step#* }
-  t=$(now); "$BIN" apply -f "$WORK/d$id.json" --endpoint "$EP" >/dev/null; wait_for "$id"; took=$(since "$t")
+  t=$(now); "$BIN" apply -f "$WORK/d$id.json" --endpoint "$EP" --token-file "$WORK/data/api-token" >/dev/null; wait_for "$id"; took=$(since "$t")
   printf '   %-28s %.2f s; critical path %.2f s (%s replicas x 9 phases); ratio %.2f\n' "$what" "$took" "$path" "$replicas" "$(echo "$took / $path" | bc -l)"
 done
 stop

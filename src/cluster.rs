@@ -175,6 +175,7 @@ fn options(vm: &VmConfig, dir: &Path, bootstrap: bool, advertise: Option<String>
         },
         heartbeat: Duration::from_millis(100),
         advertise_host: advertise,
+        api_token_sha256: None,
     }
 }
 
@@ -345,6 +346,7 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
     std::fs::create_dir_all(&o.data_dir)
         .with_context(|| format!("cannot create {}", o.data_dir.display()))?;
     let data_dir = o.data_dir.canonicalize()?;
+    let token = ensure_api_token(&data_dir, std::env::var(agent::api_token::TOKEN_ENV).ok())?;
     // Locally the bootstrap agent is one of the VM directories; in a container its
     // directory is the data directory (its volume).
     let dir = match o.docker {
@@ -382,7 +384,10 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
         let runtime = make_runtime(&vm, &dir)?;
         let resume = tokio::spawn(resume_vms(Arc::clone(&provider)));
         let agent = tokio::spawn(agent::run(
-            options(&vm, &dir, true, advertise),
+            AgentOptions {
+                api_token_sha256: Some(agent::api_token::token_sha256(&token)),
+                ..options(&vm, &dir, true, advertise)
+            },
             grpc,
             http,
             provider,
@@ -394,15 +399,21 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
             data_dir.display()
         );
         println!(
-            "edit and save {} to change the cluster; `ndb-agent status --endpoint {}` shows it",
+            "API token in {} (mode 0600): clients send it as `Authorization: Bearer`; `ndb-agent status --endpoint {} --token-file {}` reads it",
+            data_dir.join(agent::api_token::TOKEN_FILE).display(),
+            o.http,
+            data_dir.join(agent::api_token::TOKEN_FILE).display(),
+        );
+        println!(
+            "edit and save {} to change the cluster",
             o.desired_state.display(),
-            o.http
         );
         if let Err(e) = resume.await {
             warn!(error = %e, "resuming the cluster's VMs stopped");
         }
+        let api = Api::new(&o.http, token);
         tokio::select! {
-            r = follow(&o.desired_state, &o.http) => r?,
+            r = follow(&o.desired_state, &api) => r?,
             r = agent => { r??; }
             _ = tokio::signal::ctrl_c() => {
                 println!("stopping the bootstrap agent; the cluster's other agents keep running (`ndb-agent down --data-dir {}` stops them)", data_dir.display());
@@ -450,7 +461,7 @@ async fn resume_vms(provider: Arc<dyn CloudProvider>) {
 
 /// Applies the file whenever its content changes (told by the file system, `notify`) and
 /// prints status changes. The directory is watched, not the file: editors save by replacing.
-async fn follow(file: &Path, endpoint: &str) -> anyhow::Result<()> {
+async fn follow(file: &Path, api: &Api) -> anyhow::Result<()> {
     use notify::Watcher;
     let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
     let name = file.file_name().map(|n| n.to_os_string());
@@ -485,9 +496,9 @@ async fn follow(file: &Path, endpoint: &str) -> anyhow::Result<()> {
     let mut last_line = String::new();
     loop {
         if look {
-            look = !apply_if_changed(file, endpoint, &mut applied).await?;
+            look = !apply_if_changed(file, api, &mut applied).await?;
         }
-        if let Ok(s) = get_status(endpoint).await {
+        if let Ok(s) = api.status().await {
             let line = progress_line(&s);
             if line != last_line {
                 println!("{line}");
@@ -508,7 +519,7 @@ async fn follow(file: &Path, endpoint: &str) -> anyhow::Result<()> {
 /// to be tried again (no leader yet, or leadership moving).
 async fn apply_if_changed(
     file: &Path,
-    endpoint: &str,
+    api: &Api,
     applied: &mut Option<Vec<u8>>,
 ) -> anyhow::Result<bool> {
     let Ok(bytes) = std::fs::read(file) else {
@@ -525,13 +536,13 @@ async fn apply_if_changed(
                 println!("  - {p}");
             }
         }
-        Ok(d) if applied.is_none() && resumed(endpoint, d.id).await => {
+        Ok(d) if applied.is_none() && resumed(api, d.id).await => {
             println!(
                 "desired state {} is the cluster's accepted state already: resuming it",
                 d.id
             );
         }
-        Ok(d) => match put_desired(endpoint, bytes.clone()).await {
+        Ok(d) => match api.put_desired(bytes.clone()).await {
             Ok((202, body)) => {
                 println!(
                     "desired state {} {}",
@@ -555,10 +566,8 @@ async fn apply_if_changed(
 
 /// The cluster (restarted with `up` on its data directory) accepted desired state `id`
 /// before: the file is not news to it.
-async fn resumed(endpoint: &str, id: u64) -> bool {
-    get_status(endpoint)
-        .await
-        .is_ok_and(|s| s.accepted_id == Some(id))
+async fn resumed(api: &Api, id: u64) -> bool {
+    api.status().await.is_ok_and(|s| s.accepted_id == Some(id))
 }
 
 fn progress_line(s: &Status) -> String {
@@ -582,39 +591,149 @@ fn progress_line(s: &Status) -> String {
     )
 }
 
-async fn put_desired(endpoint: &str, body: Vec<u8>) -> anyhow::Result<(u16, serde_json::Value)> {
-    let r = reqwest::Client::new()
-        .put(format!("http://{endpoint}/desired-state"))
-        .timeout(Duration::from_secs(30))
-        .body(body)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the agent at {endpoint}"))?;
-    let code = r.status().as_u16();
-    let body = r.json().await.unwrap_or(serde_json::Value::Null);
-    Ok((code, body))
+/// An HTTP client of the agents' API, carrying the cluster's token on every request.
+pub struct Api {
+    endpoint: String,
+    token: String,
+    client: reqwest::Client,
 }
 
-async fn get_status(endpoint: &str) -> anyhow::Result<Status> {
-    let r = reqwest::Client::new()
-        .get(format!("http://{endpoint}/status"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the agent at {endpoint}"))?;
-    if !r.status().is_success() {
-        let body: serde_json::Value = r.json().await.unwrap_or_default();
-        bail!("the agent at {endpoint} answered: {}", body["errors"]);
+impl Api {
+    pub fn new(endpoint: &str, token: String) -> Self {
+        Api {
+            endpoint: endpoint.to_string(),
+            token,
+            client: reqwest::Client::new(),
+        }
     }
-    r.json()
-        .await
-        .context("the agent's status is not the expected JSON")
+
+    async fn put_desired(&self, body: Vec<u8>) -> anyhow::Result<(u16, serde_json::Value)> {
+        let r = self
+            .client
+            .put(format!("http://{}/desired-state", self.endpoint))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(30))
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the agent at {}", self.endpoint))?;
+        let code = r.status().as_u16();
+        let body = r.json().await.unwrap_or(serde_json::Value::Null);
+        Ok((code, body))
+    }
+
+    /// The status as the agent at `endpoint` (this client's own when `None`) sees it.
+    async fn status_of(&self, endpoint: Option<&str>) -> anyhow::Result<Status> {
+        let endpoint = endpoint.unwrap_or(&self.endpoint);
+        let r = self
+            .client
+            .get(format!("http://{endpoint}/status"))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the agent at {endpoint}"))?;
+        if !r.status().is_success() {
+            let code = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            let errors: Vec<&str> = body["errors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.as_str())
+                .collect();
+            bail!(
+                "the agent at {endpoint} answered {code}: {}",
+                errors.join("; ")
+            );
+        }
+        r.json()
+            .await
+            .context("the agent's status is not the expected JSON")
+    }
+
+    async fn status(&self) -> anyhow::Result<Status> {
+        self.status_of(None).await
+    }
+}
+
+/// The token of `ndb-agent up`'s API: DATA_DIR/api-token, made at random on the first `up`
+/// (or the `given` one, from NDB_AGENT_TOKEN), mode 0600, fsync'd before any agent starts.
+/// A given token that differs from the file's replaces it: that is how a token is rotated.
+pub fn ensure_api_token(data_dir: &Path, given: Option<String>) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let path = data_dir.join(agent::api_token::TOKEN_FILE);
+    let given = given
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty());
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let existing = existing.trim().to_string();
+        if !existing.is_empty() && given.as_ref().is_none_or(|g| *g == existing) {
+            // A secret readable by others is a leaked secret: tighten what an older
+            // version or a user's copy left behind.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot make {} private (0600)", path.display()))?;
+            return Ok(existing);
+        }
+    }
+    let token = match given {
+        Some(t) => t,
+        None => {
+            use rand::Rng;
+            let bytes: [u8; 32] = rand::rng().random();
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        }
+    };
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(format!("{token}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path)
+        .with_context(|| format!("cannot move the token into {}", path.display()))?;
+    std::fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", data_dir.display()))?;
+    Ok(token)
+}
+
+/// The token a CLI command sends: `--token` or NDB_AGENT_TOKEN (clap reads both), else the
+/// token file of `up`'s data directory.
+pub fn client_token(token: Option<String>, token_file: &Path) -> anyhow::Result<String> {
+    if let Some(t) = token
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+    {
+        return Ok(t);
+    }
+    let t = std::fs::read_to_string(token_file).with_context(|| {
+        format!(
+            "no API token: pass --token, set {}, or point --token-file at the api-token file in the data directory of `ndb-agent up` (cannot read {})",
+            agent::api_token::TOKEN_ENV,
+            token_file.display()
+        )
+    })?;
+    let t = t.trim().to_string();
+    if t.is_empty() {
+        bail!(
+            "{} is empty: it should hold the cluster's API token",
+            token_file.display()
+        );
+    }
+    Ok(t)
 }
 
 /// `ndb-agent apply -f FILE --endpoint ADDR`.
-pub fn apply_command(file: &Path, endpoint: &str) -> anyhow::Result<std::process::ExitCode> {
+pub fn apply_command(file: &Path, api: &Api) -> anyhow::Result<std::process::ExitCode> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let (code, body) = tokio_runtime()?.block_on(put_desired(endpoint, bytes))?;
+    let (code, body) = tokio_runtime()?.block_on(api.put_desired(bytes))?;
     match code {
         202 => {
             println!(
@@ -639,9 +758,9 @@ pub fn apply_command(file: &Path, endpoint: &str) -> anyhow::Result<std::process
 }
 
 /// `ndb-agent status --endpoint ADDR [--json]`.
-pub fn status_command(endpoint: &str, json: bool) -> anyhow::Result<std::process::ExitCode> {
+pub fn status_command(api: &Api, json: bool) -> anyhow::Result<std::process::ExitCode> {
     let s = tokio_runtime()?.block_on(async {
-        let s = get_status(endpoint).await?;
+        let s = api.status().await?;
         // RonDB's view of the programs is the leader's alone: ask it when another answered.
         let leader_http = s
             .agents
@@ -649,7 +768,7 @@ pub fn status_command(endpoint: &str, json: bool) -> anyhow::Result<std::process
             .find(|a| Some(&a.vm) == s.leader_vm.as_ref() && a.vm != s.answered_by)
             .map(|a| a.http_addr.clone());
         match leader_http {
-            Some(addr) => Ok(get_status(&addr).await.unwrap_or(s)),
+            Some(addr) => Ok(api.status_of(Some(&addr)).await.unwrap_or(s)),
             None => anyhow::Ok(s),
         }
     })?;
@@ -785,4 +904,57 @@ pub fn down_command(data_dir: &Path, remove: bool) -> anyhow::Result<()> {
         warn!("data kept in {}", data_dir.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn up_makes_one_private_token_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(agent::api_token::TOKEN_FILE);
+        let t1 = ensure_api_token(dir.path(), None).unwrap();
+        assert_eq!(t1.len(), 64, "256 random bits in hex");
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), t1);
+        // The next `up` on the same directory: the same token.
+        assert_eq!(ensure_api_token(dir.path(), None).unwrap(), t1);
+        // A copy left readable by others is made private again.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(ensure_api_token(dir.path(), None).unwrap(), t1);
+        assert_eq!(mode(&file), 0o600);
+        // A token given in the environment replaces it (rotation), and is what the file holds.
+        let t2 = ensure_api_token(dir.path(), Some(" rotated \n".into())).unwrap();
+        assert_eq!(t2, "rotated");
+        assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), "rotated");
+        assert_eq!(mode(&file), 0o600);
+        // Another data directory gets another random token.
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(ensure_api_token(other.path(), None).unwrap(), t1);
+    }
+
+    #[test]
+    fn a_client_takes_the_flag_or_environment_first_then_the_file_and_says_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("api-token");
+        assert_eq!(client_token(Some("abc".into()), &file).unwrap(), "abc");
+        let e = client_token(None, &file).unwrap_err().to_string();
+        assert!(
+            e.contains("--token") && e.contains("NDB_AGENT_TOKEN"),
+            "{e}"
+        );
+        assert!(e.contains(&file.display().to_string()), "{e}");
+        std::fs::write(&file, "from-file\n").unwrap();
+        assert_eq!(client_token(None, &file).unwrap(), "from-file");
+        assert_eq!(client_token(Some("  ".into()), &file).unwrap(), "from-file");
+        std::fs::write(&file, "\n").unwrap();
+        assert!(client_token(None, &file).is_err());
+    }
 }

@@ -39,6 +39,25 @@ enum RuntimeArg {
     Supervisord,
 }
 
+/// How a client proves it may use the cluster's API.
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The cluster's API token (prefer NDB_AGENT_TOKEN or --token-file: a command line is
+    /// visible to every user of the machine).
+    #[arg(long, env = "NDB_AGENT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The file holding the token: `ndb-agent up` writes DATA_DIR/api-token.
+    #[arg(long, default_value = "ndb-data/api-token")]
+    token_file: PathBuf,
+}
+
+impl TokenArgs {
+    fn api(self, endpoint: &str) -> anyhow::Result<ndb_agent::cluster::Api> {
+        let token = ndb_agent::cluster::client_token(self.token, &self.token_file)?;
+        Ok(ndb_agent::cluster::Api::new(endpoint, token))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Check a desired-state file (JSONC) against every rule, and optionally the transition
@@ -139,12 +158,16 @@ enum Command {
         /// An agent's HTTP API address.
         #[arg(long, default_value = "127.0.0.1:8181")]
         endpoint: String,
+        #[command(flatten)]
+        auth: TokenArgs,
     },
     /// Show the reconciliation state, the agents and the VMs of a cluster.
     Status {
         /// An agent's HTTP API address.
         #[arg(long, default_value = "127.0.0.1:8181")]
         endpoint: String,
+        #[command(flatten)]
+        auth: TokenArgs,
         /// The raw JSON of GET /status.
         #[arg(long)]
         json: bool,
@@ -215,8 +238,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ndb_agent::cluster::agent_command(&vm_dir)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Apply { file, endpoint } => ndb_agent::cluster::apply_command(&file, &endpoint),
-        Command::Status { endpoint, json } => ndb_agent::cluster::status_command(&endpoint, json),
+        Command::Apply {
+            file,
+            endpoint,
+            auth,
+        } => ndb_agent::cluster::apply_command(&file, &auth.api(&endpoint)?),
+        Command::Status {
+            endpoint,
+            auth,
+            json,
+        } => ndb_agent::cluster::status_command(&auth.api(&endpoint)?, json),
         Command::Down { data_dir, remove } => {
             ndb_agent::cluster::down_command(&data_dir, remove)?;
             Ok(ExitCode::SUCCESS)

@@ -21,6 +21,11 @@ pub fn router(shared: Arc<AgentShared>) -> Router {
     Router::new()
         .route("/desired-state", put(put_desired))
         .route("/status", get(status))
+        // Everything above needs the cluster's token; health stays open for probes.
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            crate::api_token::require_token,
+        ))
         .route("/health", get(health))
         .with_state(shared)
 }
@@ -202,7 +207,11 @@ fn violations(v: &[Violation]) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({ "errors": list }))).into_response()
 }
 
-async fn put_desired(State(shared): State<Arc<AgentShared>>, body: Bytes) -> Response {
+async fn put_desired(
+    State(shared): State<Arc<AgentShared>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
     // Parse errors are answered here; everything else needs the leader's view.
     let d = match desired::parse(&body) {
         Ok(d) => d,
@@ -247,11 +256,17 @@ async fn put_desired(State(shared): State<Arc<AgentShared>>, body: Bytes) -> Res
             Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "leadership changed before the desired state was recorded; retry"),
         };
     }
-    forward(&shared, body).await
+    // The caller's token goes along: the leader checks it as any agent does.
+    let auth = headers.get(axum::http::header::AUTHORIZATION).cloned();
+    forward(&shared, auth, body).await
 }
 
 /// Sends the body to the leader's HTTP API and relays its answer.
-async fn forward(shared: &AgentShared, body: Bytes) -> Response {
+async fn forward(
+    shared: &AgentShared,
+    auth: Option<axum::http::HeaderValue>,
+    body: Bytes,
+) -> Response {
     let Some(status) = build_status(shared) else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -270,14 +285,14 @@ async fn forward(shared: &AgentShared, body: Bytes) -> Response {
             "no leader is elected right now; retry in a few seconds",
         );
     };
-    let client = reqwest::Client::new();
-    match client
+    let mut request = reqwest::Client::new()
         .put(format!("http://{addr}/desired-state"))
         .timeout(Duration::from_secs(30))
-        .body(body)
-        .send()
-        .await
-    {
+        .body(body);
+    if let Some(auth) = auth.as_ref().and_then(|a| a.to_str().ok()) {
+        request = request.header(reqwest::header::AUTHORIZATION, auth);
+    }
+    match request.send().await {
         Ok(r) => {
             let code = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
             let bytes = r.bytes().await.unwrap_or_default();

@@ -9,6 +9,7 @@
 //! as a learner and may promote it to voter. Whoever leads runs the reconciler, whose every
 //! event is a Raft entry.
 
+pub mod api_token;
 pub mod grpc;
 pub mod http;
 pub mod membership;
@@ -56,6 +57,9 @@ pub struct AgentOptions {
     /// The host other agents reach this one at, when it is not the listeners' own address
     /// (a container listening on all interfaces).
     pub advertise_host: Option<String>,
+    /// The bootstrap agent: SHA-256 (hex) of the HTTP API's token, recorded in the Raft log
+    /// when it leads. Other agents learn it from the log.
+    pub api_token_sha256: Option<String>,
 }
 
 /// Why an agent stopped.
@@ -686,6 +690,23 @@ async fn lead(shared: Arc<AgentShared>, raft: Raft) {
     let Some(rep) = shared.replicated() else {
         return;
     };
+    if let Some(hash) = &shared.opts.api_token_sha256 {
+        if rep.api_token_sha256.as_ref() != Some(hash) {
+            // The token `ndb-agent up` holds is the cluster's (a new file is a new token).
+            match raft
+                .client_write(Request::SetApiToken {
+                    sha256: hash.clone(),
+                })
+                .await
+            {
+                Ok(_) => info!(vm = %shared.vm, "recorded the HTTP API token's hash"),
+                Err(e) => {
+                    warn!(error = %e, "cannot record the HTTP API token's hash; not leading");
+                    return;
+                }
+            }
+        }
+    }
     info!(
         vm = %shared.vm,
         accepted_id = ?rep.cluster.accepted.as_ref().map(|d| d.id),

@@ -121,6 +121,7 @@ async fn refuses_other_targets_and_runs_an_operation_once() {
         reconciler: ReconcilerConfig::default(),
         heartbeat: Duration::from_millis(100),
         advertise_host: None,
+        api_token_sha256: None,
     };
     let rt: Arc<dyn ProcessRuntime> = runtime.clone();
     tokio::spawn(run(opts, grpc, http, Arc::new(NoProvider), rt));
@@ -225,4 +226,94 @@ fn backups_and_failures_cross_the_wire_typed() {
     assert!(!back.is_drift());
     let gone = BackendError::vm_gone("ndbd-0-2");
     assert!(grpc::failure_from_pb("ndbd-0-2", grpc::failure_to_pb(&gone)).is_drift());
+}
+
+/// The HTTP API answers only callers with the cluster's token; health stays open. The
+/// bootstrap agent records the token's hash in the Raft log, where every agent reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_needs_the_clusters_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", http.local_addr().unwrap());
+    let opts = AgentOptions {
+        vm: "bootstrap".into(),
+        role: "bootstrap".into(),
+        zone: "z".into(),
+        dir: dir.path().to_path_buf(),
+        bootstrap: true,
+        agent_version: "test".into(),
+        reconciler: ReconcilerConfig::default(),
+        heartbeat: Duration::from_millis(100),
+        advertise_host: None,
+        api_token_sha256: Some(api_token::token_sha256("right-token")),
+    };
+    let shared_dir = dir.path().to_path_buf();
+    tokio::spawn(run(
+        opts,
+        grpc,
+        http,
+        Arc::new(NoProvider),
+        Arc::new(Counting::default()),
+    ));
+    let client = reqwest::Client::new();
+    let get = |path: &str, token: Option<&str>| {
+        let mut r = client.get(format!("{base}{path}"));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    // The bootstrap agent answers once its one-node Raft group runs.
+    let mut recorded = false;
+    for _ in 0..200 {
+        if get("/status", Some("right-token"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            recorded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        recorded,
+        "the bootstrap agent never answered with its token"
+    );
+
+    let health = get("/health", None).await.unwrap();
+    assert_eq!(health.status(), 200, "health is open to probes");
+    for token in [None, Some("wrong-token"), Some("right-token ")] {
+        let r = get("/status", token).await.unwrap();
+        if token == Some("right-token ") {
+            // Surrounding blanks (a file read with its newline) are not part of a token.
+            assert_eq!(r.status(), 200);
+            continue;
+        }
+        assert_eq!(r.status(), 401, "{token:?}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        let msg = body["errors"][0].as_str().unwrap().to_string();
+        assert!(msg.contains("token"), "{msg}");
+    }
+    let put = client
+        .put(format!("{base}/desired-state"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 401, "a desired state without the token");
+    // What agents store is the hash: the token itself is nowhere in the agent's directory.
+    for entry in std::fs::read_dir(&shared_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes.windows(11).any(|w| w == b"right-token"),
+                "{} holds the token",
+                path.display()
+            );
+        }
+    }
+    let rep = get("/status", Some("right-token")).await.unwrap();
+    assert_eq!(rep.status(), 200);
 }

@@ -130,6 +130,7 @@ impl DockerCluster {
             .expect("start the artifact server (managed-rondb/artifacts:latest)");
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("desired_state.jsonc"), desired).unwrap();
+        let token = agents_client::test_token();
         let bootstrap = GenericImage::new(AGENT_IMAGE, "latest")
             .with_wait_for(WaitFor::message_on_stdout("bootstrap agent: HTTP API"))
             .with_cmd([
@@ -156,6 +157,7 @@ impl DockerCluster {
                 "/var/run/docker.sock",
                 "/var/run/docker.sock",
             ))
+            .with_env_var("NDB_AGENT_TOKEN", &token)
             .with_startup_timeout(Duration::from_secs(60))
             .start()
             .expect("start the bootstrap agent (managed-rondb/ndb-agent:latest)");
@@ -165,7 +167,7 @@ impl DockerCluster {
             &format!("{{{{(index .NetworkSettings.Networks \"{name}\").IPAddress}}}}"),
             &format!("{name}-bootstrap"),
         ]);
-        let agents = AgentsClient::new();
+        let agents = AgentsClient::new(&token);
         agents.learn(&format!("{ip}:8181"));
         DockerCluster {
             name: name.to_string(),

@@ -14,15 +14,39 @@ pub struct AgentsClient {
     known: RefCell<Vec<String>>,
 }
 
+/// A fresh random API token for a test cluster.
+pub fn test_token() -> String {
+    use rand::Rng;
+    let bytes: [u8; 16] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl AgentsClient {
-    pub fn new() -> Self {
+    /// A client sending the cluster's API `token` with every request.
+    pub fn new(token: &str) -> Self {
+        let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .expect("a token is printable ASCII");
+        auth.set_sensitive(true);
         AgentsClient {
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(5))
+                .default_headers(reqwest::header::HeaderMap::from_iter([(
+                    reqwest::header::AUTHORIZATION,
+                    auth,
+                )]))
                 .build()
                 .expect("http client"),
             known: RefCell::new(vec![]),
         }
+    }
+
+    /// A GET of `path` at `addr` without the token, for tests of what it protects.
+    pub fn get_without_token(&self, addr: &str, path: &str) -> u16 {
+        reqwest::blocking::Client::new()
+            .get(format!("http://{addr}{path}"))
+            .send()
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
     }
 
     /// An agent address to start from.

@@ -330,12 +330,13 @@ fn docker_tier_sequence() {
     assert!(build.success(), "building the images failed");
 
     let name = format!("mrdb-t{}", std::process::id());
+    let token = agents_client::test_token();
     let c = Cluster {
         docker,
         rt,
         name: name.clone(),
         dir: tempfile::tempdir().unwrap(),
-        agents: AgentsClient::new(),
+        agents: AgentsClient::new(&token),
     };
     let labels = |role: &str| {
         HashMap::from([
@@ -453,7 +454,10 @@ fn docker_tier_sequence() {
             format!("{}:/config:ro", c.dir.path().display()),
             "/var/run/docker.sock:/var/run/docker.sock".into(),
         ],
-        vec!["NDB_DUMMY_PROGRAM_DELAY_MS=100".into()],
+        vec![
+            "NDB_DUMMY_PROGRAM_DELAY_MS=100".into(),
+            format!("NDB_AGENT_TOKEN={token}"),
+        ],
         "bootstrap",
     );
     let ip =

@@ -90,6 +90,22 @@ impl LocalCluster {
         std::fs::write(&file, desired).expect("write desired state");
         let http = format!("127.0.0.1:{}", free_port());
         let up = spawn_up(bin, dir.path(), &http, delay_ms, attached);
+        // `up` writes the cluster's API token before any agent starts.
+        let token_file = dir.path().join("data/api-token");
+        let t = std::time::Instant::now();
+        let token = loop {
+            match std::fs::read_to_string(&token_file) {
+                Ok(t) if t.ends_with('\n') => break t.trim().to_string(),
+                _ => {
+                    assert!(
+                        t.elapsed() < Duration::from_secs(30),
+                        "ndb-agent up wrote no {}",
+                        token_file.display()
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        };
         LocalCluster {
             bin: bin.to_path_buf(),
             http: http.clone(),
@@ -98,7 +114,7 @@ impl LocalCluster {
             attached,
             extra: vec![],
             agents: {
-                let a = AgentsClient::new();
+                let a = AgentsClient::new(&token);
                 a.learn(&http);
                 a
             },

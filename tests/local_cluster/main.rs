@@ -7,7 +7,8 @@
 //! middle of a rolling restart) comes back with one `ndb-agent up`: the same VMs, the same
 //! Raft ids, nothing replaced. A removed VM directory is a VM gone (replaced); a node group
 //! whose every VM is gone is never recreated empty. The bootstrap agent killed the moment the
-//! first desired state is reported reached leaves a group that elects a leader.
+//! first desired state is reported reached leaves a group that elects a leader. Every agent's
+//! API needs the cluster's token.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -15,6 +16,7 @@
 mod agents_client;
 mod harness;
 
+use agents_client::AgentsClient;
 use harness::{at_desired, count_role, desired, voters, LocalCluster};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -278,6 +280,59 @@ fn a_leader_that_lost_its_quorum_says_so() {
         "no leader reported {:?} after losing the quorum: {why}",
         t.elapsed()
     );
+}
+
+/// Every agent's API, followers included, answers only callers with the cluster's token
+/// (which `up` wrote 0600 into its data directory); a follower forwards a desired state with
+/// the caller's token, so the leader checks it too; health stays open.
+#[test]
+fn every_agent_api_needs_the_clusters_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = LocalCluster::start(Path::new(BIN), &desired(1, 1), 0);
+    let s = c.wait_for(
+        "desired state 1 with 5 voters",
+        Duration::from_secs(120),
+        |s| at_desired(s, 1) && voters(s) == 5,
+    );
+    let file = c.dir.path().join("data/api-token");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{} is {mode:o}", file.display());
+    for a in &s.agents {
+        assert_eq!(
+            c.agents.get_without_token(&a.http_addr, "/status"),
+            401,
+            "GET /status of {} without the token",
+            a.vm
+        );
+        assert_eq!(
+            c.agents.get_without_token(&a.http_addr, "/health"),
+            200,
+            "GET /health of {}",
+            a.vm
+        );
+        assert!(
+            c.status_at(&a.http_addr).is_some(),
+            "{} with the token",
+            a.vm
+        );
+    }
+    let follower = s
+        .agents
+        .iter()
+        .find(|a| a.vm != "bootstrap" && a.voter)
+        .expect("a follower");
+    let wrong = AgentsClient::new("not-the-token");
+    let (code, body) = wrong.put_desired(&follower.http_addr, &desired(2, 2));
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = c.apply_at(&follower.http_addr, &desired(2, 2));
+    assert_eq!(
+        code, 202,
+        "forwarded by {} with the caller's token: {body}",
+        follower.vm
+    );
+    c.wait_for("desired state 2", Duration::from_secs(120), |s| {
+        at_desired(s, 2)
+    });
 }
 
 /// (VM, Raft id) of every agent but the bootstrap's, and the VM names, sorted.

@@ -42,6 +42,8 @@ pub enum Request {
     AllocateRaftId { vm: String },
     /// These ids left the group for good: an agent holding one must start over.
     RetireRaftIds(std::collections::BTreeSet<NodeId>),
+    /// From now on the HTTP API accepts the token with this SHA-256 (lowercase hex) only.
+    SetApiToken { sha256: String },
 }
 
 /// The state machine's answer to a command.
@@ -82,6 +84,10 @@ pub struct Replicated {
     /// leader's first entries reach it: the state on record is not vouched for.
     #[serde(default)]
     pub looked_in_term: u64,
+    /// SHA-256 (lowercase hex) of the HTTP API's bearer token, recorded by the bootstrap
+    /// agent: every agent checks callers against it, none holds the token itself.
+    #[serde(default)]
+    pub api_token_sha256: Option<String>,
 }
 
 impl Replicated {
@@ -102,6 +108,10 @@ impl Replicated {
             }
             Request::RetireRaftIds(ids) => {
                 self.retired.extend(ids.iter().copied());
+                Response::Done
+            }
+            Request::SetApiToken { sha256 } => {
+                self.api_token_sha256 = Some(sha256.clone());
                 Response::Done
             }
         }
