@@ -176,6 +176,7 @@ fn options(vm: &VmConfig, dir: &Path, bootstrap: bool, advertise: Option<String>
         heartbeat: Duration::from_millis(100),
         advertise_host: advertise,
         api_token_sha256: None,
+        ca: vm.ca.clone(),
     }
 }
 
@@ -183,11 +184,12 @@ fn options(vm: &VmConfig, dir: &Path, bootstrap: bool, advertise: Option<String>
 fn make_provider(vm: &VmConfig, program: &Path) -> anyhow::Result<Arc<dyn CloudProvider>> {
     Ok(match &vm.provider {
         ProviderConfig::Local { data_dir } => Arc::new(
-            LocalProvider::new(data_dir, program, vm.runtime)
+            LocalProvider::new(data_dir, program, vm.runtime, vm.ca.clone())
                 .with_artifact_mirrors(vm.artifact_mirrors.clone()),
         ),
         ProviderConfig::Docker(cfg) => Arc::new(
-            DockerProvider::new(cfg.clone(), vm.runtime).map_err(|e| anyhow::anyhow!("{e}"))?,
+            DockerProvider::new(cfg.clone(), vm.runtime, vm.ca.clone())
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
         ),
     })
 }
@@ -251,7 +253,7 @@ pub fn agent_command(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     if !dir.join(local::VM_FILE).exists() {
         if let Ok(json) = std::env::var(VM_ENV) {
-            local::write_atomic(&dir.join(local::VM_FILE), json.as_bytes())?;
+            local::write_private(&dir.join(local::VM_FILE), json.as_bytes())?;
         }
     }
     let dir = dir
@@ -347,6 +349,7 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
         .with_context(|| format!("cannot create {}", o.data_dir.display()))?;
     let data_dir = o.data_dir.canonicalize()?;
     let token = ensure_api_token(&data_dir, std::env::var(agent::api_token::TOKEN_ENV).ok())?;
+    let ca = ensure_cluster_ca(&data_dir)?;
     // Locally the bootstrap agent is one of the VM directories; in a container its
     // directory is the data directory (its volume).
     let dir = match o.docker {
@@ -374,8 +377,9 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
         },
         address: None,
         artifact_mirrors: o.artifact_mirrors.clone(),
+        ca,
     };
-    local::write_atomic(&dir.join(local::VM_FILE), &serde_json::to_vec_pretty(&vm)?)?;
+    local::write_private(&dir.join(local::VM_FILE), &serde_json::to_vec_pretty(&vm)?)?;
     let program = std::env::current_exe().context("cannot find the ndb-agent binary")?;
     tokio_runtime()?.block_on(async move {
         let (grpc, http, advertise) = listeners(&vm, &dir, Some(&o.http)).await?;
@@ -702,6 +706,36 @@ pub fn ensure_api_token(data_dir: &Path, given: Option<String>) -> anyhow::Resul
         .and_then(|d| d.sync_all())
         .with_context(|| format!("cannot sync {}", data_dir.display()))?;
     Ok(token)
+}
+
+/// The cluster CA of `up`'s data directory (DATA_DIR/tls/ca.pem and ca-key.pem, 0600),
+/// made on the first `up`: the agents of the cluster trust certificates of it only.
+pub fn ensure_cluster_ca(data_dir: &Path) -> anyhow::Result<agent_core::backend::ClusterCa> {
+    let dir = data_dir.join("tls");
+    let (cert, key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+    if let (Ok(cert_pem), Ok(key_pem)) = (
+        std::fs::read_to_string(&cert),
+        std::fs::read_to_string(&key),
+    ) {
+        return Ok(agent_core::backend::ClusterCa { cert_pem, key_pem });
+    }
+    if cert.exists() || key.exists() {
+        bail!(
+            "{} holds half a cluster CA (ca.pem and ca-key.pem go together); restore the missing file, the agents trust no other CA",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let ca = agent::tls::make_ca()?;
+    // The key first: a CA certificate without its key would be unusable.
+    local::write_private(&key, ca.key_pem.as_bytes())
+        .with_context(|| format!("cannot write {}", key.display()))?;
+    local::write_private(&cert, ca.cert_pem.as_bytes())
+        .with_context(|| format!("cannot write {}", cert.display()))?;
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))?;
+    Ok(ca)
 }
 
 /// The token a CLI command sends: `--token` or NDB_AGENT_TOKEN (clap reads both), else the

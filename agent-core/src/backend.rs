@@ -26,6 +26,26 @@ impl std::fmt::Display for OpId {
     }
 }
 
+/// The cluster's certificate authority (PEM): every agent holds it, because any agent may
+/// lead and must let the agents of new VMs in. Each agent issues itself a certificate for
+/// its VM's name at start; agents talk to each other only over TLS with certificates of this
+/// CA, both ways. Providers hand it to the VMs they create; it never enters the Raft log.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterCa {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ClusterCa {
+    /// The key is a secret: it never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterCa")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &format_args!("<secret>"))
+            .finish()
+    }
+}
+
 /// What the leader asks a provider to create.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmSpec {

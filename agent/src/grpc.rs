@@ -620,15 +620,45 @@ fn reply<T: serde::Serialize>(v: &T) -> Result<Response<pb::RaftReply>, Status> 
         .map_err(|e| Status::internal(format!("cannot encode Raft reply: {e}")))
 }
 
+impl RaftService {
+    /// A Raft message must come from the VM that holds its sender's Raft id (when this
+    /// replica knows the id: a lagging one learns new members from these very messages).
+    fn check_sender<T>(
+        &self,
+        req: &Request<T>,
+        sender: Option<crate::raft::NodeId>,
+    ) -> Result<(), Status> {
+        let Some(sender) = sender else {
+            return Ok(());
+        };
+        let peer = req
+            .peer_certs()
+            .and_then(|c| crate::tls::peer_vm(&c))
+            .ok_or_else(|| Status::unauthenticated("no client certificate naming a VM"))?;
+        let Some(rep) = self.shared.replicated() else {
+            return Ok(());
+        };
+        match rep.membership.membership().get_node(&sender) {
+            Some(n) if n.vm != peer => Err(Status::permission_denied(format!(
+                "a Raft message from node {sender} (VM {}) came with the certificate of VM {peer}",
+                n.vm
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
     async fn append_entries(
         &self,
         req: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
-        let r = req.into_inner();
-        let raft = self.raft(r.target_raft_id)?;
-        let res = raft.append_entries(decode(&r.json)?).await;
+        let raft = self.raft(req.get_ref().target_raft_id)?;
+        let msg: openraft::raft::AppendEntriesRequest<crate::raft::TypeConfig> =
+            decode(&req.get_ref().json)?;
+        self.check_sender(&req, msg.vote.leader_id().voted_for())?;
+        let res = raft.append_entries(msg).await;
         if matches!(
             &res,
             Ok(openraft::raft::AppendEntriesResponse::Success
@@ -641,9 +671,10 @@ impl RaftRpc for RaftService {
     }
 
     async fn vote(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
-        let r = req.into_inner();
-        let raft = self.raft(r.target_raft_id)?;
-        let res = raft.vote(decode(&r.json)?).await;
+        let raft = self.raft(req.get_ref().target_raft_id)?;
+        let msg: openraft::raft::VoteRequest<crate::raft::NodeId> = decode(&req.get_ref().json)?;
+        self.check_sender(&req, msg.vote.leader_id().voted_for())?;
+        let res = raft.vote(msg).await;
         reply(&res)
     }
 
@@ -651,9 +682,11 @@ impl RaftRpc for RaftService {
         &self,
         req: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
-        let r = req.into_inner();
-        let raft = self.raft(r.target_raft_id)?;
-        let res = raft.install_snapshot(decode(&r.json)?).await;
+        let raft = self.raft(req.get_ref().target_raft_id)?;
+        let msg: openraft::raft::InstallSnapshotRequest<crate::raft::TypeConfig> =
+            decode(&req.get_ref().json)?;
+        self.check_sender(&req, msg.vote.leader_id().voted_for())?;
+        let res = raft.install_snapshot(msg).await;
         reply(&res)
     }
 }

@@ -16,6 +16,7 @@ pub mod membership;
 pub mod raft;
 pub mod reconcile;
 pub mod remote;
+pub mod tls;
 pub mod upgrade;
 
 pub use reconcile::{Journal, JournalError, Reconciler, ReconcilerConfig, Submission, Submit};
@@ -57,6 +58,9 @@ pub struct AgentOptions {
     /// The host other agents reach this one at, when it is not the listeners' own address
     /// (a container listening on all interfaces).
     pub advertise_host: Option<String>,
+    /// The cluster CA: this agent issues itself a certificate of it at start, and talks to
+    /// other agents only over mutual TLS with certificates of it.
+    pub ca: agent_core::backend::ClusterCa,
     /// The bootstrap agent: SHA-256 (hex) of the HTTP API's token, recorded in the Raft log
     /// when it leads. Other agents learn it from the log.
     pub api_token_sha256: Option<String>,
@@ -84,6 +88,10 @@ pub enum AgentError {
     },
     #[error("cannot read the local address of a listener: {0}")]
     Listener(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot set up TLS for the gRPC server: {0}")]
+    ServerTls(#[source] tonic::transport::Error),
 }
 
 /// Why this agent could not join the Raft group under the id the leader gave it.
@@ -152,6 +160,8 @@ pub struct AgentShared {
     leader_contact: Mutex<Option<std::time::Instant>>,
     /// While this agent leads: its reconciler's last look at every VM's program.
     programs_seen: reconcile::ProgramsSeen,
+    /// This agent's certificate, for every connection to another agent.
+    tls: tls::AgentTls,
 }
 
 const RAFT_ID_FILE: &str = "raft_id";
@@ -315,9 +325,30 @@ impl AgentShared {
         if let Some(c) = ch.get(ep) {
             return Ok(AgentClient::new(c.clone()));
         }
-        let c = endpoint(ep)?.connect_lazy();
+        let c = endpoint(ep, &self.tls)?.connect_lazy();
         ch.insert(ep.to_string(), c.clone());
         Ok(AgentClient::new(c))
+    }
+
+    /// Who may call this agent: a peer whose certificate (of the cluster CA, which the TLS
+    /// handshake checked) names a VM the cluster has not deleted. A VM is deleted once every
+    /// Raft id it had is retired and none of its agents is a member.
+    pub fn check_peer(
+        &self,
+        certs: Option<Arc<Vec<tonic::transport::CertificateDer<'static>>>>,
+    ) -> Result<String, tonic::Status> {
+        let vm = certs
+            .and_then(|c| tls::peer_vm(&c))
+            .ok_or_else(|| tonic::Status::unauthenticated("no client certificate naming a VM"))?;
+        if let Some(rep) = self.replicated() {
+            if rep.left_the_cluster(&vm) {
+                warn!(peer = %vm, "refused a call with the certificate of a deleted VM");
+                return Err(tonic::Status::permission_denied(format!(
+                    "the certificate of VM {vm}, which left the cluster, is no longer accepted"
+                )));
+            }
+        }
+        Ok(vm)
     }
 
     /// Asks the agent at `ep` who it is.
@@ -509,7 +540,7 @@ async fn start_raft(shared: &Arc<AgentShared>, id: NodeId) -> Result<Raft, Agent
     let (log, sm) = store::open(&shared.dir.join(RAFT_STORE_FILE))?;
     let sm_view = sm.shared();
     let config = Arc::new(raft_config(shared.opts.heartbeat)?);
-    let raft = Raft::new(id, config, GrpcNetwork, log, sm)
+    let raft = Raft::new(id, config, GrpcNetwork::new(shared.tls.clone()), log, sm)
         .await
         .map_err(|e| AgentError::Raft(e.to_string()))?;
     if let Ok(mut w) = shared.sm.write() {
@@ -543,6 +574,7 @@ pub async fn run(
         path: opts.dir.display().to_string(),
         source,
     })?;
+    let agent_tls = tls::AgentTls::issue(&opts.ca, &opts.vm)?;
     let shared = Arc::new(AgentShared {
         vm: opts.vm.clone(),
         role: opts.role.clone(),
@@ -562,6 +594,7 @@ pub async fn run(
         provider,
         leader_contact: Mutex::new(None),
         programs_seen: Arc::default(),
+        tls: agent_tls,
     });
 
     let id_file = opts.dir.join(RAFT_ID_FILE);
@@ -575,12 +608,22 @@ pub async fn run(
     }
 
     // gRPC first: a restarted agent must answer its peers as soon as Raft runs.
+    // Every call: mutual TLS (the handshake refuses plain text and other CAs), then the
+    // peer's VM checked against the cluster state.
+    let gate = {
+        let shared = Arc::clone(&shared);
+        move |req: tonic::Request<()>| shared.check_peer(req.peer_certs()).map(|_| req)
+    };
     let services = tonic::transport::Server::builder()
-        .add_service(ndb_proto::v1::agent_server::AgentServer::new(
+        .tls_config(shared.tls.server_config())
+        .map_err(AgentError::ServerTls)?
+        .add_service(ndb_proto::v1::agent_server::AgentServer::with_interceptor(
             grpc::AgentService::new(Arc::clone(&shared), runtime),
+            gate.clone(),
         ))
-        .add_service(ndb_proto::v1::raft_server::RaftServer::new(
+        .add_service(ndb_proto::v1::raft_server::RaftServer::with_interceptor(
             grpc::RaftService::new(Arc::clone(&shared)),
+            gate,
         ))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc));
     tokio::spawn(async move {

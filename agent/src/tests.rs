@@ -72,6 +72,12 @@ impl ProcessRuntime for Counting {
     }
 }
 
+/// One CA for the tests of this module (making one takes a key generation).
+fn test_ca() -> &'static crate::backend::ClusterCa {
+    static CA: std::sync::OnceLock<crate::backend::ClusterCa> = std::sync::OnceLock::new();
+    CA.get_or_init(|| tls::make_ca().unwrap())
+}
+
 struct NoProvider;
 
 #[async_trait]
@@ -122,10 +128,12 @@ async fn refuses_other_targets_and_runs_an_operation_once() {
         heartbeat: Duration::from_millis(100),
         advertise_host: None,
         api_token_sha256: None,
+        ca: test_ca().clone(),
     };
     let rt: Arc<dyn ProcessRuntime> = runtime.clone();
     tokio::spawn(run(opts, grpc, http, Arc::new(NoProvider), rt));
-    let ch = endpoint(&addr).unwrap().connect_lazy();
+    let caller = tls::AgentTls::issue(test_ca(), "bootstrap").unwrap();
+    let ch = endpoint(&addr, &caller).unwrap().connect_lazy();
     let mut agent = AgentClient::new(ch.clone());
     let mut raft = RaftClient::new(ch);
 
@@ -247,6 +255,7 @@ async fn the_http_api_needs_the_clusters_token() {
         heartbeat: Duration::from_millis(100),
         advertise_host: None,
         api_token_sha256: Some(api_token::token_sha256("right-token")),
+        ca: test_ca().clone(),
     };
     let shared_dir = dir.path().to_path_buf();
     tokio::spawn(run(
@@ -316,4 +325,59 @@ async fn the_http_api_needs_the_clusters_token() {
     }
     let rep = get("/status", Some("right-token")).await.unwrap();
     assert_eq!(rep.status(), 200);
+}
+
+/// Agents talk over mutual TLS only: a plain-text caller and a caller with a certificate of
+/// another CA are refused in the handshake; a certificate of the cluster CA is let in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_callers_with_a_certificate_of_the_cluster_ca_get_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = grpc.local_addr().unwrap().to_string();
+    let opts = AgentOptions {
+        vm: "vm-a".into(),
+        role: "ndbd".into(),
+        zone: "z".into(),
+        dir: dir.path().to_path_buf(),
+        bootstrap: false,
+        agent_version: "test".into(),
+        reconciler: ReconcilerConfig::default(),
+        heartbeat: Duration::from_millis(100),
+        advertise_host: None,
+        api_token_sha256: None,
+        ca: test_ca().clone(),
+    };
+    tokio::spawn(run(
+        opts,
+        grpc,
+        http,
+        Arc::new(NoProvider),
+        Arc::new(Counting::default()),
+    ));
+    let ask = |ep: tonic::transport::Endpoint| async move {
+        let mut c = AgentClient::new(ep.connect_lazy());
+        c.get_identity(pb::IdentityRequest {}).await
+    };
+    // The cluster's CA: in (once the server listens).
+    let member = tls::AgentTls::issue(test_ca(), "bootstrap").unwrap();
+    let mut answered = None;
+    for _ in 0..100 {
+        if let Ok(r) = ask(endpoint(&addr, &member).unwrap()).await {
+            answered = Some(r.into_inner());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(answered.expect("a member is let in").vm, "vm-a");
+    // Plain text: no TLS handshake, no answer.
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    assert!(ask(plain).await.is_err(), "a plain-text caller got in");
+    // Another CA's certificate (a stranger's cluster, or a forged one): refused.
+    let stranger_ca = tls::make_ca().unwrap();
+    let stranger = tls::AgentTls::issue(&stranger_ca, "bootstrap").unwrap();
+    assert!(
+        ask(endpoint(&addr, &stranger).unwrap()).await.is_err(),
+        "a foreign-CA caller got in"
+    );
 }

@@ -106,6 +106,8 @@ pub struct DockerProvider {
     /// Held from choosing a free address until the container holding it exists, so that
     /// two VMs created at once never get the same one.
     addressing: tokio::sync::Mutex<()>,
+    /// The cluster CA, handed to every VM it creates.
+    ca: agent_core::backend::ClusterCa,
 }
 
 /// `a.b.c.d/n` as its first address and prefix length.
@@ -133,7 +135,11 @@ fn address_on(
 
 impl DockerProvider {
     /// Connects to the local Docker daemon (`DOCKER_HOST` or the Unix socket).
-    pub fn new(cfg: DockerConfig, runtime: crate::RuntimeKind) -> Result<Self, BackendError> {
+    pub fn new(
+        cfg: DockerConfig,
+        runtime: crate::RuntimeKind,
+        ca: agent_core::backend::ClusterCa,
+    ) -> Result<Self, BackendError> {
         let docker = Docker::connect_with_local_defaults()
             .map_err(|e| BackendError::refused(format!("cannot connect to Docker: {e}")))?;
         Ok(DockerProvider {
@@ -141,6 +147,7 @@ impl DockerProvider {
             cfg,
             runtime,
             addressing: tokio::sync::Mutex::new(()),
+            ca,
         })
     }
 
@@ -333,6 +340,7 @@ impl CloudProvider for DockerProvider {
                 provider: ProviderConfig::Docker(self.cfg.clone()),
                 address: None,
                 artifact_mirrors: Vec::new(),
+                ca: self.ca.clone(),
             };
             let vm_json = serde_json::to_string(&vm)
                 .map_err(|e| BackendError::refused(format!("VM config: {e}")))?;

@@ -74,6 +74,8 @@ pub struct VmConfig {
     /// cluster gets the Docker demo's artifact-server links from a directory).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifact_mirrors: Vec<agent_core::artifacts::ArtifactMirror>,
+    /// The cluster CA the VM's agent issues its certificate from (so vm.json is 0600).
+    pub ca: agent_core::backend::ClusterCa,
 }
 
 impl VmConfig {

@@ -43,6 +43,8 @@ pub struct LocalProvider {
     artifact_mirrors: Vec<agent_core::artifacts::ArtifactMirror>,
     /// Held while a VM's address is chosen and recorded: never two VMs on one address.
     addressing: tokio::sync::Mutex<()>,
+    /// The cluster CA, handed to every VM it creates.
+    ca: agent_core::backend::ClusterCa,
 }
 
 fn absolute(p: &Path) -> String {
@@ -91,13 +93,19 @@ fn failed(what: &str, e: impl std::fmt::Display) -> BackendError {
 
 impl LocalProvider {
     /// `program` is the `ndb-agent` binary each VM runs; `runtime` the runtime it uses.
-    pub fn new(data_dir: &Path, program: &Path, runtime: crate::RuntimeKind) -> Self {
+    pub fn new(
+        data_dir: &Path,
+        program: &Path,
+        runtime: crate::RuntimeKind,
+        ca: agent_core::backend::ClusterCa,
+    ) -> Self {
         LocalProvider {
             data_dir: data_dir.to_path_buf(),
             program: program.to_path_buf(),
             runtime,
             artifact_mirrors: Vec::new(),
             addressing: tokio::sync::Mutex::new(()),
+            ca,
         }
     }
 
@@ -248,6 +256,23 @@ pub fn read_address(dir: &Path) -> Option<AgentAddress> {
 }
 
 /// Writes a file atomically.
+/// Writes a file only its owner reads (mode 0600, it holds a secret), fsync'd, replacing
+/// the old one at once.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)?;
@@ -360,12 +385,13 @@ impl CloudProvider for LocalProvider {
             },
             address,
             artifact_mirrors: self.artifact_mirrors.clone(),
+            ca: self.ca.clone(),
         };
         std::fs::create_dir_all(&dir)
             .map_err(|e| failed(&format!("cannot create {}", dir.display()), e))?;
         let _ = std::fs::remove_file(dir.join(ADDRESS_FILE));
         let json = serde_json::to_vec_pretty(&vm).map_err(|e| failed("vm.json", e))?;
-        write_atomic(&dir.join(VM_FILE), &json).map_err(|e| failed("cannot write vm.json", e))?;
+        write_private(&dir.join(VM_FILE), &json).map_err(|e| failed("cannot write vm.json", e))?;
         match self.start_agent(&vm, &dir).await {
             Ok(info) => Ok(info),
             Err(e) => {

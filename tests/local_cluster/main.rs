@@ -294,9 +294,20 @@ fn every_agent_api_needs_the_clusters_token() {
         Duration::from_secs(120),
         |s| at_desired(s, 1) && voters(s) == 5,
     );
-    let file = c.dir.path().join("data/api-token");
-    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600, "{} is {mode:o}", file.display());
+    // The secrets on disk are the owner's alone: the API token, the cluster CA's key, and
+    // every VM's vm.json (it carries the CA its agent issues its certificate from).
+    let mut secrets = vec![
+        c.dir.path().join("data/api-token"),
+        c.dir.path().join("data/tls/ca-key.pem"),
+    ];
+    for e in std::fs::read_dir(c.dir.path().join("data/vms")).unwrap() {
+        secrets.push(e.unwrap().path().join("vm.json"));
+    }
+    assert!(secrets.len() > 5, "{secrets:?}");
+    for file in &secrets {
+        let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} is {mode:o}", file.display());
+    }
     for a in &s.agents {
         assert_eq!(
             c.agents.get_without_token(&a.http_addr, "/status"),

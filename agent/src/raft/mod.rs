@@ -91,6 +91,21 @@ pub struct Replicated {
 }
 
 impl Replicated {
+    /// `vm` had agents in the group and has none any more: every Raft id it held is retired
+    /// and no member runs on it (a deleted VM, or a wiped one not admitted again yet).
+    pub fn left_the_cluster(&self, vm: &str) -> bool {
+        let member = self
+            .membership
+            .membership()
+            .nodes()
+            .any(|(_, n)| n.vm == vm);
+        let retired = self
+            .raft_ids
+            .get(vm)
+            .is_some_and(|ids| !ids.is_empty() && ids.iter().all(|id| self.retired.contains(id)));
+        retired && !member
+    }
+
     /// Applies one command; deterministic, so every agent computes the same state.
     pub fn apply_request(&mut self, req: &Request) -> Response {
         match req {
@@ -121,3 +136,33 @@ impl Replicated {
 /// The bootstrap agent's Raft id.
 pub const BOOTSTRAP_ID: NodeId = 1;
 const FIRST_ALLOCATED_ID: NodeId = 2;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vm_has_left_once_every_raft_id_it_held_is_retired_and_it_is_no_member() {
+        let mut r = Replicated::default();
+        assert!(
+            !r.left_the_cluster("ndbd-0-1"),
+            "a VM never seen has not left"
+        );
+        let Response::RaftId(first) = r.apply_request(&Request::AllocateRaftId {
+            vm: "ndbd-0-1".into(),
+        }) else {
+            panic!("no id")
+        };
+        assert!(!r.left_the_cluster("ndbd-0-1"));
+        r.apply_request(&Request::RetireRaftIds([first].into()));
+        assert!(
+            r.left_the_cluster("ndbd-0-1"),
+            "deleted: its certificate is refused"
+        );
+        // Created again under the same name: a new id, the VM is back.
+        r.apply_request(&Request::AllocateRaftId {
+            vm: "ndbd-0-1".into(),
+        });
+        assert!(!r.left_the_cluster("ndbd-0-1"));
+    }
+}

@@ -2,6 +2,7 @@
 //! names the Raft id it is meant for.
 
 use super::{AgentNode, NodeId, TypeConfig};
+use crate::tls::AgentTls;
 use ndb_proto::v1::raft_client::RaftClient;
 use ndb_proto::v1::RaftRequest;
 use openraft::error::{
@@ -17,9 +18,17 @@ use serde::Serialize;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
-/// Creates one connection per peer.
-#[derive(Clone, Default)]
-pub struct GrpcNetwork;
+/// Creates one connection per peer, over mutual TLS with the agent's certificate.
+#[derive(Clone)]
+pub struct GrpcNetwork {
+    tls: AgentTls,
+}
+
+impl GrpcNetwork {
+    pub fn new(tls: AgentTls) -> Self {
+        GrpcNetwork { tls }
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     type Network = GrpcConnection;
@@ -28,6 +37,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
         GrpcConnection {
             target,
             addr: node.grpc_addr.clone(),
+            tls: self.tls.clone(),
             client: None,
         }
     }
@@ -37,6 +47,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
 pub struct GrpcConnection {
     target: NodeId,
     addr: String,
+    tls: AgentTls,
     client: Option<RaftClient<Channel>>,
 }
 
@@ -48,11 +59,13 @@ pub struct TransportError {
     reason: String,
 }
 
-/// The gRPC endpoint of an agent address (`host:port`).
-pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+/// The gRPC endpoint of an agent address (`host:port`): TLS only, with this agent's
+/// certificate, and the server's checked against the cluster CA.
+pub fn endpoint(addr: &str, tls: &AgentTls) -> Result<Endpoint, tonic::transport::Error> {
+    Endpoint::from_shared(format!("https://{addr}"))?
         .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true))
+        .tcp_nodelay(true)
+        .tls_config(tls.client_config())
 }
 
 type Rpc<E> = RPCError<NodeId, AgentNode, E>;
@@ -62,7 +75,7 @@ impl GrpcConnection {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let ep = endpoint(&self.addr).map_err(|e| TransportError {
+        let ep = endpoint(&self.addr, &self.tls).map_err(|e| TransportError {
             addr: self.addr.clone(),
             reason: e.to_string(),
         })?;
