@@ -82,7 +82,9 @@ impl VmDummyRuntime {
         }
     }
 
-    fn record(&self, line: &str) -> Result<(), BackendError> {
+    /// One line per call, with the operation id it ran under: a test proves no operation
+    /// ran twice from these lines (one agent's log of what it was asked to do).
+    fn record(&self, op: OpId, line: &str) -> Result<(), BackendError> {
         let d = self.dir.join("runtime");
         std::fs::create_dir_all(&d).map_err(|e| io("runtime dir", e))?;
         let mut f = std::fs::OpenOptions::new()
@@ -90,7 +92,7 @@ impl VmDummyRuntime {
             .append(true)
             .open(d.join("calls.log"))
             .map_err(|e| io("calls.log", e))?;
-        writeln!(f, "{line}").map_err(|e| io("calls.log", e))
+        writeln!(f, "op={} {line}", op.0).map_err(|e| io("calls.log", e))
     }
 
     fn save(&self, s: &State) -> Result<(), BackendError> {
@@ -147,14 +149,14 @@ impl VmDummyRuntime {
 impl ProcessRuntime for VmDummyRuntime {
     async fn install_software(
         &self,
-        _op: OpId,
+        op: OpId,
         vm: &str,
         version: &str,
         url: &str,
     ) -> Result<(), BackendError> {
         self.check(vm)?;
         let mut s = self.state.lock().await;
-        self.record(&format!("install {version} from {url}"))?;
+        self.record(op, &format!("install {version} from {url}"))?;
         std::fs::create_dir_all(self.root_path(&format!("/srv/rondb/versions/{version}/bin")))
             .map_err(|e| io("install", e))?;
         s.installed.insert(version.to_string());
@@ -163,7 +165,7 @@ impl ProcessRuntime for VmDummyRuntime {
 
     async fn write_files(
         &self,
-        _op: OpId,
+        op: OpId,
         vm: &str,
         files: &[ConfigFile],
     ) -> Result<(), BackendError> {
@@ -177,14 +179,14 @@ impl ProcessRuntime for VmDummyRuntime {
             let tmp = p.with_extension("tmp");
             std::fs::write(&tmp, &f.content).map_err(|e| io(&f.path, e))?;
             std::fs::rename(&tmp, &p).map_err(|e| io(&f.path, e))?;
-            self.record(&format!("write {}", f.path))?;
+            self.record(op, &format!("write {}", f.path))?;
         }
         Ok(())
     }
 
     async fn start_program(
         &self,
-        _op: OpId,
+        op: OpId,
         vm: &str,
         spec: &ProgramSpec,
     ) -> Result<(), BackendError> {
@@ -202,7 +204,7 @@ impl ProcessRuntime for VmDummyRuntime {
                 "{vm} has no config.ini; ndb_mgmd cannot start"
             )));
         }
-        self.record(&format!("start {}", spec.command.join(" ")))?;
+        self.record(op, &format!("start {}", spec.command.join(" ")))?;
         tokio::time::sleep(self.delay).await;
         s.program = Program {
             kind: Some(spec.kind),
@@ -215,16 +217,17 @@ impl ProcessRuntime for VmDummyRuntime {
 
     async fn stop_program(
         &self,
-        _op: OpId,
+        op: OpId,
         vm: &str,
         kind: ProgramKind,
         cluster_shutdown: bool,
     ) -> Result<(), BackendError> {
         self.check(vm)?;
         let mut s = self.state.lock().await;
-        self.record(&format!(
-            "stop {kind:?} cluster_shutdown={cluster_shutdown}"
-        ))?;
+        self.record(
+            op,
+            &format!("stop {kind:?} cluster_shutdown={cluster_shutdown}"),
+        )?;
         tokio::time::sleep(self.delay).await;
         s.program.running = false;
         self.save(&s)
@@ -242,7 +245,7 @@ impl ProcessRuntime for VmDummyRuntime {
 
     async fn mgm_command(
         &self,
-        _op: OpId,
+        op: OpId,
         vm: &str,
         cmd: &MgmCommand,
     ) -> Result<Vec<u32>, BackendError> {
@@ -254,7 +257,7 @@ impl ProcessRuntime for VmDummyRuntime {
                 cmd.command_line()
             )));
         }
-        self.record(&format!("ndb_mgm -e '{}'", cmd.command_line()))?;
+        self.record(op, &format!("ndb_mgm -e '{}'", cmd.command_line()))?;
         let out = match cmd {
             MgmCommand::Activate { node_id } => {
                 s.active.insert(*node_id, true);
@@ -283,7 +286,7 @@ impl ProcessRuntime for VmDummyRuntime {
 
     async fn restore(
         &self,
-        _op: OpId,
+        op: OpId,
         vm: &str,
         run: &RestoreRun,
     ) -> Result<Vec<u32>, BackendError> {
@@ -301,7 +304,7 @@ impl ProcessRuntime for VmDummyRuntime {
                 )))
             }
         };
-        self.record(&format!("restore {}", run.command.join(" ")))?;
+        self.record(op, &format!("restore {}", run.command.join(" ")))?;
         Ok(if run.step == RestoreStep::Meta {
             nodes
         } else {
@@ -311,12 +314,12 @@ impl ProcessRuntime for VmDummyRuntime {
 
     async fn delete_backup(
         &self,
-        _op: OpId,
+        op: OpId,
         vm: &str,
         backup: &BackupSpec,
     ) -> Result<(), BackendError> {
         self.check(vm)?;
-        self.record(&format!("delete backup {}", backup.id))?;
+        self.record(op, &format!("delete backup {}", backup.id))?;
         match std::fs::remove_dir_all(self.backup_dir(backup.id)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -324,20 +327,20 @@ impl ProcessRuntime for VmDummyRuntime {
         }
     }
 
-    async fn restart_agent(&self, _op: OpId, vm: &str) -> Result<(), BackendError> {
+    async fn restart_agent(&self, op: OpId, vm: &str) -> Result<(), BackendError> {
         self.check(vm)?;
-        self.record("restart agent")
+        self.record(op, "restart agent")
     }
 
     async fn upgrade_agent(
         &self,
-        _op: OpId,
+        op: OpId,
         vm: &str,
         version: &str,
         url: &str,
     ) -> Result<(), BackendError> {
         self.check(vm)?;
-        self.record(&format!("upgrade agent to {version} from {url}"))?;
+        self.record(op, &format!("upgrade agent to {version} from {url}"))?;
         // The dummy keeps this build and only records the version it was asked to run.
         let p = self.dir.join("agent_version");
         std::fs::write(&p, version).map_err(|e| io("agent_version", e))

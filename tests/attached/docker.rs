@@ -15,11 +15,14 @@
 #[path = "../common/agents_client.rs"]
 mod agents_client;
 mod client;
+#[path = "../common/docker_cli.rs"]
+mod docker_cli;
 
 use agent::http::Status;
 use agent_core::backend::NodeStatus;
 use agents_client::AgentsClient;
 use client::{check_rows, opts, Client};
+use docker_cli::docker;
 use mysql_async::prelude::Queryable;
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -33,20 +36,6 @@ const AGENT_IMAGE: &str = "managed-rondb/ndb-agent";
 const BASE_IMAGE: &str = "managed-rondb/base:bookworm-1";
 /// Where the VM containers mount the cluster's backup volume (providers::docker::BACKUP_DIR).
 const BACKUP_DIR: &str = "/var/lib/ndb-backups";
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("run docker");
-    assert!(
-        out.status.success(),
-        "docker {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// Everything of a cluster is removed at the end, also when the test fails.
 struct Cleanup(String);

@@ -7,7 +7,9 @@
 //! (`docker stop`, a host restart) and started again, resuming the same containers and Raft
 //! ids; the bootstrap container removed and leadership moved; the leader container killed
 //! (`docker kill`) in the middle of a change, the change completed and the container started
-//! again; replicas 3 -> 1.
+//! again; the leader cut off the network (`docker network disconnect`) in the middle of a
+//! rolling restart, a new leader elected, the old one following once reconnected, no operation
+//! run twice; replicas 3 -> 1.
 //! Everything it creates carries the label `managed-rondb.cluster=<unique name>` and is removed
 //! at the end, also when the test fails. Docker must be running: without it the test fails.
 
@@ -15,9 +17,12 @@
 
 #[path = "../common/agents_client.rs"]
 mod agents_client;
+#[path = "../common/docker_cli.rs"]
+mod docker_cli;
 
 use agent::http::Status;
 use agents_client::AgentsClient;
+
 use bollard::models::HostConfig;
 use bollard::models::{
     ContainerCreateBody as Config, EndpointIpamConfig, EndpointSettings, Ipam, IpamConfig,
@@ -278,6 +283,22 @@ impl Cluster {
             .collect()
     }
 
+    /// Every VM container's calls.log (the dummy runtime's record of what it was asked to
+    /// do, one line per call with its operation id), by container.
+    fn calls(&self) -> BTreeMap<String, Vec<String>> {
+        self.vm_containers()
+            .into_iter()
+            .map(|(name, _)| {
+                let out = std::process::Command::new("docker")
+                    .args(["exec", &name, "cat", "/var/lib/ndb-agent/runtime/calls.log"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                    .unwrap_or_default();
+                (name, out.lines().map(str::to_string).collect())
+            })
+            .collect()
+    }
+
     fn docker_exec_grep(&self, role: &str, pattern: &str) -> bool {
         self.vm_containers()
             .iter()
@@ -307,6 +328,15 @@ fn reached(id: u64, roles: &'static [(&'static str, usize)]) -> impl Fn(&Status,
             && s.pending_id.is_none()
             && s.reconciliation_state == "AT_DESIRED_STATE"
             && c.roles() == want
+    }
+}
+
+/// Desired state `id` is being worked on: actions completed since `base`.
+fn under_way(id: u64, base: u64) -> impl Fn(&Status, &Cluster) -> bool {
+    move |s, _| {
+        s.accepted_id == Some(id)
+            && s.reconciliation_state == "WORKING_TOWARDS_DESIRED_STATE"
+            && s.actions_completed > base
     }
 }
 
@@ -717,11 +747,7 @@ fn docker_tier_sequence() {
     };
     let base = c.status().unwrap().actions_completed;
     c.apply(&spec);
-    let s = c.wait("the change under way", move |s, _| {
-        s.accepted_id == Some(12)
-            && s.reconciliation_state == "WORKING_TOWARDS_DESIRED_STATE"
-            && s.actions_completed > base
-    });
+    let s = c.wait("the change under way", under_way(12, base));
     let leader = s.leader_vm.clone().unwrap();
     c.rt.block_on(
         c.docker
@@ -738,15 +764,103 @@ fn docker_tier_sequence() {
         s.agents.len()
     );
 
-    // 12. Replicas 3 -> 1.
+    // 12. The leader cut off the network (`docker network disconnect`) in the middle of a
+    // rolling restart: the others elect a leader; the cut-off one cannot act (no quorum
+    // behind it); reconnected, it follows and the rolling restart completes. No operation ran
+    // twice: the dummy runtime logs every call with its operation id.
+    let calls_before = c.calls();
     spec = Spec {
         id: 13,
+        running_since: spec.running_since + 1,
+        ..spec.clone()
+    };
+    let base = c.status().unwrap().actions_completed;
+    c.apply(&spec);
+    let s = c.wait("the rolling restart under way", under_way(13, base));
+    let old = s.leader_vm.clone().unwrap();
+    let http_of = |vm: &str| {
+        s.agents
+            .iter()
+            .find(|a| a.vm == vm)
+            .map(|a| a.http_addr.clone())
+            .unwrap()
+    };
+    let old_http = http_of(&old);
+    // A voter that stays connected: the cluster as its members see it.
+    let witness = s
+        .agents
+        .iter()
+        .find(|a| a.voter && a.vm != old)
+        .map(|a| a.http_addr.clone())
+        .expect("another voter");
+    let container = format!("{name}-{old}");
+    let ip = docker_cli::docker(&[
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"{name}\").IPAddress}}}}"),
+        &container,
+    ]);
+    let t = Instant::now();
+    docker_cli::docker(&["network", "disconnect", &name, &container]);
+    let mut elected = None;
+    while t.elapsed() < Duration::from_secs(60) {
+        if let Some(l) = c
+            .agents
+            .status_at(&witness)
+            .and_then(|s| s.leader_vm)
+            .filter(|l| *l != old)
+        {
+            elected = Some((l, t.elapsed()));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (new_leader, elected_after) = elected.expect("no new leader within 60 s of the partition");
+    // The cut-off agent sits partitioned while the new leader works.
+    std::thread::sleep(Duration::from_secs(3));
+    docker_cli::docker(&["network", "connect", "--ip", &ip, &name, &container]);
+    let reconnected = t.elapsed();
+    c.wait(
+        "the rolling restart completed after the partition",
+        reached(13, &[("api", 1), ("mgmd", 1), ("mysqld", 4), ("ndbd", 6)]),
+    );
+    let done_after = t.elapsed();
+    let follows = c.agents.wait_until(Duration::from_secs(60), |_| {
+        c.agents.status_at(&old_http).is_some_and(|s| {
+            s.leader_vm.as_deref().is_some_and(|l| l != old) && s.answered_by == old
+        })
+    });
+    assert!(
+        follows.is_ok(),
+        "{old}, reconnected, does not follow the new leader"
+    );
+    let calls_after = c.calls();
+    for (vm, lines) in &calls_after {
+        let earlier = calls_before.get(vm).map_or(0, Vec::len);
+        let mut seen = std::collections::BTreeSet::new();
+        for line in lines.iter().skip(earlier) {
+            assert!(
+                seen.insert(line.clone()),
+                "{vm} ran one operation twice after the partition: {line}"
+            );
+        }
+    }
+    eprintln!(
+        "  partition: {old} cut off mid rolling restart; {new_leader} elected after {:.2} s, {old} reconnected at {:.1} s, desired state 13 reached {:.1} s after the cut, {old} follows; no operation ran twice",
+        elected_after.as_secs_f64(),
+        reconnected.as_secs_f64(),
+        done_after.as_secs_f64()
+    );
+
+    // 13. Replicas 3 -> 1.
+    spec = Spec {
+        id: 14,
         replicas: 1,
         ..spec.clone()
     };
     c.apply(&spec);
     c.wait(
         "replicas 3 -> 1",
-        reached(13, &[("api", 1), ("mgmd", 1), ("mysqld", 4), ("ndbd", 2)]),
+        reached(14, &[("api", 1), ("mgmd", 1), ("mysqld", 4), ("ndbd", 2)]),
     );
 }

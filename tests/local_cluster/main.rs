@@ -46,7 +46,11 @@ fn starts_in(dir: &Path) -> usize {
     std::fs::read_to_string(dir.join("runtime/calls.log"))
         .unwrap_or_default()
         .lines()
-        .filter(|l| l.starts_with("start "))
+        // "op=<id> start ...": one line per start the agent ran.
+        .filter(|l| {
+            l.split_once(' ')
+                .is_some_and(|(_, call)| call.starts_with("start "))
+        })
         .count()
 }
 
