@@ -69,27 +69,55 @@ pub fn plan_with(d: &DesiredState, s: &ClusterState, cache: &mut ConfigCache) ->
 /// planning.
 #[derive(Debug, Clone, Default)]
 pub struct ConfigCache {
-    /// Fingerprints of the VMs' files, by VM (a handful).
-    hashes: Vec<(String, Role, u64)>,
+    /// Fingerprints of the VMs' files, by what they depend on (a handful).
+    hashes: Vec<(FilesOf, u64)>,
     /// The management servers' addresses, for the fingerprints.
     mgmd_addresses: Option<Vec<String>>,
     /// config.ini as rendered for the management servers.
     pub config_ini: Option<String>,
 }
 
+/// What the fingerprint of a VM's files depends on besides the state and the desired state.
+#[derive(Debug, Clone)]
+enum FilesOf {
+    /// A management server's files (config.ini, which lists every slot) are the same for
+    /// every management server with the same home: computed once for all of them.
+    Mgmd { home: Option<String> },
+    /// Other VMs' files name the VM's own slots.
+    Vm { name: String, role: Role },
+}
+
+impl FilesOf {
+    fn of(vm: &Vm) -> Self {
+        match vm.role {
+            Role::Mgmd => FilesOf::Mgmd {
+                home: vm.home.clone(),
+            },
+            role => FilesOf::Vm {
+                name: vm.name.clone(),
+                role,
+            },
+        }
+    }
+
+    /// `FilesOf::of(vm)` would equal this one (compared without copying).
+    fn is_of(&self, vm: &Vm) -> bool {
+        match self {
+            FilesOf::Mgmd { home } => vm.role == Role::Mgmd && *home == vm.home,
+            FilesOf::Vm { name, role } => *role == vm.role && *name == vm.name,
+        }
+    }
+}
+
 impl ConfigCache {
     /// [`config_fingerprint`](crate::model::config_fingerprint) of `vm`'s files, computed
-    /// once per VM while the cache holds.
+    /// once per VM (once for the management servers of one home) while the cache holds.
     pub fn fingerprint(&mut self, d: &DesiredState, s: &ClusterState, vm: &Vm) -> u64 {
-        if let Some((_, _, h)) = self
-            .hashes
-            .iter()
-            .find(|(n, r, _)| *r == vm.role && *n == vm.name)
-        {
+        if let Some((_, h)) = self.hashes.iter().find(|(k, _)| k.is_of(vm)) {
             return *h;
         }
         let h = config_fingerprint_with(d, s, vm, &mut self.mgmd_addresses);
-        self.hashes.push((vm.name.clone(), vm.role, h));
+        self.hashes.push((FilesOf::of(vm), h));
         h
     }
 }
