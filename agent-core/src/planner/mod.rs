@@ -132,12 +132,6 @@ pub(crate) struct VmIndex<'a> {
     by_role: Vec<&'a Vm>,
     /// The data-node VMs by node group (those without one first) and by name within a group.
     by_group: Vec<&'a Vm>,
-    /// Whether each VM of `by_role` holds an active slot, in that order: the disruption
-    /// budget and restart gates ask it of the same VMs many times a round, and each answer
-    /// was a search by name. Found while the slots are walked, without a search.
-    role_holds: Vec<bool>,
-    /// The same for each VM of `by_group`.
-    group_holds: Vec<bool>,
     /// Each host of the active slots bound to a host, once, sorted by host, with where its
     /// slots are in `held_ids`: searched by halving (one search over the distinct hosts,
     /// where a list with a host per slot took two) rather than a map of vectors built per
@@ -155,6 +149,13 @@ pub(crate) struct VmIndex<'a> {
 
 impl<'a> VmIndex<'a> {
     pub(crate) fn of(s: &'a ClusterState) -> Self {
+        // Stable sorts: the state lists VMs by name, and that order is kept within a role
+        // and a node group.
+        let mut by_role: Vec<&Vm> = s.vms.values().collect();
+        by_role.sort_by_key(|v| v.role);
+        let mut by_group: Vec<&Vm> = Vec::with_capacity(by_role.len());
+        by_group.extend(by_role.iter().copied().filter(|v| v.role == Role::Ndbd));
+        by_group.sort_by_key(|v| v.node_group);
         let mut held: Vec<(&str, u32)> = Vec::with_capacity(s.slots.len());
         let mut lost = Vec::new();
         for slot in s.slots.values().filter(|x| x.active && !x.external) {
@@ -165,49 +166,22 @@ impl<'a> VmIndex<'a> {
         }
         // Stable: the slots of one host stay in node-id order.
         held.sort_by(|a, b| a.0.cmp(b.0));
-        // Hosts that name no VM, and the VMs that hold a slot, found by one walk of both
-        // lists (both in name order).
-        let mut holds_at = vec![false; s.vms.len()];
-        let mut names = s.vms.keys().map(String::as_str).enumerate().peekable();
+        // Each host once, with where its slots are; and the hosts that name no VM, found by
+        // one walk of both lists (both in name order).
         let mut held_hosts = Vec::with_capacity(held.len());
         let mut start = 0;
+        let mut names = s.vms.keys().map(String::as_str).peekable();
         for run in held.chunk_by(|a, b| a.0 == b.0) {
             let host = run[0].0;
             held_hosts.push((host, start..start + run.len()));
             start += run.len();
-            while names.next_if(|(_, n)| *n < host).is_some() {}
-            match names.peek() {
-                Some(&(at, n)) if n == host => holds_at[at] = true,
-                _ => lost.extend(run.iter().filter_map(|(_, id)| s.slots.get(id))),
+            while names.next_if(|n| *n < host).is_some() {}
+            if names.peek() != Some(&host) {
+                lost.extend(run.iter().filter_map(|(_, id)| s.slots.get(id)));
             }
         }
-        let held_ids: Vec<u32> = held.iter().map(|(_, id)| *id).collect();
-        let ix_held = |vm: &str| held_hosts.binary_search_by(|(h, _)| (*h).cmp(vm)).is_ok();
+        let held_ids = held.iter().map(|(_, id)| *id).collect();
         lost.sort_by_key(|x| x.node_id);
-        // Stable sorts: the state lists VMs by name, and that order is kept within a role
-        // and a node group.
-        let mut by_role: Vec<(&Vm, bool)> = Vec::with_capacity(s.vms.len());
-        for ((key, v), holds) in s.vms.iter().zip(holds_at) {
-            // Keys are names (the state's own events keep them so); a state that says
-            // otherwise is searched by name, as `held` does.
-            let holds = if *key == v.name {
-                holds
-            } else {
-                ix_held(&v.name)
-            };
-            by_role.push((v, holds));
-        }
-        by_role.sort_by_key(|(v, _)| v.role);
-        let mut by_group: Vec<(&Vm, bool)> = Vec::with_capacity(by_role.len());
-        by_group.extend(
-            by_role
-                .iter()
-                .copied()
-                .filter(|(v, _)| v.role == Role::Ndbd),
-        );
-        by_group.sort_by_key(|(v, _)| v.node_group);
-        let (by_role, role_holds) = by_role.into_iter().unzip();
-        let (by_group, group_holds) = by_group.into_iter().unzip();
         let mut versions = Vec::with_capacity(s.vms.len());
         versions.extend(
             s.vms
@@ -217,8 +191,6 @@ impl<'a> VmIndex<'a> {
         VmIndex {
             by_role,
             by_group,
-            role_holds,
-            group_holds,
             held_hosts,
             held_ids,
             lost,
@@ -235,24 +207,9 @@ impl<'a> VmIndex<'a> {
 
     /// Data-node VMs of node group `g` (or of none), in name order.
     fn group(&self, g: Option<u32>) -> &[&'a Vm] {
-        &self.by_group[self.group_range(g)]
-    }
-
-    /// Where the data-node VMs of node group `g` are in `by_group`.
-    fn group_range(&self, g: Option<u32>) -> Range<usize> {
         let lo = self.by_group.partition_point(|v| v.node_group < g);
         let hi = lo + self.by_group[lo..].partition_point(|v| v.node_group == g);
-        lo..hi
-    }
-
-    /// Data-node VMs of node group `g` that hold an active slot, in name order.
-    fn active_members(&self, g: u32) -> impl Iterator<Item = &'a Vm> + '_ {
-        let r = self.group_range(Some(g));
-        self.by_group[r.clone()]
-            .iter()
-            .zip(&self.group_holds[r])
-            .filter(|(_, holds)| **holds)
-            .map(|(v, _)| *v)
+        &self.by_group[lo..hi]
     }
 
     /// Node ids of the active slots bound to `vm`, in node-id order.
@@ -468,9 +425,8 @@ impl<'a> Planner<'a> {
     }
 
     /// Data-node VMs of a node group that hold an active slot.
-    pub fn active_members(&self, ng: u32) -> impl Iterator<Item = &'a Vm> + 'a {
-        let ix: &'a VmIndex<'a> = self.ix;
-        ix.active_members(ng)
+    pub fn active_members(&self, ng: u32) -> impl Iterator<Item = &'a Vm> + '_ {
+        self.group(ng).filter(move |v| self.holds_active_slot(v))
     }
 
     pub fn ng_up(&self, ng: u32) -> usize {
@@ -660,14 +616,11 @@ impl<'a> Planner<'a> {
     /// already restarted for the desired clock.
     pub fn clock_gate(&self, role: Role) -> bool {
         let c = self.d.rondb_running_since;
-        // Walked by role with the index's answers: the order of the VMs does not matter.
-        self.ix
-            .by_role
-            .iter()
-            .zip(&self.ix.role_holds)
-            .filter(|(w, holds)| {
-                w.role.phase() < role.phase() && w.role != Role::Bootstrap && **holds
-            })
-            .all(|(w, _)| w.running && w.clock >= c)
+        self.s
+            .vms
+            .values()
+            .filter(|w| w.role.phase() < role.phase() && w.role != Role::Bootstrap)
+            .filter(|w| self.holds_active_slot(w))
+            .all(|w| w.running && w.clock >= c)
     }
 }
