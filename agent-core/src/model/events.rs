@@ -89,7 +89,11 @@ impl ClusterState {
     pub fn changes_config_inputs(&self, event: &Event) -> bool {
         use ActionKind::*;
         match event {
-            Event::Accepted(_) | Event::Observed { .. } | Event::VmAbandoned { .. } => true,
+            Event::Accepted(_) | Event::VmAbandoned { .. } => true,
+            // Down flags and program states are no inputs; a VM the observation removes is
+            // (its address leaves the files). Most observations that are recorded only tell
+            // of a program that stopped or started, and keep every file as it was.
+            Event::Observed { vms, .. } => self.observation_loses_vm(vms),
             Event::Queued(_)
             | Event::PendingDropped { .. }
             | Event::ActionStarted(_)
@@ -482,19 +486,30 @@ impl ClusterState {
         }
     }
 
-    fn apply_observation(&mut self, vms: &[VmInfo], programs: &BTreeMap<String, ProgramStatus>) {
+    /// The VMs of the state that an observation listing `vms` removes: those the provider
+    /// no longer lists and no action in flight works on (an action records its own result).
+    fn lost_in_observation<'s>(
+        &'s self,
+        vms: &'s [VmInfo],
+    ) -> impl Iterator<Item = &'s String> + 's {
         let busy: BTreeSet<&str> = self
             .in_flight
             .values()
             .filter_map(|a| a.kind.vm())
             .collect();
         let present: BTreeSet<&str> = vms.iter().map(|v| v.name.as_str()).collect();
-        let lost: Vec<String> = self
-            .vms
+        self.vms
             .keys()
-            .filter(|n| !present.contains(n.as_str()) && !busy.contains(n.as_str()))
-            .cloned()
-            .collect();
+            .filter(move |n| !present.contains(n.as_str()) && !busy.contains(n.as_str()))
+    }
+
+    /// Whether applying an observation listing `vms` removes a VM from the state.
+    fn observation_loses_vm(&self, vms: &[VmInfo]) -> bool {
+        self.lost_in_observation(vms).next().is_some()
+    }
+
+    fn apply_observation(&mut self, vms: &[VmInfo], programs: &BTreeMap<String, ProgramStatus>) {
+        let lost: Vec<String> = self.lost_in_observation(vms).cloned().collect();
         for name in lost {
             if let Some(gone) = self.vms.remove(&name) {
                 tracing::warn!(vm = %name, role = %gone.role, "VM lost; it will be replaced");

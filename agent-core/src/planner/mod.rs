@@ -24,6 +24,7 @@ use crate::model::{
     config_fingerprint_with, machine_spec, target_vms, ClusterState, Role, Slot, Vm,
 };
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 
 /// Node group `g` held data once and no VM of it runs a data node or keeps its file
 /// system: no replica is left to copy its rows from.
@@ -69,27 +70,55 @@ pub fn plan_with(d: &DesiredState, s: &ClusterState, cache: &mut ConfigCache) ->
 /// planning.
 #[derive(Debug, Clone, Default)]
 pub struct ConfigCache {
-    /// Fingerprints of the VMs' files, by VM (a handful).
-    hashes: Vec<(String, Role, u64)>,
+    /// Fingerprints of the VMs' files, by what they depend on (a handful).
+    hashes: Vec<(FilesOf, u64)>,
     /// The management servers' addresses, for the fingerprints.
     mgmd_addresses: Option<Vec<String>>,
     /// config.ini as rendered for the management servers.
     pub config_ini: Option<String>,
 }
 
+/// What the fingerprint of a VM's files depends on besides the state and the desired state.
+#[derive(Debug, Clone)]
+enum FilesOf {
+    /// A management server's files (config.ini, which lists every slot) are the same for
+    /// every management server with the same home: computed once for all of them.
+    Mgmd { home: Option<String> },
+    /// Other VMs' files name the VM's own slots.
+    Vm { name: String, role: Role },
+}
+
+impl FilesOf {
+    fn of(vm: &Vm) -> Self {
+        match vm.role {
+            Role::Mgmd => FilesOf::Mgmd {
+                home: vm.home.clone(),
+            },
+            role => FilesOf::Vm {
+                name: vm.name.clone(),
+                role,
+            },
+        }
+    }
+
+    /// `FilesOf::of(vm)` would equal this one (compared without copying).
+    fn is_of(&self, vm: &Vm) -> bool {
+        match self {
+            FilesOf::Mgmd { home } => vm.role == Role::Mgmd && *home == vm.home,
+            FilesOf::Vm { name, role } => *role == vm.role && *name == vm.name,
+        }
+    }
+}
+
 impl ConfigCache {
     /// [`config_fingerprint`](crate::model::config_fingerprint) of `vm`'s files, computed
-    /// once per VM while the cache holds.
+    /// once per VM (once for the management servers of one home) while the cache holds.
     pub fn fingerprint(&mut self, d: &DesiredState, s: &ClusterState, vm: &Vm) -> u64 {
-        if let Some((_, _, h)) = self
-            .hashes
-            .iter()
-            .find(|(n, r, _)| *r == vm.role && *n == vm.name)
-        {
+        if let Some((_, h)) = self.hashes.iter().find(|(k, _)| k.is_of(vm)) {
             return *h;
         }
         let h = config_fingerprint_with(d, s, vm, &mut self.mgmd_addresses);
-        self.hashes.push((vm.name.clone(), vm.role, h));
+        self.hashes.push((FilesOf::of(vm), h));
         h
     }
 }
@@ -103,10 +132,12 @@ pub(crate) struct VmIndex<'a> {
     by_role: Vec<&'a Vm>,
     /// The data-node VMs by node group (those without one first) and by name within a group.
     by_group: Vec<&'a Vm>,
-    /// Hosts of the active slots bound to a host, sorted by host (node-id order within a
-    /// host): one buffer searched by halving rather than a map of vectors built per round.
-    held_hosts: Vec<&'a str>,
-    /// Node ids of those slots, in the order of `held_hosts`.
+    /// Each host of the active slots bound to a host, once, sorted by host, with where its
+    /// slots are in `held_ids`: searched by halving (one search over the distinct hosts,
+    /// where a list with a host per slot took two) rather than a map of vectors built per
+    /// round.
+    held_hosts: Vec<(&'a str, Range<usize>)>,
+    /// Node ids of those slots, by host and in node-id order within a host.
     held_ids: Vec<u32>,
     /// Active slots bound to no VM of the state (never bound, or their VM is gone), in
     /// node-id order: found while `held` is built rather than by a lookup per slot.
@@ -135,16 +166,21 @@ impl<'a> VmIndex<'a> {
         }
         // Stable: the slots of one host stay in node-id order.
         held.sort_by(|a, b| a.0.cmp(b.0));
-        // Hosts that name no VM, found by one walk of both lists (both in name order).
+        // Each host once, with where its slots are; and the hosts that name no VM, found by
+        // one walk of both lists (both in name order).
+        let mut held_hosts = Vec::with_capacity(held.len());
+        let mut start = 0;
         let mut names = s.vms.keys().map(String::as_str).peekable();
         for run in held.chunk_by(|a, b| a.0 == b.0) {
             let host = run[0].0;
+            held_hosts.push((host, start..start + run.len()));
+            start += run.len();
             while names.next_if(|n| *n < host).is_some() {}
             if names.peek() != Some(&host) {
                 lost.extend(run.iter().filter_map(|(_, id)| s.slots.get(id)));
             }
         }
-        let (held_hosts, held_ids) = held.into_iter().unzip();
+        let held_ids = held.iter().map(|(_, id)| *id).collect();
         lost.sort_by_key(|x| x.node_id);
         let mut versions = Vec::with_capacity(s.vms.len());
         versions.extend(
@@ -178,9 +214,10 @@ impl<'a> VmIndex<'a> {
 
     /// Node ids of the active slots bound to `vm`, in node-id order.
     fn held(&self, vm: &str) -> &[u32] {
-        let lo = self.held_hosts.partition_point(|h| *h < vm);
-        let hi = lo + self.held_hosts[lo..].partition_point(|h| *h == vm);
-        &self.held_ids[lo..hi]
+        match self.held_hosts.binary_search_by(|(h, _)| (*h).cmp(vm)) {
+            Ok(i) => &self.held_ids[self.held_hosts[i].1.clone()],
+            Err(_) => &[],
+        }
     }
 }
 
