@@ -234,9 +234,26 @@ impl Cluster {
                 String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
             })
             .unwrap_or_default();
+        // Each agent's own view: which ones hear a leader, and what the others say.
+        let views: Vec<String> = last
+            .as_ref()
+            .map(|s| {
+                s.agents
+                    .iter()
+                    .map(|a| match self.agents.status_at(&a.http_addr) {
+                        Some(own) => format!(
+                            "{} (voter {}): leader {:?}, {:?}",
+                            a.vm, a.voter, own.leader_vm, own.leader_problem
+                        ),
+                        None => format!("{} (voter {}): no answer", a.vm, a.voter),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         panic!(
-            "timed out waiting for {what}\nlast status: {}\ncontainers: {:?}\nbootstrap log:\n{logs}",
+            "timed out waiting for {what}\nlast status: {}\neach agent's view:\n  {}\ncontainers: {:?}\nbootstrap log:\n{logs}",
             serde_json::to_string_pretty(&last).unwrap_or_default(),
+            views.join("\n  "),
             self.vm_containers()
         );
     }
@@ -713,6 +730,19 @@ fn docker_tier_sequence() {
         "  every container stopped and started again: back at desired state 10 after {:.1} s, {left} started by the agents",
         t.elapsed().as_secs_f64()
     );
+
+    // Every voter's own status names the leader (its Raft node runs and hears from it)
+    // before the bootstrap agent goes: after a whole restart a voter may still be catching up.
+    c.wait("every voter following the leader", |s, c| {
+        s.agents
+            .iter()
+            .filter(|a| a.voter && a.vm != "bootstrap")
+            .all(|a| {
+                c.agents
+                    .status_at(&a.http_addr)
+                    .is_some_and(|own| own.leader_vm.as_deref() == Some("bootstrap"))
+            })
+    });
 
     // 10. The bootstrap container removed: another agent leads, and changes still work.
     c.rt.block_on(c.docker.remove_container(
