@@ -665,8 +665,7 @@ impl Api {
 /// (or the `given` one, from NDB_AGENT_TOKEN), mode 0600, fsync'd before any agent starts.
 /// A given token that differs from the file's replaces it: that is how a token is rotated.
 pub fn ensure_api_token(data_dir: &Path, given: Option<String>) -> anyhow::Result<String> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let path = data_dir.join(agent::api_token::TOKEN_FILE);
     let given = given
         .map(|t| t.trim().to_string())
@@ -689,19 +688,8 @@ pub fn ensure_api_token(data_dir: &Path, given: Option<String>) -> anyhow::Resul
             bytes.iter().map(|b| format!("{b:02x}")).collect()
         }
     };
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(format!("{token}\n").as_bytes())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path)
-        .with_context(|| format!("cannot move the token into {}", path.display()))?;
+    local::write_private(&path, format!("{token}\n").as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     std::fs::File::open(data_dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("cannot sync {}", data_dir.display()))?;
