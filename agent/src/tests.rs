@@ -78,6 +78,23 @@ fn test_ca() -> &'static crate::backend::ClusterCa {
     CA.get_or_init(|| tls::make_ca().unwrap())
 }
 
+/// An agent of VM `vm` over `dir`, with the test CA, quick heartbeats, no token.
+fn test_options(vm: &str, role: &str, dir: &std::path::Path) -> AgentOptions {
+    AgentOptions {
+        vm: vm.into(),
+        role: role.into(),
+        zone: "z".into(),
+        dir: dir.to_path_buf(),
+        bootstrap: false,
+        agent_version: "test".into(),
+        reconciler: ReconcilerConfig::default(),
+        heartbeat: Duration::from_millis(100),
+        advertise_host: None,
+        api_token_sha256: None,
+        ca: test_ca().clone(),
+    }
+}
+
 struct NoProvider;
 
 #[async_trait]
@@ -117,19 +134,7 @@ async fn refuses_other_targets_and_runs_an_operation_once() {
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = grpc.local_addr().unwrap().to_string();
     let runtime = Arc::new(Counting::default());
-    let opts = AgentOptions {
-        vm: "vm-a".into(),
-        role: "ndbd".into(),
-        zone: "z".into(),
-        dir: dir.path().to_path_buf(),
-        bootstrap: false,
-        agent_version: "test".into(),
-        reconciler: ReconcilerConfig::default(),
-        heartbeat: Duration::from_millis(100),
-        advertise_host: None,
-        api_token_sha256: None,
-        ca: test_ca().clone(),
-    };
+    let opts = test_options("vm-a", "ndbd", dir.path());
     let rt: Arc<dyn ProcessRuntime> = runtime.clone();
     tokio::spawn(run(opts, grpc, http, Arc::new(NoProvider), rt));
     let caller = tls::AgentTls::issue(test_ca(), "bootstrap").unwrap();
@@ -245,17 +250,9 @@ async fn the_http_api_needs_the_clusters_token() {
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", http.local_addr().unwrap());
     let opts = AgentOptions {
-        vm: "bootstrap".into(),
-        role: "bootstrap".into(),
-        zone: "z".into(),
-        dir: dir.path().to_path_buf(),
         bootstrap: true,
-        agent_version: "test".into(),
-        reconciler: ReconcilerConfig::default(),
-        heartbeat: Duration::from_millis(100),
-        advertise_host: None,
         api_token_sha256: Some(api_token::token_sha256("right-token")),
-        ca: test_ca().clone(),
+        ..test_options("bootstrap", "bootstrap", dir.path())
     };
     let shared_dir = dir.path().to_path_buf();
     tokio::spawn(run(
@@ -335,19 +332,7 @@ async fn only_callers_with_a_certificate_of_the_cluster_ca_get_in() {
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = grpc.local_addr().unwrap().to_string();
-    let opts = AgentOptions {
-        vm: "vm-a".into(),
-        role: "ndbd".into(),
-        zone: "z".into(),
-        dir: dir.path().to_path_buf(),
-        bootstrap: false,
-        agent_version: "test".into(),
-        reconciler: ReconcilerConfig::default(),
-        heartbeat: Duration::from_millis(100),
-        advertise_host: None,
-        api_token_sha256: None,
-        ca: test_ca().clone(),
-    };
+    let opts = test_options("vm-a", "ndbd", dir.path());
     tokio::spawn(run(
         opts,
         grpc,
