@@ -63,7 +63,9 @@ fn make_runtime(vm: &VmConfig, dir: &Path) -> anyhow::Result<Arc<dyn ProcessRunt
     // the commands expect it in a container (a machine of its own).
     let home = match vm.provider {
         ProviderConfig::Local { .. } => std::path::absolute(local::rondb_home(dir))?,
-        ProviderConfig::Docker(_) => PathBuf::from(agent_core::model::RONDB_HOME),
+        ProviderConfig::Docker(_) | ProviderConfig::Front(_) => {
+            PathBuf::from(agent_core::model::RONDB_HOME)
+        }
     };
     let rondb = |control: Option<Arc<dyn runtime_backends::process::ProcessControl>>| {
         let r = DirectRuntime::new(&vm.spec.name, &home, &sink, address, Timeouts::default())
@@ -191,6 +193,9 @@ fn make_provider(vm: &VmConfig, program: &Path) -> anyhow::Result<Arc<dyn CloudP
             DockerProvider::new(cfg.clone(), vm.runtime, vm.ca.clone())
                 .map_err(|e| anyhow::anyhow!("{e}"))?,
         ),
+        ProviderConfig::Front(cfg) => Arc::new(
+            providers::FrontProvider::new(cfg.clone()).map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
     })
 }
 
@@ -227,7 +232,7 @@ async fn listeners(
             };
             Ok((grpc, http, None))
         }
-        ProviderConfig::Docker(_) => {
+        ProviderConfig::Docker(_) | ProviderConfig::Front(_) => {
             let grpc = bind(None, &format!("0.0.0.0:{AGENT_GRPC_PORT}")).await?;
             let http = bind(None, http.unwrap_or(&format!("0.0.0.0:{AGENT_HTTP_PORT}"))).await?;
             Ok((grpc, http, Some(own_address().await?)))
@@ -665,8 +670,16 @@ impl Api {
 /// (or the `given` one, from NDB_AGENT_TOKEN), mode 0600, fsync'd before any agent starts.
 /// A given token that differs from the file's replaces it: that is how a token is rotated.
 pub fn ensure_api_token(data_dir: &Path, given: Option<String>) -> anyhow::Result<String> {
+    ensure_secret(data_dir, agent::api_token::TOKEN_FILE, given)
+}
+
+/// The secret in `dir/file`: made at random (256 bits, hex) when the file does not exist,
+/// or the `given` one, which replaces a different one (a rotation); 0600 and fsync'd with
+/// its directory before it is returned.
+pub fn ensure_secret(dir: &Path, file: &str, given: Option<String>) -> anyhow::Result<String> {
     use std::os::unix::fs::PermissionsExt;
-    let path = data_dir.join(agent::api_token::TOKEN_FILE);
+    let data_dir = dir;
+    let path = data_dir.join(file);
     let given = given
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty());

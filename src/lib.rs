@@ -2,4 +2,5 @@
 //! runs the real reconciler against the mock world in simulated time.
 
 pub mod cluster;
+pub mod front;
 pub mod simulation;

@@ -26,6 +26,13 @@ enum ProviderArg {
     Docker,
 }
 
+/// Where the cloud front's Terraform creates VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TargetArg {
+    /// VM containers on this machine's Docker engine (`terraform_data` + local-exec).
+    LocalDocker,
+}
+
 /// How the agents run RonDB programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum RuntimeArg {
@@ -37,6 +44,16 @@ enum RuntimeArg {
     /// RonDB's programs under supervisord, installed from the desired state's RonDB
     /// tarballs (containers: `--provider docker`, the agent image runs supervisord).
     Supervisord,
+}
+
+impl RuntimeArg {
+    fn kind(self) -> providers::RuntimeKind {
+        match self {
+            RuntimeArg::Dummy => providers::RuntimeKind::Dummy,
+            RuntimeArg::Direct => providers::RuntimeKind::Direct,
+            RuntimeArg::Supervisord => providers::RuntimeKind::Supervisord,
+        }
+    }
 }
 
 /// How a client proves it may use the cluster's API.
@@ -144,6 +161,40 @@ enum Command {
         #[arg(long = "artifact-mirror", value_name = "PREFIX=REPLACEMENT")]
         artifact_mirrors: Vec<agent_core::artifacts::ArtifactMirror>,
     },
+    /// Run the cloud front of one cluster: the only holder of the cloud's keys (Terraform,
+    /// its state), it creates and deletes the cluster's VMs when the cluster's leader asks.
+    CloudFront {
+        /// The cluster's name (container names, labels).
+        #[arg(long)]
+        cluster: String,
+        /// Where the front keeps the cluster's credential, CA and Terraform state.
+        #[arg(long, default_value = "front-data")]
+        data_dir: PathBuf,
+        /// The address the front listens on.
+        #[arg(long, default_value = "0.0.0.0:9090")]
+        listen: String,
+        /// The front's URL as the VMs reach it.
+        #[arg(long)]
+        url: String,
+        /// The Terraform target VMs are created with.
+        #[arg(long, value_enum, default_value_t = TargetArg::LocalDocker)]
+        target: TargetArg,
+        /// The `terraform` program (scripts/install-terraform.sh prints one).
+        #[arg(long, env = "TERRAFORM", default_value = "terraform")]
+        terraform: PathBuf,
+        /// The ProcessRuntime of the agents.
+        #[arg(long, value_enum, default_value_t = RuntimeArg::Dummy)]
+        runtime: RuntimeArg,
+        /// local-docker: the user-defined network of the VMs (it must have a subnet).
+        #[arg(long, default_value = "managed-rondb")]
+        docker_network: String,
+        /// local-docker: that network's subnet; VMs get fixed addresses from host 16 up.
+        #[arg(long, default_value = "10.213.0.0/24")]
+        subnet: String,
+        /// local-docker: the agent image of the VMs.
+        #[arg(long, default_value = "managed-rondb/ndb-agent:latest")]
+        agent_image: String,
+    },
     /// Run the agent of one local VM (started by the local provider).
     Agent {
         /// The VM's directory (holds vm.json).
@@ -225,14 +276,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 desired_state,
                 data_dir,
                 http,
-                runtime: match runtime {
-                    RuntimeArg::Dummy => providers::RuntimeKind::Dummy,
-                    RuntimeArg::Direct => providers::RuntimeKind::Direct,
-                    RuntimeArg::Supervisord => providers::RuntimeKind::Supervisord,
-                },
+                runtime: runtime.kind(),
                 docker,
                 artifact_mirrors,
             })
+        }
+        Command::CloudFront {
+            cluster,
+            data_dir,
+            listen,
+            url,
+            target,
+            terraform,
+            runtime,
+            docker_network,
+            subnet,
+            agent_image,
+        } => {
+            let target = match target {
+                TargetArg::LocalDocker => providers::TerraformTarget::LocalDocker {
+                    cluster: cluster.clone(),
+                    network: docker_network,
+                    subnet,
+                    image: agent_image,
+                    env: std::env::vars()
+                        .filter(|(k, _)| k == ndb_agent::cluster::DUMMY_DELAY_ENV)
+                        .collect(),
+                },
+            };
+            ndb_agent::front::front_command(ndb_agent::front::FrontOptions {
+                listen,
+                url,
+                data_dir,
+                cluster,
+                runtime: runtime.kind(),
+                terraform,
+                target,
+            })?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Agent { vm_dir } => {
             ndb_agent::cluster::agent_command(&vm_dir)?;

@@ -1,15 +1,20 @@
 //! `CloudProvider` implementations: `mock`, over the simulated world of the `sim-world` crate
 //! (used by `simulate` and the generative tests); `local`, where each VM is an
 //! agent process on this machine (the embedded default); `docker`, where each VM is a
-//! container on a user-defined network. `terraform` follows the same trait.
+//! container on a user-defined network; `terraform`, where each VM is a resource of one
+//! Terraform root module (run by the one process that holds the Terraform state).
 
 pub mod docker;
+pub mod front;
 pub mod local;
 pub mod mock;
+pub mod terraform;
 
 pub use docker::{DockerConfig, DockerProvider};
+pub use front::{FrontConfig, FrontProvider};
 pub use local::LocalProvider;
 pub use mock::MockProvider;
+pub use terraform::{TerraformProvider, TerraformSettings, TerraformTarget};
 
 use agent_core::backend::VmSpec;
 use serde::{Deserialize, Serialize};
@@ -24,6 +29,16 @@ pub enum ProviderConfig {
     Local { data_dir: PathBuf },
     /// VMs are containers.
     Docker(DockerConfig),
+    /// VMs are made by the cloud front (containers or cloud VMs); the leader asks it.
+    Front(FrontConfig),
+}
+
+impl ProviderConfig {
+    /// Whether a VM is a machine of its own (a container or a cloud VM): its agent listens
+    /// on fixed ports of all interfaces and RonDB lives where the commands expect it.
+    pub fn is_machine_of_its_own(&self) -> bool {
+        !matches!(self, ProviderConfig::Local { .. })
+    }
 }
 
 /// The `ProcessRuntime` a cluster's agents run RonDB programs with. Every agent carries it
@@ -83,7 +98,7 @@ impl VmConfig {
     pub fn local_data_dir(&self) -> Option<&std::path::Path> {
         match &self.provider {
             ProviderConfig::Local { data_dir } => Some(data_dir),
-            ProviderConfig::Docker(_) => None,
+            ProviderConfig::Docker(_) | ProviderConfig::Front(_) => None,
         }
     }
 }

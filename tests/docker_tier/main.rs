@@ -227,13 +227,17 @@ impl Cluster {
             }
             Err(last) => *last,
         };
-        let logs = std::process::Command::new("docker")
-            .args(["logs", "--tail", "40", &format!("{}-bootstrap", self.name)])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
-            })
-            .unwrap_or_default();
+        let logs_of = |vm: &str, lines: &str| {
+            std::process::Command::new("docker")
+                .args(["logs", "--tail", lines, &format!("{}-{vm}", self.name)])
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout).to_string()
+                        + &String::from_utf8_lossy(&o.stderr)
+                })
+                .unwrap_or_default()
+        };
+        let logs = logs_of("bootstrap", "40");
         // Each agent's own view: which ones hear a leader, and what the others say.
         let views: Vec<String> = last
             .as_ref()
@@ -250,11 +254,23 @@ impl Cluster {
                     .collect()
             })
             .unwrap_or_default();
+        // The voters' own last words: why they do (not) elect.
+        let voter_logs: Vec<String> = last
+            .as_ref()
+            .map(|s| {
+                s.agents
+                    .iter()
+                    .filter(|a| a.voter && a.vm != "bootstrap")
+                    .map(|a| format!("--- {} (last 25 lines)\n{}", a.vm, logs_of(&a.vm, "25")))
+                    .collect()
+            })
+            .unwrap_or_default();
         panic!(
-            "timed out waiting for {what}\nlast status: {}\neach agent's view:\n  {}\ncontainers: {:?}\nbootstrap log:\n{logs}",
+            "timed out waiting for {what}\nlast status: {}\neach agent's view:\n  {}\ncontainers: {:?}\nbootstrap log:\n{logs}\nvoters' logs:\n{}",
             serde_json::to_string_pretty(&last).unwrap_or_default(),
             views.join("\n  "),
-            self.vm_containers()
+            self.vm_containers(),
+            voter_logs.join("\n")
         );
     }
 

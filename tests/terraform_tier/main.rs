@@ -1,0 +1,483 @@
+//! The Terraform tier: `ndb-agent cloud-front` running the `terraform` provider with the
+//! `local-docker` target for real (Terraform from `TERRAFORM` or PATH:
+//! `scripts/install-terraform.sh`; the agent image built here by compose/images/build.sh),
+//! called as a cluster's leader calls it (`providers::FrontProvider`). VMs are created, several
+//! at once in one apply; created again (no second VM); deleted; a VM type changed (Terraform
+//! replaces the container); the front SIGKILLed with its Terraform in the middle of an apply
+//! and started again on the same directory; finally every VM deleted. After each step:
+//! Terraform's state, the front's list and the containers of the cluster name the same VMs
+//! (no container outside the state, no state entry without its container) and no VM holds
+//! the Docker socket. Calls without the cluster's credential are refused. Each step prints
+//! its time.
+//! Everything carries the label `managed-rondb.cluster=<unique name>` and is removed at the
+//! end, also when the test fails.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+#[path = "../common/docker_cli.rs"]
+mod docker_cli;
+
+use agent_core::backend::{CloudProvider, OpId, VmSpec};
+use agent_core::desired::VmType;
+use agent_core::model::Role;
+use docker_cli::docker;
+use providers::{FrontConfig, FrontProvider};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ndb-agent");
+const IMAGE: &str = "managed-rondb/ndb-agent:latest";
+
+fn terraform() -> PathBuf {
+    let bin = std::env::var("TERRAFORM").unwrap_or_else(|_| "terraform".into());
+    match std::process::Command::new(&bin).arg("version").output() {
+        Ok(o) if o.status.success() => PathBuf::from(bin),
+        other => panic!(
+            "no working Terraform ({bin}: {other:?}); run scripts/install-terraform.sh and set TERRAFORM to the path it prints"
+        ),
+    }
+}
+
+fn spec(name: &str, role: Role, zone: &str, vm_type: VmType) -> VmSpec {
+    VmSpec {
+        name: name.into(),
+        role,
+        zone: zone.into(),
+        vm_type,
+        storage_gib: 5,
+        temporary: false,
+        agent_version: "0.999".into(),
+    }
+}
+
+/// Removes everything of the cluster when the test ends, passed or failed.
+struct Cleanup {
+    cluster: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let label = format!("label=managed-rondb.cluster={}", self.cluster);
+        let run = |args: &[&str]| {
+            std::process::Command::new("docker")
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        for c in run(&["ps", "-aq", "--filter", &label]).split_whitespace() {
+            run(&["rm", "-f", "-v", c]);
+        }
+        for v in run(&["volume", "ls", "-q", "--filter", &label]).split_whitespace() {
+            run(&["volume", "rm", "-f", v]);
+        }
+        run(&["network", "rm", &self.cluster]);
+    }
+}
+
+/// The cloud front under test: a real `ndb-agent cloud-front` process in a process group of
+/// its own (so SIGKILL takes its Terraform with it, as a dying container would).
+struct Front {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Front {
+    fn kill(&mut self) {
+        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Tier {
+    cluster: String,
+    data_dir: PathBuf,
+    terraform: PathBuf,
+    subnet: String,
+    gateway: String,
+    port: u16,
+}
+
+impl Tier {
+    fn work_dir(&self) -> PathBuf {
+        self.data_dir
+            .join("clusters")
+            .join(&self.cluster)
+            .join("terraform")
+    }
+
+    fn start_front(&self, run: u32) -> Front {
+        use std::os::unix::process::CommandExt;
+        let log = self.data_dir.join(format!("front-{run}.log"));
+        let child = std::process::Command::new(BIN)
+            .args(["cloud-front", "--cluster", &self.cluster])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen", &format!("0.0.0.0:{}", self.port)])
+            .args(["--url", &format!("http://{}:{}", self.gateway, self.port)])
+            .args(["--docker-network", &self.cluster, "--subnet", &self.subnet])
+            .args(["--agent-image", IMAGE])
+            .arg("--terraform")
+            .arg(&self.terraform)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .process_group(0)
+            .spawn()
+            .expect("start ndb-agent cloud-front");
+        let front = Front { child, log };
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let url = format!("http://127.0.0.1:{}/health", self.port);
+        while !reqwest::blocking::get(&url).is_ok_and(|r| r.status().is_success()) {
+            assert!(
+                Instant::now() < deadline,
+                "the cloud front did not answer on {url}:\n{}",
+                std::fs::read_to_string(&front.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        front
+    }
+
+    fn client(&self, credential: Option<&str>, cluster: Option<&str>) -> FrontProvider {
+        let credential = match credential {
+            Some(c) => c.to_string(),
+            None => std::fs::read_to_string(
+                self.data_dir
+                    .join("clusters")
+                    .join(&self.cluster)
+                    .join("credential"),
+            )
+            .unwrap()
+            .trim()
+            .to_string(),
+        };
+        FrontProvider::new(FrontConfig {
+            url: format!("http://127.0.0.1:{}", self.port),
+            cluster: cluster.unwrap_or(&self.cluster).to_string(),
+            credential,
+        })
+        .unwrap()
+    }
+
+    /// Applies the front logged (in every run so far).
+    fn applies(&self) -> usize {
+        let mut n = 0;
+        for e in std::fs::read_dir(&self.data_dir).unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with("front-") {
+                n += std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .matches("terraform apply done")
+                    .count();
+            }
+        }
+        n
+    }
+
+    /// The VMs in Terraform's state.
+    fn state(&self) -> BTreeSet<String> {
+        let dir = self.work_dir();
+        let out = std::process::Command::new(&self.terraform)
+            .args(["state", "list"])
+            .current_dir(&dir)
+            .env("TF_CLI_CONFIG_FILE", dir.join("terraformrc"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "terraform state list: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("terraform_data.vm[\"")
+                    .and_then(|l| l.strip_suffix("\"]"))
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The VM containers of the cluster, running or not.
+    fn containers(&self) -> BTreeSet<String> {
+        docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=managed-rondb.cluster={}", self.cluster),
+            "--format",
+            "{{.Label \"managed-rondb.vm\"}}",
+        ])
+        .lines()
+        .map(str::to_string)
+        .collect()
+    }
+
+    /// State, containers and the front's list agree, and hold exactly `want`.
+    async fn check(&self, p: &FrontProvider, want: &[&str], step: &str) {
+        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        let listed: BTreeSet<String> = p
+            .list_vms()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        assert_eq!(self.state(), want, "{step}: Terraform's state");
+        assert_eq!(self.containers(), want, "{step}: the cluster's containers");
+        assert_eq!(listed, want, "{step}: the front's list");
+        for vm in &want {
+            let mounts = docker(&[
+                "inspect",
+                "-f",
+                "{{range .Mounts}}{{.Source}} {{end}}",
+                &format!("{}-{vm}", self.cluster),
+            ]);
+            assert!(
+                !mounts.contains("docker.sock"),
+                "{vm} holds the Docker socket: {mounts}"
+            );
+        }
+        println!("{step}: state, containers and list all hold {want:?}");
+    }
+}
+
+fn container_id(cluster: &str, vm: &str) -> String {
+    docker(&["inspect", "-f", "{{.Id}}", &format!("{cluster}-{vm}")])
+}
+
+#[test]
+fn terraform_tier_local_docker() {
+    let terraform = terraform();
+    let build = std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/compose/images/build.sh"
+    ))
+    .env("NDB_AGENT_BIN", BIN)
+    .status()
+    .expect("run compose/images/build.sh");
+    assert!(build.success(), "building the images failed");
+
+    let cluster = format!("mrdb-tf{}", std::process::id());
+    let _cleanup = Cleanup {
+        cluster: cluster.clone(),
+    };
+    let net = 1 + (std::process::id() + 101) % 250;
+    let subnet = format!("10.214.{net}.0/24");
+    let gateway = format!("10.214.{net}.1");
+    docker(&[
+        "network",
+        "create",
+        "--subnet",
+        &subnet,
+        "--gateway",
+        &gateway,
+        "--label",
+        &format!("managed-rondb.cluster={cluster}"),
+        &cluster,
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tier = Tier {
+        cluster: cluster.clone(),
+        data_dir: work.path().to_path_buf(),
+        terraform,
+        subnet,
+        gateway,
+        port,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    let mut front = tier.start_front(1);
+    rt.block_on(async {
+        let p = tier.client(None, None);
+        tier.check(&p, &[], "front started").await;
+        assert_eq!(tier.applies(), 1, "opening an empty directory applies once");
+
+        // Nothing without the cluster's credential, nothing of another cluster.
+        let e = tier.client(Some("not-the-credential"), None).list_vms().await.unwrap_err();
+        assert!(e.message.contains("wrong credential"), "{e}");
+        let e = tier.client(None, Some("other")).list_vms().await.unwrap_err();
+        assert!(e.message.contains("serves cluster"), "{e}");
+
+        // Three VMs asked for at once: one apply.
+        let t = Instant::now();
+        let vms = [
+            spec("mgmd-0", Role::Mgmd, "a", VmType::Mini),
+            spec("ndbd-0-1", Role::Ndbd, "a", VmType::Small),
+            spec("ndbd-0-2", Role::Ndbd, "b", VmType::Small),
+        ];
+        let made = futures::future::join_all(vms.iter().map(|s| p.create_vm(OpId(1), s))).await;
+        for m in &made {
+            let info = m.as_ref().unwrap();
+            assert!(info.agent_endpoint.ends_with(":7100"), "{info:?}");
+        }
+        println!(
+            "3 VMs created in one apply, agents answering: {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        assert_eq!(tier.applies(), 2, "the three creations were batched into one apply");
+        tier.check(&p, &["mgmd-0", "ndbd-0-1", "ndbd-0-2"], "3 VMs created")
+            .await;
+        // Same labels and limits as the docker provider's containers.
+        let small = providers::docker::limits(VmType::Small).0.to_string();
+        assert_eq!(
+            docker(&[
+                "inspect",
+                "-f",
+                "{{.HostConfig.Memory}} {{index .Config.Labels \"managed-rondb.role\"}} {{index .Config.Labels \"managed-rondb.zone\"}}",
+                &format!("{cluster}-ndbd-0-2")
+            ]),
+            format!("{small} ndbd b")
+        );
+
+        // Creating a VM again is a no-op (a new leader repeating the call).
+        let id = container_id(&cluster, "ndbd-0-1");
+        p.create_vm(OpId(2), &vms[1]).await.unwrap();
+        assert_eq!(
+            container_id(&cluster, "ndbd-0-1"),
+            id,
+            "a repeated create made a new container"
+        );
+
+        // One VM created and deleted alone.
+        let t = Instant::now();
+        p.create_vm(OpId(3), &spec("mysqld-3", Role::Mysqld, "a", VmType::Mini))
+            .await
+            .unwrap();
+        let created = t.elapsed();
+        let t = Instant::now();
+        p.delete_vm(OpId(4), "mysqld-3").await.unwrap();
+        println!(
+            "one VM through the front and Terraform: create {:.1} s, delete {:.1} s",
+            created.as_secs_f64(),
+            t.elapsed().as_secs_f64()
+        );
+        tier.check(&p, &["mgmd-0", "ndbd-0-1", "ndbd-0-2"], "mysqld-3 deleted")
+            .await;
+        // Deleting a VM that is gone succeeds.
+        p.delete_vm(OpId(5), "mysqld-3").await.unwrap();
+
+        // A new VM type: Terraform replaces the container (same address, new limits).
+        let before = container_id(&cluster, "ndbd-0-2");
+        let ip_before = p
+            .list_vms()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "ndbd-0-2")
+            .unwrap()
+            .address;
+        let t = Instant::now();
+        let info = p
+            .create_vm(OpId(6), &spec("ndbd-0-2", Role::Ndbd, "b", VmType::Medium))
+            .await
+            .unwrap();
+        println!(
+            "VM type changed (container replaced): {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        assert_ne!(
+            container_id(&cluster, "ndbd-0-2"),
+            before,
+            "the container was not replaced"
+        );
+        assert_eq!(info.address, ip_before);
+        assert_eq!(
+            docker(&[
+                "inspect",
+                "-f",
+                "{{.HostConfig.Memory}}",
+                &format!("{cluster}-ndbd-0-2")
+            ]),
+            providers::docker::limits(VmType::Medium).0.to_string()
+        );
+        tier.check(&p, &["mgmd-0", "ndbd-0-1", "ndbd-0-2"], "VM type changed")
+            .await;
+
+        // The front killed (SIGKILL, its Terraform with it) in the middle of an apply: once
+        // the first new container exists, before Terraform has recorded it.
+        let asked: Vec<_> = ["mysqld-4", "mysqld-5"]
+            .iter()
+            .map(|vm| {
+                let p = tier.client(None, None);
+                let s = spec(vm, Role::Mysqld, "a", VmType::Mini);
+                tokio::spawn(async move { p.create_vm(OpId(7), &s).await })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !tier.containers().iter().any(|c| c.starts_with("mysqld-")) {
+            assert!(Instant::now() < deadline, "no container of the apply appeared");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        front.kill();
+        println!(
+            "front killed mid-apply; containers then: {:?}, state: {:?}",
+            tier.containers(),
+            tier.state()
+        );
+        for a in asked {
+            let r = a.await.unwrap();
+            assert!(r.is_err(), "a creation cut off by the kill reported success: {r:?}");
+        }
+    });
+
+    let t = Instant::now();
+    let _front = tier.start_front(2);
+    println!(
+        "front restarted, state converged in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    rt.block_on(async {
+        let p = tier.client(None, None);
+        // The requests it had accepted are finished, not lost and not doubled.
+        let all = ["mgmd-0", "mysqld-4", "mysqld-5", "ndbd-0-1", "ndbd-0-2"];
+        tier.check(&p, &all, "after the kill mid-apply").await;
+        // The leader's retry finds its VM made, and makes no second one.
+        let id = container_id(&cluster, "mysqld-4");
+        p.create_vm(OpId(8), &spec("mysqld-4", Role::Mysqld, "a", VmType::Mini))
+            .await
+            .unwrap();
+        assert_eq!(container_id(&cluster, "mysqld-4"), id);
+
+        // Everything deleted: no container, an empty state.
+        let t = Instant::now();
+        let gone = futures::future::join_all(all.iter().map(|vm| p.delete_vm(OpId(9), vm))).await;
+        assert!(gone.iter().all(Result::is_ok), "{gone:?}");
+        println!(
+            "5 VMs deleted in one apply: {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        tier.check(&p, &[], "all deleted").await;
+        let volumes = docker(&[
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            "label=managed-rondb.vm",
+            "--filter",
+            &format!("label=managed-rondb.cluster={cluster}"),
+        ]);
+        assert!(volumes.is_empty(), "VM volumes left: {volumes}");
+        // The secrets of deleted VMs are gone with them; the directories are private.
+        let dir = tier.work_dir();
+        let env_files = std::fs::read_dir(dir.join("env")).unwrap().count();
+        assert_eq!(env_files, 0, "env files of deleted VMs left");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700, "the Terraform directory holds secrets");
+        let cdir = dir.parent().unwrap();
+        assert_eq!(mode(&cdir.join("credential")), 0o600);
+        assert_eq!(mode(&cdir.join("tls/ca-key.pem")), 0o600);
+    });
+}
