@@ -9,7 +9,7 @@ use agent_core::backend::{CloudProvider, OpId, ProcessRuntime, VmInfo, VmSpec, V
 use agent_core::desired::VmType;
 use agent_core::Role;
 use anyhow::{bail, Context};
-use providers::docker::{DockerConfig, DockerProvider, AGENT_GRPC_PORT, AGENT_HTTP_PORT, VM_ENV};
+use providers::docker::{DockerProvider, AGENT_GRPC_PORT, AGENT_HTTP_PORT, VM_ENV};
 use providers::local::{self, AgentAddress, LocalProvider};
 use providers::{ProviderConfig, RuntimeKind, VmConfig};
 use runtime_backends::direct::Timeouts;
@@ -310,8 +310,10 @@ pub struct UpOptions {
     pub data_dir: PathBuf,
     pub http: String,
     pub runtime: RuntimeKind,
-    /// `None`: the local provider; `Some`: VMs are containers.
-    pub docker: Option<DockerConfig>,
+    /// Where VMs live: `Local` (processes under the data directory), `Docker` (containers
+    /// this agent makes) or `Front` (made by the cloud front). This agent runs in a
+    /// container unless the provider is `Local`.
+    pub provider: ProviderConfig,
     /// Handed to every VM: where their runtimes fetch tarballs from.
     pub artifact_mirrors: Vec<agent_core::artifacts::ArtifactMirror>,
 }
@@ -345,7 +347,8 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
         }
         return Ok(std::process::ExitCode::from(2));
     }
-    if o.runtime == RuntimeKind::Supervisord && o.docker.is_none() {
+    let local = !o.provider.is_machine_of_its_own();
+    if o.runtime == RuntimeKind::Supervisord && local {
         bail!(
             "the supervisord runtime runs in containers, where supervisord runs the agent too: use --provider docker, or --runtime direct for a cluster on this machine"
         );
@@ -354,12 +357,24 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
         .with_context(|| format!("cannot create {}", o.data_dir.display()))?;
     let data_dir = o.data_dir.canonicalize()?;
     let token = ensure_api_token(&data_dir, std::env::var(agent::api_token::TOKEN_ENV).ok())?;
+    if let ProviderConfig::Front(f) = &o.provider {
+        // The front made the cluster CA and hands it to every VM: the bootstrap agent must
+        // trust the same one, not make its own.
+        if !data_dir.join("tls").join("ca.pem").exists() {
+            bail!(
+                "--provider front: {} has no cluster CA; copy the front's DATA_DIR/clusters/{}/tls directory there (the VMs the front makes trust that CA only)",
+                data_dir.join("tls").display(),
+                f.cluster
+            );
+        }
+    }
     let ca = ensure_cluster_ca(&data_dir)?;
     // Locally the bootstrap agent is one of the VM directories; in a container its
     // directory is the data directory (its volume).
-    let dir = match o.docker {
-        None => data_dir.join("vms").join("bootstrap"),
-        Some(_) => data_dir.clone(),
+    let dir = if local {
+        data_dir.join("vms").join("bootstrap")
+    } else {
+        data_dir.clone()
     };
     std::fs::create_dir_all(&dir)?;
     let _lock = lock_dir(&dir)?;
@@ -374,11 +389,11 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
             agent_version: AGENT_VERSION.into(),
         },
         runtime: o.runtime,
-        provider: match &o.docker {
-            None => ProviderConfig::Local {
+        provider: match &o.provider {
+            ProviderConfig::Local { .. } => ProviderConfig::Local {
                 data_dir: data_dir.clone(),
             },
-            Some(d) => ProviderConfig::Docker(d.clone()),
+            other => other.clone(),
         },
         address: None,
         artifact_mirrors: o.artifact_mirrors.clone(),

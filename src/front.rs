@@ -41,6 +41,35 @@ pub struct FrontOptions {
     pub target: TerraformTarget,
 }
 
+/// The environment variable that gives a bootstrap agent the cluster's credential.
+pub const CREDENTIAL_ENV: &str = "NDB_FRONT_CREDENTIAL";
+
+/// The credential `up --provider front` hands its VMs: NDB_FRONT_CREDENTIAL, else the file.
+pub fn client_credential(file: Option<PathBuf>) -> anyhow::Result<String> {
+    if let Some(c) = std::env::var(CREDENTIAL_ENV)
+        .ok()
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty())
+    {
+        return Ok(c);
+    }
+    let Some(file) = file else {
+        anyhow::bail!(
+            "--provider front needs the cluster's credential: set {CREDENTIAL_ENV} or --front-credential-file (the front wrote it to DATA_DIR/clusters/CLUSTER/{CREDENTIAL_FILE})"
+        );
+    };
+    let c = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read the cluster's credential {}", file.display()))?;
+    let c = c.trim().to_string();
+    if c.is_empty() {
+        anyhow::bail!(
+            "{} is empty; it should hold the cluster's credential",
+            file.display()
+        );
+    }
+    Ok(c)
+}
+
 /// The cluster directory of `cluster` under the front's data directory.
 pub fn cluster_dir(data_dir: &std::path::Path, cluster: &str) -> PathBuf {
     data_dir.join("clusters").join(cluster)

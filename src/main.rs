@@ -24,6 +24,9 @@ enum ProviderArg {
     Local,
     /// Containers on a user-defined Docker network.
     Docker,
+    /// VMs made by a cloud front (`ndb-agent cloud-front`): this agent runs where the VMs
+    /// reach it and holds no key to the cloud.
+    Front,
 }
 
 /// Where the cloud front's Terraform creates VMs.
@@ -155,6 +158,13 @@ enum Command {
         /// docker: the agent image of the VMs.
         #[arg(long, default_value = "managed-rondb/ndb-agent:latest")]
         agent_image: String,
+        /// front: the cloud front's URL as the VMs reach it.
+        #[arg(long, required_if_eq("provider", "front"))]
+        front_url: Option<String>,
+        /// front: the cluster's credential file (DATA_DIR/clusters/CLUSTER/credential of the
+        /// front); NDB_FRONT_CREDENTIAL gives it instead.
+        #[arg(long, env = "NDB_FRONT_CREDENTIAL_FILE")]
+        front_credential_file: Option<PathBuf>,
         /// PREFIX=REPLACEMENT: fetch tarballs whose link starts with PREFIX from REPLACEMENT
         /// (an http(s) URL or file:///DIR/) instead; repeatable. scripts/up.sh serves the
         /// stand-in's tarballs this way.
@@ -259,11 +269,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cluster_name,
             docker_network,
             agent_image,
+            front_url,
+            front_credential_file,
             artifact_mirrors,
         } => {
-            let docker = match provider {
-                ProviderArg::Local => None,
-                ProviderArg::Docker => Some(providers::DockerConfig {
+            let provider = match provider {
+                ProviderArg::Local => providers::ProviderConfig::Local {
+                    data_dir: data_dir.clone(),
+                },
+                ProviderArg::Docker => providers::ProviderConfig::Docker(providers::DockerConfig {
                     cluster: cluster_name,
                     network: docker_network,
                     image: agent_image,
@@ -271,13 +285,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .filter(|(k, _)| k == ndb_agent::cluster::DUMMY_DELAY_ENV)
                         .collect(),
                 }),
+                ProviderArg::Front => providers::ProviderConfig::Front(providers::FrontConfig {
+                    url: front_url.unwrap_or_default(),
+                    cluster: cluster_name,
+                    credential: ndb_agent::front::client_credential(front_credential_file)?,
+                }),
             };
             ndb_agent::cluster::up_command(ndb_agent::cluster::UpOptions {
                 desired_state,
                 data_dir,
                 http,
                 runtime: runtime.kind(),
-                docker,
+                provider,
                 artifact_mirrors,
             })
         }

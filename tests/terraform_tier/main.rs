@@ -14,12 +14,15 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+#[path = "../common/agents_client.rs"]
+mod agents_client;
 #[path = "../common/docker_cli.rs"]
 mod docker_cli;
 
 use agent_core::backend::{CloudProvider, OpId, VmSpec};
 use agent_core::desired::VmType;
 use agent_core::model::Role;
+use agents_client::AgentsClient;
 use docker_cli::docker;
 use providers::{FrontConfig, FrontProvider};
 use std::collections::BTreeSet;
@@ -28,6 +31,25 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ndb-agent");
 const IMAGE: &str = "managed-rondb/ndb-agent:latest";
+
+/// The two tests share the images and the machine's two cores: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Builds the images once per run (compose/images/build.sh caches them by tag).
+fn build_images() {
+    static BUILT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = BUILT.get_or_init(|| {
+        std::process::Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/compose/images/build.sh"
+        ))
+        .env("NDB_AGENT_BIN", BIN)
+        .status()
+        .expect("run compose/images/build.sh")
+        .success()
+    });
+    assert!(*ok, "building the images failed");
+}
 
 fn terraform() -> PathBuf {
     let bin = std::env::var("TERRAFORM").unwrap_or_else(|_| "terraform".into());
@@ -253,16 +275,10 @@ fn container_id(cluster: &str, vm: &str) -> String {
 }
 
 #[test]
-fn terraform_tier_local_docker() {
+fn the_front_keeps_terraform_state_and_containers_in_line() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let terraform = terraform();
-    let build = std::process::Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/compose/images/build.sh"
-    ))
-    .env("NDB_AGENT_BIN", BIN)
-    .status()
-    .expect("run compose/images/build.sh");
-    assert!(build.success(), "building the images failed");
+    build_images();
 
     let cluster = format!("mrdb-tf{}", std::process::id());
     let _cleanup = Cleanup {
@@ -479,5 +495,322 @@ fn terraform_tier_local_docker() {
         let cdir = dir.parent().unwrap();
         assert_eq!(mode(&cdir.join("credential")), 0o600);
         assert_eq!(mode(&cdir.join("tls/ca-key.pem")), 0o600);
+    });
+}
+
+/// A desired state of the cluster test: one node group, `replicas` data nodes, `mysqlds`
+/// MySQL servers of `mysqld_type`.
+fn desired(id: u64, replicas: u32, mysqlds: u32, mysqld_type: &str) -> String {
+    format!(
+        r#"{{
+  "Id": {id}, "RonDBRunning": true, "RonDBRunningSince": 1,
+  "RonDBVersion": "22.10.1",
+  "RonDBDownloadLink": "http://artifacts.invalid/rondb/rondb-22.10.1-linux-glibc2.28-x86_64.tar.gz",
+  "NdbAgentRunningSince": 1, "NdbAgentVersion": "0.999",
+  "NdbAgentDownloadLink": "http://artifacts.invalid/ndb-agent/ndb-agent-0.999.tar.gz",
+  "SingleBackups": [],
+  "TotalMemoryConfig": "2400M", "MaxReplicationFactor": 3, "ActiveReplicationFactor": {replicas},
+  "NumNodeGroups": 1, "NumTotalMgmdSlots": 2, "NumTotalMysqldSlots": 8, "NumTotalApiSlots": 8,
+  "NumMysqldSlotsPerVm": 1, "NumApiSlotsPerVm": 1,
+  "NumManagedMgmdVms": 1, "NumManagedMysqldVms": {mysqlds}, "NumManagedApiVms": 0,
+  "ExternallyManagedNodes": [], "AllowRequestingTemporaryVms": true,
+  "Region": "local", "AvailabilityZones": ["zone-a", "zone-b", "zone-c"],
+  "VmTypeMgmds": "mini", "VmTypeNdbds": "small", "VmTypeMysqlds": "{mysqld_type}", "VmTypeApis": "mini",
+  "StorageGiBPerMgmdVm": 5, "StorageGiBPerNdbdVm": 20, "StorageGiBPerMysqldVm": 5, "StorageGiBPerApiVm": 5,
+  "DefaultMgmdPort": 1186, "DefaultNdbdPort": 11860, "DefaultMysqldPort": 3306
+}}"#
+    )
+}
+
+impl Tier {
+    /// The VM containers of the cluster by role.
+    fn roles(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for role in docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=managed-rondb.cluster={}", self.cluster),
+            "--filter",
+            "label=managed-rondb.created-by=terraform",
+            "--format",
+            "{{.Label \"managed-rondb.role\"}}",
+        ])
+        .lines()
+        {
+            *out.entry(role.to_string()).or_insert(0) += 1;
+        }
+        out
+    }
+
+    /// How many applies the front has started and finished (every run so far).
+    fn applies_started(&self) -> usize {
+        let mut n = 0;
+        for e in std::fs::read_dir(&self.data_dir).unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with("front-") {
+                n += std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| {
+                        l.contains("terraform apply")
+                            && !l.contains("done")
+                            && !l.contains("failed")
+                    })
+                    .count();
+            }
+        }
+        n
+    }
+
+    /// Waits until desired state `id` is reached with `roles` (role, count) and Terraform's
+    /// state, the front's list and the containers agree.
+    fn wait_reached(&self, agents: &AgentsClient, id: u64, roles: &[(&str, usize)], what: &str) {
+        let want: std::collections::BTreeMap<String, usize> =
+            roles.iter().map(|(r, n)| (r.to_string(), *n)).collect();
+        let t = Instant::now();
+        let r = agents.wait_until(Duration::from_secs(300), |s| {
+            s.accepted_id == Some(id)
+                && s.pending_id.is_none()
+                && s.reconciliation_state == "AT_DESIRED_STATE"
+                && self.roles() == want
+        });
+        if let Err(last) = r {
+            panic!(
+                "timed out waiting for {what}: containers {:?}, state {:?}\nlast status: {}\nfront log:\n{}",
+                self.roles(),
+                self.state(),
+                serde_json::to_string_pretty(&*last).unwrap_or_default(),
+                self.front_logs()
+            );
+        }
+        let vms = self.containers();
+        assert_eq!(
+            self.state(),
+            vms,
+            "{what}: Terraform's state and the containers"
+        );
+        println!(
+            "{what}: {:.1} s ({} VMs, state and containers agree)",
+            t.elapsed().as_secs_f64(),
+            vms.len()
+        );
+    }
+
+    fn front_logs(&self) -> String {
+        let mut out = String::new();
+        for e in std::fs::read_dir(&self.data_dir).unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with("front-") {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                out += &format!("--- {}\n", e.file_name().to_string_lossy());
+                out += &tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+                out += "\n";
+            }
+        }
+        out
+    }
+
+    fn wait_apply_started(&self, base: usize) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.applies_started() <= base {
+            assert!(
+                Instant::now() < deadline,
+                "no Terraform apply started:\n{}",
+                self.front_logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn a_cluster_reaches_its_desired_states_through_the_front_and_terraform() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let terraform = terraform();
+    build_images();
+    let cluster = format!("mrdb-tfc{}", std::process::id());
+    let _cleanup = Cleanup {
+        cluster: cluster.clone(),
+    };
+    let net = 1 + (std::process::id() + 151) % 250;
+    let subnet = format!("10.214.{net}.0/24");
+    let gateway = format!("10.214.{net}.1");
+    docker(&[
+        "network",
+        "create",
+        "--subnet",
+        &subnet,
+        "--gateway",
+        &gateway,
+        "--label",
+        &format!("managed-rondb.cluster={cluster}"),
+        &cluster,
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tier = Tier {
+        cluster: cluster.clone(),
+        data_dir: work.path().join("front"),
+        terraform,
+        subnet,
+        gateway: gateway.clone(),
+        port,
+    };
+    std::fs::create_dir_all(&tier.data_dir).unwrap();
+    let mut front = tier.start_front(1);
+
+    // The bootstrap agent: a container holding no Docker socket, given the front's URL, the
+    // cluster's credential and CA.
+    let config = work.path().join("config");
+    let boot = work.path().join("bootstrap");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::create_dir_all(boot.join("tls")).unwrap();
+    let cdir = tier.data_dir.join("clusters").join(&cluster);
+    for f in ["ca.pem", "ca-key.pem"] {
+        std::fs::copy(cdir.join("tls").join(f), boot.join("tls").join(f)).unwrap();
+    }
+    let credential = std::fs::read_to_string(cdir.join("credential")).unwrap();
+    std::fs::write(config.join("desired_state.jsonc"), desired(1, 2, 1, "mini")).unwrap();
+    let token = agents_client::test_token();
+    let bootstrap_ip = format!("10.214.{net}.3");
+    let t0 = Instant::now();
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &format!("{cluster}-bootstrap"),
+        "--hostname",
+        &format!("{cluster}-bootstrap"),
+        "--network",
+        &cluster,
+        "--ip",
+        &bootstrap_ip,
+        "--label",
+        &format!("managed-rondb.cluster={cluster}"),
+        "--label",
+        "managed-rondb.role=bootstrap",
+        "-v",
+        &format!("{}:/config:ro", config.display()),
+        "-v",
+        &format!("{}:/var/lib/ndb-agent", boot.display()),
+        "-e",
+        &format!("NDB_AGENT_TOKEN={token}"),
+        "-e",
+        &format!("NDB_FRONT_CREDENTIAL={}", credential.trim()),
+        "-e",
+        "NDB_DUMMY_PROGRAM_DELAY_MS=100",
+        IMAGE,
+        "ndb-agent",
+        "up",
+        "--provider=front",
+        &format!("--front-url=http://{gateway}:{port}"),
+        &format!("--cluster-name={cluster}"),
+        "--desired-state=/config/desired_state.jsonc",
+        "--data-dir=/var/lib/ndb-agent",
+        "--http=0.0.0.0:8181",
+    ]);
+    let agents = AgentsClient::new(&token);
+    agents.learn(&format!("{bootstrap_ip}:8181"));
+
+    // 1. Created through the front: 1 management server, 2 data nodes, 1 MySQL server.
+    tier.wait_reached(
+        &agents,
+        1,
+        &[("mgmd", 1), ("mysqld", 1), ("ndbd", 2)],
+        "created through Terraform",
+    );
+    println!(
+        "cluster created from a cold bootstrap container in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // 2. MySQLds 1 -> 2.
+    let put = |id: u64, body: String| {
+        let s = agents.status().expect("a live agent");
+        let leader = s
+            .leader_vm
+            .as_ref()
+            .and_then(|l| s.agents.iter().find(|a| &a.vm == l))
+            .expect("a leader");
+        let (code, reply) = agents.put_desired(&leader.http_addr, &body);
+        assert!(
+            code == 200 || code == 202,
+            "desired state {id}: {code} {reply}"
+        );
+    };
+    put(2, desired(2, 2, 2, "mini"));
+    tier.wait_reached(
+        &agents,
+        2,
+        &[("mgmd", 1), ("mysqld", 2), ("ndbd", 2)],
+        "MySQLds 1 -> 2",
+    );
+
+    // 3. Replicas 2 -> 3, the leader killed (SIGKILL) while its Terraform apply runs.
+    let base = tier.applies_started();
+    put(3, desired(3, 3, 2, "mini"));
+    tier.wait_apply_started(base);
+    let leader = agents.status().and_then(|s| s.leader_vm).expect("a leader");
+    docker(&["kill", &format!("{cluster}-{leader}")]);
+    println!("leader {leader} killed while an apply ran");
+    tier.wait_reached(
+        &agents,
+        3,
+        &[("mgmd", 1), ("mysqld", 2), ("ndbd", 3)],
+        "replicas 2 -> 3 with the leader killed",
+    );
+    if leader != "bootstrap" {
+        docker(&["start", &format!("{cluster}-{leader}")]);
+    }
+
+    // 4. MySQL servers' VM type mini -> small: new containers through Terraform.
+    put(4, desired(4, 3, 2, "small"));
+    tier.wait_reached(
+        &agents,
+        4,
+        &[("mgmd", 1), ("mysqld", 2), ("ndbd", 3)],
+        "MySQLd VM type mini -> small",
+    );
+    let small = providers::docker::limits(VmType::Small).0.to_string();
+    for vm in tier.containers().iter().filter(|v| v.starts_with("mysqld")) {
+        assert_eq!(
+            docker(&[
+                "inspect",
+                "-f",
+                "{{.HostConfig.Memory}}",
+                &format!("{cluster}-{vm}")
+            ]),
+            small,
+            "{vm}"
+        );
+    }
+
+    // 5. MySQLds 2 -> 3 with the front killed mid-apply and started again.
+    let base = tier.applies_started();
+    put(5, desired(5, 3, 3, "small"));
+    tier.wait_apply_started(base);
+    front.kill();
+    println!("front killed mid-apply");
+    let _front = tier.start_front(2);
+    tier.wait_reached(
+        &agents,
+        5,
+        &[("mgmd", 1), ("mysqld", 3), ("ndbd", 3)],
+        "MySQLds 2 -> 3 with the front killed",
+    );
+
+    // 6. Every VM deleted through the front: no container, an empty state.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let p = tier.client(None, None);
+        let vms = p.list_vms().await.unwrap();
+        let gone =
+            futures::future::join_all(vms.iter().map(|v| p.delete_vm(OpId(1), &v.name))).await;
+        assert!(gone.iter().all(Result::is_ok), "{gone:?}");
+        tier.check(&p, &[], "cluster deleted").await;
     });
 }

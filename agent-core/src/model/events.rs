@@ -183,6 +183,13 @@ impl ClusterState {
                     } else {
                         *self.failures.entry(a.kind.retry_key()).or_insert(0) += 1;
                     }
+                    // A failed creation may have made the VM all the same (the provider died
+                    // after making it, or its answer was lost). The retry makes a VM of
+                    // another name, so this one is deleted, never leaked; deleting a VM that
+                    // does not exist succeeds.
+                    if let ActionKind::CreateVm { vm, role, .. } = &a.kind {
+                        self.abandoned.insert(vm.clone(), *role);
+                    }
                     self.last_error = Some(format!("{a} failed: {error}"));
                 }
             }

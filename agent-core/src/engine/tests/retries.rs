@@ -162,3 +162,51 @@ fn drift_is_not_an_attempt_and_never_gives_up() {
     );
     assert_eq!(e.state().failures.get(&kind.retry_key()), None);
 }
+
+/// The provider may have made the VM of a failed creation (a cloud front killed after
+/// `terraform apply` made it, an answer lost on the way). Its retry makes a VM of another
+/// name, so the failed one is deleted rather than leaked, and forgotten once deleted.
+#[test]
+fn a_failed_vm_creation_is_deleted_never_leaked() {
+    let (d, mut s) = settled();
+    let create = ActionKind::CreateVm {
+        vm: "mysqld-8".into(),
+        role: crate::model::Role::Mysqld,
+        zone: "a".into(),
+        vm_type: crate::desired::VmType::Mini,
+        storage_gib: 5,
+        temporary: false,
+        node_group: None,
+        agent_version: d.ndb_agent_version.clone(),
+        agent_clock: 1,
+        seq: 8,
+    };
+    s.apply(&Event::ActionStarted(Action {
+        op_id: 70,
+        kind: create,
+    }));
+    s.apply(&Event::ActionFailed {
+        op_id: 70,
+        error: "cloud front did not answer create VM".into(),
+        drift: false,
+    });
+    let delete = ActionKind::DeleteVm {
+        vm: "mysqld-8".into(),
+        role: crate::model::Role::Mysqld,
+    };
+    assert!(
+        crate::planner::plan(&d, &s).contains(&delete),
+        "{:?}",
+        crate::planner::plan(&d, &s)
+    );
+    s.apply(&Event::ActionStarted(Action {
+        op_id: 71,
+        kind: delete.clone(),
+    }));
+    s.apply(&Event::ActionSucceeded {
+        op_id: 71,
+        outcome: crate::model::Outcome::Done,
+    });
+    assert!(s.abandoned.is_empty());
+    assert!(!crate::planner::plan(&d, &s).contains(&delete));
+}
