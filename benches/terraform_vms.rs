@@ -128,7 +128,12 @@ fn main() {
             },
             RuntimeKind::Dummy,
             ca,
-            ProviderConfig::Docker(cfg),
+            // The agents never lead here; a Docker provider without the socket would not start.
+            ProviderConfig::Front(providers::FrontConfig {
+                url: "http://front.invalid:9090".into(),
+                cluster: cluster.clone(),
+                credential: "bench".into(),
+            }),
         )
         .await
         .unwrap();
