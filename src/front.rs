@@ -70,6 +70,25 @@ pub fn client_credential(file: Option<PathBuf>) -> anyhow::Result<String> {
     Ok(c)
 }
 
+/// `ndb-agent down --provider front --remove`: the front deletes every VM of the cluster
+/// (their disks with them) and creates none for it from then on.
+pub fn down_command(cfg: FrontConfig) -> anyhow::Result<()> {
+    let cluster = cfg.cluster.clone();
+    let url = cfg.url.clone();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(async {
+            let front = providers::FrontProvider::new(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+            front.delete_cluster().await.map_err(|e| {
+                anyhow::anyhow!("the cloud front at {url} did not delete cluster {cluster}: {e}")
+            })
+        })?;
+    println!("cluster {cluster}: every VM deleted by the cloud front at {url}; it makes none for this cluster any more");
+    Ok(())
+}
+
 /// The cluster directory of `cluster` under the front's data directory.
 pub fn cluster_dir(data_dir: &std::path::Path, cluster: &str) -> PathBuf {
     data_dir.join("clusters").join(cluster)
@@ -79,7 +98,7 @@ pub fn cluster_dir(data_dir: &std::path::Path, cluster: &str) -> PathBuf {
 struct Front {
     cluster: String,
     credential_sha256: String,
-    provider: Arc<dyn CloudProvider>,
+    provider: Arc<TerraformProvider>,
 }
 
 /// Runs the front until SIGINT or SIGTERM.
@@ -148,6 +167,7 @@ async fn run(opts: FrontOptions) -> anyhow::Result<()> {
 
 fn router(front: Front) -> Router {
     let vms = Router::new()
+        .route("/v1/clusters/{cluster}", delete(delete_cluster))
         .route("/v1/clusters/{cluster}/vms", get(list).post(create))
         .route("/v1/clusters/{cluster}/vms/{vm}", delete(remove))
         .route("/v1/clusters/{cluster}/vms/{vm}/start", post(start))
@@ -227,6 +247,14 @@ fn failed(e: BackendError) -> Response {
 struct OpQuery {
     #[serde(default)]
     op: u64,
+}
+
+async fn delete_cluster(State(front): State<Front>) -> Response {
+    info!(cluster = %front.cluster, "delete cluster");
+    match front.provider.delete_cluster().await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => failed(e),
+    }
 }
 
 async fn list(State(front): State<Front>) -> Response {

@@ -239,6 +239,19 @@ enum Command {
         data_dir: PathBuf,
         #[arg(long)]
         remove: bool,
+        /// Where the cluster's VMs live: `local` (this machine), or `front` (the cloud front
+        /// deletes every VM; needs --remove, --front-url and --cluster-name).
+        #[arg(long, value_enum, default_value_t = ProviderArg::Local)]
+        provider: ProviderArg,
+        /// front: the cloud front's URL.
+        #[arg(long, required_if_eq("provider", "front"))]
+        front_url: Option<String>,
+        /// front: the cluster's name.
+        #[arg(long, required_if_eq("provider", "front"))]
+        cluster_name: Option<String>,
+        /// front: the cluster's credential file; NDB_FRONT_CREDENTIAL gives it instead.
+        #[arg(long, env = "NDB_FRONT_CREDENTIAL_FILE")]
+        front_credential_file: Option<PathBuf>,
     },
 }
 
@@ -348,8 +361,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             auth,
             json,
         } => ndb_agent::cluster::status_command(&auth.api(&endpoint)?, json),
-        Command::Down { data_dir, remove } => {
-            ndb_agent::cluster::down_command(&data_dir, remove)?;
+        Command::Down {
+            data_dir,
+            remove,
+            provider,
+            front_url,
+            cluster_name,
+            front_credential_file,
+        } => {
+            match provider {
+                ProviderArg::Local => ndb_agent::cluster::down_command(&data_dir, remove)?,
+                ProviderArg::Front => {
+                    anyhow::ensure!(
+                        remove,
+                        "down --provider front deletes every VM of the cluster and its disks; say so with --remove"
+                    );
+                    ndb_agent::front::down_command(providers::FrontConfig {
+                        url: front_url.unwrap_or_default(),
+                        cluster: cluster_name.unwrap_or_default(),
+                        credential: ndb_agent::front::client_credential(front_credential_file)?,
+                    })?;
+                }
+                ProviderArg::Docker => anyhow::bail!(
+                    "down --provider docker: use compose/down.sh, which removes the Docker demo's containers, volumes and network"
+                ),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate {

@@ -13,6 +13,7 @@
 //! | `DELETE /v1/clusters/{cluster}/vms/{vm}?op=N` | | 204 |
 //! | `GET /v1/clusters/{cluster}/vms` | | `[VmInfo]` |
 //! | `POST /v1/clusters/{cluster}/vms/{vm}/start?op=N` | | `VmInfo` |
+//! | `DELETE /v1/clusters/{cluster}` | | 204: every VM deleted, none made again |
 //!
 //! Creating is idempotent by VM name: a new leader repeating a call never makes a second VM.
 //! A refusal comes back as an [`ErrorBody`], so the leader sees the backend's own error kind
@@ -143,6 +144,20 @@ impl FrontProvider {
             e = e.on(vm);
         }
         Err(e)
+    }
+}
+
+impl FrontProvider {
+    /// Deletes every VM of the cluster; the front makes none for it from then on.
+    pub async fn delete_cluster(&self) -> Result<(), BackendError> {
+        let url = format!(
+            "{}/v1/clusters/{}",
+            self.cfg.url.trim_end_matches('/'),
+            self.cfg.cluster
+        );
+        self.call::<serde_json::Value>("delete cluster", self.client.delete(url))
+            .await
+            .map(|_| ())
     }
 }
 

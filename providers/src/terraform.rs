@@ -35,6 +35,8 @@ const BATCH_WINDOW: Duration = Duration::from_millis(100);
 const START_PATIENCE: Duration = Duration::from_secs(60);
 /// The records file: the VMs that should exist, with their specs and addresses.
 const RECORDS_FILE: &str = "vms.json";
+/// Present once the cluster was deleted through the front: no VM is created for it again.
+const DELETED_FILE: &str = "cluster-deleted";
 /// Marks containers made by the `local-docker` target (the docker provider's carry none).
 const LABEL_CREATED_BY: &str = "managed-rondb.created-by";
 
@@ -92,6 +94,8 @@ enum Change {
     Remove(String),
     /// Nothing to change: converge state and records (after a restart).
     Converge,
+    /// Every VM removed, and none created from then on.
+    DeleteCluster,
 }
 
 struct Job {
@@ -170,6 +174,18 @@ impl TerraformProvider {
         let p = TerraformProvider { inner, queue };
         p.submit(Change::Converge).await?;
         Ok(p)
+    }
+
+    /// Deletes every VM of the cluster and refuses to create any from then on (a leader still
+    /// running would otherwise make its VMs again). Kept across restarts of the front.
+    pub async fn delete_cluster(&self) -> Result<(), BackendError> {
+        info!(cluster = %self.inner.settings.target.cluster(), "deleting the cluster: every VM, and no new one");
+        self.submit(Change::DeleteCluster).await
+    }
+
+    /// Whether the cluster was deleted ([`delete_cluster`](Self::delete_cluster)).
+    pub fn cluster_deleted(&self) -> bool {
+        self.inner.settings.work_dir.join(DELETED_FILE).exists()
     }
 
     /// Applies run since [`open`](Self::open) (the converging one included).
@@ -262,6 +278,14 @@ impl TerraformProvider {
 #[async_trait]
 impl CloudProvider for TerraformProvider {
     async fn create_vm(&self, op: OpId, spec: &VmSpec) -> Result<VmInfo, BackendError> {
+        if self.cluster_deleted() {
+            return Err(BackendError::refused(format!(
+                "cluster {} was deleted through the cloud front; no VM is made for it any more",
+                self.inner.settings.target.cluster()
+            ))
+            .on(&spec.name)
+            .in_op(op));
+        }
         info!(%op, vm = %spec.name, "creating VM through Terraform");
         self.submit(Change::Put(spec.clone()))
             .await
@@ -362,8 +386,16 @@ impl Inner {
         changes: impl Iterator<Item = &'a Change>,
     ) -> Result<(), BackendError> {
         let mut next = self.records();
+        let dir = &self.settings.work_dir;
         for change in changes {
             match change {
+                // A creation queued before the cluster was deleted is dropped.
+                Change::Put(_) if dir.join(DELETED_FILE).exists() => {}
+                Change::DeleteCluster => {
+                    let marker = dir.join(DELETED_FILE);
+                    write_synced(&marker, b"").map_err(|e| dir_error(&marker, e))?;
+                    next.clear();
+                }
                 Change::Put(spec) => {
                     let address = match next.get(&spec.name) {
                         Some(r) => r.address.clone(),
@@ -383,7 +415,6 @@ impl Inner {
                 Change::Converge => {}
             }
         }
-        let dir = &self.settings.work_dir;
         // The records first: a process killed from here on finds what it was doing.
         let json = serde_json::to_vec_pretty(&next)
             .map_err(|e| BackendError::refused(format!("cannot encode VM records: {e}")))?;
