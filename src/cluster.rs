@@ -25,6 +25,12 @@ use tracing::{info, warn};
 /// the agents `up` starts).
 pub const DUMMY_DELAY_ENV: &str = "NDB_DUMMY_PROGRAM_DELAY_MS";
 
+/// The environment a bootstrap agent passes on to the VMs it has made: the dummy runtime's
+/// delay, and the log filter, so that one `RUST_LOG` shows the same detail on every agent.
+pub fn passed_on_to_vms(name: &str) -> bool {
+    name == DUMMY_DELAY_ENV || name == "RUST_LOG"
+}
+
 /// supervisord's configuration in the agent image, and the directory it includes
 /// (compose/images/agent/supervisord.conf).
 const SUPERVISORD_CONFIG: &str = "/etc/supervisor/supervisord.conf";

@@ -295,7 +295,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     network: docker_network,
                     image: agent_image,
                     env: std::env::vars()
-                        .filter(|(k, _)| k == ndb_agent::cluster::DUMMY_DELAY_ENV)
+                        .filter(|(k, _)| ndb_agent::cluster::passed_on_to_vms(k))
                         .collect(),
                 }),
                 ProviderArg::Front => providers::ProviderConfig::Front(providers::FrontConfig {
@@ -332,7 +332,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     subnet,
                     image: agent_image,
                     env: std::env::vars()
-                        .filter(|(k, _)| k == ndb_agent::cluster::DUMMY_DELAY_ENV)
+                        .filter(|(k, _)| ndb_agent::cluster::passed_on_to_vms(k))
                         .collect(),
                 },
             };

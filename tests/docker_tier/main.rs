@@ -519,6 +519,8 @@ fn docker_tier_sequence() {
         ],
         vec![
             "NDB_DUMMY_PROGRAM_DELAY_MS=100".into(),
+            // Elections in every agent's log: a timeout prints the voters' last lines.
+            "RUST_LOG=info,openraft=info,h2=warn,tower=warn,hyper=warn".into(),
             format!("NDB_AGENT_TOKEN={token}"),
         ],
         "bootstrap",
