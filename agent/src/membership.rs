@@ -173,15 +173,19 @@ impl Membership {
                     "removing these agents would leave the Raft group without voters",
                 ));
             }
-            self.raft
-                .change_membership(ChangeMembers::RemoveVoters(voting), false)
-                .await
-                .map_err(|e| transient("cannot remove voters", e))?;
+            self.change_members(
+                ChangeMembers::RemoveVoters(voting),
+                false,
+                "cannot remove voters",
+            )
+            .await?;
         }
-        self.raft
-            .change_membership(ChangeMembers::RemoveNodes(ids.clone()), false)
-            .await
-            .map_err(|e| transient("cannot remove agents from the group", e))?;
+        self.change_members(
+            ChangeMembers::RemoveNodes(ids.clone()),
+            false,
+            "cannot remove agents from the group",
+        )
+        .await?;
         info!(raft_ids = ?ids, "agents left the Raft group");
         Ok(())
     }
@@ -317,15 +321,47 @@ impl Membership {
             .copied()
             .collect();
         let want = choose_voters(my_id, &nodes, &voters, &responsive);
-        if want != voters {
+        // `voters` is the union of a joint configuration's two sets: a change left joint
+        // (see `change_members`) must be finished even when the union is what is wanted.
+        let joint = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .len()
+            > 1;
+        if want != voters || joint {
             let _g = self.change.lock().await;
-            info!(voters = ?want, "changing the Raft voters");
-            self.raft
-                .change_membership(want.clone(), true)
-                .await
-                .map_err(|e| transient("cannot change voters", e))?;
+            info!(voters = ?want, joint, "changing the Raft voters");
+            self.change_members(
+                ChangeMembers::ReplaceAllVoters(want.clone()),
+                true,
+                "cannot change voters",
+            )
+            .await?;
         }
         Ok(want)
+    }
+
+    /// Runs a membership change to its end on a task of its own. openraft drives the two
+    /// steps of a change (the joint configuration, then the uniform one) from the caller's
+    /// future: dropped between them (the leader's reconciler stopped, an observation given
+    /// up), the group stays joint, where a majority of the *old* voters is still needed to
+    /// elect. A group grown from the bootstrap agent alone then never elects a leader again
+    /// once that agent is gone.
+    async fn change_members(
+        &self,
+        changes: ChangeMembers<NodeId, AgentNode>,
+        retain: bool,
+        what: &'static str,
+    ) -> Result<(), BackendError> {
+        let raft = self.raft.clone();
+        tokio::spawn(async move { raft.change_membership(changes, retain).await.map(|_| ()) })
+            .await
+            .map_err(|e| transient(what, e))?
+            .map_err(|e| transient(what, e))
     }
 }
 
