@@ -110,8 +110,20 @@ fn main() {
     let work = tempfile::tempdir().unwrap();
     let names = |prefix: &str| -> Vec<String> { (0..n).map(|i| format!("{prefix}-{i}")).collect() };
     let rt = tokio::runtime::Runtime::new().unwrap();
+    // The agents never lead here: the front they would ask need not exist.
+    let vm_provider = ProviderConfig::Front(providers::FrontConfig {
+        url: "http://front.invalid:9090".into(),
+        cluster: cluster.clone(),
+        credential: "bench".into(),
+    });
     rt.block_on(async {
-        let d = DockerProvider::new(cfg.clone(), RuntimeKind::Dummy, ca.clone()).unwrap();
+        let d = DockerProvider::new(
+            cfg.clone(),
+            RuntimeKind::Dummy,
+            ca.clone(),
+            vm_provider.clone(),
+        )
+        .unwrap();
         let (d_create, d_delete) = one_by_one(&d, &names("dk")).await;
 
         let t = TerraformProvider::open(
@@ -128,12 +140,7 @@ fn main() {
             },
             RuntimeKind::Dummy,
             ca,
-            // The agents never lead here; a Docker provider without the socket would not start.
-            ProviderConfig::Front(providers::FrontConfig {
-                url: "http://front.invalid:9090".into(),
-                cluster: cluster.clone(),
-                credential: "bench".into(),
-            }),
+            vm_provider,
         )
         .await
         .unwrap();

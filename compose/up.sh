@@ -2,14 +2,17 @@
 # The Docker demo: compose/up.sh [--detached] [DESIRED_STATE_FILE]
 #
 # Builds the images if missing (no registry: debootstrap + docker import), then starts the
-# bootstrap agent and the artifact server with docker-compose. RonDB-attached by default:
+# cloud front (the only container holding the Docker socket: it makes the VM containers when
+# the cluster's leader asks), the bootstrap agent and the artifact server with
+# docker-compose. RonDB-attached by default:
 # the VM containers run RonDB's programs under supervisord (the stand-in's tarballs, served
 # by the artifact server); --detached pretends them (dummy runtime). The bootstrap
 # agent applies DESIRED_STATE_FILE (default compose/desired_state.jsonc) and follows every
 # saved edit of it. `docker logs -f bootstrap_agent` shows the progress; the HTTP API is on
 # 127.0.0.1:${NDB_AGENT_HTTP_PORT:-8181}; compose/down.sh removes everything. Run again after
 # a host restart: the bootstrap agent starts every stopped VM container and the same cluster
-# resumes (every container has a fixed address on the network). The API needs the cluster's
+# resumes (every container has a fixed address on the network; the bootstrap agent asks the
+# front to start the VM containers). The API needs the cluster's
 # token: compose/up.sh copies it to compose/api-token (0600; NDB_AGENT_TOKEN_FILE elsewhere).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -43,6 +46,7 @@ The bootstrap agent follows $FILE: edit and save it (raise "Id" each time).
              (or: target/release/ndb-agent status --endpoint 127.0.0.1:${NDB_AGENT_HTTP_PORT:-8181} --token-file $TOKEN_FILE)
   token:     $TOKEN_FILE (mode 0600): the API answers nothing but /health without it
   VMs:       docker ps --filter label=managed-rondb.cluster=managed-rondb
+  front:     docker logs -f cloud_front (makes and deletes the VM containers)
   restart:   after a host restart (containers stopped), run $0 again: the same cluster resumes
   remove:    $HERE/down.sh
 MSG

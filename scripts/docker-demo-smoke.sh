@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks the Docker demo as a new user meets it: compose/up.sh on a copy of the example
 # (RonDB-attached: the stand-in's programs under supervisord in the VM containers), wait
-# for AT_DESIRED_STATE with the containers by role, write 1,000 rows through a MySQL server
+# for AT_DESIRED_STATE with the containers by role, only the cloud front holding the
+# Docker socket, write 1,000 rows through a MySQL server
 # the status lists, edit and save the file (one more MySQLd), wait for the new container,
 # stop every container (a host restart) and run compose/up.sh again: the same containers
 # resume with every row; then compose/down.sh must leave nothing.
@@ -30,11 +31,17 @@ wait_for() { # ID MYSQLDS
   done
   echo "desired state $1 not reached; bootstrap log:" >&2
   docker logs --tail 30 bootstrap_agent >&2
+  echo "cloud front log:" >&2
+  docker logs --tail 15 cloud_front >&2
   return 1
 }
 t0=$(date +%s.%N)
 wait_for 1 2
 printf '== docker demo: desired state 1 reached (4 ndbd, 1 mgmd, 2 mysqld, 1 api containers) in %.1f s\n' "$(echo "$(date +%s.%N) - $t0" | bc)"
+holders=$(docker ps -aq --filter label=managed-rondb.cluster=managed-rondb \
+  | xargs docker inspect -f '{{.Name}} {{range .Mounts}}{{.Source}} {{end}}' | awk '/docker.sock/ {print $1}')
+[ "$holders" = /cloud_front ] || { echo "containers holding the Docker socket: $holders (only cloud_front should)" >&2; exit 1; }
+echo "== docker demo: only the cloud front holds the Docker socket; the VMs were made through it"
 [ "$(stat -c %a "$TOKEN_FILE")" = 600 ] || { echo "compose/up.sh left the API token readable by others" >&2; exit 1; }
 code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NDB_AGENT_HTTP_PORT/status")
 [ "$code" = 401 ] || { echo "GET /status without the token answered $code, not 401" >&2; exit 1; }

@@ -9,7 +9,7 @@ use agent_core::backend::{CloudProvider, OpId, ProcessRuntime, VmInfo, VmSpec, V
 use agent_core::desired::VmType;
 use agent_core::Role;
 use anyhow::{bail, Context};
-use providers::docker::{DockerProvider, AGENT_GRPC_PORT, AGENT_HTTP_PORT, VM_ENV};
+use providers::docker::{AGENT_GRPC_PORT, AGENT_HTTP_PORT, VM_ENV};
 use providers::local::{self, AgentAddress, LocalProvider};
 use providers::{ProviderConfig, RuntimeKind, VmConfig};
 use runtime_backends::direct::Timeouts;
@@ -69,9 +69,7 @@ fn make_runtime(vm: &VmConfig, dir: &Path) -> anyhow::Result<Arc<dyn ProcessRunt
     // the commands expect it in a container (a machine of its own).
     let home = match vm.provider {
         ProviderConfig::Local { .. } => std::path::absolute(local::rondb_home(dir))?,
-        ProviderConfig::Docker(_) | ProviderConfig::Front(_) => {
-            PathBuf::from(agent_core::model::RONDB_HOME)
-        }
+        ProviderConfig::Front(_) => PathBuf::from(agent_core::model::RONDB_HOME),
     };
     let rondb = |control: Option<Arc<dyn runtime_backends::process::ProcessControl>>| {
         let r = DirectRuntime::new(&vm.spec.name, &home, &sink, address, Timeouts::default())
@@ -195,10 +193,6 @@ fn make_provider(vm: &VmConfig, program: &Path) -> anyhow::Result<Arc<dyn CloudP
             LocalProvider::new(data_dir, program, vm.runtime, vm.ca.clone())
                 .with_artifact_mirrors(vm.artifact_mirrors.clone()),
         ),
-        ProviderConfig::Docker(cfg) => Arc::new(
-            DockerProvider::new(cfg.clone(), vm.runtime, vm.ca.clone())
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        ),
         ProviderConfig::Front(cfg) => Arc::new(
             providers::FrontProvider::new(cfg.clone()).map_err(|e| anyhow::anyhow!("{e}"))?,
         ),
@@ -238,7 +232,7 @@ async fn listeners(
             };
             Ok((grpc, http, None))
         }
-        ProviderConfig::Docker(_) | ProviderConfig::Front(_) => {
+        ProviderConfig::Front(_) => {
             let grpc = bind(None, &format!("0.0.0.0:{AGENT_GRPC_PORT}")).await?;
             let http = bind(None, http.unwrap_or(&format!("0.0.0.0:{AGENT_HTTP_PORT}"))).await?;
             Ok((grpc, http, Some(own_address().await?)))
@@ -364,15 +358,7 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
     let data_dir = o.data_dir.canonicalize()?;
     let token = ensure_api_token(&data_dir, std::env::var(agent::api_token::TOKEN_ENV).ok())?;
     if let ProviderConfig::Front(f) = &o.provider {
-        // The front made the cluster CA and hands it to every VM: the bootstrap agent must
-        // trust the same one, not make its own.
-        if !data_dir.join("tls").join("ca.pem").exists() {
-            bail!(
-                "--provider front: {} has no cluster CA; copy the front's DATA_DIR/clusters/{}/tls directory there (the VMs the front makes trust that CA only)",
-                data_dir.join("tls").display(),
-                f.cluster
-            );
-        }
+        adopt_front_ca(&data_dir, f)?;
     }
     let ca = ensure_cluster_ca(&data_dir)?;
     // Locally the bootstrap agent is one of the VM directories; in a container its
@@ -452,6 +438,43 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The front made the cluster CA and hands it to every VM: the bootstrap agent trusts the
+/// same one and never makes its own. Waits for the front (it may be starting beside this
+/// agent); a CA already here must be the front's.
+fn adopt_front_ca(data_dir: &Path, f: &providers::FrontConfig) -> anyhow::Result<()> {
+    let front = providers::FrontProvider::new(f.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ca = tokio_runtime()?.block_on(async {
+        front.wait_ready(Duration::from_secs(120)).await?;
+        front.cluster_ca().await
+    });
+    let ca =
+        ca.map_err(|e| anyhow::anyhow!("cannot get the cluster CA from the cloud front: {e}"))?;
+    let dir = data_dir.join("tls");
+    if dir.join("ca.pem").exists() {
+        let here = ensure_cluster_ca(data_dir)?;
+        if here != ca {
+            bail!(
+                "{} holds another cluster CA than the cloud front at {} (cluster {}); the VMs the front makes trust the front's only. Was the front's data removed? Remove {} to adopt the front's CA",
+                dir.display(),
+                f.url,
+                f.cluster,
+                dir.display()
+            );
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    local::write_private(&dir.join("ca-key.pem"), ca.key_pem.as_bytes())
+        .with_context(|| format!("cannot write {}", dir.display()))?;
+    local::write_private(&dir.join("ca.pem"), ca.cert_pem.as_bytes())
+        .with_context(|| format!("cannot write {}", dir.display()))?;
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))?;
+    info!(front = %f.url, "adopted the cluster CA of the cloud front");
+    Ok(())
 }
 
 /// A cluster stopped as a whole (a power cut, a host reboot, `ndb-agent down`) comes back

@@ -1,12 +1,13 @@
 //! `ndb-agent cloud-front`: the one service of an installation that holds the cloud's keys
-//! (Terraform, its state and credentials) and creates VMs when a cluster's leader asks,
-//! through the VM API of `providers::front`. The VMs it makes carry its address and the
-//! cluster's credential, never the keys themselves.
+//! (the Docker socket, or Terraform with its state and credentials) and creates VMs when a
+//! cluster's leader asks, through the VM API of `providers::front`. The VMs it makes carry
+//! its address and the cluster's credential, never the keys themselves.
 //!
 //! Its state lives in `DATA_DIR/clusters/<cluster>/`: the cluster's credential (0600), the
-//! cluster CA it hands to the VMs (`tls/`, key 0600), and the Terraform working directory
-//! (records, root module, state). Killed at any point and started again on the same
-//! directory, it brings Terraform's state in line with its records before it answers.
+//! cluster CA it hands to the VMs (`tls/`, key 0600), and for Terraform the working
+//! directory (records, root module, state). Killed at any point and started again on the
+//! same directory, it brings Terraform's state in line with its records before it answers;
+//! the docker provider keeps no state but Docker's own.
 
 use crate::cluster::{ensure_cluster_ca, ensure_secret, init_logging};
 use agent_core::backend::{BackendError, CloudProvider, ErrorKind, OpId};
@@ -18,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use providers::front::{CreateVm, ErrorBody, FrontConfig};
-use providers::TerraformTarget;
+use providers::{DockerConfig, DockerProvider, TerraformTarget};
 use providers::{ProviderConfig, RuntimeKind, TerraformProvider, TerraformSettings};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,16 +37,82 @@ pub struct FrontOptions {
     pub data_dir: PathBuf,
     pub cluster: String,
     pub runtime: RuntimeKind,
-    /// The `terraform` program.
-    pub terraform: PathBuf,
-    pub target: TerraformTarget,
+    pub backend: BackendOptions,
+}
+
+/// Which real provider the front runs.
+pub enum BackendOptions {
+    /// Containers made directly through the Docker socket.
+    Docker(DockerConfig),
+    /// Resources of one Terraform root module.
+    Terraform {
+        /// The `terraform` program.
+        terraform: PathBuf,
+        target: TerraformTarget,
+    },
+}
+
+impl BackendOptions {
+    fn cluster(&self) -> &str {
+        match self {
+            BackendOptions::Docker(c) => &c.cluster,
+            BackendOptions::Terraform { target, .. } => target.cluster(),
+        }
+    }
+}
+
+/// The provider the front runs, with what deleting the whole cluster means for it.
+enum Backend {
+    Docker {
+        provider: Box<DockerProvider>,
+        /// Present once the cluster was deleted: no VM is made for it again.
+        deleted_marker: PathBuf,
+    },
+    Terraform(TerraformProvider),
+}
+
+impl Backend {
+    fn provider(&self) -> &dyn CloudProvider {
+        match self {
+            Backend::Docker { provider, .. } => provider.as_ref(),
+            Backend::Terraform(p) => p,
+        }
+    }
+
+    fn deleted(&self) -> bool {
+        match self {
+            Backend::Docker { deleted_marker, .. } => deleted_marker.exists(),
+            Backend::Terraform(p) => p.cluster_deleted(),
+        }
+    }
+
+    async fn delete_cluster(&self) -> Result<(), BackendError> {
+        match self {
+            Backend::Docker {
+                provider,
+                deleted_marker,
+            } => {
+                // The marker first: a creation racing the deletion is refused from now on.
+                providers::local::write_synced(deleted_marker, b"").map_err(|e| {
+                    BackendError::refused(format!("cannot write {}: {e}", deleted_marker.display()))
+                })?;
+                provider.delete_every_vm().await
+            }
+            Backend::Terraform(p) => p.delete_cluster().await,
+        }
+    }
 }
 
 /// The environment variable that gives a bootstrap agent the cluster's credential.
 pub const CREDENTIAL_ENV: &str = "NDB_FRONT_CREDENTIAL";
 
-/// The credential `up --provider front` hands its VMs: NDB_FRONT_CREDENTIAL, else the file.
-pub fn client_credential(file: Option<PathBuf>) -> anyhow::Result<String> {
+/// The credential `up --provider front` and `down --provider front` send: NDB_FRONT_CREDENTIAL,
+/// else the file. The file may not exist yet when the front starts beside the caller (the
+/// Docker demo starts both at once): it is waited for, at most `patience`.
+pub fn client_credential(
+    file: Option<PathBuf>,
+    patience: std::time::Duration,
+) -> anyhow::Result<String> {
     if let Some(c) = std::env::var(CREDENTIAL_ENV)
         .ok()
         .map(|c| c.trim().to_string())
@@ -58,16 +125,74 @@ pub fn client_credential(file: Option<PathBuf>) -> anyhow::Result<String> {
             "--provider front needs the cluster's credential: set {CREDENTIAL_ENV} or --front-credential-file (the front wrote it to DATA_DIR/clusters/CLUSTER/{CREDENTIAL_FILE})"
         );
     };
-    let c = std::fs::read_to_string(&file)
-        .with_context(|| format!("cannot read the cluster's credential {}", file.display()))?;
-    let c = c.trim().to_string();
-    if c.is_empty() {
-        anyhow::bail!(
-            "{} is empty; it should hold the cluster's credential",
-            file.display()
-        );
+    let deadline = std::time::Instant::now() + patience;
+    let mut told = false;
+    loop {
+        match std::fs::read_to_string(&file) {
+            Ok(c) if !c.trim().is_empty() => return Ok(c.trim().to_string()),
+            Ok(_) | Err(_) if std::time::Instant::now() < deadline => {
+                if !told {
+                    println!(
+                        "waiting for the cloud front to write the cluster's credential {}",
+                        file.display()
+                    );
+                    told = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            Ok(_) => anyhow::bail!(
+                "{} is empty; it should hold the cluster's credential",
+                file.display()
+            ),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot read the cluster's credential {} (is the cloud front running?)",
+                        file.display()
+                    )
+                })
+            }
+        }
     }
-    Ok(c)
+}
+
+/// Where `up --provider docker` keeps the credential it gave the front container, in its
+/// data directory (0600), so a restarted bootstrap agent still holds it.
+pub const BOOTSTRAP_CREDENTIAL_FILE: &str = "front-credential";
+
+/// The credential `up --provider docker` gives the front container it starts: the one it
+/// gave before, else a new one.
+pub fn bootstrap_credential(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    ensure_secret(data_dir, BOOTSTRAP_CREDENTIAL_FILE, None)
+}
+
+/// `up --provider docker`: starts the cluster's front container (or starts it again, or
+/// uses it) and returns the provider the bootstrap agent and its VMs use: that front.
+pub fn start_front_container(
+    f: providers::docker::FrontContainer,
+) -> anyhow::Result<ProviderConfig> {
+    let url = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(providers::docker::ensure_front(&f))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot start the cloud front container {}: {e}",
+                f.container_name()
+            )
+        })?;
+    println!(
+        "cloud front: container {} at {url} (the only container holding the Docker socket)",
+        f.container_name()
+    );
+    Ok(ProviderConfig::Front(FrontConfig {
+        url,
+        cluster: f.cfg.cluster,
+        credential: f.credential,
+    }))
 }
 
 /// `ndb-agent down --provider front --remove`: the front deletes every VM of the cluster
@@ -98,7 +223,8 @@ pub fn cluster_dir(data_dir: &std::path::Path, cluster: &str) -> PathBuf {
 struct Front {
     cluster: String,
     credential_sha256: String,
-    provider: Arc<TerraformProvider>,
+    backend: Arc<Backend>,
+    ca: agent_core::backend::ClusterCa,
 }
 
 /// Runs the front until SIGINT or SIGTERM.
@@ -113,39 +239,54 @@ pub fn front_command(opts: FrontOptions) -> anyhow::Result<()> {
 }
 
 async fn run(opts: FrontOptions) -> anyhow::Result<()> {
-    if opts.target.cluster() != opts.cluster {
+    if opts.backend.cluster() != opts.cluster {
         anyhow::bail!(
-            "the Terraform target is for cluster {}, the front for {}",
-            opts.target.cluster(),
+            "the provider's settings are for cluster {}, the front for {}",
+            opts.backend.cluster(),
             opts.cluster
         );
     }
     let dir = cluster_dir(&opts.data_dir, &opts.cluster);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let credential = ensure_secret(&dir, CREDENTIAL_FILE, None)?;
+    // `up --provider docker` starts the front with the credential it made.
+    let credential = ensure_secret(&dir, CREDENTIAL_FILE, std::env::var(CREDENTIAL_ENV).ok())?;
     let ca = ensure_cluster_ca(&dir)?;
     let vm_provider = ProviderConfig::Front(FrontConfig {
         url: opts.url.clone(),
         cluster: opts.cluster.clone(),
         credential: credential.clone(),
     });
-    info!(cluster = %opts.cluster, dir = %dir.display(), "opening the Terraform working directory (finishing any apply cut short)");
-    let provider = TerraformProvider::open(
-        TerraformSettings {
-            terraform: opts.terraform.clone(),
-            work_dir: dir.join("terraform"),
-            target: opts.target.clone(),
+    let backend = match opts.backend {
+        BackendOptions::Docker(cfg) => Backend::Docker {
+            provider: Box::new(
+                DockerProvider::new(cfg, opts.runtime, ca.clone(), vm_provider)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            ),
+            deleted_marker: dir.join("cluster-deleted"),
         },
-        opts.runtime,
-        ca,
-        vm_provider,
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+        BackendOptions::Terraform { terraform, target } => {
+            info!(cluster = %opts.cluster, dir = %dir.display(), "opening the Terraform working directory (finishing any apply cut short)");
+            Backend::Terraform(
+                TerraformProvider::open(
+                    TerraformSettings {
+                        terraform,
+                        work_dir: dir.join("terraform"),
+                        target,
+                    },
+                    opts.runtime,
+                    ca.clone(),
+                    vm_provider,
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+            )
+        }
+    };
     let front = Front {
         cluster: opts.cluster.clone(),
         credential_sha256: agent::api_token::token_sha256(&credential),
-        provider: Arc::new(provider),
+        backend: Arc::new(backend),
+        ca,
     };
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
@@ -168,6 +309,7 @@ async fn run(opts: FrontOptions) -> anyhow::Result<()> {
 fn router(front: Front) -> Router {
     let vms = Router::new()
         .route("/v1/clusters/{cluster}", delete(delete_cluster))
+        .route("/v1/clusters/{cluster}/ca", get(cluster_ca))
         .route("/v1/clusters/{cluster}/vms", get(list).post(create))
         .route("/v1/clusters/{cluster}/vms/{vm}", delete(remove))
         .route("/v1/clusters/{cluster}/vms/{vm}/start", post(start))
@@ -249,16 +391,20 @@ struct OpQuery {
     op: u64,
 }
 
+async fn cluster_ca(State(front): State<Front>) -> Response {
+    Json(front.ca.clone()).into_response()
+}
+
 async fn delete_cluster(State(front): State<Front>) -> Response {
     info!(cluster = %front.cluster, "delete cluster");
-    match front.provider.delete_cluster().await {
+    match front.backend.delete_cluster().await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => failed(e),
     }
 }
 
 async fn list(State(front): State<Front>) -> Response {
-    match front.provider.list_vms().await {
+    match front.backend.provider().list_vms().await {
         Ok(vms) => Json(vms).into_response(),
         Err(e) => failed(e),
     }
@@ -266,7 +412,13 @@ async fn list(State(front): State<Front>) -> Response {
 
 async fn create(State(front): State<Front>, Json(req): Json<CreateVm>) -> Response {
     info!(cluster = %front.cluster, op = %req.op, vm = %req.spec.name, "create VM");
-    match front.provider.create_vm(req.op, &req.spec).await {
+    if front.backend.deleted() {
+        return failed(BackendError::refused(format!(
+            "cluster {} was deleted through the cloud front; no VM is made for it any more",
+            front.cluster
+        )));
+    }
+    match front.backend.provider().create_vm(req.op, &req.spec).await {
         Ok(vm) => Json(vm).into_response(),
         Err(e) => failed(e),
     }
@@ -278,7 +430,7 @@ async fn remove(
     Query(q): Query<OpQuery>,
 ) -> Response {
     info!(cluster = %front.cluster, op = %OpId(q.op), %vm, "delete VM");
-    match front.provider.delete_vm(OpId(q.op), &vm).await {
+    match front.backend.provider().delete_vm(OpId(q.op), &vm).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => failed(e),
     }
@@ -290,7 +442,7 @@ async fn start(
     Query(q): Query<OpQuery>,
 ) -> Response {
     info!(cluster = %front.cluster, op = %OpId(q.op), %vm, "start VM");
-    match front.provider.start_vm(OpId(q.op), &vm).await {
+    match front.backend.provider().start_vm(OpId(q.op), &vm).await {
         Ok(vm) => Json(vm).into_response(),
         Err(e) => failed(e),
     }

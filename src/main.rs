@@ -22,11 +22,22 @@ struct Cli {
 enum ProviderArg {
     /// Agent processes on this machine, under DATA_DIR/vms.
     Local,
-    /// Containers on a user-defined Docker network.
+    /// Containers on a user-defined Docker network, made by the cluster's cloud front
+    /// container (`<cluster>-front`, the only one holding the Docker socket), which `up`
+    /// starts, starts again or uses.
     Docker,
     /// VMs made by a cloud front (`ndb-agent cloud-front`): this agent runs where the VMs
     /// reach it and holds no key to the cloud.
     Front,
+}
+
+/// What the cloud front makes VMs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FrontProviderArg {
+    /// Containers, through the Docker socket.
+    Docker,
+    /// Resources of a Terraform root module (`--target`).
+    Terraform,
 }
 
 /// Where the cloud front's Terraform creates VMs.
@@ -186,7 +197,10 @@ enum Command {
         /// The front's URL as the VMs reach it.
         #[arg(long)]
         url: String,
-        /// The Terraform target VMs are created with.
+        /// What makes the VMs.
+        #[arg(long, value_enum, default_value_t = FrontProviderArg::Docker)]
+        provider: FrontProviderArg,
+        /// terraform: the target VMs are created with.
         #[arg(long, value_enum, default_value_t = TargetArg::LocalDocker)]
         target: TargetArg,
         /// The `terraform` program (scripts/install-terraform.sh prints one).
@@ -195,13 +209,13 @@ enum Command {
         /// The ProcessRuntime of the agents.
         #[arg(long, value_enum, default_value_t = RuntimeArg::Dummy)]
         runtime: RuntimeArg,
-        /// local-docker: the user-defined network of the VMs (it must have a subnet).
+        /// docker, local-docker: the user-defined network of the VMs (it must have a subnet).
         #[arg(long, default_value = "managed-rondb")]
         docker_network: String,
         /// local-docker: that network's subnet; VMs get fixed addresses from host 16 up.
         #[arg(long, default_value = "10.213.0.0/24")]
         subnet: String,
-        /// local-docker: the agent image of the VMs.
+        /// docker, local-docker: the agent image of the VMs.
         #[arg(long, default_value = "managed-rondb/ndb-agent:latest")]
         agent_image: String,
     },
@@ -290,18 +304,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ProviderArg::Local => providers::ProviderConfig::Local {
                     data_dir: data_dir.clone(),
                 },
-                ProviderArg::Docker => providers::ProviderConfig::Docker(providers::DockerConfig {
-                    cluster: cluster_name,
-                    network: docker_network,
-                    image: agent_image,
-                    env: std::env::vars()
-                        .filter(|(k, _)| ndb_agent::cluster::passed_on_to_vms(k))
-                        .collect(),
-                }),
+                ProviderArg::Docker => {
+                    ndb_agent::front::start_front_container(providers::docker::FrontContainer {
+                        cfg: providers::DockerConfig {
+                            cluster: cluster_name,
+                            network: docker_network,
+                            image: agent_image,
+                            env: std::env::vars()
+                                .filter(|(k, _)| ndb_agent::cluster::passed_on_to_vms(k))
+                                .collect(),
+                        },
+                        runtime: runtime.kind(),
+                        credential: ndb_agent::front::bootstrap_credential(&data_dir)?,
+                    })?
+                }
                 ProviderArg::Front => providers::ProviderConfig::Front(providers::FrontConfig {
                     url: front_url.unwrap_or_default(),
                     cluster: cluster_name,
-                    credential: ndb_agent::front::client_credential(front_credential_file)?,
+                    credential: ndb_agent::front::client_credential(
+                        front_credential_file,
+                        std::time::Duration::from_secs(120),
+                    )?,
                 }),
             };
             ndb_agent::cluster::up_command(ndb_agent::cluster::UpOptions {
@@ -318,6 +341,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             data_dir,
             listen,
             url,
+            provider,
             target,
             terraform,
             runtime,
@@ -325,16 +349,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             subnet,
             agent_image,
         } => {
-            let target = match target {
-                TargetArg::LocalDocker => providers::TerraformTarget::LocalDocker {
-                    cluster: cluster.clone(),
-                    network: docker_network,
-                    subnet,
-                    image: agent_image,
-                    env: std::env::vars()
-                        .filter(|(k, _)| ndb_agent::cluster::passed_on_to_vms(k))
-                        .collect(),
-                },
+            let env = std::env::vars()
+                .filter(|(k, _)| ndb_agent::cluster::passed_on_to_vms(k))
+                .collect();
+            let backend = match (provider, target) {
+                (FrontProviderArg::Docker, _) => {
+                    ndb_agent::front::BackendOptions::Docker(providers::DockerConfig {
+                        cluster: cluster.clone(),
+                        network: docker_network,
+                        image: agent_image,
+                        env,
+                    })
+                }
+                (FrontProviderArg::Terraform, TargetArg::LocalDocker) => {
+                    ndb_agent::front::BackendOptions::Terraform {
+                        terraform,
+                        target: providers::TerraformTarget::LocalDocker {
+                            cluster: cluster.clone(),
+                            network: docker_network,
+                            subnet,
+                            image: agent_image,
+                            env,
+                        },
+                    }
+                }
             };
             ndb_agent::front::front_command(ndb_agent::front::FrontOptions {
                 listen,
@@ -342,8 +380,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 data_dir,
                 cluster,
                 runtime: runtime.kind(),
-                terraform,
-                target,
+                backend,
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -379,7 +416,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ndb_agent::front::down_command(providers::FrontConfig {
                         url: front_url.unwrap_or_default(),
                         cluster: cluster_name.unwrap_or_default(),
-                        credential: ndb_agent::front::client_credential(front_credential_file)?,
+                        credential: ndb_agent::front::client_credential(
+                            front_credential_file,
+                            std::time::Duration::ZERO,
+                        )?,
                     })?;
                 }
                 ProviderArg::Docker => anyhow::bail!(

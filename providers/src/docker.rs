@@ -1,8 +1,9 @@
 //! The `docker` provider (bollard): every VM is a container of the agent image on a
 //! user-defined network, with a volume for its storage, memory and CPU limits per VM type,
-//! labels `managed-rondb.cluster`, `managed-rondb.role`, `managed-rondb.zone`, and the Docker
-//! socket (so its agent can lead). Listing asks Docker itself, so a new leader sees the
-//! truth; only containers and volumes carrying this cluster's label are ever removed.
+//! labels `managed-rondb.cluster`, `managed-rondb.role`, `managed-rondb.zone`. Only the cloud
+//! front runs it (it alone mounts the Docker socket): the VMs it makes carry the front's
+//! address and ask it when they lead. Listing asks Docker itself, so a restarted front sees
+//! the truth; only containers and volumes carrying this cluster's label are ever removed.
 //!
 //! A stopped container is a VM that is down: `start_vm` starts it again with its volume. A
 //! removed container is a VM that is gone. Every container gets a fixed address in the
@@ -98,6 +99,228 @@ fn is_404(e: &bollard::errors::Error) -> bool {
     )
 }
 
+/// Every container, running or stopped, matching one `docker ps` filter.
+async fn containers(
+    docker: &Docker,
+    filter: &str,
+    value: String,
+) -> Result<Vec<bollard::models::ContainerSummary>, BackendError> {
+    let filters = HashMap::from([(filter.to_string(), vec![value])]);
+    docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .map_err(|e| transient("docker ps", e))
+}
+
+/// The lowest address of the network's subnet (from [`FIRST_VM_HOST`]) that no
+/// container on the network holds, running or stopped.
+async fn free_address(docker: &Docker, network: &str) -> Result<String, BackendError> {
+    let net = docker
+        .inspect_network(
+            network,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .map_err(|e| transient(&format!("docker network inspect {}", network), e))?;
+    let subnet = net
+        .ipam
+        .and_then(|i| i.config)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|c| c.subnet)
+        .find_map(|s| parse_subnet(&s));
+    let Some((base, bits)) = subnet else {
+        return Err(BackendError::refused(format!(
+            "network {} has no IPv4 subnet of /30 or larger; create it with `docker network create --subnet 10.213.0.0/24 {}` so VMs keep their addresses across restarts",
+            network, network
+        )));
+    };
+    let list = containers(docker, "network", network.to_string()).await?;
+    let used: BTreeSet<u32> = list
+        .iter()
+        .filter_map(|c| {
+            address_on(
+                c.network_settings
+                    .as_ref()
+                    .and_then(|n| n.networks.as_ref()),
+                network,
+            )
+        })
+        .filter_map(|ip| ip.parse::<Ipv4Addr>().ok())
+        .map(u32::from)
+        .collect();
+    let hosts = 1u32 << (32 - bits);
+    (FIRST_VM_HOST..hosts.saturating_sub(1))
+        .map(|h| base + h)
+        .find(|a| !used.contains(a))
+        .map(|a| Ipv4Addr::from(a).to_string())
+        .ok_or_else(|| {
+            BackendError::refused(format!(
+                "network {} has no free address left for a VM; use a larger subnet",
+                network
+            ))
+        })
+}
+
+/// The port the cloud front listens on in its container.
+pub const FRONT_PORT: u16 = 9090;
+/// Where the front container keeps its state (its volume): the cluster's credential and CA.
+pub const FRONT_DIR: &str = "/var/lib/cloud-front";
+/// The role label of the front container (never listed as a VM).
+pub const FRONT_ROLE: &str = "front";
+
+/// The cloud front of a Docker cluster as a container, as `up --provider docker` starts it.
+pub struct FrontContainer {
+    /// The cluster, its network, the image (the agent image runs the front too) and the
+    /// environment passed on to the VMs.
+    pub cfg: DockerConfig,
+    pub runtime: crate::RuntimeKind,
+    /// The cluster's credential: the front accepts nothing else.
+    pub credential: String,
+}
+
+impl FrontContainer {
+    pub fn container_name(&self) -> String {
+        format!("{}-front", self.cfg.cluster)
+    }
+}
+
+/// Starts the cluster's cloud front container, or starts it again when it was stopped (a
+/// host restart), or uses the one running, and returns the front's URL as the VMs reach it.
+/// Only this container mounts the Docker socket; it keeps a fixed address, so the URL every
+/// VM holds stays true across restarts.
+pub async fn ensure_front(f: &FrontContainer) -> Result<String, BackendError> {
+    let docker = Docker::connect_with_local_defaults()
+        .map_err(|e| BackendError::refused(format!("cannot connect to Docker: {e}")))?;
+    let name = f.container_name();
+    let url = |ip: &str| format!("http://{ip}:{FRONT_PORT}");
+    match docker
+        .inspect_container(
+            &name,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+    {
+        Ok(c) => {
+            let labels = c
+                .config
+                .as_ref()
+                .and_then(|c| c.labels.clone())
+                .unwrap_or_default();
+            if labels.get(LABEL_CLUSTER) != Some(&f.cfg.cluster) {
+                return Err(BackendError::refused(format!(
+                    "container {name} exists but is not labelled {LABEL_CLUSTER}={}; remove it or choose another cluster name",
+                    f.cfg.cluster
+                )));
+            }
+            let ip = address_on(
+                c.network_settings
+                    .as_ref()
+                    .and_then(|n| n.networks.as_ref()),
+                &f.cfg.network,
+            )
+            .ok_or_else(|| {
+                BackendError::refused(format!(
+                    "the cloud front container {name} is not on network {}",
+                    f.cfg.network
+                ))
+            })?;
+            if !c.state.as_ref().and_then(|s| s.running).unwrap_or(false) {
+                docker
+                    .start_container(&name, None::<StartContainerOptions>)
+                    .await
+                    .map_err(|e| transient("docker start (cloud front)", e))?;
+                info!(container = %name, %ip, "cloud front container started again");
+            }
+            return Ok(url(&ip));
+        }
+        Err(e) if is_404(&e) => {}
+        Err(e) => return Err(transient("docker inspect (cloud front)", e)),
+    }
+    let labels = HashMap::from([
+        (LABEL_CLUSTER.to_string(), f.cfg.cluster.clone()),
+        (LABEL_ROLE.to_string(), FRONT_ROLE.to_string()),
+    ]);
+    let volume = format!("{}-front-data", f.cfg.cluster);
+    docker
+        .create_volume(VolumeCreateRequest {
+            name: Some(volume.clone()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| transient("docker volume create (cloud front)", e))?;
+    let ip = free_address(&docker, &f.cfg.network).await?;
+    let mut env = vec![format!("NDB_FRONT_CREDENTIAL={}", f.credential)];
+    env.extend(f.cfg.env.iter().map(|(k, v)| format!("{k}={v}")));
+    let runtime = f.runtime.to_string();
+    let cmd: Vec<String> = [
+        "ndb-agent",
+        "cloud-front",
+        "--provider=docker",
+        &format!("--cluster={}", f.cfg.cluster),
+        &format!("--url={}", url(&ip)),
+        &format!("--listen=0.0.0.0:{FRONT_PORT}"),
+        &format!("--data-dir={FRONT_DIR}"),
+        &format!("--docker-network={}", f.cfg.network),
+        &format!("--agent-image={}", f.cfg.image),
+        &format!("--runtime={runtime}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let config = ContainerCreateBody {
+        image: Some(f.cfg.image.clone()),
+        hostname: Some(name.clone()),
+        cmd: Some(cmd),
+        env: Some(env),
+        labels: Some(labels),
+        host_config: Some(HostConfig {
+            network_mode: Some(f.cfg.network.clone()),
+            binds: Some(vec![
+                format!("{volume}:{FRONT_DIR}"),
+                "/var/run/docker.sock:/var/run/docker.sock".to_string(),
+            ]),
+            restart_policy: Some(bollard::models::RestartPolicy {
+                name: Some(bollard::models::RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
+            ..Default::default()
+        }),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                f.cfg.network.clone(),
+                EndpointSettings {
+                    ipam_config: Some(EndpointIpamConfig {
+                        ipv4_address: Some(ip.clone()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )])),
+        }),
+        ..Default::default()
+    };
+    docker
+        .create_container(
+            Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+            config,
+        )
+        .await
+        .map_err(|e| transient("docker create (cloud front)", e))?;
+    docker
+        .start_container(&name, None::<StartContainerOptions>)
+        .await
+        .map_err(|e| transient("docker start (cloud front)", e))?;
+    info!(container = %name, %ip, "cloud front container started");
+    Ok(url(&ip))
+}
+
 /// The `docker` CloudProvider.
 pub struct DockerProvider {
     docker: Docker,
@@ -108,6 +331,8 @@ pub struct DockerProvider {
     addressing: tokio::sync::Mutex<()>,
     /// The cluster CA, handed to every VM it creates.
     ca: agent_core::backend::ClusterCa,
+    /// How the VMs it makes create VMs when they lead (through the cloud front).
+    vm_provider: ProviderConfig,
 }
 
 /// `a.b.c.d/n` as its first address and prefix length.
@@ -139,6 +364,7 @@ impl DockerProvider {
         cfg: DockerConfig,
         runtime: crate::RuntimeKind,
         ca: agent_core::backend::ClusterCa,
+        vm_provider: ProviderConfig,
     ) -> Result<Self, BackendError> {
         let docker = Docker::connect_with_local_defaults()
             .map_err(|e| BackendError::refused(format!("cannot connect to Docker: {e}")))?;
@@ -148,7 +374,28 @@ impl DockerProvider {
             runtime,
             addressing: tokio::sync::Mutex::new(()),
             ca,
+            vm_provider,
         })
+    }
+
+    /// Deletes every VM container of the cluster with its volume, and the cluster's backup
+    /// volume: what `down --remove` through the front means.
+    pub async fn delete_every_vm(&self) -> Result<(), BackendError> {
+        for vm in self.list_vms().await? {
+            self.delete_vm(OpId::NONE, &vm.name).await?;
+        }
+        match self
+            .docker
+            .remove_volume(
+                &format!("{}-backups", self.cfg.cluster),
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_404(&e) => Ok(()),
+            Err(e) => Err(transient("docker volume rm (backups)", e)),
+        }
     }
 
     pub fn container_name(&self, vm: &str) -> String {
@@ -177,73 +424,16 @@ impl DockerProvider {
             .filter(|ip| !ip.is_empty()))
     }
 
-    /// Every container, running or stopped, matching one `docker ps` filter.
     async fn containers(
         &self,
         filter: &str,
         value: String,
     ) -> Result<Vec<bollard::models::ContainerSummary>, BackendError> {
-        let filters = HashMap::from([(filter.to_string(), vec![value])]);
-        self.docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::new()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(|e| transient("docker ps", e))
+        containers(&self.docker, filter, value).await
     }
 
-    /// The lowest address of the network's subnet (from [`FIRST_VM_HOST`]) that no
-    /// container on the network holds, running or stopped.
     async fn free_address(&self) -> Result<String, BackendError> {
-        let net = self
-            .docker
-            .inspect_network(
-                &self.cfg.network,
-                None::<bollard::query_parameters::InspectNetworkOptions>,
-            )
-            .await
-            .map_err(|e| transient(&format!("docker network inspect {}", self.cfg.network), e))?;
-        let subnet = net
-            .ipam
-            .and_then(|i| i.config)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|c| c.subnet)
-            .find_map(|s| parse_subnet(&s));
-        let Some((base, bits)) = subnet else {
-            return Err(BackendError::refused(format!(
-                "network {} has no IPv4 subnet of /30 or larger; create it with `docker network create --subnet 10.213.0.0/24 {}` so VMs keep their addresses across restarts",
-                self.cfg.network, self.cfg.network
-            )));
-        };
-        let list = self.containers("network", self.cfg.network.clone()).await?;
-        let used: BTreeSet<u32> = list
-            .iter()
-            .filter_map(|c| {
-                address_on(
-                    c.network_settings
-                        .as_ref()
-                        .and_then(|n| n.networks.as_ref()),
-                    &self.cfg.network,
-                )
-            })
-            .filter_map(|ip| ip.parse::<Ipv4Addr>().ok())
-            .map(u32::from)
-            .collect();
-        let hosts = 1u32 << (32 - bits);
-        (FIRST_VM_HOST..hosts.saturating_sub(1))
-            .map(|h| base + h)
-            .find(|a| !used.contains(a))
-            .map(|a| Ipv4Addr::from(a).to_string())
-            .ok_or_else(|| {
-                BackendError::refused(format!(
-                    "network {} has no free address left for a VM; use a larger subnet",
-                    self.cfg.network
-                ))
-            })
+        free_address(&self.docker, &self.cfg.network).await
     }
 
     fn info_from_labels(
@@ -337,7 +527,7 @@ impl CloudProvider for DockerProvider {
             let vm = VmConfig {
                 spec: spec.clone(),
                 runtime: self.runtime,
-                provider: ProviderConfig::Docker(self.cfg.clone()),
+                provider: self.vm_provider.clone(),
                 address: None,
                 artifact_mirrors: Vec::new(),
                 ca: self.ca.clone(),
@@ -382,7 +572,6 @@ impl CloudProvider for DockerProvider {
                     binds: Some(vec![
                         format!("{volume}:{VM_DIR}"),
                         format!("{backups}:{BACKUP_DIR}"),
-                        "/var/run/docker.sock:/var/run/docker.sock".to_string(),
                     ]),
                     ..Default::default()
                 }),

@@ -148,6 +148,42 @@ impl FrontProvider {
 }
 
 impl FrontProvider {
+    /// The cluster CA the front hands its VMs: a bootstrap agent must trust the same one.
+    /// Served only to callers holding the cluster's credential, which can read it from any
+    /// VM they have the front make anyway.
+    pub async fn cluster_ca(&self) -> Result<agent_core::backend::ClusterCa, BackendError> {
+        let url = format!(
+            "{}/v1/clusters/{}/ca",
+            self.cfg.url.trim_end_matches('/'),
+            self.cfg.cluster
+        );
+        self.call("get the cluster CA", self.client.get(url))
+            .await?
+            .ok_or_else(|| no_answer("get the cluster CA"))
+    }
+
+    /// Waits until the front answers `/health` (it is starting beside this agent), at most
+    /// `patience`.
+    pub async fn wait_ready(&self, patience: Duration) -> Result<(), BackendError> {
+        let url = format!("{}/health", self.cfg.url.trim_end_matches('/'));
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let last = match self.client.get(&url).send().await {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) => format!("it answered {}", r.status()),
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BackendError::transient(format!(
+                    "the cloud front at {} did not answer /health within {} s ({last}); is it running?",
+                    self.cfg.url,
+                    patience.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Deletes every VM of the cluster; the front makes none for it from then on.
     pub async fn delete_cluster(&self) -> Result<(), BackendError> {
         let url = format!(

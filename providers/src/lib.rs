@@ -27,8 +27,6 @@ use std::path::PathBuf;
 pub enum ProviderConfig {
     /// VMs are agent processes under `data_dir/vms/`.
     Local { data_dir: PathBuf },
-    /// VMs are containers.
-    Docker(DockerConfig),
     /// VMs are made by the cloud front (containers or cloud VMs); the leader asks it.
     Front(FrontConfig),
 }
@@ -98,7 +96,7 @@ impl VmConfig {
     pub fn local_data_dir(&self) -> Option<&std::path::Path> {
         match &self.provider {
             ProviderConfig::Local { data_dir } => Some(data_dir),
-            ProviderConfig::Docker(_) | ProviderConfig::Front(_) => None,
+            ProviderConfig::Front(_) => None,
         }
     }
 }

@@ -273,6 +273,16 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
+/// Writes `path` 0600 through a fsync'd temporary file and a rename, then fsyncs the
+/// directory, so a crash leaves the old content or the new, never a mix or nothing.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_private(path, bytes)?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)?;

@@ -11,6 +11,7 @@
 //! time.
 
 use crate::docker::{limits, AGENT_GRPC_PORT, BACKUP_DIR, FIRST_VM_HOST, LABEL_CLUSTER, VM_ENV};
+use crate::local::write_synced;
 use crate::{ProviderConfig, RuntimeKind, VmConfig};
 use agent_core::backend::{
     BackendError, CloudProvider, ClusterCa, ErrorKind, OpId, VmInfo, VmSpec, VmState,
@@ -716,16 +717,6 @@ fn make_private_dir(dir: &Path) -> std::io::Result<()> {
         .mode(0o700)
         .create(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-}
-
-/// Writes `path` 0600 through a fsync'd temporary file and a rename, then fsyncs the
-/// directory, so a crash leaves the old content or the new, never a mix or nothing.
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    crate::local::write_private(path, bytes)?;
-    if let Some(parent) = path.parent() {
-        std::fs::File::open(parent)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

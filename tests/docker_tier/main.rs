@@ -1,5 +1,7 @@
-//! The RonDB-detached Docker tier: the docker provider (bollard) and the dummy runtime, the
-//! images built here (compose/images/build.sh), agents talking across containers. A fixed
+//! The RonDB-detached Docker tier: the docker provider (bollard) run by the cluster's cloud
+//! front container that `up --provider docker` starts (the only one holding the Docker
+//! socket, checked), the dummy runtime, the images built here (compose/images/build.sh),
+//! agents talking across containers. A fixed
 //! sequence of desired states, each asserted to reach AT_DESIRED_STATE with the containers by
 //! role matching it: create 2x2 + 2 MySQLds + 1 API; MySQLds 2 -> 4 -> 1; replicas 2 -> 3;
 //! rolling restart; agent 0.999 -> 1.0 -> 0.999 (the version each container runs checked);
@@ -551,6 +553,27 @@ fn docker_tier_sequence() {
         c.agent_versions().iter().all(|v| v == "0.999"),
         "{:?}",
         c.agent_versions()
+    );
+    // `up --provider docker` started the cluster's cloud front container; it alone (and the
+    // bootstrap container that started it) holds the Docker socket, no VM does.
+    let with_socket: Vec<String> = c
+        .all_containers()
+        .into_iter()
+        .filter(|(_, id)| {
+            let mounts = std::process::Command::new("docker")
+                .args(["inspect", "-f", "{{range .Mounts}}{{.Source}} {{end}}", id])
+                .output()
+                .expect("docker inspect");
+            String::from_utf8_lossy(&mounts.stdout).contains("docker.sock")
+        })
+        .map(|(n, _)| n)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        with_socket,
+        vec![format!("{name}-bootstrap"), format!("{name}-front")],
+        "containers holding the Docker socket"
     );
 
     // 2. MySQLds 2 -> 4 -> 1.

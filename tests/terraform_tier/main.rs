@@ -140,7 +140,12 @@ impl Tier {
         use std::os::unix::process::CommandExt;
         let log = self.data_dir.join(format!("front-{run}.log"));
         let child = std::process::Command::new(BIN)
-            .args(["cloud-front", "--cluster", &self.cluster])
+            .args([
+                "cloud-front",
+                "--provider=terraform",
+                "--cluster",
+                &self.cluster,
+            ])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--listen", &format!("0.0.0.0:{}", self.port)])
@@ -665,16 +670,13 @@ fn a_cluster_reaches_its_desired_states_through_the_front_and_terraform() {
     std::fs::create_dir_all(&tier.data_dir).unwrap();
     let mut front = tier.start_front(1);
 
-    // The bootstrap agent: a container holding no Docker socket, given the front's URL, the
-    // cluster's credential and CA.
+    // The bootstrap agent: a container holding no Docker socket, given the front's URL and
+    // the cluster's credential; it gets the cluster CA from the front.
     let config = work.path().join("config");
     let boot = work.path().join("bootstrap");
     std::fs::create_dir_all(&config).unwrap();
-    std::fs::create_dir_all(boot.join("tls")).unwrap();
+    std::fs::create_dir_all(&boot).unwrap();
     let cdir = tier.data_dir.join("clusters").join(&cluster);
-    for f in ["ca.pem", "ca-key.pem"] {
-        std::fs::copy(cdir.join("tls").join(f), boot.join("tls").join(f)).unwrap();
-    }
     let credential = std::fs::read_to_string(cdir.join("credential")).unwrap();
     std::fs::write(config.join("desired_state.jsonc"), desired(1, 2, 1, "mini")).unwrap();
     let token = agents_client::test_token();
@@ -729,6 +731,14 @@ fn a_cluster_reaches_its_desired_states_through_the_front_and_terraform() {
         "cluster created from a cold bootstrap container in {:.1} s",
         t0.elapsed().as_secs_f64()
     );
+    // The bootstrap agent adopted the front's CA (it made none of its own).
+    for f in ["ca.pem", "ca-key.pem"] {
+        assert_eq!(
+            std::fs::read(boot.join("tls").join(f)).unwrap(),
+            std::fs::read(cdir.join("tls").join(f)).unwrap(),
+            "the bootstrap agent's {f} is not the front's"
+        );
+    }
 
     // 2. MySQLds 1 -> 2.
     let put = |id: u64, body: String| {
