@@ -514,7 +514,8 @@ async fn resume_vms(provider: Arc<dyn CloudProvider>) {
 
 /// Applies the file whenever its content changes (told by the file system, `notify`) and
 /// prints status changes. The directory is watched, not the file: editors save by replacing.
-async fn follow(file: &Path, api: &Api) -> anyhow::Result<()> {
+/// Applies the file and every saved edit of it through `api`, printing progress lines.
+pub async fn follow(file: &Path, api: &Api) -> anyhow::Result<()> {
     use notify::Watcher;
     let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
     let name = file.file_name().map(|n| n.to_os_string());

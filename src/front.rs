@@ -16,7 +16,7 @@ use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use providers::front::{CreateVm, ErrorBody, FrontConfig};
 use providers::{DockerConfig, DockerProvider, TerraformTarget};
@@ -38,6 +38,8 @@ pub struct FrontOptions {
     pub cluster: String,
     pub runtime: RuntimeKind,
     pub backend: BackendOptions,
+    /// A desired-state file to apply and follow, with the cluster's API token.
+    pub follow: Option<(PathBuf, String)>,
 }
 
 /// Which real provider the front runs.
@@ -225,6 +227,8 @@ struct Front {
     credential_sha256: String,
     backend: Arc<Backend>,
     ca: agent_core::backend::ClusterCa,
+    /// Forwards the users' API calls to the cluster's agents.
+    client: reqwest::Client,
 }
 
 /// Runs the front until SIGINT or SIGTERM.
@@ -287,11 +291,27 @@ async fn run(opts: FrontOptions) -> anyhow::Result<()> {
         credential_sha256: agent::api_token::token_sha256(&credential),
         backend: Arc::new(backend),
         ca,
+        client: reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .context("cannot make an HTTP client")?,
     };
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
     info!(cluster = %opts.cluster, listen = %opts.listen, url = %opts.url, "cloud front serving");
+    if let Some((file, token)) = opts.follow {
+        // Through this front's own forwarding, so the file reaches whichever agent leads.
+        let port = listener.local_addr().context("the front's address")?.port();
+        let api = crate::cluster::Api::new(&format!("127.0.0.1:{port}"), token);
+        info!(file = %file.display(), "following the desired-state file");
+        tokio::spawn(async move {
+            if let Err(e) = crate::cluster::follow(&file, &api).await {
+                warn!(file = %file.display(), error = %e, "stopped following the desired-state file");
+            }
+        });
+    }
     axum::serve(listener, router(front))
         .with_graceful_shutdown(async {
             let mut term =
@@ -317,10 +337,79 @@ fn router(front: Front) -> Router {
             front.clone(),
             authorize,
         ));
+    // The users' API, forwarded as it is: the agents check the API token.
+    let users = Router::new()
+        .route("/status", get(forward))
+        .route("/desired-state", put(forward));
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .merge(vms)
+        .merge(users)
         .with_state(front)
+}
+
+/// `GET /status` and `PUT /desired-state` of the cluster's API, forwarded to the first of
+/// the cluster's running VMs whose agent answers (an agent that does not lead forwards a
+/// desired state to the leader itself). The caller's token goes along; the front neither
+/// holds nor checks it.
+async fn forward(State(front): State<Front>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, 1 << 20).await else {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "a desired state is at most 1 MiB\n",
+        )
+            .into_response();
+    };
+    let vms = match front.backend.provider().list_vms().await {
+        Ok(v) => v,
+        Err(e) => return failed(e),
+    };
+    let path = parts.uri.path();
+    let mut tried = Vec::new();
+    for vm in vms
+        .iter()
+        .filter(|v| v.state == agent_core::backend::VmState::Running)
+    {
+        let url = format!(
+            "http://{}:{}{path}",
+            vm.address,
+            providers::docker::AGENT_HTTP_PORT
+        );
+        let mut r = front
+            .client
+            .request(parts.method.clone(), &url)
+            .body(body.clone());
+        for h in [header::AUTHORIZATION, header::CONTENT_TYPE] {
+            if let Some(v) = parts.headers.get(&h) {
+                r = r.header(h, v.clone());
+            }
+        }
+        match r.send().await {
+            Ok(resp) => {
+                let status = resp.status();
+                let ctype = resp.headers().get(header::CONTENT_TYPE).cloned();
+                let bytes = resp.bytes().await.unwrap_or_default();
+                let mut out = (status, bytes).into_response();
+                if let Some(c) = ctype {
+                    out.headers_mut().insert(header::CONTENT_TYPE, c);
+                }
+                return out;
+            }
+            Err(e) => tried.push(format!("{}: {e}", vm.name)),
+        }
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({
+            "error": format!(
+                "no agent of cluster {} answered{}; while the cluster is being created, ask the bootstrap agent",
+                front.cluster,
+                if tried.is_empty() { " (it has no running VM yet)".to_string() } else { format!(": {}", tried.join("; ")) }
+            )
+        })),
+    )
+        .into_response()
 }
 
 fn refuse(status: StatusCode, message: String) -> Response {

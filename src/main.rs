@@ -218,6 +218,14 @@ enum Command {
         /// docker, local-docker: the agent image of the VMs.
         #[arg(long, default_value = "managed-rondb/ndb-agent:latest")]
         agent_image: String,
+        /// A desired-state file (JSONC) the front applies and follows (every saved edit),
+        /// through the cluster's agents; needs the cluster's API token.
+        #[arg(long)]
+        desired_state: Option<PathBuf>,
+        /// With --desired-state: the cluster's API token file (the bootstrap agent's
+        /// DATA_DIR/api-token); NDB_AGENT_TOKEN gives it instead.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Run the agent of one local VM (started by the local provider).
     Agent {
@@ -348,7 +356,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             docker_network,
             subnet,
             agent_image,
+            desired_state,
+            token_file,
         } => {
+            let follow = match desired_state {
+                None => None,
+                Some(file) => {
+                    let token = ndb_agent::cluster::client_token(
+                        std::env::var(agent::api_token::TOKEN_ENV).ok(),
+                        token_file
+                            .as_deref()
+                            .unwrap_or(std::path::Path::new("api-token")),
+                    )?;
+                    Some((file, token))
+                }
+            };
             let env = std::env::vars()
                 .filter(|(k, _)| ndb_agent::cluster::passed_on_to_vms(k))
                 .collect();
@@ -381,6 +403,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cluster,
                 runtime: runtime.kind(),
                 backend,
+                follow,
             })?;
             Ok(ExitCode::SUCCESS)
         }

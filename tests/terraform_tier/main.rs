@@ -7,8 +7,10 @@
 //! and started again on the same directory; finally every VM deleted. After each step:
 //! Terraform's state, the front's list and the containers of the cluster name the same VMs
 //! (no container outside the state, no state entry without its container) and no VM holds
-//! the Docker socket. Calls without the cluster's credential are refused. Each step prints
-//! its time.
+//! the Docker socket. Calls without the cluster's credential are refused. A whole cluster is
+//! then taken through five desired states from a bootstrap container without the Docker
+//! socket: one submitted through the front's forwarded `PUT /desired-state`, two saved in a
+//! file the front follows. Each step prints its time.
 //! Everything carries the label `managed-rondb.cluster=<unique name>` and is removed at the
 //! end, also when the test fails.
 
@@ -126,6 +128,8 @@ struct Tier {
     subnet: String,
     gateway: String,
     port: u16,
+    /// A desired-state file the front follows, with the cluster's API token.
+    follow: Option<(PathBuf, String)>,
 }
 
 impl Tier {
@@ -139,25 +143,34 @@ impl Tier {
     fn start_front(&self, run: u32) -> Front {
         use std::os::unix::process::CommandExt;
         let log = self.data_dir.join(format!("front-{run}.log"));
-        let child = std::process::Command::new(BIN)
-            .args([
-                "cloud-front",
-                "--provider=terraform",
-                "--cluster",
-                &self.cluster,
-            ])
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["--listen", &format!("0.0.0.0:{}", self.port)])
-            .args(["--url", &format!("http://{}:{}", self.gateway, self.port)])
-            .args(["--docker-network", &self.cluster, "--subnet", &self.subnet])
-            .args(["--agent-image", IMAGE])
-            .arg("--terraform")
-            .arg(&self.terraform)
-            .stderr(std::fs::File::create(&log).unwrap())
-            .process_group(0)
-            .spawn()
-            .expect("start ndb-agent cloud-front");
+        let child =
+            std::process::Command::new(BIN)
+                .args([
+                    "cloud-front",
+                    "--provider=terraform",
+                    "--cluster",
+                    &self.cluster,
+                ])
+                .arg("--data-dir")
+                .arg(&self.data_dir)
+                .args(["--listen", &format!("0.0.0.0:{}", self.port)])
+                .args(["--url", &format!("http://{}:{}", self.gateway, self.port)])
+                .args(["--docker-network", &self.cluster, "--subnet", &self.subnet])
+                .args(["--agent-image", IMAGE])
+                .arg("--terraform")
+                .arg(&self.terraform)
+                .args(self.follow.iter().flat_map(|(file, _)| {
+                    [std::ffi::OsStr::new("--desired-state"), file.as_os_str()]
+                }))
+                .envs(
+                    self.follow
+                        .iter()
+                        .map(|(_, token)| ("NDB_AGENT_TOKEN", token.as_str())),
+                )
+                .stderr(std::fs::File::create(&log).unwrap())
+                .process_group(0)
+                .spawn()
+                .expect("start ndb-agent cloud-front");
         let front = Front { child, log };
         let deadline = Instant::now() + Duration::from_secs(300);
         let url = format!("http://127.0.0.1:{}/health", self.port);
@@ -318,6 +331,7 @@ fn the_front_keeps_terraform_state_and_containers_in_line() {
         subnet,
         gateway,
         port,
+        follow: None,
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
 
@@ -659,6 +673,13 @@ fn a_cluster_reaches_its_desired_states_through_the_front_and_terraform() {
         .local_addr()
         .unwrap()
         .port();
+    // The front follows a desired-state file of its own (steps 4 and 5 are saved there).
+    let token = agents_client::test_token();
+    let followed = work
+        .path()
+        .join("front-desired")
+        .join("desired_state.jsonc");
+    std::fs::create_dir_all(followed.parent().unwrap()).unwrap();
     let tier = Tier {
         cluster: cluster.clone(),
         data_dir: work.path().join("front"),
@@ -666,9 +687,17 @@ fn a_cluster_reaches_its_desired_states_through_the_front_and_terraform() {
         subnet,
         gateway: gateway.clone(),
         port,
+        follow: Some((followed.clone(), token.clone())),
     };
     std::fs::create_dir_all(&tier.data_dir).unwrap();
     let mut front = tier.start_front(1);
+    let agents = AgentsClient::new(&token);
+    let via_front = format!("127.0.0.1:{port}");
+    // Before any VM exists, the front has no agent to forward the users' API to.
+    assert!(
+        agents.status_at(&via_front).is_none(),
+        "GET /status through a front with no VM"
+    );
 
     // The bootstrap agent: a container holding no Docker socket, given the front's URL and
     // the cluster's credential; it gets the cluster CA from the front.
@@ -679,7 +708,6 @@ fn a_cluster_reaches_its_desired_states_through_the_front_and_terraform() {
     let cdir = tier.data_dir.join("clusters").join(&cluster);
     let credential = std::fs::read_to_string(cdir.join("credential")).unwrap();
     std::fs::write(config.join("desired_state.jsonc"), desired(1, 2, 1, "mini")).unwrap();
-    let token = agents_client::test_token();
     let bootstrap_ip = format!("10.214.{net}.3");
     let t0 = Instant::now();
     docker(&[
@@ -717,7 +745,6 @@ fn a_cluster_reaches_its_desired_states_through_the_front_and_terraform() {
         "--data-dir=/var/lib/ndb-agent",
         "--http=0.0.0.0:8181",
     ]);
-    let agents = AgentsClient::new(&token);
     agents.learn(&format!("{bootstrap_ip}:8181"));
 
     // 1. Created through the front: 1 management server, 2 data nodes, 1 MySQL server.
@@ -740,7 +767,20 @@ fn a_cluster_reaches_its_desired_states_through_the_front_and_terraform() {
         );
     }
 
-    // 2. MySQLds 1 -> 2.
+    // 2. MySQLds 1 -> 2, submitted through the front (PUT /desired-state forwarded to an
+    // agent, which forwards it to the leader), its status read through the front too.
+    let (code, reply) = agents.put_desired(&via_front, &desired(2, 2, 2, "mini"));
+    assert_eq!(code, 202, "PUT /desired-state through the front: {reply}");
+    tier.wait_reached(
+        &agents,
+        2,
+        &[("mgmd", 1), ("mysqld", 2), ("ndbd", 2)],
+        "MySQLds 1 -> 2 (through the front)",
+    );
+    let s = agents
+        .status_at(&via_front)
+        .expect("GET /status through the front");
+    assert_eq!(s.accepted_id, Some(2), "{s:?}");
     let put = |id: u64, body: String| {
         let s = agents.status().expect("a live agent");
         let leader = s
@@ -754,13 +794,6 @@ fn a_cluster_reaches_its_desired_states_through_the_front_and_terraform() {
             "desired state {id}: {code} {reply}"
         );
     };
-    put(2, desired(2, 2, 2, "mini"));
-    tier.wait_reached(
-        &agents,
-        2,
-        &[("mgmd", 1), ("mysqld", 2), ("ndbd", 2)],
-        "MySQLds 1 -> 2",
-    );
 
     // 3. Replicas 2 -> 3, the leader killed (SIGKILL) while its Terraform apply runs.
     let base = tier.applies_started();
@@ -779,8 +812,9 @@ fn a_cluster_reaches_its_desired_states_through_the_front_and_terraform() {
         docker(&["start", &format!("{cluster}-{leader}")]);
     }
 
-    // 4. MySQL servers' VM type mini -> small: new containers through Terraform.
-    put(4, desired(4, 3, 2, "small"));
+    // 4. MySQL servers' VM type mini -> small: new containers through Terraform; saved in
+    // the file the front follows.
+    std::fs::write(&followed, desired(4, 3, 2, "small")).unwrap();
     tier.wait_reached(
         &agents,
         4,
@@ -801,9 +835,10 @@ fn a_cluster_reaches_its_desired_states_through_the_front_and_terraform() {
         );
     }
 
-    // 5. MySQLds 2 -> 3 with the front killed mid-apply and started again.
+    // 5. MySQLds 2 -> 3 (saved in the followed file) with the front killed mid-apply and
+    // started again.
     let base = tier.applies_started();
-    put(5, desired(5, 3, 3, "small"));
+    std::fs::write(&followed, desired(5, 3, 3, "small")).unwrap();
     tier.wait_apply_started(base);
     front.kill();
     println!("front killed mid-apply");
