@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The Docker demo: compose/up.sh [--detached] [DESIRED_STATE_FILE]
+# The Docker demo: compose/up.sh [--detached] [--terraform] [DESIRED_STATE_FILE]
 #
 # Builds the images if missing (no registry: debootstrap + docker import), then starts the
 # cloud front (the only container holding the Docker socket: it makes the VM containers when
 # the cluster's leader asks), the bootstrap agent and the artifact server with
 # docker-compose. RonDB-attached by default:
 # the VM containers run RonDB's programs under supervisord (the stand-in's tarballs, served
-# by the artifact server); --detached pretends them (dummy runtime). The bootstrap
+# by the artifact server); --detached pretends them (dummy runtime). --terraform: the front
+# makes the VM containers through Terraform (the local-docker target; its state in the
+# front's volume; image compose/images/build-front.sh). The bootstrap
 # agent applies DESIRED_STATE_FILE (default compose/desired_state.jsonc) and follows every
 # saved edit of it. `docker logs -f bootstrap_agent` shows the progress; the HTTP API is on
 # 127.0.0.1:${NDB_AGENT_HTTP_PORT:-8181}; compose/down.sh removes everything. Run again after
@@ -17,15 +19,20 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # --detached: the RonDB-detached demo (the agents pretend RonDB's programs: dummy runtime).
-export NDB_AGENT_RUNTIME=supervisord
-if [ "${1:-}" = "--detached" ]; then
-  NDB_AGENT_RUNTIME=dummy
-  shift
-fi
+export NDB_AGENT_RUNTIME=supervisord NDB_FRONT_PROVIDER=docker NDB_FRONT_IMAGE=managed-rondb/ndb-agent:latest
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --detached) NDB_AGENT_RUNTIME=dummy; shift ;;
+    --terraform) NDB_FRONT_PROVIDER=terraform NDB_FRONT_IMAGE=managed-rondb/cloud-front:latest; shift ;;
+    -*) echo "unknown option $1 (compose/up.sh [--detached] [--terraform] [FILE])" >&2; exit 2 ;;
+    *) break ;;
+  esac
+done
 FILE=${1:-$HERE/desired_state.jsonc}
 [ -f "$FILE" ] || { echo "no desired-state file $FILE" >&2; exit 2; }
 FILE=$(cd "$(dirname "$FILE")" && pwd)/$(basename "$FILE")
 "$HERE/images/build.sh"
+if [ "$NDB_FRONT_PROVIDER" = terraform ]; then "$HERE/images/build-front.sh"; fi
 export DESIRED_STATE_DIR=$(dirname "$FILE") DESIRED_STATE_NAME=$(basename "$FILE")
 docker-compose -p managed-rondb -f "$HERE/docker-compose.yml" up -d
 # The API's token: the bootstrap agent makes it in its volume on the first run; a private

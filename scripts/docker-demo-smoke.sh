@@ -6,7 +6,11 @@
 # the status lists, edit and save the file (one more MySQLd), wait for the new container,
 # stop every container (a host restart) and run compose/up.sh again: the same containers
 # resume with every row; then compose/down.sh must leave nothing.
+# --terraform: the same with compose/up.sh --terraform (the front makes the VMs through
+# Terraform), and after every step Terraform's state names exactly the VM containers.
 set -euo pipefail
+TERRAFORM_FLAG=()
+if [ "${1:-}" = --terraform ]; then TERRAFORM_FLAG=(--terraform); fi
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d)
 export NDB_AGENT_HTTP_PORT=${NDB_AGENT_HTTP_PORT:-18181}
@@ -17,15 +21,23 @@ trap '"$ROOT/compose/down.sh" >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
 cp "$ROOT/compose/desired_state.jsonc" "$WORK/desired_state.jsonc"
 (cd "$ROOT" && cargo build --release --locked -q -p integration-tests --bin sql-rows)
 ROWS=$ROOT/target/release/sql-rows
-"$ROOT/compose/up.sh" "$WORK/desired_state.jsonc" >/dev/null
+"$ROOT/compose/up.sh" "${TERRAFORM_FLAG[@]}" "$WORK/desired_state.jsonc" >/dev/null
 
 count() { docker ps -q --filter label=managed-rondb.cluster=managed-rondb --filter "label=managed-rondb.role=$1" | wc -l; }
+vm_containers() { docker ps -a --filter label=managed-rondb.cluster=managed-rondb --format '{{.Label "managed-rondb.vm"}} {{.Label "managed-rondb.role"}}' | awk '$2 ~ /^(mgmd|ndbd|mysqld|api)$/ {print $1}' | sort; }
+state_matches() {
+  [ ${#TERRAFORM_FLAG[@]} = 0 ] && return 0
+  local state
+  state=$(docker exec cloud_front terraform -chdir=/var/lib/cloud-front/clusters/managed-rondb/terraform state list | sed -n 's/.*\["\(.*\)"\]/\1/p' | sort)
+  [ "$state" = "$(vm_containers)" ] || { echo "Terraform's state and the VM containers differ:" >&2; diff <(echo "$state") <(vm_containers) >&2; return 1; }
+}
 wait_for() { # ID MYSQLDS
   for _ in $(seq 1 240); do
     if curl -sf -H "Authorization: Bearer $(cat "$TOKEN_FILE" 2>/dev/null)" "http://127.0.0.1:$NDB_AGENT_HTTP_PORT/status" 2>/dev/null \
         | grep -q "\"reconciliation_state\":\"AT_DESIRED_STATE\",\"accepted_id\":$1," \
        && [ "$(count mysqld)" = "$2" ] && [ "$(count ndbd)" = 4 ] && [ "$(count mgmd)" = 1 ] && [ "$(count api)" = 1 ]; then
-      return 0
+      state_matches
+      return
     fi
     sleep 0.5
   done
@@ -37,7 +49,7 @@ wait_for() { # ID MYSQLDS
 }
 t0=$(date +%s.%N)
 wait_for 1 2
-printf '== docker demo: desired state 1 reached (4 ndbd, 1 mgmd, 2 mysqld, 1 api containers) in %.1f s\n' "$(echo "$(date +%s.%N) - $t0" | bc)"
+printf '== docker demo%s: desired state 1 reached (4 ndbd, 1 mgmd, 2 mysqld, 1 api containers) in %.1f s\n' "${TERRAFORM_FLAG[*]:+ (terraform)}" "$(echo "$(date +%s.%N) - $t0" | bc)"
 holders=$(docker ps -aq --filter label=managed-rondb.cluster=managed-rondb \
   | xargs docker inspect -f '{{.Name}} {{range .Mounts}}{{.Source}} {{end}}' | awk '/docker.sock/ {print $1}')
 [ "$holders" = /cloud_front ] || { echo "containers holding the Docker socket: $holders (only cloud_front should)" >&2; exit 1; }
@@ -58,7 +70,7 @@ containers() { docker ps -aq --no-trunc --filter label=managed-rondb.cluster=man
 before=$(containers)
 docker stop -t 5 $(docker ps -q --filter label=managed-rondb.cluster=managed-rondb) >/dev/null
 [ -z "$(docker ps -q --filter label=managed-rondb.cluster=managed-rondb)" ] || { echo "containers still running after docker stop" >&2; exit 1; }
-"$ROOT/compose/up.sh" "$WORK/desired_state.jsonc" >/dev/null
+"$ROOT/compose/up.sh" "${TERRAFORM_FLAG[@]}" "$WORK/desired_state.jsonc" >/dev/null
 wait_for 2 3
 [ "$(containers)" = "$before" ] || { echo "containers were replaced after the restart:" >&2; diff <(echo "$before") <(containers) >&2; exit 1; }
 "$ROWS" check "$(endpoint)" 1000

@@ -631,7 +631,7 @@ fn progress_line(s: &Status) -> String {
     }
     let roles: Vec<String> = roles.iter().map(|(r, n)| format!("{n} {r}")).collect();
     format!(
-        "[desired {}{}] {}: {} action(s) done, {} running; VMs: {}; leader: {}; {} agent(s), {} voter(s){}",
+        "[desired {}{}] {}: {} action(s) done, {} running; VMs: {}; leader: {}; {} agent(s), {} voter(s){}{}",
         s.accepted_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
         s.pending_id.map(|i| format!(", pending {i}")).unwrap_or_default(),
         s.reconciliation_state,
@@ -641,6 +641,7 @@ fn progress_line(s: &Status) -> String {
         s.leader_vm.as_deref().unwrap_or("none"),
         s.agents.len(),
         s.agents.iter().filter(|a| a.voter).count(),
+        if s.voters_joint { " (joint: a voter change under way)" } else { "" },
         s.last_error.as_ref().map(|e| format!("\n  error: {e}")).unwrap_or_default(),
     )
 }

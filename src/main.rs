@@ -26,6 +26,9 @@ enum ProviderArg {
     /// container (`<cluster>-front`, the only one holding the Docker socket), which `up`
     /// starts, starts again or uses.
     Docker,
+    /// As `docker`, but the front makes the containers through Terraform (the local-docker
+    /// target; front image from compose/images/build-front.sh).
+    Terraform,
     /// VMs made by a cloud front (`ndb-agent cloud-front`): this agent runs where the VMs
     /// reach it and holds no key to the cloud.
     Front,
@@ -166,9 +169,13 @@ enum Command {
         /// docker: the user-defined network of the VMs.
         #[arg(long, default_value = "managed-rondb")]
         docker_network: String,
-        /// docker: the agent image of the VMs.
+        /// docker, terraform: the agent image of the VMs.
         #[arg(long, default_value = "managed-rondb/ndb-agent:latest")]
         agent_image: String,
+        /// docker, terraform: the image of the cloud front container (default: the agent
+        /// image for docker, managed-rondb/cloud-front:latest for terraform).
+        #[arg(long)]
+        front_image: Option<String>,
         /// front: the cloud front's URL as the VMs reach it.
         #[arg(long, required_if_eq("provider", "front"))]
         front_url: Option<String>,
@@ -304,6 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cluster_name,
             docker_network,
             agent_image,
+            front_image,
             front_url,
             front_credential_file,
             artifact_mirrors,
@@ -312,8 +320,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ProviderArg::Local => providers::ProviderConfig::Local {
                     data_dir: data_dir.clone(),
                 },
-                ProviderArg::Docker => {
+                ProviderArg::Docker | ProviderArg::Terraform => {
+                    let kind = if provider == ProviderArg::Terraform {
+                        providers::docker::FrontKind::Terraform
+                    } else {
+                        providers::docker::FrontKind::Docker
+                    };
+                    let front_image = front_image.unwrap_or_else(|| match kind {
+                        providers::docker::FrontKind::Docker => agent_image.clone(),
+                        providers::docker::FrontKind::Terraform => {
+                            "managed-rondb/cloud-front:latest".into()
+                        }
+                    });
                     ndb_agent::front::start_front_container(providers::docker::FrontContainer {
+                        kind,
+                        image: front_image,
                         cfg: providers::DockerConfig {
                             cluster: cluster_name,
                             network: docker_network,
@@ -445,8 +466,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         )?,
                     })?;
                 }
-                ProviderArg::Docker => anyhow::bail!(
-                    "down --provider docker: use compose/down.sh, which removes the Docker demo's containers, volumes and network"
+                ProviderArg::Docker | ProviderArg::Terraform => anyhow::bail!(
+                    "down --provider docker|terraform: use `down --provider front --remove` with the front's URL (or compose/down.sh for the Docker demo)"
                 ),
             }
             Ok(ExitCode::SUCCESS)

@@ -70,6 +70,21 @@ pub struct Status {
     /// Raft voters must remain): 0 with fewer than three voters.
     #[serde(default)]
     pub agent_losses_survived: usize,
+    /// The Raft configuration is joint (a voter change between its two steps): a majority
+    /// of each voter set is needed, so `voter` marks the union and the losses survived
+    /// count the weaker set. The leader finishes such a change on its next upkeep.
+    #[serde(default)]
+    pub voters_joint: bool,
+}
+
+/// How many voters may be lost with a leader still electable: a majority must remain in
+/// every voter set of the configuration (two while it is joint).
+pub fn losses_survived(configs: &[std::collections::BTreeSet<u64>]) -> usize {
+    configs
+        .iter()
+        .map(|c| c.len().saturating_sub(1) / 2)
+        .min()
+        .unwrap_or(0)
 }
 
 /// One VM in `GET /status`.
@@ -171,7 +186,8 @@ pub fn build_status(shared: &AgentShared) -> Option<Status> {
                 .map(|v| format!("{}:{port}", v.address))
                 .collect()
         },
-        agent_losses_survived: voters.len().saturating_sub(1) / 2,
+        agent_losses_survived: losses_survived(m.get_joint_config()),
+        voters_joint: m.get_joint_config().len() > 1,
         actions_in_flight: c.in_flight.len(),
         actions_completed: c.completed_actions,
         answered_by: shared.vm.clone(),
@@ -302,5 +318,29 @@ async fn forward(
             StatusCode::BAD_GATEWAY,
             format!("cannot reach the leader at {addr}: {e}"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::losses_survived;
+    use std::collections::BTreeSet;
+
+    fn set(ids: &[u64]) -> BTreeSet<u64> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_joint_configuration_survives_only_what_its_weaker_set_survives() {
+        // The bootstrap agent alone in the old set: losing it stops every election, though
+        // the union counts five voters.
+        assert_eq!(losses_survived(&[set(&[1]), set(&[2, 4, 5, 6, 7])]), 0);
+        assert_eq!(
+            losses_survived(&[set(&[1, 2, 3]), set(&[2, 3, 4, 5, 6])]),
+            1
+        );
+        assert_eq!(losses_survived(&[set(&[2, 4, 5, 6, 7])]), 2);
+        assert_eq!(losses_survived(&[set(&[1, 2])]), 0);
+        assert_eq!(losses_survived(&[]), 0);
     }
 }

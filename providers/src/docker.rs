@@ -117,9 +117,8 @@ async fn containers(
         .map_err(|e| transient("docker ps", e))
 }
 
-/// The lowest address of the network's subnet (from [`FIRST_VM_HOST`]) that no
-/// container on the network holds, running or stopped.
-async fn free_address(docker: &Docker, network: &str) -> Result<String, BackendError> {
+/// The network's IPv4 subnet (`10.213.0.0/24`): VMs get fixed addresses in it.
+async fn network_subnet(docker: &Docker, network: &str) -> Result<String, BackendError> {
     let net = docker
         .inspect_network(
             network,
@@ -127,17 +126,26 @@ async fn free_address(docker: &Docker, network: &str) -> Result<String, BackendE
         )
         .await
         .map_err(|e| transient(&format!("docker network inspect {}", network), e))?;
-    let subnet = net
-        .ipam
+    net.ipam
         .and_then(|i| i.config)
         .unwrap_or_default()
         .into_iter()
         .filter_map(|c| c.subnet)
-        .find_map(|s| parse_subnet(&s));
-    let Some((base, bits)) = subnet else {
+        .find(|s| parse_subnet(s).is_some())
+        .ok_or_else(|| {
+            BackendError::refused(format!(
+                "network {network} has no IPv4 subnet of /30 or larger; create it with `docker network create --subnet 10.213.0.0/24 {network}` so VMs keep their addresses across restarts"
+            ))
+        })
+}
+
+/// The lowest address of the network's subnet (from [`FIRST_VM_HOST`]) that no
+/// container on the network holds, running or stopped.
+async fn free_address(docker: &Docker, network: &str) -> Result<String, BackendError> {
+    let subnet = network_subnet(docker, network).await?;
+    let Some((base, bits)) = parse_subnet(&subnet) else {
         return Err(BackendError::refused(format!(
-            "network {} has no IPv4 subnet of /30 or larger; create it with `docker network create --subnet 10.213.0.0/24 {}` so VMs keep their addresses across restarts",
-            network, network
+            "network {network} has an unusable subnet {subnet}"
         )));
     };
     let list = containers(docker, "network", network.to_string()).await?;
@@ -174,11 +182,24 @@ pub const FRONT_DIR: &str = "/var/lib/cloud-front";
 /// The role label of the front container (never listed as a VM).
 pub const FRONT_ROLE: &str = "front";
 
-/// The cloud front of a Docker cluster as a container, as `up --provider docker` starts it.
+/// What the front container makes VM containers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrontKind {
+    /// The docker provider, straight through the socket (the agent image runs it).
+    Docker,
+    /// The terraform provider with the local-docker target (an image holding the docker
+    /// CLI and Terraform: compose/images/build-front.sh).
+    Terraform,
+}
+
+/// The cloud front of a Docker cluster as a container, as `up --provider docker|terraform`
+/// starts it.
 pub struct FrontContainer {
-    /// The cluster, its network, the image (the agent image runs the front too) and the
-    /// environment passed on to the VMs.
+    /// The cluster, its network, the VMs' image and the environment passed on to the VMs.
     pub cfg: DockerConfig,
+    pub kind: FrontKind,
+    /// The image the front runs.
+    pub image: String,
     pub runtime: crate::RuntimeKind,
     /// The cluster's credential: the front accepts nothing else.
     pub credential: String,
@@ -256,26 +277,40 @@ pub async fn ensure_front(f: &FrontContainer) -> Result<String, BackendError> {
         .await
         .map_err(|e| transient("docker volume create (cloud front)", e))?;
     let ip = free_address(&docker, &f.cfg.network).await?;
+    let provider = match f.kind {
+        FrontKind::Docker => vec!["--provider=docker".to_string()],
+        FrontKind::Terraform => vec![
+            "--provider=terraform".to_string(),
+            "--target=local-docker".to_string(),
+            format!(
+                "--subnet={}",
+                network_subnet(&docker, &f.cfg.network).await?
+            ),
+        ],
+    };
     let mut env = vec![format!("NDB_FRONT_CREDENTIAL={}", f.credential)];
     env.extend(f.cfg.env.iter().map(|(k, v)| format!("{k}={v}")));
     let runtime = f.runtime.to_string();
-    let cmd: Vec<String> = [
-        "ndb-agent",
-        "cloud-front",
-        "--provider=docker",
-        &format!("--cluster={}", f.cfg.cluster),
-        &format!("--url={}", url(&ip)),
-        &format!("--listen=0.0.0.0:{FRONT_PORT}"),
-        &format!("--data-dir={FRONT_DIR}"),
-        &format!("--docker-network={}", f.cfg.network),
-        &format!("--agent-image={}", f.cfg.image),
-        &format!("--runtime={runtime}"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let cmd: Vec<String> = ["ndb-agent", "cloud-front"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(provider)
+        .chain(
+            [
+                &format!("--cluster={}", f.cfg.cluster),
+                &format!("--url={}", url(&ip)),
+                &format!("--listen=0.0.0.0:{FRONT_PORT}"),
+                &format!("--data-dir={FRONT_DIR}"),
+                &format!("--docker-network={}", f.cfg.network),
+                &format!("--agent-image={}", f.cfg.image),
+                &format!("--runtime={runtime}"),
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        )
+        .collect();
     let config = ContainerCreateBody {
-        image: Some(f.cfg.image.clone()),
+        image: Some(f.image.clone()),
         hostname: Some(name.clone()),
         cmd: Some(cmd),
         env: Some(env),

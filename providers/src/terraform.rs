@@ -117,6 +117,9 @@ struct Inner {
     /// The `vms` output of the last successful apply.
     outputs: std::sync::Mutex<BTreeMap<String, terraform_templates::VmOutput>>,
     applies: AtomicU64,
+    /// Bumped when an apply starts and when it ends (odd while one runs): a container
+    /// missing while an apply may be replacing it is not taken for gone.
+    apply_phase: AtomicU64,
     initialized: std::sync::atomic::AtomicBool,
 }
 
@@ -168,6 +171,7 @@ impl TerraformProvider {
             records: std::sync::Mutex::new(records),
             outputs: std::sync::Mutex::new(BTreeMap::new()),
             applies: AtomicU64::new(0),
+            apply_phase: AtomicU64::new(0),
             initialized: std::sync::atomic::AtomicBool::new(false),
         });
         let (queue, rx) = mpsc::unbounded_channel();
@@ -257,22 +261,21 @@ impl TerraformProvider {
         }
     }
 
-    /// Which VM containers run (local-docker); every VM for targets that cannot tell.
-    async fn running(&self) -> Result<Option<BTreeSet<String>>, BackendError> {
-        let TerraformTarget::LocalDocker { cluster, .. } = &self.inner.settings.target else {
-            return Ok(None);
-        };
-        let out = docker(&[
-            "ps",
-            "--filter",
-            &format!("label={LABEL_CLUSTER}={cluster}"),
-            "--filter",
-            &format!("label={LABEL_CREATED_BY}=terraform"),
-            "--format",
-            "{{.Label \"managed-rondb.vm\"}}",
-        ])
-        .await?;
-        Ok(Some(out.lines().map(str::to_string).collect()))
+    /// Forgets a VM whose machine is gone behind Terraform's back (its container removed):
+    /// the next apply drops it from the state, so state and containers agree again. The
+    /// cluster replaces the VM under another name.
+    fn forget(&self, vm: &str) {
+        let (done, _) = oneshot::channel();
+        if self
+            .queue
+            .send(Job {
+                change: Change::Remove(vm.to_string()),
+                done,
+            })
+            .is_ok()
+        {
+            warn!(%vm, "the VM's container is gone though Terraform made it; removing it from Terraform's state");
+        }
     }
 }
 
@@ -320,17 +323,35 @@ impl CloudProvider for TerraformProvider {
     }
 
     async fn list_vms(&self) -> Result<Vec<VmInfo>, BackendError> {
-        let running = self.running().await?;
-        let records = self.inner.records();
-        Ok(records
+        // Only VMs an apply has made (in its outputs) are listed. They are read before the
+        // containers: a VM made meanwhile is left out until the next look, never taken for
+        // gone; one deleted meanwhile is forgotten twice, which is harmless.
+        let phase = self.inner.apply_phase.load(Ordering::SeqCst);
+        let made: Vec<VmInfo> = self
+            .inner
+            .records()
             .values()
-            .filter_map(|r| {
-                let up = running
-                    .as_ref()
-                    .is_none_or(|names| names.contains(&r.spec.name));
-                self.info(r, if up { VmState::Running } else { VmState::Down })
-            })
-            .collect())
+            .filter_map(|r| self.info(r, VmState::Running))
+            .collect();
+        let Some(containers) = self.inner.containers().await? else {
+            // Targets that cannot tell: every VM runs.
+            return Ok(made);
+        };
+        let quiet =
+            phase.is_multiple_of(2) && self.inner.apply_phase.load(Ordering::SeqCst) == phase;
+        let mut out = Vec::new();
+        for info in made {
+            match containers.get(&info.name) {
+                Some(true) => out.push(info),
+                None if quiet => self.forget(&info.name),
+                // Stopped, or (while an apply runs) perhaps being replaced.
+                Some(false) | None => out.push(VmInfo {
+                    state: VmState::Down,
+                    ..info
+                }),
+            }
+        }
+        Ok(out)
     }
 
     async fn start_vm(&self, op: OpId, name: &str) -> Result<VmInfo, BackendError> {
@@ -340,6 +361,15 @@ impl CloudProvider for TerraformProvider {
             .ok_or_else(|| BackendError::vm_gone(name).in_op(op))?;
         match &self.inner.settings.target {
             TerraformTarget::LocalDocker { cluster, .. } => {
+                if self
+                    .inner
+                    .containers()
+                    .await?
+                    .is_some_and(|c| !c.contains_key(name))
+                {
+                    self.forget(name);
+                    return Err(BackendError::vm_gone(name).in_op(op));
+                }
                 docker(&["start", &format!("{cluster}-{name}")])
                     .await
                     .map_err(|e| e.on(name).in_op(op))?;
@@ -430,8 +460,12 @@ impl Inner {
         let n = self.applies.fetch_add(1, Ordering::SeqCst) + 1;
         let started = std::time::Instant::now();
         info!(apply = n, vms = records.len(), "terraform apply");
-        self.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"])
-            .await?;
+        self.apply_phase.fetch_add(1, Ordering::SeqCst);
+        let applied = self
+            .terraform(&["apply", "-auto-approve", "-input=false", "-no-color"])
+            .await;
+        self.apply_phase.fetch_add(1, Ordering::SeqCst);
+        applied?;
         info!(
             apply = n,
             seconds = started.elapsed().as_secs_f64(),
@@ -661,12 +695,11 @@ impl Inner {
     /// local-docker: containers of this cluster that Terraform made but its state does not
     /// hold (an apply killed between `docker run` and saving the state) are removed, with
     /// their volumes: a VM exists exactly when the state holds it.
-    async fn remove_orphans(
-        &self,
-        outputs: &BTreeMap<String, terraform_templates::VmOutput>,
-    ) -> Result<(), BackendError> {
+    /// The VM containers Terraform made for the cluster (local-docker), running or not: VM
+    /// name → running. None for targets that cannot tell.
+    async fn containers(&self) -> Result<Option<BTreeMap<String, bool>>, BackendError> {
         let TerraformTarget::LocalDocker { cluster, .. } = &self.settings.target else {
-            return Ok(());
+            return Ok(None);
         };
         let out = docker(&[
             "ps",
@@ -676,10 +709,27 @@ impl Inner {
             "--filter",
             &format!("label={LABEL_CREATED_BY}=terraform"),
             "--format",
-            "{{.Label \"managed-rondb.vm\"}}",
+            "{{.Label \"managed-rondb.vm\"}} {{.State}}",
         ])
         .await?;
-        for vm in out.lines().filter(|vm| !outputs.contains_key(*vm)) {
+        Ok(Some(
+            out.lines()
+                .filter_map(|l| l.split_once(' '))
+                .map(|(vm, state)| (vm.to_string(), state == "running"))
+                .collect(),
+        ))
+    }
+
+    async fn remove_orphans(
+        &self,
+        outputs: &BTreeMap<String, terraform_templates::VmOutput>,
+    ) -> Result<(), BackendError> {
+        let (Some(containers), TerraformTarget::LocalDocker { cluster, .. }) =
+            (self.containers().await?, &self.settings.target)
+        else {
+            return Ok(());
+        };
+        for vm in containers.keys().filter(|vm| !outputs.contains_key(*vm)) {
             warn!(%vm, "container not in Terraform's state (an apply was cut short); removing it");
             docker(&["rm", "-f", "-v", &format!("{cluster}-{vm}")]).await?;
             docker(&["volume", "rm", "-f", &format!("{cluster}-{vm}-data")]).await?;

@@ -1,7 +1,8 @@
-//! The RonDB-attached suite in Docker: the docker provider, the supervisord runtime in the
-//! agent image, the RonDB stand-in's tarballs from the artifact server. The fixtures (the
-//! artifact server and the bootstrap agent) are started with testcontainers from the images
-//! built on this machine (no registry); the bootstrap agent creates every VM container.
+//! The RonDB-attached suite in Docker: VM containers made through Terraform by the cloud
+//! front container that `ndb-agent up --provider terraform` starts (the local-docker target),
+//! the supervisord runtime in the agent image, the RonDB stand-in's tarballs from the
+//! artifact server. The fixtures (the artifact server and the bootstrap agent) are started
+//! with testcontainers from the images built on this machine (no registry).
 //!
 //! The same sequence as the local attached suite, while one client thread writes and reads
 //! rows through the MySQL servers: create 2 x 2 + 2 MySQLds, 1,000 rows, rolling restart,
@@ -125,7 +126,7 @@ impl DockerCluster {
             .with_cmd([
                 "ndb-agent".to_string(),
                 "up".into(),
-                "--provider=docker".into(),
+                "--provider=terraform".into(),
                 "--runtime=supervisord".into(),
                 "--desired-state=/config/desired_state.jsonc".into(),
                 "--data-dir=/var/lib/ndb-agent".into(),
@@ -247,6 +248,47 @@ fn build_images() {
     .status()
     .expect("run compose/images/build.sh");
     assert!(build.success(), "building the images failed");
+    let front = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/compose/images/build-front.sh"
+    ))
+    .status()
+    .expect("run compose/images/build-front.sh");
+    assert!(front.success(), "building the cloud front image failed");
+}
+
+/// The VMs in the front's Terraform state and the cluster's VM containers: the same names.
+fn terraform_state_matches_containers(name: &str) {
+    let state = docker(&[
+        "exec",
+        &format!("{name}-front"),
+        "terraform",
+        &format!("-chdir=/var/lib/cloud-front/clusters/{name}/terraform"),
+        "state",
+        "list",
+    ]);
+    let in_state: BTreeSet<String> = state
+        .lines()
+        .filter_map(|l| l.split('"').nth(1).map(str::to_string))
+        .collect();
+    let containers: BTreeSet<String> = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=managed-rondb.cluster={name}"),
+        "--format",
+        "{{.Label \"managed-rondb.vm\"}} {{.Label \"managed-rondb.role\"}}",
+    ])
+    .lines()
+    .filter_map(|l| l.split_once(' '))
+    .filter(|(_, role)| ["mgmd", "ndbd", "mysqld", "api"].contains(role))
+    .map(|(vm, _)| vm.to_string())
+    .collect();
+    assert!(!in_state.is_empty(), "an empty Terraform state: {state}");
+    assert_eq!(
+        in_state, containers,
+        "Terraform's state and the VM containers"
+    );
 }
 
 #[test]
@@ -269,6 +311,7 @@ fn docker_live_operations_keep_every_row_and_the_cluster_up() {
         "up to AT_DESIRED_STATE (Docker, supervisord, 2 x 2 + 2 MySQLds + 1 API): {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    terraform_state_matches_containers(&name);
     c.wait_for(
         "RonDB's view of every program in the status",
         Duration::from_secs(30),
@@ -449,6 +492,8 @@ fn docker_live_operations_keep_every_row_and_the_cluster_up() {
     );
     assert_eq!(lost, 0, "rows lost after a data-node VM was lost");
     assert_eq!(c.forced_shutdowns(&s), 0);
+    // The container removed behind Terraform's back left no entry in its state.
+    terraform_state_matches_containers(&name);
 
     let record = client.finish();
     println!(

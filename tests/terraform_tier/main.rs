@@ -405,6 +405,30 @@ fn the_front_keeps_terraform_state_and_containers_in_line() {
         // Deleting a VM that is gone succeeds.
         p.delete_vm(OpId(5), "mysqld-3").await.unwrap();
 
+        // A VM's container removed behind Terraform's back: the VM is gone (not listed, not
+        // startable), and the front drops it from Terraform's state by itself.
+        p.create_vm(OpId(50), &spec("api-9", Role::Api, "a", VmType::Mini))
+            .await
+            .unwrap();
+        docker(&["rm", "-f", &format!("{cluster}-api-9")]);
+        let t = Instant::now();
+        loop {
+            let listed = p.list_vms().await.unwrap();
+            if !listed.iter().any(|v| v.name == "api-9") && !tier.state().contains("api-9") {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "a VM whose container was removed is still listed or in the state: {:?}",
+                tier.state()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let e = p.start_vm(OpId(51), "api-9").await.unwrap_err();
+        assert_eq!(e.kind, agent_core::backend::ErrorKind::VmGone, "{e}");
+        tier.check(&p, &["mgmd-0", "ndbd-0-1", "ndbd-0-2"], "api-9's container removed by hand")
+            .await;
+
         // A new VM type: Terraform replaces the container (same address, new limits).
         let before = container_id(&cluster, "ndbd-0-2");
         let ip_before = p
