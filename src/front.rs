@@ -536,3 +536,38 @@ async fn start(
         Err(e) => failed(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::client_credential;
+    use std::time::Duration;
+
+    #[test]
+    fn the_credential_file_is_waited_for_while_the_front_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("credential");
+        let writer = {
+            let file = file.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(400));
+                std::fs::write(file, "c0ffee\n").unwrap();
+            })
+        };
+        let c = client_credential(Some(file), Duration::from_secs(10)).unwrap();
+        writer.join().unwrap();
+        assert_eq!(c, "c0ffee");
+    }
+
+    #[test]
+    fn a_credential_file_that_never_comes_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("credential");
+        let e = client_credential(Some(file.clone()), Duration::ZERO).unwrap_err();
+        let text = format!("{e:#}");
+        assert!(text.contains(&file.display().to_string()), "{text}");
+        assert!(text.contains("is the cloud front running?"), "{text}");
+        std::fs::write(&file, "\n").unwrap();
+        let e = client_credential(Some(file), Duration::ZERO).unwrap_err();
+        assert!(e.to_string().contains("is empty"), "{e}");
+    }
+}
