@@ -162,17 +162,25 @@ async fn free_address(docker: &Docker, network: &str) -> Result<String, BackendE
         .filter_map(|ip| ip.parse::<Ipv4Addr>().ok())
         .map(u32::from)
         .collect();
-    let hosts = 1u32 << (32 - bits);
+    lowest_free_vm_address(base, 1u32 << (32 - bits), &used).ok_or_else(|| {
+        BackendError::refused(format!(
+            "network {} has no free address left for a VM; use a larger subnet",
+            network
+        ))
+    })
+}
+
+/// The lowest VM address (host [`FIRST_VM_HOST`] up, broadcast excluded) of the subnet
+/// starting at `base` with `hosts` addresses that is not in `used`.
+pub(crate) fn lowest_free_vm_address(
+    base: u32,
+    hosts: u32,
+    used: &BTreeSet<u32>,
+) -> Option<String> {
     (FIRST_VM_HOST..hosts.saturating_sub(1))
         .map(|h| base + h)
         .find(|a| !used.contains(a))
         .map(|a| Ipv4Addr::from(a).to_string())
-        .ok_or_else(|| {
-            BackendError::refused(format!(
-                "network {} has no free address left for a VM; use a larger subnet",
-                network
-            ))
-        })
 }
 
 /// The port the cloud front listens on in its container.
@@ -327,18 +335,7 @@ pub async fn ensure_front(f: &FrontContainer) -> Result<String, BackendError> {
             }),
             ..Default::default()
         }),
-        networking_config: Some(NetworkingConfig {
-            endpoints_config: Some(HashMap::from([(
-                f.cfg.network.clone(),
-                EndpointSettings {
-                    ipam_config: Some(EndpointIpamConfig {
-                        ipv4_address: Some(ip.clone()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            )])),
-        }),
+        networking_config: Some(fixed_address(&f.cfg.network, &ip)),
         ..Default::default()
     };
     docker
@@ -354,6 +351,23 @@ pub async fn ensure_front(f: &FrontContainer) -> Result<String, BackendError> {
         .map_err(|e| transient("docker start (cloud front)", e))?;
     info!(container = %name, %ip, "cloud front container started");
     Ok(url(&ip))
+}
+
+/// A container's place on `network` at the fixed address `ip`: kept across restarts, so
+/// the agents and RonDB, which name each other by address, find each other again.
+fn fixed_address(network: &str, ip: &str) -> NetworkingConfig {
+    NetworkingConfig {
+        endpoints_config: Some(HashMap::from([(
+            network.to_string(),
+            EndpointSettings {
+                ipam_config: Some(EndpointIpamConfig {
+                    ipv4_address: Some(ip.to_string()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )])),
+    }
 }
 
 /// The `docker` CloudProvider.
@@ -610,18 +624,7 @@ impl CloudProvider for DockerProvider {
                     ]),
                     ..Default::default()
                 }),
-                networking_config: Some(NetworkingConfig {
-                    endpoints_config: Some(HashMap::from([(
-                        self.cfg.network.clone(),
-                        EndpointSettings {
-                            ipam_config: Some(EndpointIpamConfig {
-                                ipv4_address: Some(ip.clone()),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        },
-                    )])),
-                }),
+                networking_config: Some(fixed_address(&self.cfg.network, &ip)),
                 ..Default::default()
             };
             match self
@@ -777,5 +780,28 @@ impl CloudProvider for DockerProvider {
             info!(%vm, container = %name, "stopped container started again");
         }
         self.wait_agent(vm, &name, &labels).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vms_get_the_lowest_free_address_from_host_16_and_never_the_broadcast() {
+        let base = u32::from(Ipv4Addr::new(10, 213, 0, 0));
+        let none = BTreeSet::new();
+        assert_eq!(
+            lowest_free_vm_address(base, 256, &none).as_deref(),
+            Some("10.213.0.16")
+        );
+        let used: BTreeSet<u32> = [base + 16, base + 17, base + 19].into();
+        assert_eq!(
+            lowest_free_vm_address(base, 256, &used).as_deref(),
+            Some("10.213.0.18")
+        );
+        // A /27 holds hosts 16..=30; 31 is its broadcast address.
+        let full: BTreeSet<u32> = (16..31).map(|h| base + h).collect();
+        assert_eq!(lowest_free_vm_address(base, 32, &full), None);
     }
 }

@@ -10,7 +10,7 @@
 //! state does not hold. Concurrent requests are batched into one apply; one apply runs at a
 //! time.
 
-use crate::docker::{limits, AGENT_GRPC_PORT, BACKUP_DIR, FIRST_VM_HOST, LABEL_CLUSTER, VM_ENV};
+use crate::docker::{limits, AGENT_GRPC_PORT, BACKUP_DIR, LABEL_CLUSTER, VM_ENV};
 use crate::local::write_synced;
 use crate::{ProviderConfig, RuntimeKind, VmConfig};
 use agent_core::backend::{
@@ -482,7 +482,7 @@ impl Inner {
         Ok(())
     }
 
-    /// The lowest address of the subnet (from host [`FIRST_VM_HOST`]) that no record and no
+    /// The lowest address of the subnet (from host [`FIRST_VM_HOST`](crate::docker::FIRST_VM_HOST)) that no record and no
     /// container on the network holds.
     async fn free_address(
         &self,
@@ -518,15 +518,11 @@ impl Inner {
             .filter_map(|a| a.parse::<Ipv4Addr>().ok())
             .map(u32::from)
             .collect();
-        (FIRST_VM_HOST..hosts.saturating_sub(1))
-            .map(|h| base + h)
-            .find(|a| !used.contains(a))
-            .map(|a| Ipv4Addr::from(a).to_string())
-            .ok_or_else(|| {
-                BackendError::refused(format!(
-                    "subnet {subnet} of network {network} has no free address left for a VM"
-                ))
-            })
+        crate::docker::lowest_free_vm_address(base, hosts, &used).ok_or_else(|| {
+            BackendError::refused(format!(
+                "subnet {subnet} of network {network} has no free address left for a VM"
+            ))
+        })
     }
 
     fn target(&self) -> Target {
