@@ -41,7 +41,12 @@ wait_for() { # ID MYSQLDS
     fi
     sleep 0.5
   done
-  echo "desired state $1 not reached; bootstrap log:" >&2
+  local keep="$ROOT/target/docker-demo-smoke-logs"
+  mkdir -p "$keep"
+  for c in $(docker ps -a --format '{{.Names}}' --filter label=managed-rondb.cluster=managed-rondb) bootstrap_agent cloud_front; do
+    docker logs "$c" >"$keep/$c.log" 2>&1 || true
+  done
+  echo "desired state $1 not reached; every container's log is in $keep; bootstrap log:" >&2
   docker logs --tail 30 bootstrap_agent >&2
   echo "cloud front log:" >&2
   docker logs --tail 15 cloud_front >&2

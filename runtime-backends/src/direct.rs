@@ -60,6 +60,10 @@ struct Running {
     node_ids: Vec<u32>,
     pid: u32,
     command: Vec<String>,
+    /// A management server's config.ini as it was when the server loaded it (sha256): a
+    /// repeated start must not vouch for a server that serves an older file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    config_sha256: Option<String>,
 }
 
 pub struct DirectRuntime {
@@ -141,6 +145,10 @@ fn ini_values(
         .unwrap_or_default()
 }
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", sha2::Sha256::digest(bytes))
+}
+
 fn get<'a>(kv: &'a [(String, String)], key: &str) -> Option<&'a str> {
     kv.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
@@ -219,6 +227,15 @@ impl DirectRuntime {
         let text = std::fs::read_to_string(self.log_path(kind)).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(8)..].join("\n")
+    }
+
+    /// The running management server loaded another config.ini than the one on disk now.
+    /// A record from before the digest was kept counts as unchanged.
+    fn config_changed(&self, r: &Running) -> bool {
+        r.kind == ProgramKind::Mgmd
+            && r.config_sha256
+                .as_ref()
+                .is_some_and(|loaded| *loaded != sha256_hex(self.config_ini().as_bytes()))
     }
 
     fn config_ini(&self) -> String {
@@ -846,18 +863,28 @@ impl ProcessRuntime for DirectRuntime {
             )));
         }
         if let Some(r) = self.running() {
-            if r.kind == spec.kind && r.version == spec.version {
+            if r.kind == spec.kind && r.version == spec.version && !self.config_changed(&r) {
                 // A repeated start (a new leader, a retry): the program runs; wait for it.
                 return self.wait_started(spec, r.pid).await;
             }
-            return Err(refused(format!(
-                "{vm} runs {} {} (pid {}); stop it before starting {} {}",
-                program_name(r.kind),
-                r.version,
-                r.pid,
-                program_name(spec.kind),
-                spec.version
-            )));
+            if r.kind == spec.kind && r.version == spec.version {
+                // A start that failed (timed out) may have left the server running with the
+                // file of then, and the leader, seeing no server, changed slots in
+                // config.ini since: the server must load the new file, or a data node given
+                // a slot it activated would be refused as deactivated.
+                info!(vm = %self.vm, pid = r.pid, "config.ini changed since the running ndb_mgmd loaded it; restarting it to load the new file");
+                self.control.stop(r.pid, true).await;
+                self.save_record(None)?;
+            } else {
+                return Err(refused(format!(
+                    "{vm} runs {} {} (pid {}); stop it before starting {} {}",
+                    program_name(r.kind),
+                    r.version,
+                    r.pid,
+                    program_name(spec.kind),
+                    spec.version
+                )));
+            }
         }
         if spec.kind == ProgramKind::Mgmd && !self.home.join("mgmd").join("config.ini").exists() {
             return Err(refused(format!(
@@ -867,6 +894,9 @@ impl ProcessRuntime for DirectRuntime {
         if spec.kind == ProgramKind::Mysqld {
             self.initialise_mysqld(spec).await?;
         }
+        // Read before the start: the server loads the file as it is now.
+        let config_sha256 =
+            (spec.kind == ProgramKind::Mgmd).then(|| sha256_hex(self.config_ini().as_bytes()));
         let pid = self
             .control
             .start(&Launch {
@@ -882,6 +912,7 @@ impl ProcessRuntime for DirectRuntime {
             node_ids: spec.node_ids.clone(),
             pid,
             command: spec.command.clone(),
+            config_sha256: config_sha256,
         }))?;
         self.wait_started(spec, pid).await
     }

@@ -15,6 +15,7 @@ mod agents_client;
 mod client;
 #[path = "../local_cluster/harness.rs"]
 mod harness;
+mod mgmd_restart;
 
 use agent_core::backend::NodeStatus;
 use client::{check_rows, opts, Client};
