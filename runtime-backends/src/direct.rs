@@ -912,7 +912,7 @@ impl ProcessRuntime for DirectRuntime {
             node_ids: spec.node_ids.clone(),
             pid,
             command: spec.command.clone(),
-            config_sha256: config_sha256,
+            config_sha256,
         }))?;
         self.wait_started(spec, pid).await
     }
