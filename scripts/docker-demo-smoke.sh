@@ -19,7 +19,7 @@ export NDB_AGENT_TOKEN_FILE=$WORK/api-token
 TOKEN_FILE=$NDB_AGENT_TOKEN_FILE
 trap '"$ROOT/compose/down.sh" >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
 cp "$ROOT/compose/desired_state.jsonc" "$WORK/desired_state.jsonc"
-(cd "$ROOT" && cargo build --release --locked -q -p integration-tests --bin sql-rows)
+"$ROOT/scripts/build-release.sh"
 ROWS=$ROOT/target/release/sql-rows
 "$ROOT/compose/up.sh" "${TERRAFORM_FLAG[@]}" "$WORK/desired_state.jsonc" >/dev/null
 

@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
 PHASE_MS=${PHASE_MS:-500}
-cargo build --release --locked -q -p ndb-agent
+./scripts/build-release.sh
 ./tests/rondb-standin/package.sh target/rondb-tarballs 22.10.1 22.10.2 >/dev/null
 BIN=target/release/ndb-agent
 MIRROR="http://artifacts:8080/rondb/=file://$PWD/target/rondb-tarballs/"

@@ -3,7 +3,7 @@
 #
 #   scripts/up.sh [DESIRED_STATE_FILE] [ndb-agent up options...]
 #
-# Builds ndb-agent and the RonDB stand-in, packs the stand-in as RonDB tarballs (both
+# Builds ndb-agent and the RonDB stand-in (scripts/build-release.sh), packs the stand-in as RonDB tarballs (both
 # versions the examples use; cached, rebuilt only when the stand-in changes) into
 # target/rondb-tarballs/, and runs `ndb-agent up` with the direct runtime: every VM is an
 # agent process with a loopback address of its own, running RonDB's programs. The desired
@@ -20,7 +20,7 @@ if [ "$#" -gt 0 ] && [ "${1#-}" = "$1" ]; then
     shift
 fi
 
-cargo build --release --locked -q -p ndb-agent
+./scripts/build-release.sh
 tarballs=${RONDB_TARBALLS:-}
 if [ -z "$tarballs" ]; then
     tarballs=target/rondb-tarballs

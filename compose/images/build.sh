@@ -14,7 +14,7 @@ BASE=${BASE_IMAGE:-managed-rondb/base:bookworm-1}
 if [ -n "${NDB_AGENT_BIN:-}" ]; then
   BIN=$NDB_AGENT_BIN
 else
-  cargo build --release --locked -q -p ndb-agent
+  "$ROOT/scripts/build-release.sh"
   BIN="$ROOT/target/release/ndb-agent"
 fi
 SHA=$(sha256sum "$BIN" | cut -c1-12)

@@ -44,7 +44,7 @@ if [ -n "${CARGO_TARGET_DIR:-}" ]; then
 fi
 target=${CARGO_TARGET_DIR:-$root/target}
 
-(cd "$root" && cargo build --release -p rondb-standin --locked)
+"$root/scripts/build-release.sh"
 binary=$target/release/rondb-standin
 [ -x "$binary" ] || { echo "$0: no binary at $binary after the build" >&2; exit 1; }
 binary_sha=$(sha256sum "$binary" | cut -d' ' -f1)
