@@ -413,8 +413,9 @@ impl Engine {
         (!silent.is_empty()).then(|| silent.join(", "))
     }
 
-    /// Whether an observation tells something new: a known VM gone, down or back, or a
-    /// program that started or stopped behind the leader's back.
+    /// Whether an observation tells something new: a known VM gone, down or back, a
+    /// program that started or stopped behind the leader's back, or whether a program whose
+    /// start failed runs after all.
     fn observation_changes(&self, obs: &Observation) -> bool {
         let present: BTreeMap<&str, VmState> =
             obs.vms.iter().map(|v| (v.name.as_str(), v.state)).collect();
@@ -425,7 +426,7 @@ impl Engine {
                 || obs
                     .programs
                     .get(&v.name)
-                    .is_some_and(|p| p.running != v.running)
+                    .is_some_and(|p| p.running != v.running || v.start_unconfirmed)
         })
     }
 

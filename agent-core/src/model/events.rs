@@ -190,6 +190,15 @@ impl ClusterState {
                     if let ActionKind::CreateVm { vm, role, .. } = &a.kind {
                         self.abandoned.insert(vm.clone(), *role);
                     }
+                    if let ActionKind::StartMgmd { vm, .. }
+                    | ActionKind::StartDataNode { vm, .. }
+                    | ActionKind::StartMysqld { vm, .. }
+                    | ActionKind::StartApi { vm, .. } = &a.kind
+                    {
+                        if let Some(v) = self.vms.get_mut(vm) {
+                            v.start_unconfirmed = true;
+                        }
+                    }
                     self.last_error = Some(format!("{a} failed: {error}"));
                 }
             }
@@ -288,6 +297,7 @@ impl ClusterState {
                         has_data: false,
                         home,
                         mgmd_initialized: false,
+                        start_unconfirmed: false,
                         seq: *seq,
                         down: false,
                     },
@@ -534,6 +544,7 @@ impl ClusterState {
                 if down {
                     // Its programs went down with it.
                     v.running = false;
+                    v.start_unconfirmed = false;
                 }
             }
         }
@@ -546,6 +557,7 @@ impl ClusterState {
                     tracing::warn!(vm = %name, role = %v.role, "RonDB program died; it will be restarted");
                 }
                 v.running = p.running;
+                v.start_unconfirmed = false;
                 if p.version.is_some() {
                     v.version = p.version.clone();
                 }

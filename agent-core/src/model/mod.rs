@@ -180,6 +180,11 @@ pub struct Vm {
     /// See [`crate::backend::VmInfo::home`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub home: Option<String>,
+    /// A start of its program failed, and the program may run all the same (a start that
+    /// timed out) until the VM's agent tells. Meanwhile nothing may assume it does not run:
+    /// a slot changed in config.ini behind a running management server is never loaded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub start_unconfirmed: bool,
 }
 
 impl Vm {

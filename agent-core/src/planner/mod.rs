@@ -456,8 +456,10 @@ impl<'a> Planner<'a> {
             .any(|k| matches!(k, ActionKind::StartMgmd { .. }))
     }
 
+    /// A data node runs, or may run after a start that failed (see `Vm::start_unconfirmed`).
     pub fn any_data_node_running(&self) -> bool {
-        self.vms_of(Role::Ndbd).any(|v| v.running)
+        self.vms_of(Role::Ndbd)
+            .any(|v| v.running || v.start_unconfirmed)
     }
 
     /// Where a slot change goes: `Some(Some(mgmd))` online, `Some(None)` into config.ini
@@ -474,7 +476,9 @@ impl<'a> Planner<'a> {
         }
         // Into config.ini only while no management server holds a live configuration (one
         // that is stopping could fail to stop and keep the old one).
-        let mgmd_running = self.vms_of(Role::Mgmd).any(|m| m.running);
+        let mgmd_running = self
+            .vms_of(Role::Mgmd)
+            .any(|m| m.running || m.start_unconfirmed);
         if !mgmd_running && (!self.any_data_node_running() || kind == Role::Mgmd) {
             return Some(None);
         }

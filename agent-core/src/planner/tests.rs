@@ -46,6 +46,7 @@ pub(crate) fn at_desired(d: &DesiredState) -> ClusterState {
                     clock: d.rondb_running_since,
                     has_data: true,
                     mgmd_initialized: true,
+                    start_unconfirmed: false,
                     seq,
                     down: false,
                 },

@@ -24,9 +24,10 @@ fn fail_until_error(e: &mut Engine, now: Duration) -> Duration {
         );
     }
     let cmds = e.step(now, Input::Observed(Ok(with_dead_program(e.state(), &vm))));
+    // The failed start's VM is looked at first (recorded), then the error reported.
     assert!(
         matches!(
-            cmds.get(1),
+            cmds.get(2),
             Some(Command::Report {
                 state: ERROR_STATE,
                 ..

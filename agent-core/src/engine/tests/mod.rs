@@ -113,6 +113,14 @@ pub(super) fn with_dead_program(s: &ClusterState, vm: &str) -> Observation {
     o
 }
 
+/// The command recording `o` in the log.
+pub(super) fn recorded(o: &Observation) -> Command {
+    Command::Append(vec![Event::Observed {
+        vms: o.vms.clone(),
+        programs: o.programs.clone(),
+    }])
+}
+
 /// `e` is told it leads on `vm`: it records that (at every election, so the state on
 /// record is not vouched for until it looked) and asks to look at the world first.
 pub(super) fn leads(e: &mut Engine, at: Duration, vm: &str) {
