@@ -16,13 +16,30 @@ use std::time::Duration;
 const VM: &str = "mgmd-0";
 /// A loopback address of its own: the attached suite beside it uses 127.190.x.y.
 const ADDRESS: &str = "127.61.0.2";
-const PORT: u16 = 31186;
 
-fn config_ini(home: &Path, data_node_4_active: bool) -> String {
+/// A port free on [`ADDRESS`] now: a management server left by another run cannot answer
+/// in this one's place.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind((ADDRESS, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on the test's loopback address")
+}
+
+/// Kills every process working in RonDB's home of the test, also when the test fails.
+struct KillOnDrop(std::path::PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        providers::local::kill_vm_processes(&self.0);
+    }
+}
+
+fn config_ini(home: &Path, port: u16, data_node_4_active: bool) -> String {
     let active = |on: bool| if on { 1 } else { 0 };
     format!(
         "[ndbd default]\nNoOfReplicas=2\nDataDir={home}/data\n\n\
-         [ndb_mgmd]\nNodeId=65\nHostName={ADDRESS}\nPortNumber={PORT}\nDataDir={home}/mgmd\nNodeActive=1\n\n\
+         [ndb_mgmd]\nNodeId=65\nHostName={ADDRESS}\nPortNumber={port}\nDataDir={home}/mgmd\nNodeActive=1\n\n\
          [ndbd]\nNodeId=1\nNodeGroup=0\nHostName=127.61.0.3\nNodeActive=1\n\n\
          [ndbd]\nNodeId=2\nNodeGroup=0\nHostName=127.61.0.4\nNodeActive=1\n\n\
          [ndbd]\nNodeId=3\nNodeGroup=1\nHostName=127.61.0.5\nNodeActive=1\n\n\
@@ -38,8 +55,8 @@ fn config_ini(home: &Path, data_node_4_active: bool) -> String {
 }
 
 /// What the management server answers a data node asking for node id 4.
-async fn allocate_node_4() -> String {
-    let mut s = MgmSession::connect(&format!("{ADDRESS}:{PORT}"), Duration::from_secs(5))
+async fn allocate_node_4(port: u16) -> String {
+    let mut s = MgmSession::connect(&format!("{ADDRESS}:{port}"), Duration::from_secs(5))
         .await
         .expect("the management server answers");
     let reply = s
@@ -66,6 +83,9 @@ fn a_repeated_start_makes_the_management_server_load_a_changed_config_ini() {
     let tarballs = crate::tarballs();
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("rondb");
+    std::fs::create_dir_all(&home).unwrap();
+    let _kill = KillOnDrop(home.clone());
+    let port = free_port();
     let rt = DirectRuntime::new(
         VM,
         &home,
@@ -85,7 +105,7 @@ fn a_repeated_start_makes_the_management_server_load_a_changed_config_ini() {
         let home_str = home.to_str().unwrap();
         let write = |active: bool| ConfigFile {
             path: format!("{home_str}/mgmd/config.ini"),
-            content: config_ini(&home, active),
+            content: config_ini(&home, port, active),
         };
         let spec = ProgramSpec {
             kind: ProgramKind::Mgmd,
@@ -99,7 +119,9 @@ fn a_repeated_start_makes_the_management_server_load_a_changed_config_ini() {
             .await
             .expect("ndb_mgmd starts");
         assert!(
-            allocate_node_4().await.contains("currently deactivated"),
+            allocate_node_4(port)
+                .await
+                .contains("currently deactivated"),
             "node 4 is inactive in the first file"
         );
 
@@ -113,7 +135,7 @@ fn a_repeated_start_makes_the_management_server_load_a_changed_config_ini() {
         rt.start_program(OpId(6), VM, &spec)
             .await
             .expect("the repeated start succeeds");
-        let answer = allocate_node_4().await;
+        let answer = allocate_node_4(port).await;
         assert_eq!(
             answer, "Ok",
             "the management server serves the new config.ini after the repeated start"
