@@ -807,7 +807,7 @@ impl ProcessRuntime for DirectRuntime {
             .next()
             .unwrap_or("")
             .to_ascii_lowercase();
-        let actual = format!("{:x}", sha2::Sha256::digest(&tarball));
+        let actual = sha256_hex(&tarball);
         if expected != actual {
             return Err(refused(format!(
                 "the RonDB {version} tarball from {source} does not match its checksum (expected {expected}, got {actual}); it was not installed"
@@ -863,19 +863,7 @@ impl ProcessRuntime for DirectRuntime {
             )));
         }
         if let Some(r) = self.running() {
-            if r.kind == spec.kind && r.version == spec.version && !self.config_changed(&r) {
-                // A repeated start (a new leader, a retry): the program runs; wait for it.
-                return self.wait_started(spec, r.pid).await;
-            }
-            if r.kind == spec.kind && r.version == spec.version {
-                // A start that failed (timed out) may have left the server running with the
-                // file of then, and the leader, seeing no server, changed slots in
-                // config.ini since: the server must load the new file, or a data node given
-                // a slot it activated would be refused as deactivated.
-                info!(vm = %self.vm, pid = r.pid, "config.ini changed since the running ndb_mgmd loaded it; restarting it to load the new file");
-                self.control.stop(r.pid, true).await;
-                self.save_record(None)?;
-            } else {
+            if r.kind != spec.kind || r.version != spec.version {
                 return Err(refused(format!(
                     "{vm} runs {} {} (pid {}); stop it before starting {} {}",
                     program_name(r.kind),
@@ -885,6 +873,17 @@ impl ProcessRuntime for DirectRuntime {
                     spec.version
                 )));
             }
+            if !self.config_changed(&r) {
+                // A repeated start (a new leader, a retry): the program runs; wait for it.
+                return self.wait_started(spec, r.pid).await;
+            }
+            // A start that failed (timed out) may have left the server running with the file
+            // of then, and the leader, seeing no server, changed slots in config.ini since:
+            // the server must load the new file, or a data node given a slot it activated
+            // would be refused as deactivated.
+            info!(vm = %self.vm, pid = r.pid, "config.ini changed since the running ndb_mgmd loaded it; restarting it to load the new file");
+            self.control.stop(r.pid, true).await;
+            self.save_record(None)?;
         }
         if spec.kind == ProgramKind::Mgmd && !self.home.join("mgmd").join("config.ini").exists() {
             return Err(refused(format!(
