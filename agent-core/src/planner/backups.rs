@@ -85,7 +85,7 @@ fn restore(p: &mut Planner) {
             .values()
             .filter(|v| matches!(v.role, Role::Mysqld | Role::Api) && !v.running)
             .filter(|v| !p.retiring.contains(&v.name))
-            .filter_map(|v| p.held(&v.name).first().map(|n| (v, *n)))
+            .filter_map(|v| p.held(v).first().map(|n| (v, *n)))
             .collect();
     let in_flight: BTreeSet<Option<u32>> =
         p.s.in_flight

@@ -170,7 +170,7 @@ fn free_slots(p: &Planner, role: Role) -> usize {
     let k = p.slots_per_vm(role);
     let still_needed: usize = p
         .vms_of(role)
-        .map(|v| k.saturating_sub(p.held(&v.name).len()))
+        .map(|v| k.saturating_sub(p.held(v).len()))
         .sum();
     free.saturating_sub(still_needed)
 }
@@ -262,7 +262,7 @@ fn retire_step(p: &mut Planner, vm: &Vm) {
     }
     match vm.role {
         Role::Ndbd => {
-            let slot = p.held(&vm.name).first().copied();
+            let slot = p.held(vm).first().copied();
             if let Some(node_id) = slot {
                 let g = vm.node_group.unwrap_or(0);
                 // DEACTIVATE stops the node: another started replica must remain.
@@ -309,7 +309,7 @@ fn retire_step(p: &mut Planner, vm: &Vm) {
                 }
                 return;
             }
-            let slots: Vec<u32> = p.held(&vm.name).to_vec();
+            let slots: Vec<u32> = p.held(vm).to_vec();
             if slots.is_empty() {
                 p.propose(ActionKind::DeleteVm {
                     vm: vm.name.clone(),

@@ -132,11 +132,11 @@ pub(crate) struct VmIndex<'a> {
     by_role: Vec<&'a Vm>,
     /// The data-node VMs by node group (those without one first) and by name within a group.
     by_group: Vec<&'a Vm>,
-    /// Each host of the active slots bound to a host, once, sorted by host, with where its
-    /// slots are in `held_ids`: searched by halving (one search over the distinct hosts,
-    /// where a list with a host per slot took two) rather than a map of vectors built per
-    /// round.
-    held_hosts: Vec<(&'a str, Range<usize>)>,
+    /// Each VM holding active slots, once, with where its slots are in `held_ids`, sorted
+    /// by creation order and then name: searched by halving over integers (a search over
+    /// names compared their long common prefixes at every step, the planner's costliest
+    /// lookup). The name breaks ties, so a state with repeated `seq`s is still right.
+    held_vms: Vec<(u64, &'a str, Range<usize>)>,
     /// Node ids of those slots, by host and in node-id order within a host.
     held_ids: Vec<u32>,
     /// Active slots bound to no VM of the state (never bound, or their VM is gone), in
@@ -168,18 +168,20 @@ impl<'a> VmIndex<'a> {
         held.sort_by(|a, b| a.0.cmp(b.0));
         // Each host once, with where its slots are; and the hosts that name no VM, found by
         // one walk of both lists (both in name order).
-        let mut held_hosts = Vec::with_capacity(held.len());
+        let mut held_vms = Vec::with_capacity(held.len());
         let mut start = 0;
-        let mut names = s.vms.keys().map(String::as_str).peekable();
+        let mut vms = s.vms.values().peekable();
         for run in held.chunk_by(|a, b| a.0 == b.0) {
             let host = run[0].0;
-            held_hosts.push((host, start..start + run.len()));
+            let slots = start..start + run.len();
             start += run.len();
-            while names.next_if(|n| *n < host).is_some() {}
-            if names.peek() != Some(&host) {
-                lost.extend(run.iter().filter_map(|(_, id)| s.slots.get(id)));
+            while vms.next_if(|v| v.name.as_str() < host).is_some() {}
+            match vms.peek() {
+                Some(v) if v.name == host => held_vms.push((v.seq, host, slots)),
+                _ => lost.extend(run.iter().filter_map(|(_, id)| s.slots.get(id))),
             }
         }
+        held_vms.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         let held_ids = held.iter().map(|(_, id)| *id).collect();
         lost.sort_by_key(|x| x.node_id);
         let mut versions = Vec::with_capacity(s.vms.len());
@@ -191,7 +193,7 @@ impl<'a> VmIndex<'a> {
         VmIndex {
             by_role,
             by_group,
-            held_hosts,
+            held_vms,
             held_ids,
             lost,
             versions,
@@ -213,9 +215,13 @@ impl<'a> VmIndex<'a> {
     }
 
     /// Node ids of the active slots bound to `vm`, in node-id order.
-    fn held(&self, vm: &str) -> &[u32] {
-        match self.held_hosts.binary_search_by(|(h, _)| (*h).cmp(vm)) {
-            Ok(i) => &self.held_ids[self.held_hosts[i].1.clone()],
+    fn held(&self, vm: &Vm) -> &[u32] {
+        let key = (vm.seq, vm.name.as_str());
+        match self
+            .held_vms
+            .binary_search_by(|(seq, name, _)| (*seq, *name).cmp(&key))
+        {
+            Ok(i) => &self.held_ids[self.held_vms[i].2.clone()],
             Err(_) => &[],
         }
     }
@@ -379,11 +385,11 @@ impl<'a> Planner<'a> {
 
     /// Holds an active slot of its node group (data nodes) or any active slot (others).
     pub fn holds_active_slot(&self, vm: &Vm) -> bool {
-        !self.held(&vm.name).is_empty()
+        !self.held(vm).is_empty()
     }
 
     /// Node ids of the active slots bound to a VM.
-    pub fn held(&self, vm: &str) -> &'a [u32] {
+    pub fn held(&self, vm: &Vm) -> &'a [u32] {
         let ix: &'a VmIndex<'a> = self.ix;
         ix.held(vm)
     }

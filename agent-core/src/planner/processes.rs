@@ -26,7 +26,7 @@ fn ready_for(p: &mut Planner, vm: &Vm, version: &str) -> bool {
     if !vm.installed.contains(version) {
         return false;
     }
-    let held = p.held(&vm.name).len();
+    let held = p.held(vm).len();
     if held == 0 || held < p.slots_per_vm(vm.role) {
         return false;
     }
@@ -34,7 +34,7 @@ fn ready_for(p: &mut Planner, vm: &Vm, version: &str) -> bool {
 }
 
 fn node_ids(p: &Planner, vm: &Vm) -> Vec<u32> {
-    p.held(&vm.name).to_vec()
+    p.held(vm).to_vec()
 }
 
 fn run(p: &mut Planner) {
@@ -186,7 +186,7 @@ pub(super) fn may_stop(p: &Planner, vm: &Vm) -> bool {
 /// can start on the VM until it is stopped. Retiring VMs are stopped by the machines planner.
 fn stray(p: &Planner, vm: &Vm) -> bool {
     vm.running
-        && p.held(&vm.name).is_empty()
+        && p.held(vm).is_empty()
         && !p.retiring.contains(&vm.name)
         && !p.is_locked_vm(&vm.name)
         && !p.binding_in_flight(&vm.name)
@@ -195,7 +195,7 @@ fn stray(p: &Planner, vm: &Vm) -> bool {
 pub(super) fn stop(p: &mut Planner, vm: &Vm) {
     let name = vm.name.clone();
     // A deactivated slot stays bound to its VM: the node id of a stray process.
-    let node_id = p.held(&vm.name).first().copied().or_else(|| {
+    let node_id = p.held(vm).first().copied().or_else(|| {
         p.s.slots
             .values()
             .find(|x| !x.external && x.host.as_deref() == Some(vm.name.as_str()))

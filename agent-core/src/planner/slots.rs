@@ -15,7 +15,7 @@ pub(super) fn plan(p: &mut Planner) {
             if p.retiring.contains(&vm.name) || p.is_locked_vm(&vm.name) {
                 continue;
             }
-            let held = p.held(&vm.name).len();
+            let held = p.held(vm).len();
             if held >= k {
                 continue;
             }
