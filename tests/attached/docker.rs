@@ -7,7 +7,8 @@
 //! The same sequence as the local attached suite, while one client thread writes and reads
 //! rows through the MySQL servers: create 2 x 2 + 2 MySQLds, 1,000 rows, rolling restart,
 //! upgrade 22.10.1 -> 22.10.2 and back, replicas 2 -> 3, MySQLds 2 -> 3 -> 2, a backup, a
-//! data-node VM type change, a data node killed -9, a data-node container removed, and a
+//! data-node VM type change, a data node killed -9, a data-node container removed, a
+//! data-node container frozen (`docker pause`) until it is given up and replaced, and a
 //! fresh cluster of another shape restored from the backup. After each step: no
 //! acknowledged row lost, no forced shutdown in the cluster log, client failures counted.
 
@@ -37,6 +38,8 @@ const AGENT_IMAGE: &str = "managed-rondb/ndb-agent";
 const BASE_IMAGE: &str = "managed-rondb/base:bookworm-1";
 /// Where the VM containers mount the cluster's backup volume (providers::docker::BACKUP_DIR).
 const BACKUP_DIR: &str = "/var/lib/ndb-backups";
+/// `VmDownGraceSeconds` of these clusters: how long a frozen VM is waited for.
+const FROZEN_GRACE_SECONDS: u64 = 20;
 
 /// Everything of a cluster is removed at the end, also when the test fails.
 struct Cleanup(String);
@@ -88,6 +91,8 @@ fn desired(id: u64, name: &str, f: impl FnOnce(&mut serde_json::Value)) -> Strin
     d["RonDBDownloadLink"] =
         format!("http://{name}-artifacts:8080/rondb/rondb-22.10.1-linux-glibc2.28-x86_64.tar.gz")
             .into();
+    // A frozen VM is given up after this long (the default is 300 s).
+    d["VmDownGraceSeconds"] = FROZEN_GRACE_SECONDS.into();
     f(&mut d);
     serde_json::to_string_pretty(&d).unwrap()
 }
@@ -493,6 +498,82 @@ fn docker_live_operations_keep_every_row_and_the_cluster_up() {
     assert_eq!(lost, 0, "rows lost after a data-node VM was lost");
     assert_eq!(c.forced_shutdowns(&s), 0);
     // The container removed behind Terraform's back left no entry in its state.
+    terraform_state_matches_containers(&name);
+
+    // A data-node VM frozen (`docker pause`: its processes stop without dying, its agent
+    // stops answering, its container stays). The provider lists it as down; it cannot be
+    // started while frozen, so after VmDownGraceSeconds the agents give it up, delete it and
+    // replace it. Its node id must never run twice: the frozen container is deleted, not
+    // thawed, and RonDB sees that node id on one VM only.
+    client.step("data-node VM frozen");
+    let s = c.wait_for(
+        "RonDB's view of every data node in the status",
+        Duration::from_secs(30),
+        |s| {
+            s.vms
+                .iter()
+                .filter(|v| v.role == "ndbd")
+                .all(|v| !v.rondb.is_empty())
+        },
+    );
+    let frozen = s
+        .vms
+        .iter()
+        .find(|v| v.role == "ndbd" && Some(&v.name) != s.leader_vm.as_ref())
+        .unwrap()
+        .clone();
+    let node_id = frozen
+        .rondb
+        .first()
+        .map(|n| n.node_id)
+        .expect("RonDB's view of the data node to freeze");
+    let frozen_container = c.container(&frozen.name);
+    let t = Instant::now();
+    docker(&["pause", &frozen_container]);
+    let s = c.wait_for(
+        "the frozen data-node VM replaced",
+        Duration::from_secs(300),
+        |s| {
+            at_desired(s, id)
+                && !s.vms.iter().any(|v| v.name == frozen.name)
+                && count_role(s, "ndbd") == 6
+                && s.vms.iter().any(|v| {
+                    v.running
+                        && v.rondb
+                            .iter()
+                            .any(|n| n.node_id == node_id && n.status == NodeStatus::Started)
+                })
+        },
+    );
+    let recovered = t.elapsed().as_secs_f64();
+    let holders: Vec<&str> = s
+        .vms
+        .iter()
+        .filter(|v| v.rondb.iter().any(|n| n.node_id == node_id))
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(
+        holders.len(),
+        1,
+        "node {node_id} of the frozen VM {} is seen on {holders:?}",
+        frozen.name
+    );
+    let left = docker(&["ps", "-aq", "--filter", &format!("id={frozen_container}")]);
+    assert!(
+        left.is_empty(),
+        "the frozen container of {} still exists; it could thaw and run node {node_id} again",
+        frozen.name
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let written = client.record.lock().unwrap().written.clone();
+    let lost = check_rows(&s.mysqld_endpoints, &written);
+    println!(
+        "data-node VM frozen (docker pause): given up after VmDownGraceSeconds ({FROZEN_GRACE_SECONDS} s) and replaced in {recovered:.1} s, node {node_id} now on {}, the frozen container deleted, {} client operation(s) failed, {lost} rows lost",
+        holders[0],
+        client.failures_in("data-node VM frozen").len()
+    );
+    assert_eq!(lost, 0, "rows lost after a data-node VM froze");
+    assert_eq!(c.forced_shutdowns(&s), 0);
     terraform_state_matches_containers(&name);
 
     let record = client.finish();
