@@ -7,8 +7,8 @@
 //! middle of a rolling restart) comes back with one `ndb-agent up`: the same VMs, the same
 //! Raft ids, nothing replaced. A removed VM directory is a VM gone (replaced); a node group
 //! whose every VM is gone is never recreated empty. The bootstrap agent killed the moment the
-//! first desired state is reported reached leaves a group that elects a leader. Every agent's
-//! API needs the cluster's token.
+//! first desired state is reported reached leaves a group that elects a leader. An agent in a
+//! crash loop harms nothing else. Every agent's API needs the cluster's token.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -538,4 +538,82 @@ fn the_bootstrap_agent_can_go_the_moment_the_first_desired_state_is_reached() {
         s.leader_vm,
         t.elapsed().as_secs_f64()
     );
+}
+
+/// An agent in a crash loop: a data node's agent SIGKILLed every time it comes back, for
+/// 15 s, in the middle of a rolling restart. Its VM is down to the provider and started again
+/// and again; the rest of the cluster is not harmed: every other VM is restarted exactly once
+/// for the rolling restart (nothing done twice), the crash-looping VM is started again rather
+/// than replaced (the loop is shorter than VmDownGraceSeconds), the accepted desired state is
+/// kept, and once the loop stops the rolling restart finishes.
+#[test]
+fn an_agent_in_a_crash_loop_harms_nothing_else() {
+    let c = LocalCluster::start(Path::new(BIN), &desired(1, 1), 100);
+    let long = Duration::from_secs(120);
+    let s = c.wait_for("desired state 1 with 5 voters", long, |s| {
+        at_desired(s, 1) && roles_match(s) && voters(s) == 5
+    });
+    let before = identity(&s);
+    let victim = s
+        .vms
+        .iter()
+        .find(|v| v.role == "ndbd" && Some(&v.name) != s.leader_vm.as_ref())
+        .unwrap()
+        .name
+        .clone();
+    let base = s.actions_completed;
+    std::fs::write(c.dir.path().join("desired_state.jsonc"), desired(2, 2)).unwrap();
+    c.wait_for("the rolling restart under way", long, |s| {
+        s.accepted_id == Some(2) && s.actions_completed > base
+    });
+
+    let t = Instant::now();
+    let mut kills = 0;
+    let mut seen_down = false;
+    let mut last_poll = Instant::now();
+    while t.elapsed() < Duration::from_secs(15) {
+        if let Some(pid) = c.pid_of(&victim) {
+            if nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .is_ok()
+            {
+                kills += 1;
+            }
+        }
+        if last_poll.elapsed() > Duration::from_millis(500) {
+            last_poll = Instant::now();
+            if let Some(s) = c.status() {
+                assert_eq!(
+                    s.accepted_id,
+                    Some(2),
+                    "the accepted desired state changed during the crash loop"
+                );
+                seen_down |= s.vms.iter().any(|v| v.name == victim && v.down);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        kills >= 2,
+        "the agent of {victim} was killed {kills} time(s)"
+    );
+    assert!(seen_down, "{victim} was never reported down");
+    let loop_over = Instant::now();
+    let s = c.wait_for(
+        "the rolling restart finished after the crash loop",
+        long,
+        |s| at_desired(s, 2) && voters(s) == 5 && identity(s) == before && all_answer(&c, s, 2),
+    );
+    eprintln!(
+        "agent of {victim} in a crash loop for 15 s ({kills} SIGKILLs): the rolling restart finished {:.1} s after the loop, leader {:?}",
+        loop_over.elapsed().as_secs_f64(),
+        s.leader_vm
+    );
+    // Every other VM was started once at creation and once for the rolling restart.
+    for v in s.vms.iter().filter(|v| v.name != victim) {
+        let n = starts_in(&c.vm_dir(&v.name));
+        assert_eq!(n, 2, "{} started {n} time(s)", v.name);
+    }
 }
