@@ -395,7 +395,8 @@ impl Simulation {
         // They are checked together at the end (or before a refused write ends the step):
         // the checker reads that state once rather than once per entry.
         let mut committed: Vec<Event> = Vec::new();
-        for c in self.engine.step(self.now, input) {
+        // Appends of a step that follow each other are one write, as the agent's driver does.
+        for c in agent_core::engine::coalesce_appends(self.engine.step(self.now, input)) {
             match c {
                 Command::Append(events) => {
                     if let Some(j) = &mut self.journal {
@@ -474,7 +475,7 @@ impl Simulation {
         let pending = {
             let mut w = lock(&self.world);
             w.now = self.secs();
-            w.begin(&call)
+            w.begin(call)
         };
         let end = self.now + Duration::from_secs_f64(pending.seconds);
         self.at(end, Due::End { op, token, pending });

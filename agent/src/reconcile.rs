@@ -144,7 +144,9 @@ impl Reconciler {
             return None;
         }
         let is_submit = matches!(input, Input::Submit(_));
-        let commands = self.engine.step(self.now(), input);
+        // One log entry per run of appends: a reader of any replica sees a step's events
+        // all or none.
+        let commands = agent_core::engine::coalesce_appends(self.engine.step(self.now(), input));
         let mut verdict = None;
         for c in commands {
             match c {

@@ -96,7 +96,7 @@ fn transient(msg: String) -> BackendError {
 }
 
 fn io(what: impl std::fmt::Display, e: std::io::Error) -> BackendError {
-    BackendError::transient(format!("{what}: {e}"))
+    BackendError::transient(crate::io_message(what, &e))
 }
 
 fn program_name(kind: ProgramKind) -> &'static str {

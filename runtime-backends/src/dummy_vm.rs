@@ -53,7 +53,7 @@ fn failed(msg: String) -> BackendError {
 }
 
 fn io(what: &str, e: std::io::Error) -> BackendError {
-    BackendError::transient(format!("{what}: {e}"))
+    BackendError::transient(crate::io_message(what, &e))
 }
 
 impl VmDummyRuntime {

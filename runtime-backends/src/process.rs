@@ -60,7 +60,7 @@ pub async fn wait_exit(pid: u32, patience: Duration) -> bool {
 }
 
 fn io(what: impl std::fmt::Display, e: std::io::Error) -> BackendError {
-    BackendError::refused(format!("{what}: {e}")).caused_by(e)
+    BackendError::refused(crate::io_message(what, &e)).caused_by(e)
 }
 
 /// Programs run as the agent's own children, each in a process group of its own (so a

@@ -432,7 +432,7 @@ pub async fn run_call(
         let pending = {
             let mut g = lock(&w);
             g.sync_clock();
-            g.begin(&call)
+            g.begin(call)
         };
         tokio::time::sleep(std::time::Duration::from_secs_f64(pending.seconds)).await;
         let mut g = lock(&w);

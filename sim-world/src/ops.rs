@@ -45,9 +45,9 @@ fn failed(msg: String) -> BackendError {
 
 impl World {
     /// Starts `call`: marks what it stops, draws the faults, and says how long it takes.
-    pub fn begin(&mut self, call: &BackendCall) -> Pending {
+    pub fn begin(&mut self, call: BackendCall) -> Pending {
         let mut stopping = Vec::new();
-        match call {
+        match &call {
             BackendCall::StopProgram { vm, .. } => stopping.push(vm.clone()),
             // DEACTIVATE stops the node's program: its VM is not a live peer meanwhile.
             BackendCall::Mgm {
@@ -56,7 +56,7 @@ impl World {
             } => stopping.extend(self.host_of_node(*node_id)),
             _ => {}
         }
-        if let BackendCall::ConfigOnly = call {
+        if let BackendCall::ConfigOnly = &call {
             // Nothing to call: the change only goes into config.ini.
             return Pending {
                 seconds: 0.0,
@@ -71,7 +71,7 @@ impl World {
         }
         let fail = self.roll();
         let c = &self.cost;
-        let (seconds, vm, work): (f64, Option<String>, Work) = match call.clone() {
+        let (seconds, vm, work): (f64, Option<String>, Work) = match call {
             BackendCall::CreateVm(spec) => {
                 (c.create_vm, None, Box::new(move |w| create_vm(w, spec)))
             }

@@ -8,7 +8,8 @@
 //! Raft ids, nothing replaced. A removed VM directory is a VM gone (replaced); a node group
 //! whose every VM is gone is never recreated empty. The bootstrap agent killed the moment the
 //! first desired state is reported reached leaves a group that elects a leader. An agent in a
-//! crash loop harms nothing else. Every agent's API needs the cluster's token.
+//! crash loop harms nothing else; a VM with a full disk gets a clear error and harms nothing
+//! else. Every agent's API needs the cluster's token.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -612,6 +613,121 @@ fn an_agent_in_a_crash_loop_harms_nothing_else() {
         s.leader_vm
     );
     // Every other VM was started once at creation and once for the rolling restart.
+    for v in s.vms.iter().filter(|v| v.name != victim) {
+        let n = starts_in(&c.vm_dir(&v.name));
+        assert_eq!(n, 2, "{} started {n} time(s)", v.name);
+    }
+}
+
+/// A small tmpfs, filled to the last page, mounted over a directory with a copy of what the
+/// directory held: writes there fail with "No space left on device" while reads still work.
+/// Unmounted (the directory as it was) when dropped, also when the test fails.
+struct FullDisk {
+    over: std::path::PathBuf,
+    staging: std::path::PathBuf,
+}
+
+impl FullDisk {
+    fn mount(over: &Path, staging: &Path) -> FullDisk {
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(args[0])
+                .args(&args[1..])
+                .output()
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert!(
+                out.status.success(),
+                "{args:?} failed (this test mounts a tmpfs, so it needs root): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        std::fs::create_dir_all(staging).unwrap();
+        let (o, st) = (over.to_str().unwrap(), staging.to_str().unwrap());
+        run(&["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", st]);
+        let disk = FullDisk {
+            over: over.to_path_buf(),
+            staging: staging.to_path_buf(),
+        };
+        run(&["cp", "-a", &format!("{o}/."), st]);
+        // Fill what is left, page by page, until the file system refuses.
+        use std::io::Write;
+        let mut filler = std::fs::File::create(staging.join("filler")).unwrap();
+        let page = [0u8; 4096];
+        while filler
+            .write_all(&page)
+            .and_then(|()| filler.sync_all())
+            .is_ok()
+        {}
+        run(&["mount", "--bind", st, o]);
+        disk
+    }
+}
+
+impl Drop for FullDisk {
+    fn drop(&mut self) {
+        for dir in [&self.over, &self.staging] {
+            let _ = std::process::Command::new("umount").arg(dir).status();
+        }
+    }
+}
+
+/// A VM whose disk is full: its agent's runtime cannot write its files. The action on it
+/// fails with an error that names the VM and the full disk (`ERROR_STATE`, the accepted
+/// desired state kept); nothing else is harmed: every node group keeps a running data node,
+/// no other VM is started twice. Once space is freed the agents retry and finish.
+#[test]
+fn a_vm_with_a_full_disk_gets_a_clear_error_and_harms_nothing_else() {
+    let c = LocalCluster::start(Path::new(BIN), &desired(1, 1), 100);
+    let long = Duration::from_secs(120);
+    let s = c.wait_for("desired state 1 with 5 voters", long, |s| {
+        at_desired(s, 1) && roles_match(s) && voters(s) == 5
+    });
+    let before = identity(&s);
+    let victim = s
+        .vms
+        .iter()
+        .find(|v| v.role == "mysqld" && Some(&v.name) != s.leader_vm.as_ref())
+        .unwrap()
+        .name
+        .clone();
+    let disk = FullDisk::mount(
+        &c.vm_dir(&victim).join("runtime"),
+        &c.dir.path().join("full-disk"),
+    );
+
+    std::fs::write(c.dir.path().join("desired_state.jsonc"), desired(2, 2)).unwrap();
+    let t = Instant::now();
+    let s = c.wait_for("ERROR_STATE naming the full disk", long, |s| {
+        s.accepted_id == Some(2) && s.reconciliation_state == "ERROR_STATE"
+    });
+    let error = s.last_error.clone().unwrap_or_default();
+    eprintln!(
+        "full disk on {victim}: ERROR_STATE after {:.1} s: {error}",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(
+        error.contains(&victim) && error.contains("disk is full") && error.contains("free space"),
+        "the error must name the VM, the full disk and what to do: {error}"
+    );
+    for g in ["ndbd-0-", "ndbd-1-"] {
+        assert!(
+            s.vms
+                .iter()
+                .any(|v| v.name.starts_with(g) && v.running && !v.down),
+            "node group {g}: no running data node while a MySQL server's disk is full: {:?}",
+            s.vms
+        );
+    }
+    assert!(s.vms.iter().all(|v| !v.down), "a VM is down: {:?}", s.vms);
+
+    drop(disk);
+    let freed = Instant::now();
+    let s = c.wait_for("desired state 2 once space is freed", long, |s| {
+        at_desired(s, 2) && identity(s) == before
+    });
+    eprintln!(
+        "space freed on {victim}: AT_DESIRED_STATE {:.1} s later",
+        freed.elapsed().as_secs_f64()
+    );
     for v in s.vms.iter().filter(|v| v.name != victim) {
         let n = starts_in(&c.vm_dir(&v.name));
         assert_eq!(n, 2, "{} started {n} time(s)", v.name);

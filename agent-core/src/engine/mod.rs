@@ -94,6 +94,23 @@ pub enum Command {
     WakeAt(Duration),
 }
 
+/// The same commands with every run of consecutive [`Command::Append`]s merged into one, in
+/// order: a driver that writes each append as one log entry then writes the events of one
+/// step as one entry wherever nothing else happens between them. No replica ever holds half
+/// of what one decision wrote; for instance a first look at a restarted cluster without the
+/// `WORKING_TOWARDS_DESIRED_STATE` recorded right after it, which a status read in between
+/// would report as the old `AT_DESIRED_STATE` over programs that do not run yet.
+pub fn coalesce_appends(commands: Vec<Command>) -> Vec<Command> {
+    let mut out: Vec<Command> = Vec::with_capacity(commands.len());
+    for c in commands {
+        match (out.last_mut(), c) {
+            (Some(Command::Append(last)), Command::Append(events)) => last.extend(events),
+            (_, c) => out.push(c),
+        }
+    }
+    out
+}
+
 /// How soon a new leader looks again when some agents did not answer its first look.
 const FIRST_LOOK_RETRY: Duration = Duration::from_millis(500);
 

@@ -107,3 +107,62 @@ fn an_observation_that_fails_keeps_what_is_known() {
     );
     assert_eq!(e.state(), &before);
 }
+
+/// The agent's driver writes the appends of one step that follow each other as one log
+/// entry: a look at rest and what it decides (back to work, a replacement started) reach
+/// every replica together, so no status shows the look under the old `AT_DESIRED_STATE`.
+#[test]
+fn a_look_and_what_it_decides_are_one_append_once_coalesced() {
+    let (_, mut e) = resting();
+    let vm = mysqld_vm(e.state());
+    assert_eq!(e.step(OBSERVE, Input::Tick), vec![Command::Observe]);
+    let mut world = world_of(e.state());
+    world.vms.retain(|v| v.name != vm);
+    world.programs.remove(&vm);
+    let cmds = coalesce_appends(e.step(OBSERVE, Input::Observed(Ok(world.clone()))));
+    let Command::Append(events) = &cmds[0] else {
+        panic!("{cmds:?}")
+    };
+    assert_eq!(
+        events[..2],
+        [
+            Event::Observed {
+                vms: world.vms,
+                programs: world.programs
+            },
+            Event::ReconciliationChanged {
+                state: WORKING_TOWARDS_DESIRED_STATE,
+                error: None
+            },
+        ]
+    );
+    assert!(
+        matches!(&events[2], Event::ActionStarted(a) if matches!(a.kind, ActionKind::CreateVm { .. })),
+        "{events:?}"
+    );
+    assert!(matches!(cmds[1], Command::Run { .. }), "{cmds:?}");
+}
+
+#[test]
+fn only_appends_that_follow_each_other_are_merged_in_order() {
+    let ev = |id| Event::PendingDropped {
+        id,
+        reason: String::new(),
+    };
+    let merged = coalesce_appends(vec![
+        Command::Append(vec![ev(1)]),
+        Command::Append(vec![ev(2), ev(3)]),
+        Command::Observe,
+        Command::Append(vec![ev(4)]),
+        Command::WakeAt(secs(1)),
+    ]);
+    assert_eq!(
+        merged,
+        vec![
+            Command::Append(vec![ev(1), ev(2), ev(3)]),
+            Command::Observe,
+            Command::Append(vec![ev(4)]),
+            Command::WakeAt(secs(1)),
+        ]
+    );
+}
