@@ -34,6 +34,7 @@ fn spec(name: String) -> VmSpec {
         storage_gib: 5,
         temporary: false,
         agent_version: "0.999".into(),
+        join: None,
     }
 }
 
@@ -100,7 +101,7 @@ fn main() {
         &format!("managed-rondb.cluster={cluster}"),
         &cluster,
     ]);
-    let ca = agent::tls::make_ca().unwrap();
+    let ca = agent::tls::make_ca().unwrap().cert_pem;
     let cfg = DockerConfig {
         cluster: cluster.clone(),
         network: cluster.clone(),

@@ -182,7 +182,8 @@ fn options(vm: &VmConfig, dir: &Path, bootstrap: bool, advertise: Option<String>
         heartbeat: Duration::from_millis(100),
         advertise_host: advertise,
         api_token_sha256: None,
-        ca: vm.ca.clone(),
+        trust: vm.ca.clone(),
+        join: vm.spec.join.as_deref().cloned(),
     }
 }
 
@@ -190,7 +191,7 @@ fn options(vm: &VmConfig, dir: &Path, bootstrap: bool, advertise: Option<String>
 fn make_provider(vm: &VmConfig, program: &Path) -> anyhow::Result<Arc<dyn CloudProvider>> {
     Ok(match &vm.provider {
         ProviderConfig::Local { data_dir } => Arc::new(
-            LocalProvider::new(data_dir, program, vm.runtime, vm.ca.clone())
+            LocalProvider::new(data_dir, program, vm.runtime, vm.ca.cert_pem().to_string())
                 .with_artifact_mirrors(vm.artifact_mirrors.clone()),
         ),
         ProviderConfig::Front(cfg) => Arc::new(
@@ -379,6 +380,7 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
             storage_gib: 0,
             temporary: false,
             agent_version: AGENT_VERSION.into(),
+            join: None,
         },
         runtime: o.runtime,
         provider: match &o.provider {
@@ -389,7 +391,7 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
         },
         address: None,
         artifact_mirrors: o.artifact_mirrors.clone(),
-        ca,
+        ca: agent_core::backend::VmTrust::Ca(ca),
     };
     local::write_private(&dir.join(local::VM_FILE), &serde_json::to_vec_pretty(&vm)?)?;
     let program = std::env::current_exe().context("cannot find the ndb-agent binary")?;

@@ -17,7 +17,7 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use providers::front::{CreateVm, ErrorBody, FrontConfig};
 use providers::{DockerConfig, DockerProvider, TerraformTarget};
 use providers::{ProviderConfig, RuntimeKind, TerraformProvider, TerraformSettings};
@@ -27,6 +27,11 @@ use tracing::{info, warn};
 
 /// The file of a cluster's credential in its directory.
 pub const CREDENTIAL_FILE: &str = "credential";
+/// The file of the credential the front writes into the VMs' configuration. It opens the VM
+/// calls a leader needs (list, create, start, delete a VM) and nothing else: not the CA,
+/// not deleting the cluster. A VM's configuration is read by more parties than the
+/// bootstrap's data directory (Terraform's state, cloud metadata).
+pub const VM_CREDENTIAL_FILE: &str = "vm-credential";
 
 /// Settings of `ndb-agent cloud-front`.
 pub struct FrontOptions {
@@ -225,6 +230,7 @@ pub fn cluster_dir(data_dir: &std::path::Path, cluster: &str) -> PathBuf {
 struct Front {
     cluster: String,
     credential_sha256: String,
+    vm_credential_sha256: String,
     backend: Arc<Backend>,
     ca: agent_core::backend::ClusterCa,
     /// Forwards the users' API calls to the cluster's agents.
@@ -255,15 +261,16 @@ async fn run(opts: FrontOptions) -> anyhow::Result<()> {
     // `up --provider docker` starts the front with the credential it made.
     let credential = ensure_secret(&dir, CREDENTIAL_FILE, std::env::var(CREDENTIAL_ENV).ok())?;
     let ca = ensure_cluster_ca(&dir)?;
+    let vm_credential = ensure_secret(&dir, VM_CREDENTIAL_FILE, None)?;
     let vm_provider = ProviderConfig::Front(FrontConfig {
         url: opts.url.clone(),
         cluster: opts.cluster.clone(),
-        credential: credential.clone(),
+        credential: vm_credential.clone(),
     });
     let backend = match opts.backend {
         BackendOptions::Docker(cfg) => Backend::Docker {
             provider: Box::new(
-                DockerProvider::new(cfg, opts.runtime, ca.clone(), vm_provider)
+                DockerProvider::new(cfg, opts.runtime, ca.cert_pem.clone(), vm_provider)
                     .map_err(|e| anyhow::anyhow!("{e}"))?,
             ),
             deleted_marker: dir.join("cluster-deleted"),
@@ -278,7 +285,7 @@ async fn run(opts: FrontOptions) -> anyhow::Result<()> {
                         target,
                     },
                     opts.runtime,
-                    ca.clone(),
+                    ca.cert_pem.clone(),
                     vm_provider,
                 )
                 .await
@@ -289,6 +296,7 @@ async fn run(opts: FrontOptions) -> anyhow::Result<()> {
     let front = Front {
         cluster: opts.cluster.clone(),
         credential_sha256: agent::api_token::token_sha256(&credential),
+        vm_credential_sha256: agent::api_token::token_sha256(&vm_credential),
         backend: Arc::new(backend),
         ca,
         client: reqwest::Client::builder()
@@ -424,11 +432,19 @@ fn refuse(status: StatusCode, message: String) -> Response {
         .into_response()
 }
 
-/// Only this front's cluster, and only with its credential.
+/// Who called the VM API: the cluster's owner (the bootstrap agent, `down`) or a VM's agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    Owner,
+    Vm,
+}
+
+/// Only this front's cluster, and only with its credential (or the VMs' one, which the
+/// handlers that need the owner refuse).
 async fn authorize(
     State(front): State<Front>,
     UrlPath(params): UrlPath<Vec<(String, String)>>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     let cluster = params
@@ -449,6 +465,10 @@ async fn authorize(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
+    if agent::api_token::check(Some(&front.vm_credential_sha256), auth).is_ok() {
+        req.extensions_mut().insert(Caller::Vm);
+        return next.run(req).await;
+    }
     if let Err(why) = agent::api_token::check(Some(&front.credential_sha256), auth) {
         use agent::api_token::Refusal;
         let what = match why {
@@ -459,10 +479,26 @@ async fn authorize(
         warn!(cluster, "VM API call refused: {what}");
         return refuse(
             StatusCode::UNAUTHORIZED,
-            format!("{what}; the VMs of the cluster hold it in vm.json, the front in DATA_DIR/clusters/{cluster}/{CREDENTIAL_FILE}"),
+            format!("{what}; the front keeps it in DATA_DIR/clusters/{cluster}/{CREDENTIAL_FILE}"),
         );
     }
+    req.extensions_mut().insert(Caller::Owner);
     next.run(req).await
+}
+
+/// The calls only the cluster's owner makes: a VM's credential does not open them (the
+/// refusal to answer with, if any).
+fn unless_owner(caller: Caller, what: &str) -> Option<Response> {
+    match caller {
+        Caller::Owner => None,
+        Caller::Vm => {
+            warn!("refused {what} with a VM's credential");
+            Some(refuse(
+                StatusCode::FORBIDDEN,
+                format!("{what} needs the cluster's credential (DATA_DIR/clusters/CLUSTER/{CREDENTIAL_FILE} of the front); the VMs' credential does not open it"),
+            ))
+        }
+    }
 }
 
 fn failed(e: BackendError) -> Response {
@@ -480,11 +516,20 @@ struct OpQuery {
     op: u64,
 }
 
-async fn cluster_ca(State(front): State<Front>) -> Response {
+async fn cluster_ca(State(front): State<Front>, Extension(caller): Extension<Caller>) -> Response {
+    if let Some(r) = unless_owner(caller, "reading the cluster CA") {
+        return r;
+    }
     Json(front.ca.clone()).into_response()
 }
 
-async fn delete_cluster(State(front): State<Front>) -> Response {
+async fn delete_cluster(
+    State(front): State<Front>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    if let Some(r) = unless_owner(caller, "deleting the cluster") {
+        return r;
+    }
     info!(cluster = %front.cluster, "delete cluster");
     match front.backend.delete_cluster().await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),

@@ -26,10 +26,11 @@ impl std::fmt::Display for OpId {
     }
 }
 
-/// The cluster's certificate authority (PEM): every agent holds it, because any agent may
-/// lead and must let the agents of new VMs in. Each agent issues itself a certificate for
-/// its VM's name at start; agents talk to each other only over TLS with certificates of this
-/// CA, both ways. Providers hand it to the VMs they create; it never enters the Raft log.
+/// The cluster's certificate authority (PEM). Agents talk to each other only over TLS with
+/// certificates of this CA, both ways. The bootstrap agent holds it from the start; every
+/// other agent receives the key when it enrols (any agent may lead and must then enrol the
+/// agents of new VMs). Providers never carry the key: a VM gets [`VmTrust::CaCert`] and a
+/// [`JoinTicket`]. It never enters the Raft log.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterCa {
     pub cert_pem: String,
@@ -46,6 +47,63 @@ impl std::fmt::Debug for ClusterCa {
     }
 }
 
+/// What a VM's agent trusts and how it comes by its certificate.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum VmTrust {
+    /// The bootstrap agent (and a VM configured by an older version): it holds the CA's
+    /// key and issues its own certificate.
+    Ca(ClusterCa),
+    /// Every VM a leader creates: the CA's certificate only. Its agent enrols with the
+    /// [`JoinTicket`] of its spec and keeps the certificate it is given.
+    CaCert { cert_pem: String },
+}
+
+impl VmTrust {
+    pub fn cert_pem(&self) -> &str {
+        match self {
+            VmTrust::Ca(ca) => &ca.cert_pem,
+            VmTrust::CaCert { cert_pem } => cert_pem,
+        }
+    }
+}
+
+impl std::fmt::Debug for VmTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmTrust::Ca(ca) => ca.fmt(f),
+            VmTrust::CaCert { cert_pem } => f
+                .debug_struct("CaCert")
+                .field("cert_pem", &format_args!("{} bytes", cert_pem.len()))
+                .finish(),
+        }
+    }
+}
+
+/// The one-time credential a leader mints for a VM it creates; the provider hands it to the
+/// VM with its configuration. Its agent trades it, once, for a certificate naming that VM
+/// (only the ticket's SHA-256 is in the Raft log). Whoever reads it later, from a VM's
+/// metadata or Terraform's state, finds it used or expired.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTicket {
+    pub secret: String,
+    /// gRPC endpoints of the cluster's agents, the issuing leader first: where to enrol.
+    pub agents: Vec<String>,
+    /// Milliseconds since the Unix epoch after which the ticket is refused.
+    pub expires_unix_ms: u64,
+}
+
+impl std::fmt::Debug for JoinTicket {
+    /// The secret never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinTicket")
+            .field("secret", &format_args!("<secret>"))
+            .field("agents", &self.agents)
+            .field("expires_unix_ms", &self.expires_unix_ms)
+            .finish()
+    }
+}
+
 /// What the leader asks a provider to create.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmSpec {
@@ -56,6 +114,10 @@ pub struct VmSpec {
     pub storage_gib: u32,
     pub temporary: bool,
     pub agent_version: String,
+    /// Set by the leader's membership layer just before the provider is called, never by
+    /// the planner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<Box<JoinTicket>>,
 }
 
 /// Whether a VM the provider still has is up. A VM that is down (its machine stopped, its

@@ -4,12 +4,15 @@
 //! that drives `agent-core`'s planner. The binary wires in the backends; nothing here knows
 //! which ones. The decisions live in `agent-core`, which does no I/O.
 //!
-//! Lifecycle: an agent starts unjoined (no Raft id) unless it is the bootstrap agent or its
+//! Lifecycle: an agent first gets its certificate (`enrolment`: the bootstrap agent issues
+//! its own; a new VM's agent trades its one-time join ticket at the leader). It starts
+//! unjoined (no Raft id) unless it is the bootstrap agent or its
 //! directory holds a Raft id from an earlier run. The leader gives it an id (`Join`), adds it
 //! as a learner and may promote it to voter. Whoever leads runs the reconciler, whose every
 //! event is a Raft entry.
 
 pub mod api_token;
+pub mod enrolment;
 pub mod grpc;
 pub mod http;
 pub mod membership;
@@ -58,9 +61,11 @@ pub struct AgentOptions {
     /// The host other agents reach this one at, when it is not the listeners' own address
     /// (a container listening on all interfaces).
     pub advertise_host: Option<String>,
-    /// The cluster CA: this agent issues itself a certificate of it at start, and talks to
-    /// other agents only over mutual TLS with certificates of it.
-    pub ca: agent_core::backend::ClusterCa,
+    /// The cluster CA this agent trusts (and, for the bootstrap agent, its key): the agent
+    /// talks to other agents only over mutual TLS with certificates of it.
+    pub trust: agent_core::backend::VmTrust,
+    /// The one-time ticket a new VM's agent enrols with (`enrolment`).
+    pub join: Option<agent_core::backend::JoinTicket>,
     /// The bootstrap agent: SHA-256 (hex) of the HTTP API's token, recorded in the Raft log
     /// when it leads. Other agents learn it from the log.
     pub api_token_sha256: Option<String>,
@@ -90,6 +95,8 @@ pub enum AgentError {
     Listener(std::io::Error),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Enrol(#[from] enrolment::EnrolError),
     #[error("cannot set up TLS for the gRPC server: {0}")]
     ServerTls(#[source] tonic::transport::Error),
 }
@@ -521,6 +528,26 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Writes a secret: 0600 from its creation, fsync'd with its directory.
+pub fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 fn raft_config(heartbeat: Duration) -> Result<openraft::Config, AgentError> {
     let hb = heartbeat.as_millis() as u64;
     openraft::Config {
@@ -561,6 +588,25 @@ pub async fn run(
     provider: Arc<dyn CloudProvider>,
     runtime: Arc<dyn ProcessRuntime>,
 ) -> Result<Exit, AgentError> {
+    let shared = start(opts, grpc, http, provider, runtime).await?;
+    shared.restart.notified().await;
+    // Let the reply to the restart request leave before the process execs again.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    if let Some((_, raft)) = shared.raft() {
+        let _ = raft.shutdown().await;
+    }
+    Ok(Exit::Restart)
+}
+
+/// Gets the agent's certificate, starts its servers and its Raft node (if it has joined)
+/// and returns; they run on in tasks of their own.
+async fn start(
+    opts: AgentOptions,
+    grpc: TcpListener,
+    http: TcpListener,
+    provider: Arc<dyn CloudProvider>,
+    runtime: Arc<dyn ProcessRuntime>,
+) -> Result<Arc<AgentShared>, AgentError> {
     let advertised = |l: &TcpListener| -> Result<String, AgentError> {
         let a = l.local_addr().map_err(AgentError::Listener)?;
         Ok(match &opts.advertise_host {
@@ -574,7 +620,7 @@ pub async fn run(
         path: opts.dir.display().to_string(),
         source,
     })?;
-    let agent_tls = tls::AgentTls::issue(&opts.ca, &opts.vm)?;
+    let agent_tls = enrolment::credentials(&opts).await?;
     let shared = Arc::new(AgentShared {
         vm: opts.vm.clone(),
         role: opts.role.clone(),
@@ -608,8 +654,9 @@ pub async fn run(
     }
 
     // gRPC first: a restarted agent must answer its peers as soon as Raft runs.
-    // Every call: mutual TLS (the handshake refuses plain text and other CAs), then the
-    // peer's VM checked against the cluster state.
+    // Every call: TLS (the handshake refuses plain text and certificates of other CAs).
+    // Agent and Raft calls: the caller's certificate is required and its VM checked
+    // against the cluster state.
     let gate = {
         let shared = Arc::clone(&shared);
         move |req: tonic::Request<()>| shared.check_peer(req.peer_certs()).map(|_| req)
@@ -624,6 +671,10 @@ pub async fn run(
         .add_service(ndb_proto::v1::raft_server::RaftServer::with_interceptor(
             grpc::RaftService::new(Arc::clone(&shared)),
             gate,
+        ))
+        // The one call open to a caller without a certificate: it needs a join ticket.
+        .add_service(ndb_proto::v1::enrolment_server::EnrolmentServer::new(
+            enrolment::EnrolmentService::new(Arc::clone(&shared)),
         ))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc));
     tokio::spawn(async move {
@@ -659,13 +710,7 @@ pub async fn run(
         }
         None => info!(vm = %opts.vm, "waiting for the leader to let this agent join"),
     }
-    shared.restart.notified().await;
-    // Let the reply to the restart request leave before the process execs again.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    if let Some((_, raft)) = shared.raft() {
-        let _ = raft.shutdown().await;
-    }
-    Ok(Exit::Restart)
+    Ok(shared)
 }
 
 /// Starts the leader's duties when this node becomes leader, stops them when it stops.

@@ -5,7 +5,7 @@
 
 use super::AgentShared;
 use crate::backend::OpId;
-use crate::backend::{BackendError, CloudProvider, VmInfo, VmSpec};
+use crate::backend::{BackendError, CloudProvider, JoinTicket, VmInfo, VmSpec};
 use crate::raft::{AgentNode, NodeId, Raft, Request, Response};
 use agent_core::Role;
 use async_trait::async_trait;
@@ -65,11 +65,19 @@ impl Membership {
         if let Ok(mut f) = self.shared.fresh.lock() {
             f.insert(info.name.clone(), ep.clone());
         }
-        let ident = self
-            .shared
-            .identity_of(&ep, Duration::from_secs(2))
-            .await
-            .map_err(|e| transient(&format!("the agent of {} does not answer", info.name), e))?;
+        // A new VM's agent serves only once it has enrolled (a round trip to this leader
+        // and a Raft commit): give it a few seconds.
+        let ident = {
+            use backon::{ConstantBuilder, Retryable};
+            (|| self.shared.identity_of(&ep, Duration::from_secs(2)))
+                .retry(
+                    ConstantBuilder::new()
+                        .with_delay(Duration::from_millis(200))
+                        .with_max_times(25),
+                )
+                .await
+                .map_err(|e| transient(&format!("the agent of {} does not answer", info.name), e))?
+        };
         if ident.vm != info.name {
             return Err(BackendError::refused(format!(
                 "the agent at {ep} is VM {}, not {}",
@@ -435,9 +443,46 @@ fn role_rank(role: &str) -> u8 {
     }
 }
 
+impl Membership {
+    /// A one-time ticket for the agent of `vm` to enrol with, on record in the Raft log
+    /// (its hash) before anyone can hold it.
+    pub(crate) async fn mint_ticket(&self, vm: &str) -> Result<JoinTicket, BackendError> {
+        use crate::enrolment::{new_secret, now_unix_ms, TICKET_TTL};
+        let secret = new_secret();
+        let issued = now_unix_ms();
+        let expires = issued + TICKET_TTL.as_millis() as u64;
+        self.raft
+            .client_write(Request::IssueJoinTicket {
+                vm: vm.to_string(),
+                sha256: crate::api_token::token_sha256(&secret),
+                issued_unix_ms: issued,
+                expires_unix_ms: expires,
+            })
+            .await
+            .map_err(|e| transient(&format!("cannot record a join ticket for {vm}"), e))?;
+        // This leader first: it is the one waiting for the new agent.
+        let mut agents = vec![self.shared.grpc_addr.clone()];
+        for (_, n) in self.members().1 {
+            if !agents.contains(&n.grpc_addr) {
+                agents.push(n.grpc_addr);
+            }
+        }
+        Ok(JoinTicket {
+            secret,
+            agents,
+            expires_unix_ms: expires,
+        })
+    }
+}
+
 #[async_trait]
 impl CloudProvider for Membership {
     async fn create_vm(&self, op: OpId, spec: &VmSpec) -> Result<VmInfo, BackendError> {
+        let spec = VmSpec {
+            join: Some(Box::new(self.mint_ticket(&spec.name).await?)),
+            ..spec.clone()
+        };
+        let spec = &spec;
         let info = self.shared.provider.create_vm(op, spec).await?;
         if let Err(e) = self.admit(&info).await {
             // No half-made VMs: the retry creates it again.

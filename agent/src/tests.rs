@@ -91,7 +91,8 @@ fn test_options(vm: &str, role: &str, dir: &std::path::Path) -> AgentOptions {
         heartbeat: Duration::from_millis(100),
         advertise_host: None,
         api_token_sha256: None,
-        ca: test_ca().clone(),
+        trust: crate::backend::VmTrust::Ca(test_ca().clone()),
+        join: None,
     }
 }
 
@@ -365,4 +366,158 @@ async fn only_callers_with_a_certificate_of_the_cluster_ca_get_in() {
         ask(endpoint(&addr, &stranger).unwrap()).await.is_err(),
         "a foreign-CA caller got in"
     );
+}
+
+/// Waits (at most 10 s) until the agent of `shared` leads its one-node group.
+async fn leading(shared: &AgentShared) -> Raft {
+    for _ in 0..200 {
+        if let Some((id, raft)) = shared.raft() {
+            if raft.metrics().borrow().current_leader == Some(id) {
+                return raft;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the bootstrap agent did not become leader within 10 s");
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// The agent of a VM a leader creates gets in with its one-time join ticket only: once, for
+/// its own VM. The certificate it gets is kept (0600) for its restarts. A caller without a
+/// certificate reaches nothing but the enrolment call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_vm_enrols_once_with_its_join_ticket() {
+    use crate::backend::{JoinTicket, VmTrust};
+    use crate::enrolment::{credentials, EnrolError};
+    let dir_a = tempfile::tempdir().unwrap();
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let leader_addr = grpc.local_addr().unwrap().to_string();
+    let mut opts = test_options("bootstrap", "bootstrap", dir_a.path());
+    opts.bootstrap = true;
+    let rt: Arc<dyn ProcessRuntime> = Arc::new(Counting::default());
+    let shared = start(opts, grpc, http, Arc::new(NoProvider), Arc::clone(&rt))
+        .await
+        .unwrap();
+    let raft = leading(&shared).await;
+    let membership = membership::Membership::new(Arc::clone(&shared), raft);
+    let ticket = membership.mint_ticket("vm-b").await.unwrap();
+    assert_eq!(
+        ticket.agents.first(),
+        Some(&leader_addr),
+        "the leader first"
+    );
+    let rep = shared.replicated().unwrap();
+    let on_record = serde_json::to_string(&rep.join_tickets).unwrap();
+    assert!(
+        !on_record.contains(&ticket.secret),
+        "the secret itself is in the log"
+    );
+    assert!(
+        format!("{ticket:?}").contains("<secret>")
+            && !format!("{ticket:?}").contains(&ticket.secret)
+    );
+
+    // Without a certificate: the agent and Raft services refuse, after the handshake.
+    let ca_cert_pem = test_ca().cert_pem.clone();
+    let bare = tonic::transport::Endpoint::from_shared(format!("https://{leader_addr}"))
+        .unwrap()
+        .tls_config(tls::AgentTls::enrolment_client_config(&ca_cert_pem))
+        .unwrap()
+        .connect_lazy();
+    let e = AgentClient::new(bare.clone())
+        .get_identity(pb::IdentityRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    let e = RaftClient::new(bare)
+        .vote(pb::RaftRequest {
+            target_raft_id: BOOTSTRAP_ID,
+            json: b"{}".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+
+    let with_ticket = |vm: &str, dir: &std::path::Path, t: &JoinTicket| AgentOptions {
+        trust: VmTrust::CaCert {
+            cert_pem: ca_cert_pem.clone(),
+        },
+        join: Some(t.clone()),
+        ..test_options(vm, "ndbd", dir)
+    };
+    // vm-b's ticket shown for another VM: refused, and vm-b's ticket stays good.
+    let dir_c = tempfile::tempdir().unwrap();
+    let e = credentials(&with_ticket("vm-c", dir_c.path(), &ticket))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, EnrolError::Refused { .. }), "{e}");
+    assert!(!dir_c.path().join(tls::TLS_DIR).exists());
+
+    // vm-b's agent: in, and the leader reaches it with its own certificate.
+    let dir_b = tempfile::tempdir().unwrap();
+    let grpc_b = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_b = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr_b = grpc_b.local_addr().unwrap().to_string();
+    let opts_b = with_ticket("vm-b", dir_b.path(), &ticket);
+    tokio::spawn(run(
+        opts_b.clone(),
+        grpc_b,
+        http_b,
+        Arc::new(NoProvider),
+        Arc::clone(&rt),
+    ));
+    let mut ident = None;
+    for _ in 0..100 {
+        if let Ok(i) = shared.identity_of(&addr_b, Duration::from_secs(1)).await {
+            ident = Some(i);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ident.expect("vm-b's agent answers").vm, "vm-b");
+    let kept = dir_b.path().join(tls::TLS_DIR);
+    for f in ["cert.pem", "key.pem", "ca-key.pem"] {
+        assert_eq!(mode(&kept.join(f)), 0o600, "{f}");
+    }
+    let pem = std::fs::read_to_string(kept.join("cert.pem")).unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+    let der = tonic::transport::CertificateDer::from(pem.contents);
+    assert_eq!(tls::peer_vm(&[der]).as_deref(), Some("vm-b"));
+    assert!(
+        shared.replicated().unwrap().join_tickets.is_empty(),
+        "used up"
+    );
+
+    // The same ticket again (a copy read from the VM's metadata): refused.
+    let dir_d = tempfile::tempdir().unwrap();
+    let e = credentials(&with_ticket("vm-b", dir_d.path(), &ticket))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("refused the join ticket of VM vm-b"),
+        "{e}"
+    );
+
+    // vm-b's agent restarting finds its certificate: no ticket is needed any more.
+    let gone = JoinTicket {
+        agents: vec!["127.0.0.1:9".into()],
+        ..ticket.clone()
+    };
+    credentials(&with_ticket("vm-b", dir_b.path(), &gone))
+        .await
+        .expect("a restart uses the kept certificate");
+
+    // Neither a certificate nor a ticket: a clear error.
+    let e = credentials(&AgentOptions {
+        join: None,
+        ..with_ticket("vm-e", dir_d.path(), &ticket)
+    })
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("holds no join ticket"), "{e}");
 }

@@ -378,8 +378,8 @@ pub struct DockerProvider {
     /// Held from choosing a free address until the container holding it exists, so that
     /// two VMs created at once never get the same one.
     addressing: tokio::sync::Mutex<()>,
-    /// The cluster CA, handed to every VM it creates.
-    ca: agent_core::backend::ClusterCa,
+    /// The cluster CA's certificate, handed to every VM it creates (never its key).
+    ca_cert_pem: String,
     /// How the VMs it makes create VMs when they lead (through the cloud front).
     vm_provider: ProviderConfig,
 }
@@ -412,7 +412,7 @@ impl DockerProvider {
     pub fn new(
         cfg: DockerConfig,
         runtime: crate::RuntimeKind,
-        ca: agent_core::backend::ClusterCa,
+        ca_cert_pem: String,
         vm_provider: ProviderConfig,
     ) -> Result<Self, BackendError> {
         let docker = Docker::connect_with_local_defaults()
@@ -422,7 +422,7 @@ impl DockerProvider {
             cfg,
             runtime,
             addressing: tokio::sync::Mutex::new(()),
-            ca,
+            ca_cert_pem,
             vm_provider,
         })
     }
@@ -579,7 +579,9 @@ impl CloudProvider for DockerProvider {
                 provider: self.vm_provider.clone(),
                 address: None,
                 artifact_mirrors: Vec::new(),
-                ca: self.ca.clone(),
+                ca: agent_core::backend::VmTrust::CaCert {
+                    cert_pem: self.ca_cert_pem.clone(),
+                },
             };
             let vm_json = serde_json::to_string(&vm)
                 .map_err(|e| BackendError::refused(format!("VM config: {e}")))?;

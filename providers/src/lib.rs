@@ -87,8 +87,10 @@ pub struct VmConfig {
     /// cluster gets the Docker demo's artifact-server links from a directory).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifact_mirrors: Vec<agent_core::artifacts::ArtifactMirror>,
-    /// The cluster CA the VM's agent issues its certificate from (so vm.json is 0600).
-    pub ca: agent_core::backend::ClusterCa,
+    /// The cluster CA the VM's agent trusts. Only the bootstrap agent's holds the CA's key;
+    /// a VM a leader creates gets the certificate and enrols with the join ticket in its
+    /// spec (vm.json is 0600 all the same).
+    pub ca: agent_core::backend::VmTrust,
 }
 
 impl VmConfig {

@@ -43,8 +43,8 @@ pub struct LocalProvider {
     artifact_mirrors: Vec<agent_core::artifacts::ArtifactMirror>,
     /// Held while a VM's address is chosen and recorded: never two VMs on one address.
     addressing: tokio::sync::Mutex<()>,
-    /// The cluster CA, handed to every VM it creates.
-    ca: agent_core::backend::ClusterCa,
+    /// The cluster CA's certificate, handed to every VM it creates (never its key).
+    ca_cert_pem: String,
 }
 
 fn absolute(p: &Path) -> String {
@@ -97,7 +97,7 @@ impl LocalProvider {
         data_dir: &Path,
         program: &Path,
         runtime: crate::RuntimeKind,
-        ca: agent_core::backend::ClusterCa,
+        ca_cert_pem: String,
     ) -> Self {
         LocalProvider {
             data_dir: data_dir.to_path_buf(),
@@ -105,7 +105,7 @@ impl LocalProvider {
             runtime,
             artifact_mirrors: Vec::new(),
             addressing: tokio::sync::Mutex::new(()),
-            ca,
+            ca_cert_pem,
         }
     }
 
@@ -395,7 +395,9 @@ impl CloudProvider for LocalProvider {
             },
             address,
             artifact_mirrors: self.artifact_mirrors.clone(),
-            ca: self.ca.clone(),
+            ca: agent_core::backend::VmTrust::CaCert {
+                cert_pem: self.ca_cert_pem.clone(),
+            },
         };
         std::fs::create_dir_all(&dir)
             .map_err(|e| failed(&format!("cannot create {}", dir.display()), e))?;

@@ -13,9 +13,7 @@
 use crate::docker::{limits, AGENT_GRPC_PORT, BACKUP_DIR, LABEL_CLUSTER, VM_ENV};
 use crate::local::write_synced;
 use crate::{ProviderConfig, RuntimeKind, VmConfig};
-use agent_core::backend::{
-    BackendError, CloudProvider, ClusterCa, ErrorKind, OpId, VmInfo, VmSpec, VmState,
-};
+use agent_core::backend::{BackendError, CloudProvider, ErrorKind, OpId, VmInfo, VmSpec, VmState};
 use agent_core::desired::VmType;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -107,7 +105,8 @@ struct Job {
 struct Inner {
     settings: TerraformSettings,
     runtime: RuntimeKind,
-    ca: ClusterCa,
+    /// The cluster CA's certificate, handed to every VM (never its key).
+    ca_cert_pem: String,
     /// The provider configuration written into each VM's agent configuration: how the
     /// cluster's leader reaches the VMs' provider (the cloud front).
     vm_provider: ProviderConfig,
@@ -148,7 +147,7 @@ impl TerraformProvider {
     pub async fn open(
         settings: TerraformSettings,
         runtime: RuntimeKind,
-        ca: ClusterCa,
+        ca_cert_pem: String,
         vm_provider: ProviderConfig,
     ) -> Result<Self, BackendError> {
         make_private_dir(&settings.work_dir).map_err(|e| dir_error(&settings.work_dir, e))?;
@@ -166,7 +165,7 @@ impl TerraformProvider {
         let inner = Arc::new(Inner {
             settings,
             runtime,
-            ca,
+            ca_cert_pem,
             vm_provider,
             records: std::sync::Mutex::new(records),
             outputs: std::sync::Mutex::new(BTreeMap::new()),
@@ -428,17 +427,23 @@ impl Inner {
                     next.clear();
                 }
                 Change::Put(spec) => {
-                    let address = match next.get(&spec.name) {
-                        Some(r) => r.address.clone(),
-                        None => self.free_address(&next).await?,
-                    };
-                    next.insert(
-                        spec.name.clone(),
-                        Record {
-                            spec: spec.clone(),
-                            address,
+                    let record = match next.get(&spec.name) {
+                        // A repeated creation (a new leader's) keeps the VM's configuration
+                        // as it is, join ticket included: a changed one would make
+                        // Terraform replace a VM that may hold data (user_data).
+                        Some(r) => Record {
+                            spec: VmSpec {
+                                join: r.spec.join.clone(),
+                                ..spec.clone()
+                            },
+                            address: r.address.clone(),
                         },
-                    );
+                        None => Record {
+                            spec: spec.clone(),
+                            address: self.free_address(&next).await?,
+                        },
+                    };
+                    next.insert(spec.name.clone(), record);
                 }
                 Change::Remove(name) => {
                     next.remove(name);
@@ -566,7 +571,9 @@ impl Inner {
             provider: self.vm_provider.clone(),
             address: None,
             artifact_mirrors: Vec::new(),
-            ca: self.ca.clone(),
+            ca: agent_core::backend::VmTrust::CaCert {
+                cert_pem: self.ca_cert_pem.clone(),
+            },
         })
         .map_err(|e| BackendError::refused(format!("VM config: {e}")))
     }

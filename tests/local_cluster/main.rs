@@ -300,14 +300,38 @@ fn every_agent_api_needs_the_clusters_token() {
         |s| at_desired(s, 1) && voters(s) == 5,
     );
     // The secrets on disk are the owner's alone: the API token, the cluster CA's key, and
-    // every VM's vm.json (it carries the CA its agent issues its certificate from).
+    // every VM's vm.json (the bootstrap's holds the CA; the others their join ticket) and
+    // the certificate, key and CA key an agent got for its ticket.
     let mut secrets = vec![
         c.dir.path().join("data/api-token"),
         c.dir.path().join("data/tls/ca-key.pem"),
     ];
+    let mut enrolled = 0;
     for e in std::fs::read_dir(c.dir.path().join("data/vms")).unwrap() {
-        secrets.push(e.unwrap().path().join("vm.json"));
+        let dir = e.unwrap().path();
+        secrets.push(dir.join("vm.json"));
+        if dir.ends_with("bootstrap") {
+            continue;
+        }
+        // A VM the leader created got a ticket, never the CA's key, and traded it for a
+        // certificate naming it.
+        let vm_json = std::fs::read_to_string(dir.join("vm.json")).unwrap();
+        assert!(
+            !vm_json.contains("PRIVATE KEY"),
+            "{}: {vm_json}",
+            dir.display()
+        );
+        assert!(
+            vm_json.contains("\"join\""),
+            "{} holds no join ticket",
+            dir.display()
+        );
+        for f in ["cert.pem", "key.pem", "ca-key.pem"] {
+            secrets.push(dir.join("agent-tls").join(f));
+        }
+        enrolled += 1;
     }
+    assert!(enrolled >= 4, "{enrolled} VMs enrolled");
     assert!(secrets.len() > 5, "{secrets:?}");
     for file in &secrets {
         let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;

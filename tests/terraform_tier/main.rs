@@ -63,6 +63,9 @@ fn terraform() -> PathBuf {
     }
 }
 
+/// A VM as a leader asks for one: with a join ticket. No cluster honours it here (this
+/// tier tests the provider), so its agent waits to enrol; the ticket must reach the VM and
+/// the CA's key must not.
 fn spec(name: &str, role: Role, zone: &str, vm_type: VmType) -> VmSpec {
     VmSpec {
         name: name.into(),
@@ -72,6 +75,11 @@ fn spec(name: &str, role: Role, zone: &str, vm_type: VmType) -> VmSpec {
         storage_gib: 5,
         temporary: false,
         agent_version: "0.999".into(),
+        join: Some(Box::new(agent_core::backend::JoinTicket {
+            secret: format!("ticket-of-{name}"),
+            agents: vec!["127.0.0.1:9".into()],
+            expires_unix_ms: u64::MAX,
+        })),
     }
 }
 
@@ -346,6 +354,14 @@ fn the_front_keeps_terraform_state_and_containers_in_line() {
         assert!(e.message.contains("wrong credential"), "{e}");
         let e = tier.client(None, Some("other")).list_vms().await.unwrap_err();
         assert!(e.message.contains("serves cluster"), "{e}");
+        // The VMs' credential (what Terraform hands every VM) opens the VM calls a leader
+        // makes, not the CA nor deleting the cluster.
+        let vm_credential = std::fs::read_to_string(tier.work_dir().parent().unwrap().join("vm-credential")).unwrap();
+        let as_vm = tier.client(Some(vm_credential.trim()), None);
+        as_vm.list_vms().await.unwrap();
+        let e = as_vm.cluster_ca().await.unwrap_err();
+        assert!(e.message.contains("needs the cluster's credential"), "{e}");
+        tier.client(None, None).cluster_ca().await.expect("the owner reads the CA");
 
         // Three VMs asked for at once: one apply.
         let t = Instant::now();
@@ -366,6 +382,12 @@ fn the_front_keeps_terraform_state_and_containers_in_line() {
         assert_eq!(tier.applies(), 2, "the three creations were batched into one apply");
         tier.check(&p, &["mgmd-0", "ndbd-0-1", "ndbd-0-2"], "3 VMs created")
             .await;
+        // What Terraform hands a VM holds its one-time ticket and the CA's certificate,
+        // never the CA's key.
+        let env = std::fs::read_to_string(tier.work_dir().join("env/ndbd-0-1.env")).unwrap();
+        assert!(env.contains("ticket-of-ndbd-0-1"), "no join ticket in the VM's config");
+        assert!(env.contains("BEGIN CERTIFICATE"), "no CA certificate in the VM's config");
+        assert!(!env.contains("PRIVATE KEY"), "the VM's config holds a private key");
         // Same labels and limits as the docker provider's containers.
         let small = providers::docker::limits(VmType::Small).0.to_string();
         assert_eq!(

@@ -110,6 +110,7 @@ pub(crate) fn prepare_with(
             storage_gib,
             temporary,
             agent_version,
+            join: None,
         }),
         DeleteVm { vm, .. } => BackendCall::DeleteVm { vm },
         StartVm { vm, .. } => BackendCall::StartVm { vm },

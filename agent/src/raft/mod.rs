@@ -44,6 +44,22 @@ pub enum Request {
     RetireRaftIds(std::collections::BTreeSet<NodeId>),
     /// From now on the HTTP API accepts the token with this SHA-256 (lowercase hex) only.
     SetApiToken { sha256: String },
+    /// A join ticket for the VM `vm` the leader is about to create (its SHA-256, lowercase
+    /// hex). Tickets that expired by `issued_unix_ms` are dropped with it.
+    IssueJoinTicket {
+        vm: String,
+        sha256: String,
+        issued_unix_ms: u64,
+        expires_unix_ms: u64,
+    },
+    /// The agent of `vm` shows a ticket: if it is one of `vm`'s and has not expired at
+    /// `now_unix_ms`, every ticket of `vm` is used up and the answer is
+    /// [`Response::TicketTaken`]; otherwise [`Response::TicketRefused`].
+    UseJoinTicket {
+        vm: String,
+        sha256: String,
+        now_unix_ms: u64,
+    },
 }
 
 /// The state machine's answer to a command.
@@ -52,6 +68,15 @@ pub enum Response {
     #[default]
     Done,
     RaftId(NodeId),
+    TicketTaken,
+    TicketRefused,
+}
+
+/// A join ticket on record: only its hash, so the log opens nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketRecord {
+    pub sha256: String,
+    pub expires_unix_ms: u64,
 }
 
 openraft::declare_raft_types!(
@@ -88,6 +113,10 @@ pub struct Replicated {
     /// agent: every agent checks callers against it, none holds the token itself.
     #[serde(default)]
     pub api_token_sha256: Option<String>,
+    /// Join tickets not used yet, per VM (a VM created again by a new leader may hold an
+    /// older one).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub join_tickets: BTreeMap<String, Vec<TicketRecord>>,
 }
 
 impl Replicated {
@@ -104,6 +133,15 @@ impl Replicated {
             .get(vm)
             .is_some_and(|ids| !ids.is_empty() && ids.iter().all(|id| self.retired.contains(id)));
         retired && !member
+    }
+
+    /// `sha256` is the hash of a ticket of `vm` that has not expired at `now_unix_ms`.
+    pub fn ticket_valid(&self, vm: &str, sha256: &str, now_unix_ms: u64) -> bool {
+        self.join_tickets.get(vm).is_some_and(|tickets| {
+            tickets
+                .iter()
+                .any(|t| t.sha256 == sha256 && t.expires_unix_ms > now_unix_ms)
+        })
     }
 
     /// Applies one command; deterministic, so every agent computes the same state.
@@ -128,6 +166,37 @@ impl Replicated {
             Request::SetApiToken { sha256 } => {
                 self.api_token_sha256 = Some(sha256.clone());
                 Response::Done
+            }
+            Request::IssueJoinTicket {
+                vm,
+                sha256,
+                issued_unix_ms,
+                expires_unix_ms,
+            } => {
+                for tickets in self.join_tickets.values_mut() {
+                    tickets.retain(|t| t.expires_unix_ms > *issued_unix_ms);
+                }
+                self.join_tickets.retain(|_, t| !t.is_empty());
+                self.join_tickets
+                    .entry(vm.clone())
+                    .or_default()
+                    .push(TicketRecord {
+                        sha256: sha256.clone(),
+                        expires_unix_ms: *expires_unix_ms,
+                    });
+                Response::Done
+            }
+            Request::UseJoinTicket {
+                vm,
+                sha256,
+                now_unix_ms,
+            } => {
+                if self.ticket_valid(vm, sha256, *now_unix_ms) {
+                    self.join_tickets.remove(vm);
+                    Response::TicketTaken
+                } else {
+                    Response::TicketRefused
+                }
             }
         }
     }
@@ -164,5 +233,74 @@ mod tests {
             vm: "ndbd-0-1".into(),
         });
         assert!(!r.left_the_cluster("ndbd-0-1"));
+    }
+
+    fn issue(r: &mut Replicated, vm: &str, sha: &str, at: u64) {
+        r.apply_request(&Request::IssueJoinTicket {
+            vm: vm.into(),
+            sha256: sha.into(),
+            issued_unix_ms: at,
+            expires_unix_ms: at + 1000,
+        });
+    }
+
+    fn take(r: &mut Replicated, vm: &str, sha: &str, now: u64) -> Response {
+        r.apply_request(&Request::UseJoinTicket {
+            vm: vm.into(),
+            sha256: sha.into(),
+            now_unix_ms: now,
+        })
+    }
+
+    #[test]
+    fn a_join_ticket_is_taken_once_by_its_own_vm_before_it_expires() {
+        let mut r = Replicated::default();
+        issue(&mut r, "ndbd-0-1", "aa", 100);
+        assert_eq!(
+            take(&mut r, "ndbd-0-2", "aa", 200),
+            Response::TicketRefused,
+            "another VM's ticket"
+        );
+        assert_eq!(
+            take(&mut r, "ndbd-0-1", "bb", 200),
+            Response::TicketRefused,
+            "a wrong secret"
+        );
+        assert_eq!(
+            take(&mut r, "ndbd-0-1", "aa", 1100),
+            Response::TicketRefused,
+            "expired"
+        );
+        assert_eq!(take(&mut r, "ndbd-0-1", "aa", 200), Response::TicketTaken);
+        assert_eq!(
+            take(&mut r, "ndbd-0-1", "aa", 300),
+            Response::TicketRefused,
+            "used"
+        );
+        assert!(r.join_tickets.is_empty());
+    }
+
+    #[test]
+    fn a_vm_created_again_takes_either_ticket_and_expired_ones_are_dropped() {
+        let mut r = Replicated::default();
+        issue(&mut r, "mysqld-1", "old", 100);
+        issue(&mut r, "api-1", "gone", 150);
+        // A new leader creates mysqld-1 again: its agent may still hold the first ticket.
+        issue(&mut r, "mysqld-1", "new", 900);
+        assert_eq!(r.join_tickets["mysqld-1"].len(), 2);
+        assert_eq!(take(&mut r, "mysqld-1", "old", 1000), Response::TicketTaken);
+        assert_eq!(
+            take(&mut r, "mysqld-1", "new", 1000),
+            Response::TicketRefused,
+            "every ticket of the VM is used up by its first enrolment"
+        );
+        // Issuing after api-1's ticket expired drops it from the state.
+        issue(&mut r, "ndbd-0-1", "x", 2000);
+        assert!(
+            !r.join_tickets.contains_key("api-1"),
+            "{:?}",
+            r.join_tickets
+        );
+        assert_eq!(r.join_tickets.len(), 1);
     }
 }

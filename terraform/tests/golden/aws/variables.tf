@@ -57,7 +57,7 @@ variable "ssh_key_name" {
 }
 
 variable "vm_configs" {
-  description = "Each VM's agent configuration (JSON, holds the cluster CA), by VM name."
+  description = "Each VM's agent configuration (JSON: its one-time join ticket and the cluster CA's certificate), by VM name."
   type        = map(string)
   sensitive   = true
 }

@@ -71,7 +71,7 @@ resource "terraform_data" "vm" {
       CPUS        = local.limits[each.value.vm_type].cpus
       CONTAINER   = self.input.container
       VOLUME      = self.input.volume
-      # Written 0600 by the cloud front: the agent's VM config, which holds the cluster CA.
+      # Written 0600 by the cloud front: the agent's VM config (its one-time join ticket).
       ENV_FILE = "${path.module}/env/${each.key}.env"
     }
   }
