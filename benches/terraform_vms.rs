@@ -101,7 +101,7 @@ fn main() {
         &format!("managed-rondb.cluster={cluster}"),
         &cluster,
     ]);
-    let ca = agent::tls::make_ca().unwrap().cert_pem;
+    let ca = agent::tls::make_ca().unwrap();
     let cfg = DockerConfig {
         cluster: cluster.clone(),
         network: cluster.clone(),
@@ -121,7 +121,7 @@ fn main() {
         let d = DockerProvider::new(
             cfg.clone(),
             RuntimeKind::Dummy,
-            ca.clone(),
+            ca.cert_pem.clone(),
             vm_provider.clone(),
         )
         .unwrap();

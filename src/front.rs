@@ -285,7 +285,7 @@ async fn run(opts: FrontOptions) -> anyhow::Result<()> {
                         target,
                     },
                     opts.runtime,
-                    ca.cert_pem.clone(),
+                    ca.clone(),
                     vm_provider,
                 )
                 .await

@@ -66,9 +66,15 @@ pub async fn credentials(opts: &AgentOptions) -> Result<AgentTls, EnrolError> {
     match (&opts.trust, &opts.join) {
         (VmTrust::Ca(ca), _) => Ok(AgentTls::issue(ca, &opts.vm)?),
         (VmTrust::CaCert { cert_pem }, Some(ticket)) => {
+            let t = std::time::Instant::now();
             let tls = enrol(&opts.vm, cert_pem, ticket).await?;
             tls.save(&dir)?;
-            info!(vm = %opts.vm, "enrolled: certificate kept in {}", dir.display());
+            info!(
+                vm = %opts.vm,
+                took_ms = t.elapsed().as_millis() as u64,
+                "enrolled: certificate kept in {}",
+                dir.display()
+            );
             Ok(tls)
         }
         (VmTrust::CaCert { .. }, None) => Err(EnrolError::NoTicket {

@@ -521,3 +521,15 @@ async fn a_new_vm_enrols_once_with_its_join_ticket() {
     .unwrap_err();
     assert!(e.to_string().contains("holds no join ticket"), "{e}");
 }
+
+/// A follower that knows a leader waits openraft's lease (the maximum election timeout)
+/// plus a random timeout before it stands: under a second in all, so that a new leader is
+/// elected within a second of a kill, and never after fewer than seven lost heartbeats.
+#[test]
+fn a_follower_stands_for_election_within_a_second_but_not_after_a_few_lost_heartbeats() {
+    let hb = Duration::from_millis(100);
+    let c = raft_config(hb).unwrap();
+    let (min, max) = (c.election_timeout_min, c.election_timeout_max);
+    assert!(max + max < 1000, "waits up to {} ms", max + max);
+    assert!(max + min >= 7 * 100, "stands after only {} ms", max + min);
+}

@@ -13,7 +13,9 @@
 use crate::docker::{limits, AGENT_GRPC_PORT, BACKUP_DIR, LABEL_CLUSTER, VM_ENV};
 use crate::local::write_synced;
 use crate::{ProviderConfig, RuntimeKind, VmConfig};
-use agent_core::backend::{BackendError, CloudProvider, ErrorKind, OpId, VmInfo, VmSpec, VmState};
+use agent_core::backend::{
+    BackendError, CloudProvider, ClusterCa, ErrorKind, OpId, VmInfo, VmSpec, VmState, VmTrust,
+};
 use agent_core::desired::VmType;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -105,8 +107,10 @@ struct Job {
 struct Inner {
     settings: TerraformSettings,
     runtime: RuntimeKind,
-    /// The cluster CA's certificate, handed to every VM (never its key).
-    ca_cert_pem: String,
+    /// The cluster CA. A VM gets its certificate only (it enrols with its join ticket); the
+    /// key goes only into the configuration of a VM recorded before join tickets existed,
+    /// whose configuration must not change (see `vm_config`).
+    ca: ClusterCa,
     /// The provider configuration written into each VM's agent configuration: how the
     /// cluster's leader reaches the VMs' provider (the cloud front).
     vm_provider: ProviderConfig,
@@ -147,7 +151,7 @@ impl TerraformProvider {
     pub async fn open(
         settings: TerraformSettings,
         runtime: RuntimeKind,
-        ca_cert_pem: String,
+        ca: ClusterCa,
         vm_provider: ProviderConfig,
     ) -> Result<Self, BackendError> {
         make_private_dir(&settings.work_dir).map_err(|e| dir_error(&settings.work_dir, e))?;
@@ -165,7 +169,7 @@ impl TerraformProvider {
         let inner = Arc::new(Inner {
             settings,
             runtime,
-            ca_cert_pem,
+            ca,
             vm_provider,
             records: std::sync::Mutex::new(records),
             outputs: std::sync::Mutex::new(BTreeMap::new()),
@@ -571,8 +575,14 @@ impl Inner {
             provider: self.vm_provider.clone(),
             address: None,
             artifact_mirrors: Vec::new(),
-            ca: agent_core::backend::VmTrust::CaCert {
-                cert_pem: self.ca_cert_pem.clone(),
+            // A VM recorded before join tickets existed keeps the configuration it was made
+            // with: a changed one would make Terraform replace it (user_data on AWS), and
+            // its data with it.
+            ca: match spec.join {
+                Some(_) => VmTrust::CaCert {
+                    cert_pem: self.ca.cert_pem.clone(),
+                },
+                None => VmTrust::Ca(self.ca.clone()),
             },
         })
         .map_err(|e| BackendError::refused(format!("VM config: {e}")))
