@@ -17,7 +17,7 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use providers::front::{CreateVm, ErrorBody, FrontConfig};
 use providers::{DockerConfig, DockerProvider, TerraformTarget};
 use providers::{ProviderConfig, RuntimeKind, TerraformProvider, TerraformSettings};
@@ -335,9 +335,13 @@ async fn run(opts: FrontOptions) -> anyhow::Result<()> {
 }
 
 fn router(front: Front) -> Router {
-    let vms = Router::new()
+    // What only the cluster's owner may do; the VMs' credential does not open it.
+    let owner = Router::new()
         .route("/v1/clusters/{cluster}", delete(delete_cluster))
         .route("/v1/clusters/{cluster}/ca", get(cluster_ca))
+        .route_layer(axum::middleware::from_fn(owner_only));
+    let vms = Router::new()
+        .merge(owner)
         .route("/v1/clusters/{cluster}/vms", get(list).post(create))
         .route("/v1/clusters/{cluster}/vms/{vm}", delete(remove))
         .route("/v1/clusters/{cluster}/vms/{vm}/start", post(start))
@@ -486,19 +490,17 @@ async fn authorize(
     next.run(req).await
 }
 
-/// The calls only the cluster's owner makes: a VM's credential does not open them (the
-/// refusal to answer with, if any).
-fn unless_owner(caller: Caller, what: &str) -> Option<Response> {
-    match caller {
-        Caller::Owner => None,
-        Caller::Vm => {
-            warn!("refused {what} with a VM's credential");
-            Some(refuse(
-                StatusCode::FORBIDDEN,
-                format!("{what} needs the cluster's credential (DATA_DIR/clusters/CLUSTER/{CREDENTIAL_FILE} of the front); the VMs' credential does not open it"),
-            ))
-        }
+/// Lets through only calls `authorize` found to come from the cluster's owner.
+async fn owner_only(req: Request, next: Next) -> Response {
+    if req.extensions().get::<Caller>() == Some(&Caller::Owner) {
+        return next.run(req).await;
     }
+    let what = format!("{} {}", req.method(), req.uri().path());
+    warn!("refused {what} with a VM's credential");
+    refuse(
+        StatusCode::FORBIDDEN,
+        format!("{what} needs the cluster's credential (DATA_DIR/clusters/CLUSTER/{CREDENTIAL_FILE} of the front); the VMs' credential does not open it"),
+    )
 }
 
 fn failed(e: BackendError) -> Response {
@@ -516,20 +518,11 @@ struct OpQuery {
     op: u64,
 }
 
-async fn cluster_ca(State(front): State<Front>, Extension(caller): Extension<Caller>) -> Response {
-    if let Some(r) = unless_owner(caller, "reading the cluster CA") {
-        return r;
-    }
+async fn cluster_ca(State(front): State<Front>) -> Response {
     Json(front.ca.clone()).into_response()
 }
 
-async fn delete_cluster(
-    State(front): State<Front>,
-    Extension(caller): Extension<Caller>,
-) -> Response {
-    if let Some(r) = unless_owner(caller, "deleting the cluster") {
-        return r;
-    }
+async fn delete_cluster(State(front): State<Front>) -> Response {
     info!(cluster = %front.cluster, "delete cluster");
     match front.backend.delete_cluster().await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),

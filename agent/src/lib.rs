@@ -517,20 +517,18 @@ impl AgentShared {
 
 /// Writes a small file and fsyncs it and its directory.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    write_synced(path, bytes, 0o644)
 }
 
-/// Writes a secret: 0600 from its creation, fsync'd with its directory.
+/// Writes a secret the same way, 0600 from its creation: never readable by others, not
+/// even for a moment.
 pub fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_synced(path, bytes, 0o600)
+}
+
+/// Through a temporary file made with `mode` (umask applies) and a rename, fsync'd with its
+/// directory: a crash leaves the old file or the new one, never half of one.
+fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
@@ -538,7 +536,7 @@ pub fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;

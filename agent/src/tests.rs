@@ -96,6 +96,14 @@ fn test_options(vm: &str, role: &str, dir: &std::path::Path) -> AgentOptions {
     }
 }
 
+/// An agent's two listeners on free loopback ports, and the gRPC one's address.
+async fn listeners() -> (TcpListener, TcpListener, String) {
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = grpc.local_addr().unwrap().to_string();
+    (grpc, http, addr)
+}
+
 struct NoProvider;
 
 #[async_trait]
@@ -131,9 +139,7 @@ fn start_request(vm: &str, op_id: u64) -> pb::StartProgramRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_other_targets_and_runs_an_operation_once() {
     let dir = tempfile::tempdir().unwrap();
-    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = grpc.local_addr().unwrap().to_string();
+    let (grpc, http, addr) = listeners().await;
     let runtime = Arc::new(Counting::default());
     let opts = test_options("vm-a", "ndbd", dir.path());
     let rt: Arc<dyn ProcessRuntime> = runtime.clone();
@@ -247,8 +253,7 @@ fn backups_and_failures_cross_the_wire_typed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_api_needs_the_clusters_token() {
     let dir = tempfile::tempdir().unwrap();
-    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (grpc, http, _) = listeners().await;
     let base = format!("http://{}", http.local_addr().unwrap());
     let opts = AgentOptions {
         bootstrap: true,
@@ -330,9 +335,7 @@ async fn the_http_api_needs_the_clusters_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_callers_with_a_certificate_of_the_cluster_ca_get_in() {
     let dir = tempfile::tempdir().unwrap();
-    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = grpc.local_addr().unwrap().to_string();
+    let (grpc, http, addr) = listeners().await;
     let opts = test_options("vm-a", "ndbd", dir.path());
     tokio::spawn(run(
         opts,
@@ -394,9 +397,7 @@ async fn a_new_vm_enrols_once_with_its_join_ticket() {
     use crate::backend::{JoinTicket, VmTrust};
     use crate::enrolment::{credentials, EnrolError};
     let dir_a = tempfile::tempdir().unwrap();
-    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let leader_addr = grpc.local_addr().unwrap().to_string();
+    let (grpc, http, leader_addr) = listeners().await;
     let mut opts = test_options("bootstrap", "bootstrap", dir_a.path());
     opts.bootstrap = true;
     let rt: Arc<dyn ProcessRuntime> = Arc::new(Counting::default());
@@ -460,9 +461,7 @@ async fn a_new_vm_enrols_once_with_its_join_ticket() {
 
     // vm-b's agent: in, and the leader reaches it with its own certificate.
     let dir_b = tempfile::tempdir().unwrap();
-    let grpc_b = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_b = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr_b = grpc_b.local_addr().unwrap().to_string();
+    let (grpc_b, http_b, addr_b) = listeners().await;
     let opts_b = with_ticket("vm-b", dir_b.path(), &ticket);
     tokio::spawn(run(
         opts_b.clone(),
