@@ -210,6 +210,25 @@ impl LocalCluster {
         );
     }
 
+    /// Waits until the log `rel` holds `needle`: `up` prints what it did with the desired
+    /// state file on its own schedule, after the cluster may already report it reached.
+    pub fn wait_for_line(&self, rel: &str, needle: &str, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(self.dir.path().join(rel)).unwrap_or_default();
+            if text.contains(needle) {
+                return text;
+            }
+            if std::time::Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {needle:?} in {rel}; its tail:\n{}",
+                    self.tail(rel, 60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn tail(&self, rel: &str, n: usize) -> String {
         let text = std::fs::read_to_string(self.dir.path().join(rel)).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

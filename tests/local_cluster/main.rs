@@ -431,15 +431,12 @@ fn a_whole_cluster_killed_at_once_resumes_with_one_up() {
         t.elapsed(),
         s.leader_vm
     );
-    let up_log = c.tail("up.log", 200);
-    assert!(
-        up_log.contains("resuming the existing cluster: starting 8 VM(s) that are down"),
-        "{up_log}"
+    c.wait_for_line(
+        "up.log",
+        "resuming the existing cluster: starting 8 VM(s) that are down",
+        long,
     );
-    assert!(
-        up_log.contains("is the cluster's accepted state already"),
-        "{up_log}"
-    );
+    c.wait_for_line("up.log", "is the cluster's accepted state already", long);
 
     // 2. In the middle of a rolling restart, submitted through the followed file.
     let base = s.actions_completed;
