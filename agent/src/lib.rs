@@ -28,10 +28,9 @@ pub use reconcile::{Journal, JournalError, Reconciler, ReconcilerConfig, Submiss
 use agent_core::{actions, backend, desired, model};
 
 use crate::backend::{BackendError, CloudProvider, ProcessRuntime};
-use crate::model::Event;
 use crate::raft::network::{endpoint, GrpcNetwork};
 use crate::raft::store;
-use crate::raft::{AgentNode, NodeId, Raft, Replicated, Request, BOOTSTRAP_ID};
+use crate::raft::{AgentNode, NodeId, Raft, RaftJournal, Replicated, Request, BOOTSTRAP_ID};
 use ndb_proto::v1 as pb;
 use ndb_proto::v1::agent_client::AgentClient;
 use openraft::ServerState;
@@ -750,27 +749,6 @@ async fn watch_leadership(shared: Arc<AgentShared>, id: NodeId, raft: Raft) {
     }
 }
 
-/// Records reconcile events as Raft entries.
-struct RaftJournal {
-    raft: Raft,
-}
-
-#[async_trait::async_trait]
-impl Journal for RaftJournal {
-    async fn append(&self, events: Vec<Event>) -> Result<(), JournalError> {
-        use openraft::error::{ClientWriteError, RaftError};
-        match self.raft.client_write(Request::Events(events)).await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(JournalError::NotLeader {
-                    leader: f.leader_node.map(|n| n.vm),
-                })
-            }
-            Err(e) => Err(JournalError::Refused(e.to_string())),
-        }
-    }
-}
-
 /// The leader's duties: membership upkeep and the reconciler, resumed from the log.
 async fn lead(shared: Arc<AgentShared>, raft: Raft) {
     // Everything committed by earlier leaders is applied before we read the state.
@@ -821,7 +799,7 @@ async fn lead(shared: Arc<AgentShared>, raft: Raft) {
         shared.opts.reconciler.clone(),
     )
     .with_membership(members)
-    .with_journal(Arc::new(RaftJournal { raft }))
+    .with_journal(Arc::new(RaftJournal::new(raft)))
     .with_inbox(rx)
     .with_programs_seen(Arc::clone(&shared.programs_seen));
     reconciler.record_leader(&shared.vm).await;

@@ -116,6 +116,10 @@ pub struct World {
     /// The leader's agent is gone (its VM was lost) or handed its leadership over: its next
     /// write to the Raft log is refused.
     pub leader_gone: bool,
+    /// When set, every call that [`run_call`] receives with its operation id, in order,
+    /// before anything answers it from an earlier run: what the agents were asked to do, for
+    /// tests that check that one operation id never names two different actions.
+    pub ledger: Option<Vec<(OpId, BackendCall)>>,
     ops: OpCache,
     rng: ChaCha8Rng,
     next_ip: u32,
@@ -158,6 +162,7 @@ impl World {
             origin: None,
             leader: None,
             leader_gone: false,
+            ledger: None,
             ops: OpCache::default(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             next_ip: 10,
@@ -427,6 +432,9 @@ pub async fn run_call(
     call: BackendCall,
 ) -> Result<Outcome, BackendError> {
     let once_per_op = call.runs_once_per_op();
+    if let Some(ledger) = lock(world).ledger.as_mut() {
+        ledger.push((op, call.clone()));
+    }
     let w = world.clone();
     let work = async move {
         let pending = {

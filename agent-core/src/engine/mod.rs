@@ -275,6 +275,16 @@ impl Engine {
     }
 
     fn on_submit(&mut self, now: Duration, d: DesiredState) {
+        // The same state again, unchanged: a client retrying after a lost reply (its first
+        // try was recorded) gets the first answer, and nothing is recorded twice.
+        if self.state.pending.as_ref() == Some(&d) {
+            self.out.push(Command::Verdict(Ok(Submission::Queued)));
+            return;
+        }
+        if self.state.pending.is_none() && self.state.accepted.as_ref() == Some(&d) {
+            self.out.push(Command::Verdict(Ok(Submission::Accepted)));
+            return;
+        }
         if let Err(v) = self.validate(&d, true) {
             self.out.push(Command::Verdict(Err(v)));
             return;

@@ -8,6 +8,7 @@ pub mod network;
 pub mod store;
 
 use crate::model::{ClusterState, Event};
+use crate::reconcile::{Journal, JournalError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -90,6 +91,34 @@ openraft::declare_raft_types!(
 
 /// The openraft handle of an agent.
 pub type Raft = openraft::Raft<TypeConfig>;
+
+/// Records reconcile events as Raft entries: the reconciler's [`Journal`] on a real cluster.
+/// A write returns once a majority has it on disk; any refusal stops the reconciler.
+pub struct RaftJournal {
+    raft: Raft,
+}
+
+impl RaftJournal {
+    pub fn new(raft: Raft) -> Self {
+        RaftJournal { raft }
+    }
+}
+
+#[async_trait::async_trait]
+impl Journal for RaftJournal {
+    async fn append(&self, events: Vec<Event>) -> Result<(), JournalError> {
+        use openraft::error::{ClientWriteError, RaftError};
+        match self.raft.client_write(Request::Events(events)).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(JournalError::NotLeader {
+                    leader: f.leader_node.map(|n| n.vm),
+                })
+            }
+            Err(e) => Err(JournalError::Refused(e.to_string())),
+        }
+    }
+}
 
 /// Everything the state machine holds; also the snapshot's content.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

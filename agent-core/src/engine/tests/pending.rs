@@ -58,7 +58,10 @@ fn a_submission_not_above_the_pending_id_is_rejected_and_changes_nothing() {
     let d2 = next(&d);
     e.step(secs(31), Input::Submit(Box::new(d2.clone())));
     let before = e.state().clone();
-    let cmds = e.step(secs(32), Input::Submit(Box::new(d2)));
+    // The same Id with other content (the same state again is a retry, answered as before).
+    let mut other = d2;
+    other.num_managed_api_vms += 1;
+    let cmds = e.step(secs(32), Input::Submit(Box::new(other)));
     let [Command::Verdict(Err(v))] = cmds.as_slice() else {
         panic!("expected a rejection alone, got {cmds:?}");
     };
@@ -68,6 +71,29 @@ fn a_submission_not_above_the_pending_id_is_rejected_and_changes_nothing() {
         "{v:?}"
     );
     assert_eq!(e.state(), &before);
+}
+
+#[test]
+fn a_state_submitted_again_unchanged_gets_its_first_answer_and_records_nothing() {
+    // A client whose reply was lost submits again: queued while working, ...
+    let (d, mut e, _, _) = restarting_mysqld();
+    let d2 = next(&d);
+    e.step(secs(31), Input::Submit(Box::new(d2.clone())));
+    let before = e.state().clone();
+    assert_eq!(
+        e.step(secs(32), Input::Submit(Box::new(d2))),
+        vec![Command::Verdict(Ok(Submission::Queued))]
+    );
+    assert_eq!(e.state(), &before);
+    // ... and accepted at rest.
+    let (d, mut e) = resting();
+    let before = e.state().clone();
+    assert_eq!(
+        e.step(secs(1), Input::Submit(Box::new(d))),
+        vec![Command::Verdict(Ok(Submission::Accepted))]
+    );
+    assert_eq!(e.state(), &before);
+    assert!(!e.is_busy());
 }
 
 #[test]
