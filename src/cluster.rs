@@ -432,7 +432,18 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
         let api = Api::new(&o.http, token);
         tokio::select! {
             r = follow(&o.desired_state, &api) => r?,
-            r = agent => { r??; }
+            r = agent => match r?? {
+                // A renewed certificate (or a restart the leader asked for): `up` starts
+                // again as it was started, which resumes this cluster.
+                Exit::Restart => {
+                    use std::os::unix::process::CommandExt;
+                    println!("restarting the bootstrap agent (it renewed its certificate, or was asked to restart)");
+                    let err = std::process::Command::new(&program)
+                        .args(std::env::args_os().skip(1))
+                        .exec();
+                    bail!("cannot restart {}: {err}", program.display())
+                }
+            },
             _ = tokio::signal::ctrl_c() => {
                 println!("stopping the bootstrap agent; the cluster's other agents keep running (`ndb-agent down --data-dir {}` stops them)", data_dir.display());
             }

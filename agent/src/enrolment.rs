@@ -234,3 +234,59 @@ impl pb::enrolment_server::Enrolment for EnrolmentService {
         }))
     }
 }
+
+/// Makes this agent a new certificate when its current one is two thirds through its
+/// validity (`tls::AGENT_CERT_VALIDITY`), keeps it in its directory and restarts the agent
+/// to serve it (tonic fixes a server's TLS settings when it starts). A leader hands its
+/// leadership over first. The CA key every agent holds signs it: no other agent needs to be
+/// reachable.
+pub async fn keep_certificate_fresh(shared: Arc<AgentShared>) {
+    const RETRY: Duration = Duration::from_secs(3600);
+    let dir = shared.dir.join(tls::TLS_DIR);
+    let at = match shared.tls.renew_at(&shared.vm, &dir) {
+        Ok(at) => at,
+        Err(e) => {
+            warn!(vm = %shared.vm, error = %e, "cannot tell when this agent's certificate expires, so it will not be renewed");
+            return;
+        }
+    };
+    // In steps: the wall clock may jump (a suspended VM, a clock set right).
+    while let Ok(left) = at.duration_since(SystemTime::now()) {
+        if left.is_zero() {
+            break;
+        }
+        tokio::time::sleep(left.min(RETRY)).await;
+    }
+    loop {
+        match shared
+            .tls
+            .renewed(&shared.vm)
+            .and_then(|t| t.save(&dir).map(|()| t))
+        {
+            Ok(t) => {
+                let until = t
+                    .validity()
+                    .ok()
+                    .and_then(|(_, u)| u.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs());
+                info!(vm = %shared.vm, valid_until_unix = ?until, "renewed this agent's certificate; restarting to serve it");
+                break;
+            }
+            Err(e) => {
+                warn!(vm = %shared.vm, error = %e, "cannot renew this agent's certificate; trying again in an hour");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+    let leading = shared.raft().is_some_and(|(id, raft)| {
+        let m = raft.metrics();
+        let m = m.borrow();
+        m.current_leader == Some(id)
+    });
+    if leading {
+        if let Err(e) = shared.hand_over_leadership().await {
+            warn!(vm = %shared.vm, error = %e, "could not hand the leadership over before restarting; the others elect a leader");
+        }
+    }
+    shared.request_restart();
+}

@@ -684,6 +684,7 @@ async fn start(
             warn!(error = %e, "gRPC server stopped");
         }
     });
+    tokio::spawn(enrolment::keep_certificate_fresh(Arc::clone(&shared)));
     let app = http::router(Arc::clone(&shared));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(http, app).await {

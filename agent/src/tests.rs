@@ -371,6 +371,64 @@ async fn only_callers_with_a_certificate_of_the_cluster_ca_get_in() {
     );
 }
 
+/// An agent whose certificate is two thirds through its validity makes itself a new one
+/// with the CA key it holds, keeps it (0600) and restarts to serve it; peers accept it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_renews_its_certificate_before_it_expires_and_restarts_to_serve_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls_dir = dir.path().join(tls::TLS_DIR);
+    let short = tls::AgentTls::issue_valid_for(test_ca(), "vm-r", Duration::from_secs(3)).unwrap();
+    short.save(&tls_dir).unwrap();
+    let old_cert = std::fs::read_to_string(tls_dir.join("cert.pem")).unwrap();
+    let (grpc, http, _) = listeners().await;
+    let opts = test_options("vm-r", "ndbd", dir.path());
+    let exit = tokio::time::timeout(
+        Duration::from_secs(20),
+        run(
+            opts.clone(),
+            grpc,
+            http,
+            Arc::new(NoProvider),
+            Arc::new(Counting::default()),
+        ),
+    )
+    .await
+    .expect("the agent restarts within 20 s of a certificate due for renewal")
+    .unwrap();
+    assert_eq!(exit, Exit::Restart);
+    let new_cert = std::fs::read_to_string(tls_dir.join("cert.pem")).unwrap();
+    assert_ne!(new_cert, old_cert);
+    assert_eq!(mode(&tls_dir.join("cert.pem")), 0o600);
+    assert_eq!(mode(&tls_dir.join("key.pem")), 0o600);
+    let renewed = tls::AgentTls::load(&tls_dir, &test_ca().cert_pem)
+        .unwrap()
+        .unwrap();
+    let (_, until) = renewed.validity().unwrap();
+    let left = until.duration_since(std::time::SystemTime::now()).unwrap();
+    assert!(left > Duration::from_secs(364 * 24 * 3600), "{left:?}");
+
+    // Started again on its directory, it serves the new certificate: a member gets in.
+    let (grpc, http, addr) = listeners().await;
+    tokio::spawn(run(
+        opts,
+        grpc,
+        http,
+        Arc::new(NoProvider),
+        Arc::new(Counting::default()),
+    ));
+    let member = tls::AgentTls::issue(test_ca(), "bootstrap").unwrap();
+    let mut answered = None;
+    for _ in 0..100 {
+        let mut c = AgentClient::new(endpoint(&addr, &member).unwrap().connect_lazy());
+        if let Ok(r) = c.get_identity(pb::IdentityRequest {}).await {
+            answered = Some(r.into_inner());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(answered.expect("the renewed agent answers").vm, "vm-r");
+}
+
 /// Waits (at most 10 s) until the agent of `shared` leads its one-node group.
 async fn leading(shared: &AgentShared) -> Raft {
     for _ in 0..200 {

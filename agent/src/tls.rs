@@ -16,12 +16,23 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 /// The name every agent certificate carries besides its VM's: clients verify the server's
 /// chain against it (which VM answered is checked by the calls themselves, which name
 /// their target VM).
 pub const AGENT_SERVER_NAME: &str = "ndb-agent";
+
+/// How long an agent certificate is valid. The agent makes itself a new one (with the CA key
+/// it holds) after two thirds of it, plus a spread of up to a month by VM name so that the
+/// agents of one cluster, enrolled together, do not restart together to serve their new
+/// certificates. The CA's own certificate does not expire.
+pub const AGENT_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How far back a new certificate's validity starts: a peer whose clock is behind accepts
+/// it.
+const CLOCK_SKEW: Duration = Duration::from_secs(3600);
+const RENEWAL_SPREAD: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Why certificates could not be made or read.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +57,8 @@ pub enum TlsError {
     },
     #[error("this agent holds no key of the cluster CA, so it cannot enrol VM {vm}")]
     NoCaKey { vm: String },
+    #[error("this agent's own certificate does not parse ({reason}); remove its directory {dir} so the agent enrols again")]
+    BadOwnCertificate { reason: String, dir: String },
     #[error("{path}: {source}; remove the directory {dir} so the agent enrols again (its VM is replaced if its ticket was used)")]
     Stored {
         path: String,
@@ -123,6 +136,17 @@ pub fn make_ca() -> Result<ClusterCa, TlsError> {
 /// signature proves the caller holds it). The names are the CA's to choose: only `vm` and
 /// the shared server name, whatever the request asked for.
 fn sign_request(ca: &ClusterCa, vm: &str, csr_pem: &str) -> Result<String, TlsError> {
+    let now = time::OffsetDateTime::now_utc();
+    sign_request_valid(ca, vm, csr_pem, now - CLOCK_SKEW, now + AGENT_CERT_VALIDITY)
+}
+
+fn sign_request_valid(
+    ca: &ClusterCa,
+    vm: &str,
+    csr_pem: &str,
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+) -> Result<String, TlsError> {
     let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|source| {
         TlsError::BadRequest {
             vm: vm.to_string(),
@@ -134,6 +158,8 @@ fn sign_request(ca: &ClusterCa, vm: &str, csr_pem: &str) -> Result<String, TlsEr
         source,
     };
     csr.params = agent_params(vm).map_err(issue_err)?;
+    csr.params.not_before = not_before;
+    csr.params.not_after = not_after;
     let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(TlsError::BadCa)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(TlsError::BadCa)?;
     Ok(csr.signed_by(&issuer).map_err(issue_err)?.pem())
@@ -169,6 +195,24 @@ impl AgentTls {
         })
     }
 
+    /// A certificate that expires `validity` from now (tests of renewal).
+    #[cfg(test)]
+    pub(crate) fn issue_valid_for(
+        ca: &ClusterCa,
+        vm: &str,
+        validity: Duration,
+    ) -> Result<Self, TlsError> {
+        let request = key_request(vm)?;
+        let now = time::OffsetDateTime::now_utc();
+        let cert_pem = sign_request_valid(ca, vm, &request.csr_pem, now, now + validity)?;
+        Ok(AgentTls {
+            ca_cert_pem: ca.cert_pem.clone(),
+            cert_pem,
+            key_pem: request.key_pem,
+            ca_key_pem: Some(ca.key_pem.clone()),
+        })
+    }
+
     /// What an agent holds after enrolling: the key it made, the certificate it was given.
     pub fn enrolled(
         ca_cert_pem: &str,
@@ -196,6 +240,57 @@ impl AgentTls {
             key_pem,
         };
         sign_request(&ca, vm, csr_pem)
+    }
+
+    /// A new key and certificate for this agent's `vm`, signed with the CA key it holds
+    /// (every agent holds it: any one may lead and enrol VMs): renewal needs nobody else.
+    pub fn renewed(&self, vm: &str) -> Result<Self, TlsError> {
+        let request = key_request(vm)?;
+        let cert_pem = self.sign(vm, &request.csr_pem)?;
+        Ok(AgentTls {
+            cert_pem,
+            key_pem: request.key_pem,
+            ..self.clone()
+        })
+    }
+
+    /// When this agent's certificate is valid (not before, not after).
+    pub fn validity(&self) -> Result<(SystemTime, SystemTime), String> {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(self.cert_pem.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let cert = pem.parse_x509().map_err(|e| e.to_string())?;
+        let at = |t: x509_parser::time::ASN1Time| {
+            let secs = t.timestamp();
+            if secs >= 0 {
+                SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64)
+            } else {
+                SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+            }
+        };
+        let v = cert.validity();
+        Ok((at(v.not_before), at(v.not_after)))
+    }
+
+    /// When `vm`'s agent makes itself a new certificate: after two thirds of this one's
+    /// validity, spread by the VM's name over up to a month (but within the last third).
+    pub fn renew_at(&self, vm: &str, dir: &Path) -> Result<SystemTime, TlsError> {
+        let (from, until) = self
+            .validity()
+            .map_err(|reason| TlsError::BadOwnCertificate {
+                reason,
+                dir: dir.display().to_string(),
+            })?;
+        let span = until.duration_since(from).unwrap_or_default();
+        let spread = RENEWAL_SPREAD.min(span / 6);
+        let h = vm.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let offset = if spread.is_zero() {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(h % spread.as_secs().max(1))
+        };
+        Ok(from + span * 2 / 3 + offset)
     }
 
     /// The CA's key, handed to an agent that enrols.
@@ -320,6 +415,41 @@ mod tests {
         let e = enrolled.sign("y", &asks_for_another.csr_pem).unwrap_err();
         assert!(matches!(e, TlsError::NoCaKey { .. }), "{e}");
         assert!(!format!("{asks_for_another:?}").contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn a_certificate_is_valid_a_year_and_renewed_after_two_thirds_with_the_same_ca() {
+        let ca = make_ca().unwrap();
+        let tls = AgentTls::issue(&ca, "ndbd-0-4").unwrap();
+        let (from, until) = tls.validity().unwrap();
+        let now = SystemTime::now();
+        assert!(from <= now && now < until);
+        let span = until.duration_since(from).unwrap();
+        assert_eq!(span, AGENT_CERT_VALIDITY + CLOCK_SKEW);
+        let dir = Path::new("/nowhere");
+        let at = tls.renew_at("ndbd-0-4", dir).unwrap();
+        assert!(
+            at >= from + span * 2 / 3 && at < from + span * 5 / 6,
+            "{at:?}"
+        );
+        // Agents enrolled together renew at different moments.
+        let others: std::collections::BTreeSet<_> = ["ndbd-0-5", "mysqld-1", "mgmd-0", "api-3"]
+            .iter()
+            .map(|vm| tls.renew_at(vm, dir).unwrap())
+            .collect();
+        assert_eq!(others.len(), 4);
+
+        let renewed = tls.renewed("ndbd-0-4").unwrap();
+        assert_eq!(names(&renewed.cert_pem).as_deref(), Some("ndbd-0-4"));
+        assert_ne!(renewed.key_pem, tls.key_pem);
+        assert!(renewed.validity().unwrap().1 >= until);
+        // Signed by the same CA: the CA's public key verifies it.
+        let (_, ca_pem) = x509_parser::pem::parse_x509_pem(ca.cert_pem.as_bytes()).unwrap();
+        let ca_cert = ca_pem.parse_x509().unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(renewed.cert_pem.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        cert.verify_signature(Some(ca_cert.public_key())).unwrap();
+        assert_eq!(renewed.ca_key_pem(), tls.ca_key_pem());
     }
 
     #[test]
