@@ -377,7 +377,7 @@ async fn only_callers_with_a_certificate_of_the_cluster_ca_get_in() {
 async fn an_agent_renews_its_certificate_before_it_expires_and_restarts_to_serve_it() {
     let dir = tempfile::tempdir().unwrap();
     let tls_dir = dir.path().join(tls::TLS_DIR);
-    let short = tls::AgentTls::issue_valid_for(test_ca(), "vm-r", Duration::from_secs(3)).unwrap();
+    let short = tls::AgentTls::issue_for(test_ca(), "vm-r", Duration::from_secs(3)).unwrap();
     short.save(&tls_dir).unwrap();
     let old_cert = std::fs::read_to_string(tls_dir.join("cert.pem")).unwrap();
     let (grpc, http, _) = listeners().await;

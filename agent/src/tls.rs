@@ -195,13 +195,9 @@ impl AgentTls {
         })
     }
 
-    /// A certificate that expires `validity` from now (tests of renewal).
-    #[cfg(test)]
-    pub(crate) fn issue_valid_for(
-        ca: &ClusterCa,
-        vm: &str,
-        validity: Duration,
-    ) -> Result<Self, TlsError> {
+    /// [`AgentTls::issue`] with a certificate that expires `validity` from now instead of
+    /// [`AGENT_CERT_VALIDITY`]: one due for renewal soon, as tests of renewal need.
+    pub fn issue_for(ca: &ClusterCa, vm: &str, validity: Duration) -> Result<Self, TlsError> {
         let request = key_request(vm)?;
         let now = time::OffsetDateTime::now_utc();
         let cert_pem = sign_request_valid(ca, vm, &request.csr_pem, now, now + validity)?;

@@ -754,3 +754,64 @@ fn a_vm_with_a_full_disk_gets_a_clear_error_and_harms_nothing_else() {
         assert_eq!(n, 2, "{} started {n} time(s)", v.name);
     }
 }
+
+/// Agents renew their certificates before they expire and restart to serve them: a VM's
+/// agent (it execs itself) and the bootstrap agent (its `ndb-agent up` starts itself again).
+/// The cluster stays the same, at its desired state, with every agent answering.
+#[test]
+fn agents_renew_their_certificates_and_restart_to_serve_them() {
+    use agent::tls::{AgentTls, TLS_DIR};
+    let mut c = LocalCluster::start(Path::new(BIN), &desired(1, 1), 0);
+    let long = Duration::from_secs(120);
+    let s = c.wait_for("desired state 1 with 5 voters", long, |s| {
+        at_desired(s, 1) && voters(s) == 5
+    });
+    let before = identity(&s);
+    let victim = s
+        .vms
+        .iter()
+        .find(|v| v.role == "ndbd")
+        .map(|v| v.name.clone())
+        .unwrap();
+    let tls = c.data_dir().join("tls");
+    let ca = agent_core::backend::ClusterCa {
+        cert_pem: std::fs::read_to_string(tls.join("ca.pem")).unwrap(),
+        key_pem: std::fs::read_to_string(tls.join("ca-key.pem")).unwrap(),
+    };
+    // While every agent is down, two get certificates that are due in seconds.
+    c.kill_everything();
+    for vm in [victim.as_str(), "bootstrap"] {
+        AgentTls::issue_for(&ca, vm, Duration::from_secs(4))
+            .unwrap()
+            .save(&c.vm_dir(vm).join(TLS_DIR))
+            .unwrap();
+    }
+    let t = Instant::now();
+    c.up_again();
+    c.wait_for_line("up.log", "restarting the bootstrap agent", long);
+    c.wait_for_line(
+        &format!("data/vms/{victim}/agent.log"),
+        "renewed this agent's certificate; restarting to serve it",
+        long,
+    );
+    let s = c.wait_for(
+        "the same cluster at desired state 1 after both renewals",
+        long,
+        |s| at_desired(s, 1) && voters(s) == 5 && identity(s) == before && all_answer(&c, s, 1),
+    );
+    for vm in [victim.as_str(), "bootstrap"] {
+        let dir = c.vm_dir(vm).join(TLS_DIR);
+        let renewed = AgentTls::load(&dir, &ca.cert_pem).unwrap().unwrap();
+        let (_, until) = renewed.validity().unwrap();
+        let left = until.duration_since(std::time::SystemTime::now()).unwrap();
+        assert!(
+            left > Duration::from_secs(300 * 24 * 3600),
+            "{vm}: {left:?}"
+        );
+    }
+    eprintln!(
+        "{victim} and the bootstrap agent renewed their certificates; the cluster answered at desired state 1 again {:.1} s after up started, leader {:?}",
+        t.elapsed().as_secs_f64(),
+        s.leader_vm
+    );
+}
