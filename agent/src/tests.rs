@@ -349,16 +349,7 @@ async fn only_callers_with_a_certificate_of_the_cluster_ca_get_in() {
         c.get_identity(pb::IdentityRequest {}).await
     };
     // The cluster's CA: in (once the server listens).
-    let member = tls::AgentTls::issue(test_ca(), "bootstrap").unwrap();
-    let mut answered = None;
-    for _ in 0..100 {
-        if let Ok(r) = ask(endpoint(&addr, &member).unwrap()).await {
-            answered = Some(r.into_inner());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(answered.expect("a member is let in").vm, "vm-a");
+    assert_eq!(identity_as_member(&addr).await.vm, "vm-a");
     // Plain text: no TLS handshake, no answer.
     let plain = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
     assert!(ask(plain).await.is_err(), "a plain-text caller got in");
@@ -416,17 +407,21 @@ async fn an_agent_renews_its_certificate_before_it_expires_and_restarts_to_serve
         Arc::new(NoProvider),
         Arc::new(Counting::default()),
     ));
+    assert_eq!(identity_as_member(&addr).await.vm, "vm-r");
+}
+
+/// The identity of the agent at `addr`, asked with a certificate of the cluster CA, once its
+/// server listens (at most 2 s).
+async fn identity_as_member(addr: &str) -> pb::Identity {
     let member = tls::AgentTls::issue(test_ca(), "bootstrap").unwrap();
-    let mut answered = None;
     for _ in 0..100 {
-        let mut c = AgentClient::new(endpoint(&addr, &member).unwrap().connect_lazy());
+        let mut c = AgentClient::new(endpoint(addr, &member).unwrap().connect_lazy());
         if let Ok(r) = c.get_identity(pb::IdentityRequest {}).await {
-            answered = Some(r.into_inner());
-            break;
+            return r.into_inner();
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(answered.expect("the renewed agent answers").vm, "vm-r");
+    panic!("the agent at {addr} did not let a member in within 2 s");
 }
 
 /// Waits (at most 10 s) until the agent of `shared` leads its one-node group.

@@ -396,24 +396,46 @@ impl SimConnection {
     }
 }
 
+impl SimConnection {
+    /// One call: the request travels, the target's Raft `handle`s it, the reply travels
+    /// back, all within openraft's deadline `ttl`.
+    async fn call<Req, Resp, E, F, Fut>(
+        &self,
+        req: &Req,
+        ttl: Duration,
+        handle: F,
+    ) -> Result<Resp, Rpc<E>>
+    where
+        Req: Serialize + DeserializeOwned,
+        Resp: Serialize + DeserializeOwned,
+        E: std::error::Error,
+        F: FnOnce(Raft, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<Resp, E>>,
+    {
+        let call = async {
+            let raft = self.there().await?;
+            let reply = handle(raft, wire(req)?)
+                .await
+                .map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))?;
+            self.back().await?;
+            wire(&reply)
+        };
+        tokio::time::timeout(ttl, call)
+            .await
+            .unwrap_or_else(|_| Err(lost()))
+    }
+}
+
 impl RaftNetwork<TypeConfig> for SimConnection {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, Rpc<RaftError<NodeId>>> {
-        let call = async {
-            let raft = self.there().await?;
-            let reply = raft
-                .append_entries(wire(&rpc)?)
-                .await
-                .map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))?;
-            self.back().await?;
-            wire(&reply)
-        };
-        tokio::time::timeout(option.hard_ttl(), call)
-            .await
-            .unwrap_or_else(|_| Err(lost()))
+        self.call(&rpc, option.hard_ttl(), |raft, rpc| async move {
+            raft.append_entries(rpc).await
+        })
+        .await
     }
 
     async fn install_snapshot(
@@ -421,18 +443,10 @@ impl RaftNetwork<TypeConfig> for SimConnection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, Rpc<RaftError<NodeId, InstallSnapshotError>>> {
-        let call = async {
-            let raft = self.there().await?;
-            let reply = raft
-                .install_snapshot(wire(&rpc)?)
-                .await
-                .map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))?;
-            self.back().await?;
-            wire(&reply)
-        };
-        tokio::time::timeout(option.hard_ttl(), call)
-            .await
-            .unwrap_or_else(|_| Err(lost()))
+        self.call(&rpc, option.hard_ttl(), |raft, rpc| async move {
+            raft.install_snapshot(rpc).await
+        })
+        .await
     }
 
     async fn vote(
@@ -440,18 +454,10 @@ impl RaftNetwork<TypeConfig> for SimConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, Rpc<RaftError<NodeId>>> {
-        let call = async {
-            let raft = self.there().await?;
-            let reply = raft
-                .vote(wire(&rpc)?)
-                .await
-                .map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))?;
-            self.back().await?;
-            wire(&reply)
-        };
-        tokio::time::timeout(option.hard_ttl(), call)
-            .await
-            .unwrap_or_else(|_| Err(lost()))
+        self.call(&rpc, option.hard_ttl(), |raft, rpc| async move {
+            raft.vote(rpc).await
+        })
+        .await
     }
 }
 
@@ -567,9 +573,8 @@ impl Sim {
         let (log, sm) = loop {
             match store::open(&path) {
                 Ok(s) => break s,
-                Err(e) if tries < 50 => {
+                Err(_) if tries < 50 => {
                     tries += 1;
-                    let _ = e;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Err(e) => panic!("reopening {}: {e}", path.display()),
