@@ -14,5 +14,5 @@ nets=$(docker network ls -q --filter "label=managed-rondb.cluster=$CLUSTER")
 left=$(docker ps -aq --filter "label=managed-rondb.cluster=$CLUSTER"; docker volume ls -q --filter "label=managed-rondb.cluster=$CLUSTER"; docker network ls -q --filter "label=managed-rondb.cluster=$CLUSTER")
 if [ -n "$left" ]; then echo "not removed: $left" >&2; exit 1; fi
 # The token of a cluster that is gone opens nothing any more.
-rm -f "${NDB_AGENT_TOKEN_FILE:-$HERE/api-token}"
+rm -f "${NDB_AGENT_TOKEN_FILE:-$HERE/api-token}" "${NDB_AGENT_CA_FILE:-$HERE/ca.pem}"
 echo "removed every container, volume and network of cluster $CLUSTER"

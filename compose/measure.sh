@@ -8,6 +8,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 PORT=${NDB_AGENT_HTTP_PORT:-8181}
 TOKEN_FILE=${NDB_AGENT_TOKEN_FILE:-$HERE/api-token}
+CA_FILE=${NDB_AGENT_CA_FILE:-$HERE/ca.pem}
 now() { date +%s.%N; }
 since() { echo "$(now) - $1" | bc; }
 "$HERE/down.sh" >/dev/null 2>&1 || true
@@ -18,7 +19,7 @@ t=$(now); "$HERE/images/build.sh" >/dev/null 2>&1; BUILD=$(since "$t")
 
 t=$(now)
 NDB_DUMMY_PROGRAM_DELAY_MS=0 "$HERE/up.sh" >/dev/null 2>&1
-until curl -sf -H "Authorization: Bearer $(cat "$TOKEN_FILE" 2>/dev/null)" "http://127.0.0.1:$PORT/status" 2>/dev/null | grep -q '"reconciliation_state":"AT_DESIRED_STATE","accepted_id":1'; do
+until curl -sf --cacert "$CA_FILE" --resolve "ndb-agent:$PORT:127.0.0.1" -H "Authorization: Bearer $(cat "$TOKEN_FILE" 2>/dev/null)" "https://ndb-agent:$PORT/status" 2>/dev/null | grep -q '"reconciliation_state":"AT_DESIRED_STATE","accepted_id":1'; do
   sleep 0.2
   if [ "$(echo "$(since "$t") > 300" | bc)" = 1 ]; then echo "not at the desired state after 300 s" >&2; "$HERE/down.sh"; exit 1; fi
 done

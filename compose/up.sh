@@ -11,7 +11,8 @@
 # front's volume; image compose/images/build-front.sh). The bootstrap
 # agent applies DESIRED_STATE_FILE (default compose/desired_state.jsonc) and follows every
 # saved edit of it. `docker logs -f bootstrap_agent` shows the progress; the HTTP API is on
-# 127.0.0.1:${NDB_AGENT_HTTP_PORT:-8181}; compose/down.sh removes everything. Run again after
+# https://127.0.0.1:${NDB_AGENT_HTTP_PORT:-8181} (HTTPS: it leaves the container; compose/up.sh
+# copies the cluster CA to compose/ca.pem); compose/down.sh removes everything. Run again after
 # a host restart: the bootstrap agent starts every stopped VM container and the same cluster
 # resumes (every container has a fixed address on the network; the bootstrap agent asks the
 # front to start the VM containers). The API needs the cluster's
@@ -38,20 +39,29 @@ docker-compose -p managed-rondb -f "$HERE/docker-compose.yml" up -d
 # The API's token: the bootstrap agent makes it in its volume on the first run; a private
 # copy here is what the CLI and curl read.
 TOKEN_FILE=${NDB_AGENT_TOKEN_FILE:-$HERE/api-token}
-for _ in $(seq 1 120); do
-  docker exec bootstrap_agent test -s /var/lib/ndb-agent/api-token 2>/dev/null && break
+# The API leaves the container, so it is HTTPS: clients check it against the cluster CA,
+# copied to compose/ca.pem (NDB_AGENT_CA_FILE elsewhere).
+CA_FILE=${NDB_AGENT_CA_FILE:-$HERE/ca.pem}
+for _ in $(seq 1 240); do
+  docker exec bootstrap_agent test -s /var/lib/ndb-agent/api-token 2>/dev/null \
+    && docker exec bootstrap_agent test -s /var/lib/ndb-agent/tls/ca.pem 2>/dev/null && break
   sleep 0.5
 done
 (umask 077 && docker exec bootstrap_agent cat /var/lib/ndb-agent/api-token >"$TOKEN_FILE.tmp") \
   && mv "$TOKEN_FILE.tmp" "$TOKEN_FILE" \
   || { echo "the bootstrap agent wrote no API token; see docker logs bootstrap_agent" >&2; exit 1; }
+docker exec bootstrap_agent cat /var/lib/ndb-agent/tls/ca.pem >"$CA_FILE.tmp" \
+  && mv "$CA_FILE.tmp" "$CA_FILE" \
+  || { echo "the bootstrap agent holds no cluster CA; see docker logs bootstrap_agent" >&2; exit 1; }
+PORT=${NDB_AGENT_HTTP_PORT:-8181}
 cat <<MSG
 
 The bootstrap agent follows $FILE: edit and save it (raise "Id" each time).
   progress:  docker logs -f bootstrap_agent
-  status:    curl -s -H "Authorization: Bearer \$(cat $TOKEN_FILE)" http://127.0.0.1:${NDB_AGENT_HTTP_PORT:-8181}/status
-             (or: target/release/ndb-agent status --endpoint 127.0.0.1:${NDB_AGENT_HTTP_PORT:-8181} --token-file $TOKEN_FILE)
+  status:    target/release/ndb-agent status --endpoint https://127.0.0.1:$PORT --token-file $TOKEN_FILE --ca-file $CA_FILE
+             (or: curl -s --cacert $CA_FILE --resolve ndb-agent:$PORT:127.0.0.1 -H "Authorization: Bearer \$(cat $TOKEN_FILE)" https://ndb-agent:$PORT/status)
   token:     $TOKEN_FILE (mode 0600): the API answers nothing but /health without it
+  CA:        $CA_FILE: the API is HTTPS; every agent's certificate is of this CA and names ndb-agent
   VMs:       docker ps --filter label=managed-rondb.cluster=managed-rondb
   front:     docker logs -f cloud_front (makes and deletes the VM containers)
   restart:   after a host restart (containers stopped), run $0 again: the same cluster resumes

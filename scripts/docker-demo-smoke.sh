@@ -17,6 +17,12 @@ export NDB_AGENT_HTTP_PORT=${NDB_AGENT_HTTP_PORT:-18181}
 # compose/up.sh copies the cluster's API token here.
 export NDB_AGENT_TOKEN_FILE=$WORK/api-token
 TOKEN_FILE=$NDB_AGENT_TOKEN_FILE
+# ... and the cluster CA: the API leaves the container, so it is HTTPS.
+export NDB_AGENT_CA_FILE=$WORK/ca.pem
+api() { # PATH [curl options]: the bootstrap agent's API as a user reaches it
+  local path=$1; shift
+  curl -s --cacert "$NDB_AGENT_CA_FILE" --resolve "ndb-agent:$NDB_AGENT_HTTP_PORT:127.0.0.1" "$@" "https://ndb-agent:$NDB_AGENT_HTTP_PORT$path"
+}
 trap '"$ROOT/compose/down.sh" >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
 cp "$ROOT/compose/desired_state.jsonc" "$WORK/desired_state.jsonc"
 "$ROOT/scripts/build-release.sh"
@@ -33,7 +39,7 @@ state_matches() {
 }
 wait_for() { # ID MYSQLDS
   for _ in $(seq 1 240); do
-    if curl -sf -H "Authorization: Bearer $(cat "$TOKEN_FILE" 2>/dev/null)" "http://127.0.0.1:$NDB_AGENT_HTTP_PORT/status" 2>/dev/null \
+    if api /status -f -H "Authorization: Bearer $(cat "$TOKEN_FILE" 2>/dev/null)" 2>/dev/null \
         | grep -q "\"reconciliation_state\":\"AT_DESIRED_STATE\",\"accepted_id\":$1," \
        && [ "$(count mysqld)" = "$2" ] && [ "$(count ndbd)" = 4 ] && [ "$(count mgmd)" = 1 ] && [ "$(count api)" = 1 ]; then
       state_matches
@@ -60,10 +66,19 @@ holders=$(docker ps -aq --filter label=managed-rondb.cluster=managed-rondb \
 [ "$holders" = /cloud_front ] || { echo "containers holding the Docker socket: $holders (only cloud_front should)" >&2; exit 1; }
 echo "== docker demo: only the cloud front holds the Docker socket; the VMs were made through it"
 [ "$(stat -c %a "$TOKEN_FILE")" = 600 ] || { echo "compose/up.sh left the API token readable by others" >&2; exit 1; }
-code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NDB_AGENT_HTTP_PORT/status")
+code=$(api /status -o /dev/null -w '%{http_code}')
 [ "$code" = 401 ] || { echo "GET /status without the token answered $code, not 401" >&2; exit 1; }
 echo "== docker demo: the API answers 401 without the cluster's token"
-endpoint() { curl -sf -H "Authorization: Bearer $(cat "$TOKEN_FILE" 2>/dev/null)" "http://127.0.0.1:$NDB_AGENT_HTTP_PORT/status" | python3 -c 'import json,sys; e=json.load(sys.stdin)["mysqld_endpoints"]; print(e[0] if e else "")'; }
+if curl -s -o /dev/null -H "Authorization: Bearer $(cat "$TOKEN_FILE")" "http://127.0.0.1:$NDB_AGENT_HTTP_PORT/status"; then
+  echo "the API answered plain HTTP; it leaves the container, so it must be HTTPS only" >&2; exit 1
+fi
+if curl -s -o /dev/null --resolve "ndb-agent:$NDB_AGENT_HTTP_PORT:127.0.0.1" "https://ndb-agent:$NDB_AGENT_HTTP_PORT/health"; then
+  echo "a client trusting other CAs than the cluster's accepted the API's certificate" >&2; exit 1
+fi
+"$ROOT/target/release/ndb-agent" status --endpoint "https://127.0.0.1:$NDB_AGENT_HTTP_PORT" --token-file "$TOKEN_FILE" --ca-file "$NDB_AGENT_CA_FILE" | grep -q '^reconciliation: AT_DESIRED_STATE' \
+  || { echo "ndb-agent status over HTTPS with the cluster CA failed" >&2; exit 1; }
+echo "== docker demo: the API is HTTPS only (plain HTTP and other CAs refused); ndb-agent status checks it against the cluster CA"
+endpoint() { api /status -f -H "Authorization: Bearer $(cat "$TOKEN_FILE" 2>/dev/null)" | python3 -c 'import json,sys; e=json.load(sys.stdin)["mysqld_endpoints"]; print(e[0] if e else "")'; }
 "$ROWS" write "$(endpoint)" 0 1000
 # The user edits and saves the file: one more MySQLd.
 sed -i -e 's/^  "Id": 1,/  "Id": 2,/' -e 's/"NumManagedMysqldVms": 2,/"NumManagedMysqldVms": 3,/' "$WORK/desired_state.jsonc"

@@ -362,6 +362,7 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
         adopt_front_ca(&data_dir, f)?;
     }
     let ca = ensure_cluster_ca(&data_dir)?;
+    let ca_cert_pem = ca.cert_pem.clone();
     // Locally the bootstrap agent is one of the VM directories; in a container its
     // directory is the data directory (its volume).
     let dir = if local {
@@ -412,10 +413,16 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
             runtime,
         ));
         println!(
-            "bootstrap agent: HTTP API on http://{}  data in {}",
-            o.http,
+            "bootstrap agent: HTTP API on {}  data in {}",
+            agent::https::api_url(&o.http, ""),
             data_dir.display()
         );
+        if !agent::https::is_loopback_host(o.http.rsplit_once(':').map_or(o.http.as_str(), |(h, _)| h)) {
+            println!(
+                "the API leaves loopback, so it is HTTPS: clients check it against the cluster CA {} (`--ca-file`)",
+                data_dir.join("tls").join("ca.pem").display()
+            );
+        }
         println!(
             "API token in {} (mode 0600): clients send it as `Authorization: Bearer`; `ndb-agent status --endpoint {} --token-file {}` reads it",
             data_dir.join(agent::api_token::TOKEN_FILE).display(),
@@ -429,7 +436,7 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
         if let Err(e) = resume.await {
             warn!(error = %e, "resuming the cluster's VMs stopped");
         }
-        let api = Api::new(&o.http, token);
+        let api = Api::new(&o.http, token, Some(&ca_cert_pem))?;
         tokio::select! {
             r = follow(&o.desired_state, &api) => r?,
             r = agent => match r?? {
@@ -659,7 +666,8 @@ fn progress_line(s: &Status) -> String {
     )
 }
 
-/// An HTTP client of the agents' API, carrying the cluster's token on every request.
+/// An HTTP client of the agents' API, carrying the cluster's token on every request, over
+/// HTTPS checked against the cluster CA wherever the API leaves loopback (`agent::https`).
 pub struct Api {
     endpoint: String,
     token: String,
@@ -667,18 +675,20 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(endpoint: &str, token: String) -> Self {
-        Api {
+    /// A client of the agent at `endpoint` (`HOST:PORT` or a URL); `ca_cert_pem` is the
+    /// cluster CA, needed for any endpoint that is not loopback.
+    pub fn new(endpoint: &str, token: String, ca_cert_pem: Option<&str>) -> anyhow::Result<Self> {
+        Ok(Api {
             endpoint: endpoint.to_string(),
             token,
-            client: reqwest::Client::new(),
-        }
+            client: agent::https::client(ca_cert_pem)?,
+        })
     }
 
     async fn put_desired(&self, body: Vec<u8>) -> anyhow::Result<(u16, serde_json::Value)> {
         let r = self
             .client
-            .put(format!("http://{}/desired-state", self.endpoint))
+            .put(agent::https::api_url(&self.endpoint, "/desired-state"))
             .bearer_auth(&self.token)
             .timeout(Duration::from_secs(30))
             .body(body)
@@ -695,7 +705,7 @@ impl Api {
         let endpoint = endpoint.unwrap_or(&self.endpoint);
         let r = self
             .client
-            .get(format!("http://{endpoint}/status"))
+            .get(agent::https::api_url(endpoint, "/status"))
             .bearer_auth(&self.token)
             .timeout(Duration::from_secs(5))
             .send()

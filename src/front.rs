@@ -293,17 +293,20 @@ async fn run(opts: FrontOptions) -> anyhow::Result<()> {
             )
         }
     };
+    // The VMs' agents serve their API over HTTPS (it leaves loopback): checked against the
+    // cluster CA.
+    let client = agent::https::client_builder(Some(&ca.cert_pem))?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .context("cannot make an HTTP client")?;
     let front = Front {
         cluster: opts.cluster.clone(),
         credential_sha256: agent::api_token::token_sha256(&credential),
         vm_credential_sha256: agent::api_token::token_sha256(&vm_credential),
         backend: Arc::new(backend),
         ca,
-        client: reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(3))
-            .timeout(std::time::Duration::from_secs(60))
-            .build()
-            .context("cannot make an HTTP client")?,
+        client,
     };
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
@@ -312,7 +315,7 @@ async fn run(opts: FrontOptions) -> anyhow::Result<()> {
     if let Some((file, token)) = opts.follow {
         // Through this front's own forwarding, so the file reaches whichever agent leads.
         let port = listener.local_addr().context("the front's address")?.port();
-        let api = crate::cluster::Api::new(&format!("127.0.0.1:{port}"), token);
+        let api = crate::cluster::Api::new(&format!("127.0.0.1:{port}"), token, None)?;
         info!(file = %file.display(), "following the desired-state file");
         tokio::spawn(async move {
             if let Err(e) = crate::cluster::follow(&file, &api).await {
@@ -383,10 +386,9 @@ async fn forward(State(front): State<Front>, req: Request) -> Response {
         .iter()
         .filter(|v| v.state == agent_core::backend::VmState::Running)
     {
-        let url = format!(
-            "http://{}:{}{path}",
-            vm.address,
-            providers::docker::AGENT_HTTP_PORT
+        let url = agent::https::api_url(
+            &format!("{}:{}", vm.address, providers::docker::AGENT_HTTP_PORT),
+            path,
         );
         let mut r = front
             .client

@@ -83,12 +83,26 @@ struct TokenArgs {
     /// The file holding the token: `ndb-agent up` writes DATA_DIR/api-token.
     #[arg(long, default_value = "ndb-data/api-token")]
     token_file: PathBuf,
+    /// The cluster CA's certificate, against which an agent whose API leaves loopback
+    /// (HTTPS) is checked: `ndb-agent up` keeps it in DATA_DIR/tls/ca.pem.
+    #[arg(long, env = "NDB_AGENT_CA_FILE", default_value = "ndb-data/tls/ca.pem")]
+    ca_file: PathBuf,
 }
 
 impl TokenArgs {
     fn api(self, endpoint: &str) -> anyhow::Result<ndb_agent::cluster::Api> {
         let token = ndb_agent::cluster::client_token(self.token, &self.token_file)?;
-        Ok(ndb_agent::cluster::Api::new(endpoint, token))
+        let ca = if agent::https::api_url(endpoint, "").starts_with("https:") {
+            Some(std::fs::read_to_string(&self.ca_file).with_context(|| {
+                format!(
+                    "the agent at {endpoint} serves HTTPS (its API leaves loopback) and is checked against the cluster CA, but {} cannot be read; give --ca-file (DATA_DIR/tls/ca.pem of `ndb-agent up`)",
+                    self.ca_file.display()
+                )
+            })?)
+        } else {
+            None
+        };
+        ndb_agent::cluster::Api::new(endpoint, token, ca.as_deref())
     }
 }
 

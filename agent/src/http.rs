@@ -301,8 +301,12 @@ async fn forward(
             "no leader is elected right now; retry in a few seconds",
         );
     };
-    let mut request = reqwest::Client::new()
-        .put(format!("http://{addr}/desired-state"))
+    let client = match crate::https::client(Some(shared.tls.ca_cert_pem())) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let mut request = client
+        .put(crate::https::api_url(&addr, "/desired-state"))
         .timeout(Duration::from_secs(30))
         .body(body);
     if let Some(auth) = auth.as_ref().and_then(|a| a.to_str().ok()) {

@@ -15,6 +15,7 @@ pub mod api_token;
 pub mod enrolment;
 pub mod grpc;
 pub mod http;
+pub mod https;
 pub mod membership;
 pub mod raft;
 pub mod reconcile;
@@ -95,6 +96,8 @@ pub enum AgentError {
     Listener(std::io::Error),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Https(#[from] https::HttpsError),
     #[error(transparent)]
     Enrol(#[from] enrolment::EnrolError),
     #[error("cannot set up TLS for the gRPC server: {0}")]
@@ -686,11 +689,24 @@ async fn start(
     });
     tokio::spawn(enrolment::keep_certificate_fresh(Arc::clone(&shared)));
     let app = http::router(Arc::clone(&shared));
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(http, app).await {
-            warn!(error = %e, "HTTP server stopped");
-        }
-    });
+    let http_local = http.local_addr().map_err(AgentError::Listener)?;
+    if http_local.ip().is_loopback() {
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(http, app).await {
+                warn!(error = %e, "HTTP server stopped");
+            }
+        });
+    } else {
+        // Beyond loopback the token and the desired state cross a network: HTTPS only.
+        let config = https::server_config(&shared.tls)?;
+        let listener = https::TlsListener::new(http, config).map_err(AgentError::Listener)?;
+        info!(vm = %opts.vm, address = %http_local, "HTTP API served over TLS (cluster CA)");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                warn!(error = %e, "HTTPS server stopped");
+            }
+        });
+    }
 
     match stored_id {
         Some(id) => {

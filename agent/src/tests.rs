@@ -248,6 +248,75 @@ fn backups_and_failures_cross_the_wire_typed() {
     assert!(grpc::failure_from_pb("ndbd-0-2", grpc::failure_to_pb(&gone)).is_drift());
 }
 
+/// An agent listening beyond loopback serves its API over HTTPS only: a client that checks
+/// it against the cluster CA gets through (by an address its certificate does not name,
+/// as a published port is reached), with the token still required; plain HTTP and a client
+/// trusting another CA get nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_is_https_beyond_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = http.local_addr().unwrap().port();
+    let opts = AgentOptions {
+        bootstrap: true,
+        api_token_sha256: Some(api_token::token_sha256("right-token")),
+        ..test_options("bootstrap", "bootstrap", dir.path())
+    };
+    tokio::spawn(run(
+        opts,
+        grpc,
+        http,
+        Arc::new(NoProvider),
+        Arc::new(Counting::default()),
+    ));
+    let url = format!("https://127.0.0.1:{port}/status");
+    let trusting = crate::https::client(Some(&test_ca().cert_pem)).unwrap();
+    let mut answered = None;
+    for _ in 0..200 {
+        if let Ok(r) = trusting.get(&url).bearer_auth("right-token").send().await {
+            if r.status() == 200 {
+                answered = Some(r);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let status: serde_json::Value = answered
+        .expect("the agent never answered over HTTPS")
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["answered_by"], "bootstrap");
+    let without = trusting.get(&url).send().await.unwrap();
+    assert_eq!(without.status(), 401, "HTTPS does not replace the token");
+
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/status"))
+        .bearer_auth("right-token")
+        .send()
+        .await;
+    assert!(
+        plain.as_ref().map_or(true, |r| !r.status().is_success()),
+        "plain HTTP beyond loopback answered {:?}",
+        plain.map(|r| r.status())
+    );
+    let other_ca = tls::make_ca().unwrap();
+    let foreign = crate::https::client(Some(&other_ca.cert_pem)).unwrap();
+    let e = foreign
+        .get(&url)
+        .bearer_auth("right-token")
+        .send()
+        .await
+        .expect_err("a client trusting another CA got an answer");
+    assert!(e.is_connect(), "{e:?}");
+    let untrusting = crate::https::client(None).unwrap();
+    assert!(
+        untrusting.get(&url).send().await.is_err(),
+        "a client without the cluster CA got an answer"
+    );
+}
+
 /// The HTTP API answers only callers with the cluster's token; health stays open. The
 /// bootstrap agent records the token's hash in the Raft log, where every agent reads it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -289,6 +289,16 @@ impl AgentTls {
         Ok(from + span * 2 / 3 + offset)
     }
 
+    /// This agent's certificate and key (PEM), for the HTTPS API.
+    pub fn identity_pem(&self) -> (&str, &str) {
+        (&self.cert_pem, &self.key_pem)
+    }
+
+    /// The cluster CA's certificate (PEM) this agent trusts.
+    pub fn ca_cert_pem(&self) -> &str {
+        &self.ca_cert_pem
+    }
+
     /// The CA's key, handed to an agent that enrols.
     pub fn ca_key_pem(&self) -> Option<&str> {
         self.ca_key_pem.as_deref()

@@ -164,6 +164,7 @@ impl DockerCluster {
         ]);
         let agents = AgentsClient::new(&token);
         agents.learn(&format!("{ip}:8181"));
+        agents.trust(&docker_cli::bootstrap_ca(&format!("{name}-bootstrap")));
         DockerCluster {
             name: name.to_string(),
             dir,

@@ -9,7 +9,11 @@ use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 pub struct AgentsClient {
-    http: reqwest::blocking::Client,
+    token: String,
+    /// Rebuilt by [`AgentsClient::trust`]: agents beyond loopback serve HTTPS, checked
+    /// against the cluster CA.
+    http: RefCell<reqwest::blocking::Client>,
+    ca: RefCell<Option<String>>,
     /// HTTP addresses of agents seen so far, to ask another one when one is dead.
     known: RefCell<Vec<String>>,
 }
@@ -21,29 +25,49 @@ pub fn test_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-impl AgentsClient {
-    /// A client sending the cluster's API `token` with every request.
-    pub fn new(token: &str) -> Self {
+fn client(token: Option<&str>, ca: Option<&str>) -> reqwest::blocking::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
         let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
             .expect("a token is printable ASCII");
         auth.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, auth);
+    }
+    let mut b = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .tls_built_in_root_certs(false)
+        .default_headers(headers);
+    if let Some(ca) = ca {
+        b = b.use_preconfigured_tls(agent::https::client_config(ca).expect("the cluster CA"));
+    }
+    b.build().expect("http client")
+}
+
+impl AgentsClient {
+    /// A client sending the cluster's API `token` with every request.
+    pub fn new(token: &str) -> Self {
         AgentsClient {
-            http: reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .default_headers(reqwest::header::HeaderMap::from_iter([(
-                    reqwest::header::AUTHORIZATION,
-                    auth,
-                )]))
-                .build()
-                .expect("http client"),
+            token: token.to_string(),
+            http: RefCell::new(client(Some(token), None)),
+            ca: RefCell::new(None),
             known: RefCell::new(vec![]),
         }
     }
 
+    /// From now on, agents serving HTTPS are checked against the cluster CA `ca_cert_pem`.
+    pub fn trust(&self, ca_cert_pem: &str) {
+        *self.http.borrow_mut() = client(Some(&self.token), Some(ca_cert_pem));
+        *self.ca.borrow_mut() = Some(ca_cert_pem.to_string());
+    }
+
+    fn url(addr: &str, path: &str) -> String {
+        agent::https::api_url(addr, path)
+    }
+
     /// A GET of `path` at `addr` without the token, for tests of what it protects.
     pub fn get_without_token(&self, addr: &str, path: &str) -> u16 {
-        reqwest::blocking::Client::new()
-            .get(format!("http://{addr}{path}"))
+        client(None, self.ca.borrow().as_deref())
+            .get(Self::url(addr, path))
             .send()
             .map(|r| r.status().as_u16())
             .unwrap_or(0)
@@ -59,7 +83,12 @@ impl AgentsClient {
 
     /// The status from the agent at `addr`.
     pub fn status_at(&self, addr: &str) -> Option<Status> {
-        let r = self.http.get(format!("http://{addr}/status")).send().ok()?;
+        let r = self
+            .http
+            .borrow()
+            .get(Self::url(addr, "/status"))
+            .send()
+            .ok()?;
         r.status().is_success().then(|| r.json().ok()).flatten()
     }
 
@@ -109,7 +138,8 @@ impl AgentsClient {
     pub fn put_desired(&self, addr: &str, desired: &str) -> (u16, serde_json::Value) {
         let r = self
             .http
-            .put(format!("http://{addr}/desired-state"))
+            .borrow()
+            .put(Self::url(addr, "/desired-state"))
             .body(desired.to_string())
             .send()
             .expect("PUT /desired-state");
@@ -120,7 +150,8 @@ impl AgentsClient {
     /// GET /health at `addr`.
     pub fn health(&self, addr: &str) -> Option<serde_json::Value> {
         self.http
-            .get(format!("http://{addr}/health"))
+            .borrow()
+            .get(Self::url(addr, "/health"))
             .send()
             .ok()?
             .json()

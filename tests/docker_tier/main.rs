@@ -539,6 +539,9 @@ fn docker_tier_sequence() {
         .and_then(|n| n.ip_address)
         .expect("bootstrap address");
     c.agents.learn(&format!("{ip}:8181"));
+    // The agents in containers serve their API over HTTPS, checked against the cluster CA.
+    c.agents
+        .trust(&docker_cli::bootstrap_ca(&format!("{name}-bootstrap")));
 
     // 1. Create: 2 node groups x 2 replicas, 2 MySQLds, 1 API.
     c.wait(

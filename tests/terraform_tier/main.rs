@@ -792,6 +792,9 @@ fn a_cluster_reaches_its_desired_states_through_the_front_and_terraform() {
         "--http=0.0.0.0:8181",
     ]);
     agents.learn(&format!("{bootstrap_ip}:8181"));
+    // The agents in containers serve their API over HTTPS, checked against the cluster CA
+    // (the front's, which the bootstrap agent adopts).
+    agents.trust(&std::fs::read_to_string(cdir.join("tls").join("ca.pem")).unwrap());
 
     // 1. Created through the front: 1 management server, 2 data nodes, 1 MySQL server.
     tier.wait_reached(
