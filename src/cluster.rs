@@ -572,11 +572,21 @@ pub async fn follow(file: &Path, api: &Api) -> anyhow::Result<()> {
         if look {
             look = !apply_if_changed(file, api, &mut applied).await?;
         }
+        // Progress twice a second while the cluster changes; at rest a look every few
+        // seconds is enough (an edit of the file wakes this loop at once), and the leader
+        // answering it stays idle.
+        let mut next_look = Duration::from_millis(500);
         if let Ok(s) = api.status().await {
             let line = progress_line(&s);
             if line != last_line {
                 println!("{line}");
                 last_line = line;
+            }
+            if s.reconciliation_state == "AT_DESIRED_STATE"
+                && s.pending_id.is_none()
+                && s.actions_in_flight == 0
+            {
+                next_look = Duration::from_secs(3);
             }
         }
         tokio::select! {
@@ -584,7 +594,7 @@ pub async fn follow(file: &Path, api: &Api) -> anyhow::Result<()> {
                 while changed.try_recv().is_ok() {}
                 look = true;
             }
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep(next_look) => {}
         }
     }
 }
