@@ -75,8 +75,10 @@ fi
 if curl -s -o /dev/null --resolve "ndb-agent:$NDB_AGENT_HTTP_PORT:127.0.0.1" "https://ndb-agent:$NDB_AGENT_HTTP_PORT/health"; then
   echo "a client trusting other CAs than the cluster's accepted the API's certificate" >&2; exit 1
 fi
-"$ROOT/target/release/ndb-agent" status --endpoint "https://127.0.0.1:$NDB_AGENT_HTTP_PORT" --token-file "$TOKEN_FILE" --ca-file "$NDB_AGENT_CA_FILE" | grep -q '^reconciliation: AT_DESIRED_STATE' \
-  || { echo "ndb-agent status over HTTPS with the cluster CA failed" >&2; exit 1; }
+# Read whole, not piped into `grep -q`: grep would close the pipe while status still prints.
+status=$("$ROOT/target/release/ndb-agent" status --endpoint "https://127.0.0.1:$NDB_AGENT_HTTP_PORT" --token-file "$TOKEN_FILE" --ca-file "$NDB_AGENT_CA_FILE") \
+  && grep -q '^reconciliation: AT_DESIRED_STATE' <<<"$status" \
+  || { echo "ndb-agent status over HTTPS with the cluster CA failed: $status" >&2; exit 1; }
 echo "== docker demo: the API is HTTPS only (plain HTTP and other CAs refused); ndb-agent status checks it against the cluster CA"
 endpoint() { api /status -f -H "Authorization: Bearer $(cat "$TOKEN_FILE" 2>/dev/null)" | python3 -c 'import json,sys; e=json.load(sys.stdin)["mysqld_endpoints"]; print(e[0] if e else "")'; }
 "$ROWS" write "$(endpoint)" 0 1000
