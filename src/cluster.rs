@@ -417,7 +417,7 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
             agent::https::api_url(&o.http, ""),
             data_dir.display()
         );
-        if !agent::https::is_loopback_host(o.http.rsplit_once(':').map_or(o.http.as_str(), |(h, _)| h)) {
+        if agent::https::is_https(&o.http) {
             println!(
                 "the API leaves loopback, so it is HTTPS: clients check it against the cluster CA {} (`--ca-file`)",
                 data_dir.join("tls").join("ca.pem").display()

@@ -92,7 +92,7 @@ struct TokenArgs {
 impl TokenArgs {
     fn api(self, endpoint: &str) -> anyhow::Result<ndb_agent::cluster::Api> {
         let token = ndb_agent::cluster::client_token(self.token, &self.token_file)?;
-        let ca = if agent::https::api_url(endpoint, "").starts_with("https:") {
+        let ca = if agent::https::is_https(endpoint) {
             Some(std::fs::read_to_string(&self.ca_file).with_context(|| {
                 format!(
                     "the agent at {endpoint} serves HTTPS (its API leaves loopback) and is checked against the cluster CA, but {} cannot be read; give --ca-file (DATA_DIR/tls/ca.pem of `ndb-agent up`)",

@@ -39,7 +39,7 @@ pub enum HttpsError {
 
 /// Whether the API at `host` (an address or name, without the port) is plain HTTP: only on
 /// loopback.
-pub fn is_loopback_host(host: &str) -> bool {
+fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
         || host
@@ -55,16 +55,24 @@ pub fn api_url(endpoint: &str, path: &str) -> String {
     if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
         return format!("{endpoint}{path}");
     }
+    let scheme = if is_https(endpoint) { "https" } else { "http" };
+    format!("{scheme}://{endpoint}{path}")
+}
+
+/// Whether the API at `endpoint` (as [`api_url`] takes it) is HTTPS, so a client needs the
+/// cluster CA.
+pub fn is_https(endpoint: &str) -> bool {
+    if endpoint.starts_with("https://") {
+        return true;
+    }
+    if endpoint.starts_with("http://") {
+        return false;
+    }
     let host = endpoint
         .rsplit_once(':')
         .map(|(h, _)| h)
         .unwrap_or(endpoint);
-    let scheme = if is_loopback_host(host) {
-        "http"
-    } else {
-        "https"
-    };
-    format!("{scheme}://{endpoint}{path}")
+    !is_loopback_host(host)
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

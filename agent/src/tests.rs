@@ -248,6 +248,22 @@ fn backups_and_failures_cross_the_wire_typed() {
     assert!(grpc::failure_from_pb("ndbd-0-2", grpc::failure_to_pb(&gone)).is_drift());
 }
 
+/// A bootstrap agent over `dir` whose API needs the token `right-token`, serving on `http`.
+fn spawn_bootstrap_with_token(dir: &std::path::Path, grpc: TcpListener, http: TcpListener) {
+    let opts = AgentOptions {
+        bootstrap: true,
+        api_token_sha256: Some(api_token::token_sha256("right-token")),
+        ..test_options("bootstrap", "bootstrap", dir)
+    };
+    tokio::spawn(run(
+        opts,
+        grpc,
+        http,
+        Arc::new(NoProvider),
+        Arc::new(Counting::default()),
+    ));
+}
+
 /// An agent listening beyond loopback serves its API over HTTPS only: a client that checks
 /// it against the cluster CA gets through (by an address its certificate does not name,
 /// as a published port is reached), with the token still required; plain HTTP and a client
@@ -258,18 +274,7 @@ async fn the_http_api_is_https_beyond_loopback() {
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = TcpListener::bind("0.0.0.0:0").await.unwrap();
     let port = http.local_addr().unwrap().port();
-    let opts = AgentOptions {
-        bootstrap: true,
-        api_token_sha256: Some(api_token::token_sha256("right-token")),
-        ..test_options("bootstrap", "bootstrap", dir.path())
-    };
-    tokio::spawn(run(
-        opts,
-        grpc,
-        http,
-        Arc::new(NoProvider),
-        Arc::new(Counting::default()),
-    ));
+    spawn_bootstrap_with_token(dir.path(), grpc, http);
     let url = format!("https://127.0.0.1:{port}/status");
     let trusting = crate::https::client(Some(&test_ca().cert_pem)).unwrap();
     let mut answered = None;
@@ -324,19 +329,8 @@ async fn the_http_api_needs_the_clusters_token() {
     let dir = tempfile::tempdir().unwrap();
     let (grpc, http, _) = listeners().await;
     let base = format!("http://{}", http.local_addr().unwrap());
-    let opts = AgentOptions {
-        bootstrap: true,
-        api_token_sha256: Some(api_token::token_sha256("right-token")),
-        ..test_options("bootstrap", "bootstrap", dir.path())
-    };
     let shared_dir = dir.path().to_path_buf();
-    tokio::spawn(run(
-        opts,
-        grpc,
-        http,
-        Arc::new(NoProvider),
-        Arc::new(Counting::default()),
-    ));
+    spawn_bootstrap_with_token(dir.path(), grpc, http);
     let client = reqwest::Client::new();
     let get = |path: &str, token: Option<&str>| {
         let mut r = client.get(format!("{base}{path}"));
