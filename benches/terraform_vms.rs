@@ -113,7 +113,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     // The agents never lead here: the front they would ask need not exist.
     let vm_provider = ProviderConfig::Front(providers::FrontConfig {
-        url: "http://front.invalid:9090".into(),
+        url: "https://front.invalid:9090".into(),
         cluster: cluster.clone(),
         credential: "bench".into(),
     });

@@ -80,6 +80,17 @@ status=$("$ROOT/target/release/ndb-agent" status --endpoint "https://127.0.0.1:$
   && grep -q '^reconciliation: AT_DESIRED_STATE' <<<"$status" \
   || { echo "ndb-agent status over HTTPS with the cluster CA failed: $status" >&2; exit 1; }
 echo "== docker demo: the API is HTTPS only (plain HTTP and other CAs refused); ndb-agent status checks it against the cluster CA"
+# The cloud front's VM API carries the cluster's credential across the network: HTTPS only
+# too, with a certificate of the same cluster CA.
+FRONT=10.213.0.4:9090
+if curl -s -o /dev/null "http://$FRONT/health"; then
+  echo "the cloud front answered plain HTTP on the cluster's network" >&2; exit 1
+fi
+[ "$(curl -s --cacert "$NDB_AGENT_CA_FILE" --resolve "ndb-agent:9090:${FRONT%:*}" https://ndb-agent:9090/health)" = ok ] \
+  || { echo "the cloud front did not answer HTTPS checked against the cluster CA" >&2; exit 1; }
+code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$NDB_AGENT_CA_FILE" --resolve "ndb-agent:9090:${FRONT%:*}" https://ndb-agent:9090/v1/clusters/managed-rondb/vms)
+[ "$code" = 401 ] || { echo "the cloud front's VM API answered $code without the credential, not 401" >&2; exit 1; }
+echo "== docker demo: the cloud front's VM API is HTTPS only, of the cluster CA, and answers 401 without the credential"
 endpoint() { api /status -f -H "Authorization: Bearer $(cat "$TOKEN_FILE" 2>/dev/null)" | python3 -c 'import json,sys; e=json.load(sys.stdin)["mysqld_endpoints"]; print(e[0] if e else "")'; }
 "$ROWS" write "$(endpoint)" 0 1000
 # The user edits and saves the file: one more MySQLd.

@@ -194,9 +194,17 @@ fn make_provider(vm: &VmConfig, program: &Path) -> anyhow::Result<Arc<dyn CloudP
             LocalProvider::new(data_dir, program, vm.runtime, vm.ca.cert_pem().to_string())
                 .with_artifact_mirrors(vm.artifact_mirrors.clone()),
         ),
-        ProviderConfig::Front(cfg) => Arc::new(
-            providers::FrontProvider::new(cfg.clone()).map_err(|e| anyhow::anyhow!("{e}"))?,
-        ),
+        ProviderConfig::Front(cfg) => {
+            // A VM configured before fronts served HTTPS names its front http://: the same
+            // front answers https:// now, checked against the CA the VM trusts anyway.
+            let mut cfg = cfg.clone();
+            if let Some(rest) = cfg.url.strip_prefix("http://") {
+                if agent::https::is_https(rest.split('/').next().unwrap_or(rest)) {
+                    cfg.url = format!("https://{rest}");
+                }
+            }
+            Arc::new(crate::front::front_provider(cfg, Some(vm.ca.cert_pem()))?)
+        }
     })
 }
 
@@ -317,6 +325,9 @@ pub struct UpOptions {
     pub provider: ProviderConfig,
     /// Handed to every VM: where their runtimes fetch tarballs from.
     pub artifact_mirrors: Vec<agent_core::artifacts::ArtifactMirror>,
+    /// `Front` beyond loopback: the cluster CA's certificate the front's HTTPS is checked
+    /// against (before this agent adopts the whole CA from it).
+    pub front_ca: Option<String>,
 }
 
 fn read_desired(path: &Path) -> anyhow::Result<Result<agent_core::DesiredState, Vec<String>>> {
@@ -359,7 +370,7 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
     let data_dir = o.data_dir.canonicalize()?;
     let token = ensure_api_token(&data_dir, std::env::var(agent::api_token::TOKEN_ENV).ok())?;
     if let ProviderConfig::Front(f) = &o.provider {
-        adopt_front_ca(&data_dir, f)?;
+        adopt_front_ca(&data_dir, f, o.front_ca.as_deref())?;
     }
     let ca = ensure_cluster_ca(&data_dir)?;
     let ca_cert_pem = ca.cert_pem.clone();
@@ -463,14 +474,24 @@ pub fn up_command(o: UpOptions) -> anyhow::Result<std::process::ExitCode> {
 /// The front made the cluster CA and hands it to every VM: the bootstrap agent trusts the
 /// same one and never makes its own. Waits for the front (it may be starting beside this
 /// agent); a CA already here must be the front's.
-fn adopt_front_ca(data_dir: &Path, f: &providers::FrontConfig) -> anyhow::Result<()> {
-    let front = providers::FrontProvider::new(f.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+fn adopt_front_ca(
+    data_dir: &Path,
+    f: &providers::FrontConfig,
+    front_ca: Option<&str>,
+) -> anyhow::Result<()> {
+    let front = crate::front::front_provider(f.clone(), front_ca)?;
     let ca = tokio_runtime()?.block_on(async {
         front.wait_ready(Duration::from_secs(120)).await?;
         front.cluster_ca().await
     });
     let ca =
         ca.map_err(|e| anyhow::anyhow!("cannot get the cluster CA from the cloud front: {e}"))?;
+    if front_ca.is_some_and(|pem| pem.trim() != ca.cert_pem.trim()) {
+        bail!(
+            "the cloud front at {} served another cluster CA than the one its HTTPS was checked against; give the ca.pem of the front's cluster directory (--front-ca-file)",
+            f.url
+        );
+    }
     let dir = data_dir.join("tls");
     if dir.join("ca.pem").exists() {
         let here = ensure_cluster_ca(data_dir)?;

@@ -37,7 +37,7 @@ pub const VM_CREDENTIAL_FILE: &str = "vm-credential";
 pub struct FrontOptions {
     /// Where the front listens (`0.0.0.0:9090`).
     pub listen: String,
-    /// How the VMs reach the front (`http://10.213.0.1:9090`).
+    /// How the VMs reach the front (`https://10.213.0.1:9090`: HTTPS beyond loopback).
     pub url: String,
     pub data_dir: PathBuf,
     pub cluster: String,
@@ -176,11 +176,12 @@ pub fn bootstrap_credential(data_dir: &std::path::Path) -> anyhow::Result<String
 }
 
 /// `up --provider docker`: starts the cluster's front container (or starts it again, or
-/// uses it) and returns the provider the bootstrap agent and its VMs use: that front.
+/// uses it) and returns the provider the bootstrap agent and its VMs use (that front), with
+/// the cluster CA's certificate its HTTPS is checked against.
 pub fn start_front_container(
     f: providers::docker::FrontContainer,
-) -> anyhow::Result<ProviderConfig> {
-    let url = tokio::runtime::Builder::new_current_thread()
+) -> anyhow::Result<(ProviderConfig, String)> {
+    let endpoint = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?
@@ -192,27 +193,132 @@ pub fn start_front_container(
             )
         })?;
     println!(
-        "cloud front: container {} at {url} (the only container holding the Docker socket)",
-        f.container_name()
+        "cloud front: container {} at {} (the only container holding the Docker socket)",
+        f.container_name(),
+        endpoint.url
     );
-    Ok(ProviderConfig::Front(FrontConfig {
-        url,
-        cluster: f.cfg.cluster,
-        credential: f.credential,
-    }))
+    Ok((
+        ProviderConfig::Front(FrontConfig {
+            url: endpoint.url,
+            cluster: f.cfg.cluster,
+            credential: f.credential,
+        }),
+        endpoint.ca_cert_pem,
+    ))
+}
+
+/// The environment variable naming the file of the cluster CA a client checks the front's
+/// HTTPS against.
+pub const CA_FILE_ENV: &str = "NDB_FRONT_CA_FILE";
+
+/// A client of the cloud front: HTTPS checked against the cluster CA (`ca_cert_pem`),
+/// plain HTTP only for a front on loopback. A URL that cannot work is refused here, with
+/// what to give instead, rather than failing its first call obscurely.
+pub fn front_provider(
+    cfg: FrontConfig,
+    ca_cert_pem: Option<&str>,
+) -> anyhow::Result<providers::FrontProvider> {
+    match front_url_scheme(&cfg.url)? {
+        Scheme::Https if ca_cert_pem.is_none() => anyhow::bail!(
+            "the cloud front at {} is HTTPS: give the cluster CA it was made with (--front-ca-file or {CA_FILE_ENV}; the front wrote it to DATA_DIR/clusters/CLUSTER/tls/ca.pem)",
+            cfg.url
+        ),
+        _ => {}
+    }
+    let http = agent::https::client_builder(ca_cert_pem)?;
+    providers::FrontProvider::new(cfg, http).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    Https,
+}
+
+/// A front that listens beyond loopback serves HTTPS only, and one on loopback plain HTTP.
+/// So `http://` cannot reach a front at an address beyond loopback; `https://` may name
+/// loopback (a front listening on every interface is reached there too).
+fn front_url_scheme(url: &str) -> anyhow::Result<Scheme> {
+    if url.starts_with("https://") {
+        return Ok(Scheme::Https);
+    }
+    if let Some(rest) = url.strip_prefix("http://") {
+        let authority = rest.split('/').next().unwrap_or(rest);
+        if agent::https::is_https(authority) {
+            anyhow::bail!(
+                "the cloud front at {url} is beyond loopback, where it serves HTTPS only: use https://{authority}"
+            );
+        }
+        return Ok(Scheme::Http);
+    }
+    anyhow::bail!("the cloud front URL {url} is not an http:// or https:// URL")
+}
+
+/// The cluster CA a client of the front at `url` checks it against: none for a front on
+/// loopback; else `file` (`--front-ca-file`), or the `tls/ca.pem` beside the credential
+/// file, as the front keeps them in its cluster directory. The file may not exist yet when
+/// the front starts beside the caller: it is waited for, at most `patience`.
+pub fn client_ca(
+    url: &str,
+    file: Option<PathBuf>,
+    credential_file: Option<&std::path::Path>,
+    patience: std::time::Duration,
+) -> anyhow::Result<Option<String>> {
+    if front_url_scheme(url)? == Scheme::Http {
+        return Ok(None);
+    }
+    let file = file.or_else(|| {
+        credential_file
+            .and_then(|c| c.parent())
+            .map(|d| d.join("tls").join("ca.pem"))
+    });
+    let Some(file) = file else {
+        anyhow::bail!(
+            "the cloud front at {url} is HTTPS: give the cluster CA it was made with (--front-ca-file or {CA_FILE_ENV}; the front wrote it to DATA_DIR/clusters/CLUSTER/tls/ca.pem)"
+        );
+    };
+    let deadline = std::time::Instant::now() + patience;
+    let mut told = false;
+    loop {
+        match std::fs::read_to_string(&file) {
+            Ok(pem) if pem.contains("-----END CERTIFICATE-----") => return Ok(Some(pem)),
+            Ok(_) | Err(_) if std::time::Instant::now() < deadline => {
+                if !told {
+                    println!(
+                        "waiting for the cloud front to write the cluster CA {}",
+                        file.display()
+                    );
+                    told = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            Ok(_) => anyhow::bail!(
+                "{} holds no certificate; it should be the cluster CA the cloud front made (DATA_DIR/clusters/CLUSTER/tls/ca.pem)",
+                file.display()
+            ),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot read the cluster CA {} to check the cloud front's HTTPS against (is the cloud front running?)",
+                        file.display()
+                    )
+                })
+            }
+        }
+    }
 }
 
 /// `ndb-agent down --provider front --remove`: the front deletes every VM of the cluster
 /// (their disks with them) and creates none for it from then on.
-pub fn down_command(cfg: FrontConfig) -> anyhow::Result<()> {
+pub fn down_command(cfg: FrontConfig, ca_cert_pem: Option<&str>) -> anyhow::Result<()> {
     let cluster = cfg.cluster.clone();
     let url = cfg.url.clone();
+    let front = front_provider(cfg, ca_cert_pem)?;
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?
         .block_on(async {
-            let front = providers::FrontProvider::new(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
             front.delete_cluster().await.map_err(|e| {
                 anyhow::anyhow!("the cloud front at {url} did not delete cluster {cluster}: {e}")
             })
@@ -255,6 +361,12 @@ async fn run(opts: FrontOptions) -> anyhow::Result<()> {
             opts.backend.cluster(),
             opts.cluster
         );
+    }
+    // Beyond loopback the cluster's credential crosses a network: HTTPS only, as the agents'
+    // API. The URL the VMs are given must say so.
+    let tls = agent::https::is_https(&opts.listen);
+    if tls != (front_url_scheme(&opts.url)? == Scheme::Https) {
+        unreachable_scheme(&opts)?;
     }
     let dir = cluster_dir(&opts.data_dir, &opts.cluster);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -308,14 +420,30 @@ async fn run(opts: FrontOptions) -> anyhow::Result<()> {
         ca,
         client,
     };
+    // Its certificate is made at every start (kept in memory only): it is of the cluster CA,
+    // which the front holds, and names what every agent certificate names, so clients of
+    // the agents' API accept the front's forwarding of it too.
+    let server_tls = if tls {
+        let identity = agent::tls::AgentTls::issue(&front.ca, FRONT_CERT_NAME)
+            .context("cannot issue the cloud front's certificate")?;
+        Some(agent::https::server_config(&identity)?)
+    } else {
+        None
+    };
+    let ca_cert_pem = front.ca.cert_pem.clone();
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
-    info!(cluster = %opts.cluster, listen = %opts.listen, url = %opts.url, "cloud front serving");
+    info!(cluster = %opts.cluster, listen = %opts.listen, url = %opts.url, https = tls, "cloud front serving");
     if let Some((file, token)) = opts.follow {
         // Through this front's own forwarding, so the file reaches whichever agent leads.
         let port = listener.local_addr().context("the front's address")?.port();
-        let api = crate::cluster::Api::new(&format!("127.0.0.1:{port}"), token, None)?;
+        let scheme = if tls { "https" } else { "http" };
+        let api = crate::cluster::Api::new(
+            &format!("{scheme}://127.0.0.1:{port}"),
+            token,
+            Some(&ca_cert_pem),
+        )?;
         info!(file = %file.display(), "following the desired-state file");
         tokio::spawn(async move {
             if let Err(e) = crate::cluster::follow(&file, &api).await {
@@ -323,18 +451,52 @@ async fn run(opts: FrontOptions) -> anyhow::Result<()> {
             }
         });
     }
-    axum::serve(listener, router(front))
-        .with_graceful_shutdown(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-            }
-            info!("cloud front stopping");
-        })
-        .await
-        .context("the cloud front's server failed")
+    let app = router(front);
+    match server_tls {
+        Some(config) => {
+            let listener =
+                agent::https::TlsListener::new(listener, config).context("cannot serve HTTPS")?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped())
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped())
+                .await
+        }
+    }
+    .context("the cloud front's server failed")
+}
+
+/// The name the front's own certificate is issued for (besides the agents' shared name).
+/// No VM is ever called this, so the certificate opens no agent's gRPC service.
+const FRONT_CERT_NAME: &str = "cloud-front";
+
+/// The front's `--url` must use the scheme it serves, or no VM could reach it.
+fn unreachable_scheme(opts: &FrontOptions) -> anyhow::Result<()> {
+    if agent::https::is_https(&opts.listen) {
+        anyhow::bail!(
+            "the front listens on {}, beyond loopback, so it serves HTTPS only: give --url with https:// (it is {})",
+            opts.listen,
+            opts.url
+        )
+    }
+    anyhow::bail!(
+        "the front listens on {}, on loopback, so it serves plain HTTP: give --url with http:// (it is {})",
+        opts.listen,
+        opts.url
+    )
+}
+
+/// Resolves at SIGINT or SIGTERM.
+async fn stopped() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+    info!("cloud front stopping");
 }
 
 fn router(front: Front) -> Router {
@@ -579,8 +741,65 @@ async fn start(
 
 #[cfg(test)]
 mod tests {
-    use super::client_credential;
+    use super::{client_ca, client_credential, front_url_scheme, Scheme};
     use std::time::Duration;
+
+    #[test]
+    fn a_front_beyond_loopback_is_https_and_one_on_loopback_plain_http() {
+        assert_eq!(
+            front_url_scheme("https://10.213.0.4:9090").unwrap(),
+            Scheme::Https
+        );
+        assert_eq!(
+            front_url_scheme("http://127.0.0.1:9090/").unwrap(),
+            Scheme::Http
+        );
+        let e = front_url_scheme("http://10.213.0.4:9090").unwrap_err();
+        assert!(e.to_string().contains("use https://10.213.0.4:9090"), "{e}");
+        // A front listening on every interface answers HTTPS on loopback too.
+        assert_eq!(
+            front_url_scheme("https://127.0.0.1:9090").unwrap(),
+            Scheme::Https
+        );
+        assert!(front_url_scheme("10.213.0.4:9090").is_err());
+    }
+
+    #[test]
+    fn the_fronts_ca_is_found_beside_its_credential_or_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        // A front on loopback needs none.
+        assert_eq!(
+            client_ca("http://127.0.0.1:9090", None, None, Duration::ZERO).unwrap(),
+            None
+        );
+        // Beyond loopback: without a file, an error that says what to give.
+        let e = client_ca("https://10.0.0.1:9090", None, None, Duration::ZERO).unwrap_err();
+        assert!(e.to_string().contains("--front-ca-file"), "{e}");
+        // The front keeps tls/ca.pem beside its credential.
+        let credential = dir.path().join("credential");
+        std::fs::create_dir_all(dir.path().join("tls")).unwrap();
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        std::fs::write(dir.path().join("tls").join("ca.pem"), pem).unwrap();
+        let found = client_ca(
+            "https://10.0.0.1:9090",
+            None,
+            Some(&credential),
+            Duration::ZERO,
+        )
+        .unwrap();
+        assert_eq!(found.as_deref(), Some(pem));
+        // A named file that is not a certificate is refused, naming it.
+        let other = dir.path().join("other.pem");
+        std::fs::write(&other, "not a certificate").unwrap();
+        let e = client_ca(
+            "https://10.0.0.1:9090",
+            Some(other.clone()),
+            Some(&credential),
+            Duration::ZERO,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains(&other.display().to_string()), "{e}");
+    }
 
     #[test]
     fn the_credential_file_is_waited_for_while_the_front_starts() {

@@ -197,6 +197,11 @@ enum Command {
         /// front); NDB_FRONT_CREDENTIAL gives it instead.
         #[arg(long, env = "NDB_FRONT_CREDENTIAL_FILE")]
         front_credential_file: Option<PathBuf>,
+        /// front: the cluster CA the front's HTTPS is checked against
+        /// (DATA_DIR/clusters/CLUSTER/tls/ca.pem of the front; default: tls/ca.pem beside
+        /// --front-credential-file). Not needed for a front on loopback (plain HTTP).
+        #[arg(long, env = "NDB_FRONT_CA_FILE")]
+        front_ca_file: Option<PathBuf>,
         /// PREFIX=REPLACEMENT: fetch tarballs whose link starts with PREFIX from REPLACEMENT
         /// (an http(s) URL or file:///DIR/) instead; repeatable. scripts/up.sh serves the
         /// stand-in's tarballs this way.
@@ -295,6 +300,10 @@ enum Command {
         /// front: the cluster's credential file; NDB_FRONT_CREDENTIAL gives it instead.
         #[arg(long, env = "NDB_FRONT_CREDENTIAL_FILE")]
         front_credential_file: Option<PathBuf>,
+        /// front: the cluster CA the front's HTTPS is checked against (default: tls/ca.pem
+        /// beside --front-credential-file).
+        #[arg(long, env = "NDB_FRONT_CA_FILE")]
+        front_ca_file: Option<PathBuf>,
     },
 }
 
@@ -328,12 +337,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             front_image,
             front_url,
             front_credential_file,
+            front_ca_file,
             artifact_mirrors,
         } => {
-            let provider = match provider {
-                ProviderArg::Local => providers::ProviderConfig::Local {
-                    data_dir: data_dir.clone(),
-                },
+            let (provider, front_ca) = match provider {
+                ProviderArg::Local => (
+                    providers::ProviderConfig::Local {
+                        data_dir: data_dir.clone(),
+                    },
+                    None,
+                ),
                 ProviderArg::Docker | ProviderArg::Terraform => {
                     let kind = if provider == ProviderArg::Terraform {
                         providers::docker::FrontKind::Terraform
@@ -346,29 +359,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             "managed-rondb/cloud-front:latest".into()
                         }
                     });
-                    ndb_agent::front::start_front_container(providers::docker::FrontContainer {
-                        kind,
-                        image: front_image,
-                        cfg: providers::DockerConfig {
-                            cluster: cluster_name,
-                            network: docker_network,
-                            image: agent_image,
-                            env: std::env::vars()
-                                .filter(|(k, _)| ndb_agent::cluster::passed_on_to_vms(k))
-                                .collect(),
+                    let (provider, ca) = ndb_agent::front::start_front_container(
+                        providers::docker::FrontContainer {
+                            kind,
+                            image: front_image,
+                            cfg: providers::DockerConfig {
+                                cluster: cluster_name,
+                                network: docker_network,
+                                image: agent_image,
+                                env: std::env::vars()
+                                    .filter(|(k, _)| ndb_agent::cluster::passed_on_to_vms(k))
+                                    .collect(),
+                            },
+                            runtime: runtime.kind(),
+                            credential: ndb_agent::front::bootstrap_credential(&data_dir)?,
                         },
-                        runtime: runtime.kind(),
-                        credential: ndb_agent::front::bootstrap_credential(&data_dir)?,
-                    })?
+                    )?;
+                    (provider, Some(ca))
                 }
-                ProviderArg::Front => providers::ProviderConfig::Front(providers::FrontConfig {
-                    url: front_url.unwrap_or_default(),
-                    cluster: cluster_name,
-                    credential: ndb_agent::front::client_credential(
-                        front_credential_file,
-                        std::time::Duration::from_secs(120),
-                    )?,
-                }),
+                ProviderArg::Front => {
+                    let url = front_url.unwrap_or_default();
+                    // The front may be starting beside this agent (the Docker demo).
+                    let patience = std::time::Duration::from_secs(120);
+                    let ca = ndb_agent::front::client_ca(
+                        &url,
+                        front_ca_file,
+                        front_credential_file.as_deref(),
+                        patience,
+                    )?;
+                    let provider = providers::ProviderConfig::Front(providers::FrontConfig {
+                        url,
+                        cluster: cluster_name,
+                        credential: ndb_agent::front::client_credential(
+                            front_credential_file,
+                            patience,
+                        )?,
+                    });
+                    (provider, ca)
+                }
             };
             ndb_agent::cluster::up_command(ndb_agent::cluster::UpOptions {
                 desired_state,
@@ -377,6 +405,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 runtime: runtime.kind(),
                 provider,
                 artifact_mirrors,
+                front_ca,
             })
         }
         Command::CloudFront {
@@ -463,6 +492,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             front_url,
             cluster_name,
             front_credential_file,
+            front_ca_file,
         } => {
             match provider {
                 ProviderArg::Local => ndb_agent::cluster::down_command(&data_dir, remove)?,
@@ -471,14 +501,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         remove,
                         "down --provider front deletes every VM of the cluster and its disks; say so with --remove"
                     );
-                    ndb_agent::front::down_command(providers::FrontConfig {
-                        url: front_url.unwrap_or_default(),
-                        cluster: cluster_name.unwrap_or_default(),
-                        credential: ndb_agent::front::client_credential(
-                            front_credential_file,
-                            std::time::Duration::ZERO,
-                        )?,
-                    })?;
+                    let url = front_url.unwrap_or_default();
+                    let ca = ndb_agent::front::client_ca(
+                        &url,
+                        front_ca_file,
+                        front_credential_file.as_deref(),
+                        std::time::Duration::ZERO,
+                    )?;
+                    ndb_agent::front::down_command(
+                        providers::FrontConfig {
+                            url,
+                            cluster: cluster_name.unwrap_or_default(),
+                            credential: ndb_agent::front::client_credential(
+                                front_credential_file,
+                                std::time::Duration::ZERO,
+                            )?,
+                        },
+                        ca.as_deref(),
+                    )?;
                 }
                 ProviderArg::Docker | ProviderArg::Terraform => anyhow::bail!(
                     "down --provider docker|terraform: use `down --provider front --remove` with the front's URL (or compose/down.sh for the Docker demo)"

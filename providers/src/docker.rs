@@ -219,15 +219,94 @@ impl FrontContainer {
     }
 }
 
+/// The cloud front container as its clients reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrontEndpoint {
+    /// Its URL on the cluster's network (`https://10.213.0.4:9090`).
+    pub url: String,
+    /// The certificate of the cluster CA the front made: its HTTPS certificate is of this
+    /// CA, so a client checks the front against it.
+    pub ca_cert_pem: String,
+}
+
+/// How long a front may take to write its cluster CA when it starts for the first time.
+const FRONT_CA_PATIENCE: Duration = Duration::from_secs(120);
+
 /// Starts the cluster's cloud front container, or starts it again when it was stopped (a
-/// host restart), or uses the one running, and returns the front's URL as the VMs reach it.
-/// Only this container mounts the Docker socket; it keeps a fixed address, so the URL every
-/// VM holds stays true across restarts.
-pub async fn ensure_front(f: &FrontContainer) -> Result<String, BackendError> {
+/// host restart), or uses the one running, and returns how the VMs reach it. Only this
+/// container mounts the Docker socket; it keeps a fixed address, so the URL every VM holds
+/// stays true across restarts. It listens beyond loopback, so it serves HTTPS only.
+pub async fn ensure_front(f: &FrontContainer) -> Result<FrontEndpoint, BackendError> {
     let docker = Docker::connect_with_local_defaults()
         .map_err(|e| BackendError::refused(format!("cannot connect to Docker: {e}")))?;
     let name = f.container_name();
-    let url = |ip: &str| format!("http://{ip}:{FRONT_PORT}");
+    let url = ensure_front_container(&docker, f, &name).await?;
+    let ca_cert_pem = front_ca_cert(&docker, &name, &f.cfg.cluster).await?;
+    Ok(FrontEndpoint { url, ca_cert_pem })
+}
+
+/// The cluster CA's certificate, read out of the front container (it writes it to its
+/// volume when it first starts): the caller checks the front's HTTPS against it, having no
+/// other channel to the front that is not the front itself.
+async fn front_ca_cert(docker: &Docker, name: &str, cluster: &str) -> Result<String, BackendError> {
+    use futures::StreamExt;
+    let path = format!("{FRONT_DIR}/clusters/{cluster}/tls/ca.pem");
+    let deadline = tokio::time::Instant::now() + FRONT_CA_PATIENCE;
+    loop {
+        let exec = docker
+            .create_exec(
+                name,
+                bollard::exec::CreateExecOptions {
+                    cmd: Some(vec!["cat", path.as_str()]),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| transient("docker exec (reading the cloud front's CA)", e))?;
+        let mut pem = String::new();
+        let mut problem = String::new();
+        match docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|e| transient("docker exec (reading the cloud front's CA)", e))?
+        {
+            bollard::exec::StartExecResults::Attached { mut output, .. } => {
+                while let Some(chunk) = output.next().await {
+                    match chunk {
+                        Ok(bollard::container::LogOutput::StdOut { message }) => {
+                            pem.push_str(&String::from_utf8_lossy(&message))
+                        }
+                        Ok(other) => problem.push_str(&other.to_string()),
+                        Err(e) => problem.push_str(&e.to_string()),
+                    }
+                }
+            }
+            bollard::exec::StartExecResults::Detached => {}
+        }
+        if pem.contains("-----END CERTIFICATE-----") {
+            return Ok(pem);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(BackendError::transient(format!(
+                "the cloud front container {name} did not write the cluster CA {path} within {} s ({}); see `docker logs {name}`",
+                FRONT_CA_PATIENCE.as_secs(),
+                problem.trim()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// [`ensure_front`]'s container part: returns the front's URL.
+async fn ensure_front_container(
+    docker: &Docker,
+    f: &FrontContainer,
+    name: &str,
+) -> Result<String, BackendError> {
+    let name = name.to_string();
+    let url = |ip: &str| format!("https://{ip}:{FRONT_PORT}");
     match docker
         .inspect_container(
             &name,
@@ -284,16 +363,13 @@ pub async fn ensure_front(f: &FrontContainer) -> Result<String, BackendError> {
         })
         .await
         .map_err(|e| transient("docker volume create (cloud front)", e))?;
-    let ip = free_address(&docker, &f.cfg.network).await?;
+    let ip = free_address(docker, &f.cfg.network).await?;
     let provider = match f.kind {
         FrontKind::Docker => vec!["--provider=docker".to_string()],
         FrontKind::Terraform => vec![
             "--provider=terraform".to_string(),
             "--target=local-docker".to_string(),
-            format!(
-                "--subnet={}",
-                network_subnet(&docker, &f.cfg.network).await?
-            ),
+            format!("--subnet={}", network_subnet(docker, &f.cfg.network).await?),
         ],
     };
     let mut env = vec![format!("NDB_FRONT_CREDENTIAL={}", f.credential)];

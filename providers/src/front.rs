@@ -28,7 +28,8 @@ use std::time::Duration;
 /// is 0600 and `Debug` does not print it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FrontConfig {
-    /// The front's base URL as the VMs reach it (`http://10.213.0.1:9090`).
+    /// The front's base URL as the VMs reach it (`https://10.213.0.1:9090`; `http://` only
+    /// for a front on loopback).
     pub url: String,
     pub cluster: String,
     pub credential: String,
@@ -80,8 +81,11 @@ pub struct FrontProvider {
 }
 
 impl FrontProvider {
-    pub fn new(cfg: FrontConfig) -> Result<Self, BackendError> {
-        let client = reqwest::Client::builder()
+    /// `http` decides whom the client trusts: a front beyond loopback serves HTTPS with a
+    /// certificate of the cluster CA, so the caller (the binary, which knows the CA) hands
+    /// in a client that checks it. The calls' time limits are added here.
+    pub fn new(cfg: FrontConfig, http: reqwest::ClientBuilder) -> Result<Self, BackendError> {
+        let client = http
             .timeout(CALL_TIMEOUT)
             .connect_timeout(Duration::from_secs(5))
             .build()
@@ -252,7 +256,7 @@ mod tests {
     #[test]
     fn the_credential_is_never_printed() {
         let cfg = FrontConfig {
-            url: "http://front:9090".into(),
+            url: "https://front:9090".into(),
             cluster: "c".into(),
             credential: "s3cret".into(),
         };

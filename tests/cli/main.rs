@@ -262,3 +262,66 @@ fn simulate_takes_a_cost_model_and_refuses_a_bad_one() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a cost model"));
 }
+
+/// The cluster's credential never crosses a network in the clear: a front beyond loopback
+/// serves HTTPS only, so a plain `http://` URL for it is refused before anything starts, on
+/// both sides, with the URL to give instead.
+#[test]
+fn a_front_url_that_cannot_reach_an_https_front_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("front");
+    let out = agent(&[
+        "cloud-front",
+        "--provider",
+        "docker",
+        "--cluster",
+        "c1",
+        "--listen",
+        "0.0.0.0:0",
+        "--url",
+        "http://10.213.0.4:9090",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("serves HTTPS only"), "{err}");
+    assert!(!data.exists(), "a refused front wrote {}", data.display());
+
+    let out = Command::new(env!("CARGO_BIN_EXE_ndb-agent"))
+        .args([
+            "down",
+            "--provider",
+            "front",
+            "--remove",
+            "--cluster-name",
+            "c1",
+            "--front-url",
+            "http://10.213.0.4:9090",
+        ])
+        .env("NDB_FRONT_CREDENTIAL", "c0ffee")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("use https://10.213.0.4:9090"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_ndb-agent"))
+        .args([
+            "down",
+            "--provider",
+            "front",
+            "--remove",
+            "--cluster-name",
+            "c1",
+            "--front-url",
+            "https://10.213.0.4:9090",
+        ])
+        .env("NDB_FRONT_CREDENTIAL", "c0ffee")
+        .env_remove("NDB_FRONT_CA_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--front-ca-file"), "{err}");
+}

@@ -142,10 +142,7 @@ struct Tier {
 
 impl Tier {
     fn work_dir(&self) -> PathBuf {
-        self.data_dir
-            .join("clusters")
-            .join(&self.cluster)
-            .join("terraform")
+        self.cluster_dir().join("terraform")
     }
 
     fn start_front(&self, run: u32) -> Front {
@@ -162,7 +159,7 @@ impl Tier {
                 .arg("--data-dir")
                 .arg(&self.data_dir)
                 .args(["--listen", &format!("0.0.0.0:{}", self.port)])
-                .args(["--url", &format!("http://{}:{}", self.gateway, self.port)])
+                .args(["--url", &format!("https://{}:{}", self.gateway, self.port)])
                 .args(["--docker-network", &self.cluster, "--subnet", &self.subnet])
                 .args(["--agent-image", IMAGE])
                 .arg("--terraform")
@@ -181,8 +178,20 @@ impl Tier {
                 .expect("start ndb-agent cloud-front");
         let front = Front { child, log };
         let deadline = Instant::now() + Duration::from_secs(300);
-        let url = format!("http://127.0.0.1:{}/health", self.port);
-        while !reqwest::blocking::get(&url).is_ok_and(|r| r.status().is_success()) {
+        // It listens beyond loopback: HTTPS only, with a certificate of the CA it made.
+        let url = format!("https://127.0.0.1:{}/health", self.port);
+        let answers = |url: &str| {
+            let Some(ca) = self.ca() else { return false };
+            let client = reqwest::blocking::Client::builder()
+                .use_preconfigured_tls(agent::https::client_config(&ca).unwrap())
+                .build()
+                .unwrap();
+            client
+                .get(url)
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+        };
+        while !answers(&url) {
             assert!(
                 Instant::now() < deadline,
                 "the cloud front did not answer on {url}:\n{}",
@@ -190,7 +199,23 @@ impl Tier {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        // Plain HTTP gets no answer from it.
+        assert!(
+            reqwest::blocking::get(format!("http://127.0.0.1:{}/health", self.port)).is_err(),
+            "the cloud front answered plain HTTP beyond loopback"
+        );
         front
+    }
+
+    /// The cluster CA the front made (its HTTPS certificate is of it), once written.
+    fn ca(&self) -> Option<String> {
+        std::fs::read_to_string(self.cluster_dir().join("tls").join("ca.pem"))
+            .ok()
+            .filter(|pem| pem.contains("END CERTIFICATE"))
+    }
+
+    fn cluster_dir(&self) -> PathBuf {
+        self.data_dir.join("clusters").join(&self.cluster)
     }
 
     fn client(&self, credential: Option<&str>, cluster: Option<&str>) -> FrontProvider {
@@ -206,11 +231,15 @@ impl Tier {
             .trim()
             .to_string(),
         };
-        FrontProvider::new(FrontConfig {
-            url: format!("http://127.0.0.1:{}", self.port),
-            cluster: cluster.unwrap_or(&self.cluster).to_string(),
-            credential,
-        })
+        let ca = self.ca().expect("the front's cluster CA");
+        FrontProvider::new(
+            FrontConfig {
+                url: format!("https://127.0.0.1:{}", self.port),
+                cluster: cluster.unwrap_or(&self.cluster).to_string(),
+                credential,
+            },
+            agent::https::client_builder(Some(&ca)).unwrap(),
+        )
         .unwrap()
     }
 
@@ -738,7 +767,10 @@ fn a_cluster_reaches_its_desired_states_through_the_front_and_terraform() {
     std::fs::create_dir_all(&tier.data_dir).unwrap();
     let mut front = tier.start_front(1);
     let agents = AgentsClient::new(&token);
-    let via_front = format!("127.0.0.1:{port}");
+    // The front and the agents in containers serve HTTPS, checked against the cluster CA
+    // (the front's, which the bootstrap agent adopts).
+    agents.trust(&tier.ca().expect("the front's cluster CA"));
+    let via_front = format!("https://127.0.0.1:{port}");
     // Before any VM exists, the front has no agent to forward the users' API to.
     assert!(
         agents.status_at(&via_front).is_none(),
@@ -775,6 +807,11 @@ fn a_cluster_reaches_its_desired_states_through_the_front_and_terraform() {
         &format!("{}:/config:ro", config.display()),
         "-v",
         &format!("{}:/var/lib/ndb-agent", boot.display()),
+        "-v",
+        &format!(
+            "{}:/front-ca.pem:ro",
+            cdir.join("tls").join("ca.pem").display()
+        ),
         "-e",
         &format!("NDB_AGENT_TOKEN={token}"),
         "-e",
@@ -785,16 +822,15 @@ fn a_cluster_reaches_its_desired_states_through_the_front_and_terraform() {
         "ndb-agent",
         "up",
         "--provider=front",
-        &format!("--front-url=http://{gateway}:{port}"),
+        &format!("--front-url=https://{gateway}:{port}"),
+        // The CA the front's HTTPS is checked against, before the agent adopts it whole.
+        "--front-ca-file=/front-ca.pem",
         &format!("--cluster-name={cluster}"),
         "--desired-state=/config/desired_state.jsonc",
         "--data-dir=/var/lib/ndb-agent",
         "--http=0.0.0.0:8181",
     ]);
     agents.learn(&format!("{bootstrap_ip}:8181"));
-    // The agents in containers serve their API over HTTPS, checked against the cluster CA
-    // (the front's, which the bootstrap agent adopts).
-    agents.trust(&std::fs::read_to_string(cdir.join("tls").join("ca.pem")).unwrap());
 
     // 1. Created through the front: 1 management server, 2 data nodes, 1 MySQL server.
     tier.wait_reached(
@@ -912,7 +948,9 @@ fn a_cluster_reaches_its_desired_states_through_the_front_and_terraform() {
                 "--cluster-name",
                 &cluster,
             ])
-            .args(["--front-url", &format!("http://127.0.0.1:{port}")])
+            .args(["--front-url", &format!("https://127.0.0.1:{port}")])
+            .arg("--front-ca-file")
+            .arg(cdir.join("tls").join("ca.pem"))
             .env("NDB_FRONT_CREDENTIAL", credential.trim())
             .output()
             .unwrap();
