@@ -195,14 +195,10 @@ fn make_provider(vm: &VmConfig, program: &Path) -> anyhow::Result<Arc<dyn CloudP
                 .with_artifact_mirrors(vm.artifact_mirrors.clone()),
         ),
         ProviderConfig::Front(cfg) => {
-            // A VM configured before fronts served HTTPS names its front http://: the same
-            // front answers https:// now, checked against the CA the VM trusts anyway.
-            let mut cfg = cfg.clone();
-            if let Some(rest) = cfg.url.strip_prefix("http://") {
-                if agent::https::is_https(rest.split('/').next().unwrap_or(rest)) {
-                    cfg.url = format!("https://{rest}");
-                }
-            }
+            let cfg = providers::FrontConfig {
+                url: crate::front::front_url_of_old_vm(&cfg.url),
+                ..cfg.clone()
+            };
             Arc::new(crate::front::front_provider(cfg, Some(vm.ca.cert_pem()))?)
         }
     })

@@ -218,15 +218,32 @@ pub fn front_provider(
     cfg: FrontConfig,
     ca_cert_pem: Option<&str>,
 ) -> anyhow::Result<providers::FrontProvider> {
-    match front_url_scheme(&cfg.url)? {
-        Scheme::Https if ca_cert_pem.is_none() => anyhow::bail!(
-            "the cloud front at {} is HTTPS: give the cluster CA it was made with (--front-ca-file or {CA_FILE_ENV}; the front wrote it to DATA_DIR/clusters/CLUSTER/tls/ca.pem)",
-            cfg.url
-        ),
-        _ => {}
+    if front_url_scheme(&cfg.url)? == Scheme::Https && ca_cert_pem.is_none() {
+        return Err(no_ca_given(&cfg.url));
     }
     let http = agent::https::client_builder(ca_cert_pem)?;
     providers::FrontProvider::new(cfg, http).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn no_ca_given(url: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the cloud front at {url} is HTTPS: give the cluster CA it was made with (--front-ca-file or {CA_FILE_ENV}; the front wrote it to DATA_DIR/clusters/CLUSTER/tls/ca.pem)"
+    )
+}
+
+/// The URL of a front as a VM configured by an older version names it: such a front
+/// beyond loopback named `http://` serves `https://` now, and the VM checks it against the
+/// CA it holds anyway.
+pub fn front_url_of_old_vm(url: &str) -> String {
+    match url.strip_prefix("http://") {
+        Some(rest) if agent::https::is_https(authority(rest)) => format!("https://{rest}"),
+        _ => url.to_string(),
+    }
+}
+
+/// The `host:port` of a URL without its scheme.
+fn authority(rest: &str) -> &str {
+    rest.split('/').next().unwrap_or(rest)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,7 +260,7 @@ fn front_url_scheme(url: &str) -> anyhow::Result<Scheme> {
         return Ok(Scheme::Https);
     }
     if let Some(rest) = url.strip_prefix("http://") {
-        let authority = rest.split('/').next().unwrap_or(rest);
+        let authority = authority(rest);
         if agent::https::is_https(authority) {
             anyhow::bail!(
                 "the cloud front at {url} is beyond loopback, where it serves HTTPS only: use https://{authority}"
@@ -273,9 +290,7 @@ pub fn client_ca(
             .map(|d| d.join("tls").join("ca.pem"))
     });
     let Some(file) = file else {
-        anyhow::bail!(
-            "the cloud front at {url} is HTTPS: give the cluster CA it was made with (--front-ca-file or {CA_FILE_ENV}; the front wrote it to DATA_DIR/clusters/CLUSTER/tls/ca.pem)"
-        );
+        return Err(no_ca_given(url));
     };
     let deadline = std::time::Instant::now() + patience;
     let mut told = false;
@@ -743,6 +758,23 @@ async fn start(
 mod tests {
     use super::{client_ca, client_credential, front_url_scheme, Scheme};
     use std::time::Duration;
+
+    #[test]
+    fn an_old_vms_plain_front_url_is_called_over_https_beyond_loopback() {
+        use super::front_url_of_old_vm;
+        assert_eq!(
+            front_url_of_old_vm("http://10.213.0.4:9090"),
+            "https://10.213.0.4:9090"
+        );
+        assert_eq!(
+            front_url_of_old_vm("http://127.0.0.1:9090/"),
+            "http://127.0.0.1:9090/"
+        );
+        assert_eq!(
+            front_url_of_old_vm("https://10.213.0.4:9090"),
+            "https://10.213.0.4:9090"
+        );
+    }
 
     #[test]
     fn a_front_beyond_loopback_is_https_and_one_on_loopback_plain_http() {
