@@ -132,35 +132,10 @@ pub fn client_credential(
             "--provider front needs the cluster's credential: set {CREDENTIAL_ENV} or --front-credential-file (the front wrote it to DATA_DIR/clusters/CLUSTER/{CREDENTIAL_FILE})"
         );
     };
-    let deadline = std::time::Instant::now() + patience;
-    let mut told = false;
-    loop {
-        match std::fs::read_to_string(&file) {
-            Ok(c) if !c.trim().is_empty() => return Ok(c.trim().to_string()),
-            Ok(_) | Err(_) if std::time::Instant::now() < deadline => {
-                if !told {
-                    println!(
-                        "waiting for the cloud front to write the cluster's credential {}",
-                        file.display()
-                    );
-                    told = true;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(250));
-            }
-            Ok(_) => anyhow::bail!(
-                "{} is empty; it should hold the cluster's credential",
-                file.display()
-            ),
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "cannot read the cluster's credential {} (is the cloud front running?)",
-                        file.display()
-                    )
-                })
-            }
-        }
-    }
+    read_front_file(&file, "the cluster's credential", patience, |c| {
+        !c.trim().is_empty()
+    })
+    .map(|c| c.trim().to_string())
 }
 
 /// Where `up --provider docker` keeps the credential it gave the front container, in its
@@ -292,29 +267,41 @@ pub fn client_ca(
     let Some(file) = file else {
         return Err(no_ca_given(url));
     };
+    read_front_file(&file, "the cluster CA", patience, |pem| {
+        pem.contains("-----END CERTIFICATE-----")
+    })
+    .map(Some)
+}
+
+/// Reads a file the front writes when it first starts (the credential, the CA). It may not
+/// exist yet when the front starts beside the caller (the Docker demo starts both at once):
+/// it is waited for, at most `patience`. `complete` says whether it holds `what` yet.
+fn read_front_file(
+    file: &std::path::Path,
+    what: &str,
+    patience: std::time::Duration,
+    complete: impl Fn(&str) -> bool,
+) -> anyhow::Result<String> {
     let deadline = std::time::Instant::now() + patience;
     let mut told = false;
     loop {
-        match std::fs::read_to_string(&file) {
-            Ok(pem) if pem.contains("-----END CERTIFICATE-----") => return Ok(Some(pem)),
+        match std::fs::read_to_string(file) {
+            Ok(c) if complete(&c) => return Ok(c),
             Ok(_) | Err(_) if std::time::Instant::now() < deadline => {
                 if !told {
                     println!(
-                        "waiting for the cloud front to write the cluster CA {}",
+                        "waiting for the cloud front to write {what} {}",
                         file.display()
                     );
                     told = true;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(250));
             }
-            Ok(_) => anyhow::bail!(
-                "{} holds no certificate; it should be the cluster CA the cloud front made (DATA_DIR/clusters/CLUSTER/tls/ca.pem)",
-                file.display()
-            ),
+            Ok(_) => anyhow::bail!("{} does not hold {what}", file.display()),
             Err(e) => {
                 return Err(e).with_context(|| {
                     format!(
-                        "cannot read the cluster CA {} to check the cloud front's HTTPS against (is the cloud front running?)",
+                        "cannot read {what} {} (is the cloud front running?)",
                         file.display()
                     )
                 })
@@ -859,6 +846,6 @@ mod tests {
         assert!(text.contains("is the cloud front running?"), "{text}");
         std::fs::write(&file, "\n").unwrap();
         let e = client_credential(Some(file), Duration::ZERO).unwrap_err();
-        assert!(e.to_string().contains("is empty"), "{e}");
+        assert!(e.to_string().contains("does not hold"), "{e}");
     }
 }

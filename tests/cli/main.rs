@@ -288,25 +288,20 @@ fn a_front_url_that_cannot_reach_an_https_front_is_refused() {
     assert!(err.contains("serves HTTPS only"), "{err}");
     assert!(!data.exists(), "a refused front wrote {}", data.display());
 
-    let out = Command::new(env!("CARGO_BIN_EXE_ndb-agent"))
-        .args([
-            "down",
-            "--provider",
-            "front",
-            "--remove",
-            "--cluster-name",
-            "c1",
-            "--front-url",
-            "http://10.213.0.4:9090",
-        ])
-        .env("NDB_FRONT_CREDENTIAL", "c0ffee")
-        .output()
-        .unwrap();
+    let out = down_via_front("http://10.213.0.4:9090");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("use https://10.213.0.4:9090"), "{err}");
 
-    let out = Command::new(env!("CARGO_BIN_EXE_ndb-agent"))
+    let out = down_via_front("https://10.213.0.4:9090");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--front-ca-file"), "{err}");
+}
+
+/// `down --provider front --remove` against `url`, with a credential and no CA file.
+fn down_via_front(url: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ndb-agent"))
         .args([
             "down",
             "--provider",
@@ -315,13 +310,10 @@ fn a_front_url_that_cannot_reach_an_https_front_is_refused() {
             "--cluster-name",
             "c1",
             "--front-url",
-            "https://10.213.0.4:9090",
+            url,
         ])
         .env("NDB_FRONT_CREDENTIAL", "c0ffee")
         .env_remove("NDB_FRONT_CA_FILE")
         .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--front-ca-file"), "{err}");
+        .unwrap()
 }
