@@ -162,19 +162,13 @@ fn a_restarted_data_node_copies_what_it_missed_and_no_row_is_lost() {
             .unwrap();
         api.put("shop", "items", rows(0, 200)).await.unwrap();
         // Node 2 dies; node 1 alone takes group 0's writes.
-        c.kill("ndbd-2");
-        c.wait_for("node 2 NO_CONTACT", |st| {
-            st.iter().any(|n| n.id == 2 && n.status == "NO_CONTACT")
-        });
+        c.kill_data_node(2);
         api.put("shop", "items", rows(200, 400)).await.unwrap();
         assert!(api.delete("shop", "items", 5).await.unwrap());
         // Node 2 restarts from its own files (not initial) and copies what it missed.
         c.start_data_node(2, false, &[]);
         c.wait_started(&[2]);
-        c.kill("ndbd-1");
-        c.wait_for("node 1 NO_CONTACT", |st| {
-            st.iter().any(|n| n.id == 1 && n.status == "NO_CONTACT")
-        });
+        c.kill_data_node(1);
         assert_eq!(api.count("shop", "items").await.unwrap(), 399);
         assert_eq!(
             api.get("shop", "items", 399).await.unwrap(),
@@ -184,10 +178,7 @@ fn a_restarted_data_node_copies_what_it_missed_and_no_row_is_lost() {
         // Node 1 comes back with --initial: everything is copied from node 2.
         c.start_data_node(1, true, &[]);
         c.wait_started(&[1]);
-        c.kill("ndbd-2");
-        c.wait_for("node 2 NO_CONTACT", |st| {
-            st.iter().any(|n| n.id == 2 && n.status == "NO_CONTACT")
-        });
+        c.kill_data_node(2);
         let all = api.scan("shop", "items").await.unwrap();
         assert_eq!(all.len(), 399);
         assert!(all
@@ -230,10 +221,7 @@ fn losing_the_last_node_of_a_node_group_shuts_the_cluster_down() {
         api.create_database("d").await.unwrap();
         api.create_table("d", "t", "k", "v", 16).await.unwrap();
         api.put("d", "t", rows(0, 50)).await.unwrap();
-        c.kill("ndbd-1");
-        c.wait_for("node 1 NO_CONTACT", |st| {
-            st.iter().any(|n| n.id == 1 && n.status == "NO_CONTACT")
-        });
+        c.kill_data_node(1);
         c.kill("ndbd-2");
         // Nodes 3 and 4 (group 1, untouched) shut down with RonDB's arbitration error.
         assert_eq!(c.wait_exit("ndbd-3", Duration::from_secs(20)), Some(1));

@@ -244,10 +244,7 @@ fn deactivate_and_activate_follow_rondbs_flow() {
 
     // With node 2 down but active, deactivating node 1 would stop the cluster: refused,
     // and the configuration stays as it was.
-    c.kill("ndbd-2");
-    c.wait_for("node 2 NO_CONTACT", |st| {
-        st.iter().any(|n| n.id == 2 && n.status == "NO_CONTACT")
-    });
+    c.kill_data_node(2);
     let (code, out, _) = mgm(&c, "1 DEACTIVATE");
     assert_eq!(code, 255);
     assert_eq!(

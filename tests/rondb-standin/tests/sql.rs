@@ -562,27 +562,22 @@ fn rows_written_through_mysql_survive_data_node_restarts_in_two_node_groups() {
             .await
             .unwrap();
         }
-        // Node 2 killed and restarted from its own files; then node 1 killed, so only the
-        // restarted node holds group 0.
-        c.kill("ndbd-2");
+        // Node 2 killed, a row written while it is down, node 2 restarted on its own files
+        // (it catches up from node 1); then node 1 killed, so only the restarted node holds
+        // group 0.
+        c.kill_data_node(2);
         conn.query_drop("REPLACE INTO shop.items (k, v) VALUES (0, 'v0')")
             .await
             .unwrap();
         c.start_data_node(2, false, &[]);
         c.wait_started(&[2]);
-        c.kill("ndbd-1");
-        c.wait_for("node 1 gone", |st| {
-            st.iter().any(|n| n.id == 1 && n.status == "NO_CONTACT")
-        });
+        c.kill_data_node(1);
         check_rows(&mut conn).await;
         // Node 3 killed and restarted with --initial: it copies everything from node 4.
-        c.kill("ndbd-3");
+        c.kill_data_node(3);
         c.start_data_node(3, true, &[]);
         c.wait_started(&[3]);
-        c.kill("ndbd-4");
-        c.wait_for("node 4 gone", |st| {
-            st.iter().any(|n| n.id == 4 && n.status == "NO_CONTACT")
-        });
+        c.kill_data_node(4);
         check_rows(&mut conn).await;
         assert!(
             !c.cluster_log().contains("Forced node shutdown"),

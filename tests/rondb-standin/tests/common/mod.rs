@@ -7,10 +7,7 @@ use rondb_standin::mgm::{Message, NodeStatus};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-
-static NEXT_BLOCK: AtomicU32 = AtomicU32::new(0);
 
 pub const MGMD_ID: u32 = 65;
 
@@ -18,6 +15,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     /// `127.A.B.` — each node adds its own last octet.
     prefix: String,
+    /// Held while the cluster lives: no other test's cluster gets `prefix`.
+    _prefix_lock: std::fs::File,
     pub procs: BTreeMap<String, Child>,
     pub replicas: u32,
     pub groups: u32,
@@ -27,15 +26,40 @@ pub fn standin() -> &'static str {
     env!("CARGO_BIN_EXE_rondb-standin")
 }
 
+/// A `127.A.B.` block of loopback addresses no other live cluster of any test process holds
+/// (nextest runs every test in its own process, and the clusters use RonDB's fixed ports):
+/// each block has a lock file, locked for the cluster's lifetime. `A` stays in 10..=63, below
+/// the blocks the local provider's VMs take (64 and up).
+fn reserve_prefix() -> (String, std::fs::File) {
+    const BLOCKS: u32 = 54 * 250;
+    let dir = std::env::temp_dir().join("rondb-standin-test-addresses");
+    std::fs::create_dir_all(&dir).expect("the address lock directory");
+    let start = std::process::id() % BLOCKS;
+    for i in 0..BLOCKS {
+        let n = (start + i) % BLOCKS;
+        let prefix = format!("127.{}.{}.", 10 + n / 250, n % 250 + 1);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{prefix}lock")))
+            .expect("an address lock file");
+        if file.try_lock().is_ok() {
+            return (prefix, file);
+        }
+    }
+    panic!("all {BLOCKS} loopback blocks of the stand-in tests are taken");
+}
+
 impl Cluster {
     /// A cluster of `groups` x `replicas` data nodes (ids 1..), one management server (65)
     /// and API slots 67..=72.
     pub fn new(groups: u32, replicas: u32) -> Cluster {
-        let block = NEXT_BLOCK.fetch_add(1, Ordering::SeqCst);
-        let prefix = format!("127.{}.{}.", 10 + block % 200, std::process::id() % 250 + 1);
+        let (prefix, lock) = reserve_prefix();
         let c = Cluster {
             dir: tempfile::tempdir().expect("tempdir"),
             prefix,
+            _prefix_lock: lock,
             procs: BTreeMap::new(),
             replicas,
             groups,
@@ -164,6 +188,16 @@ impl Cluster {
         }
     }
 
+    /// SIGKILL to data node `id`, then waits until the management server reports it
+    /// NO_CONTACT: until then its status is still the killed instance's, and a test that
+    /// starts the node again and waits for STARTED would see the old STARTED.
+    pub fn kill_data_node(&mut self, id: u32) {
+        self.kill(&format!("ndbd-{id}"));
+        self.wait_for(&format!("node {id} NO_CONTACT"), |st| {
+            st.iter().any(|n| n.id == id && n.status == "NO_CONTACT")
+        });
+    }
+
     /// Waits for a program to exit; its exit code.
     pub fn wait_exit(&mut self, name: &str, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
@@ -266,6 +300,16 @@ impl Drop for Cluster {
         let names: Vec<String> = self.procs.keys().cloned().collect();
         for n in names {
             self.kill(&n);
+        }
+        // A failed test keeps its logs and files for whoever reads the failure.
+        if std::thread::panicking() {
+            let kept = self.dir.path().to_path_buf();
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            let _ = dir.keep();
+            eprintln!(
+                "the failed test's cluster (logs, files) is kept in {}",
+                kept.display()
+            );
         }
     }
 }
