@@ -425,10 +425,14 @@ async fn run(opts: FrontOptions) -> anyhow::Result<()> {
     // Its certificate is made at every start (kept in memory only): it is of the cluster CA,
     // which the front holds, and names what every agent certificate names, so clients of
     // the agents' API accept the front's forwarding of it too.
+    // It is renewed in place, as the agents' are (a front runs as long as its cluster).
     let server_tls = if tls {
-        let identity = agent::tls::AgentTls::issue(&front.ca, FRONT_CERT_NAME)
-            .context("cannot issue the cloud front's certificate")?;
-        Some(agent::https::server_config(&identity)?)
+        let ca = front.ca.clone();
+        let issue = move || agent::tls::AgentTls::issue(&ca, FRONT_CERT_NAME);
+        let identity = issue().context("cannot issue the cloud front's certificate")?;
+        let (config, served) = agent::https::renewable_server_config(&identity)?;
+        tokio::spawn(keep_certificate_fresh(identity, served, issue));
+        Some(config)
     } else {
         None
     };
@@ -469,6 +473,51 @@ async fn run(opts: FrontOptions) -> anyhow::Result<()> {
         }
     }
     .context("the cloud front's server failed")
+}
+
+/// Replaces the front's certificate once two thirds of its validity are over (as agents
+/// renew theirs), for as long as the front serves: its VMs refuse an expired one.
+async fn keep_certificate_fresh(
+    mut current: agent::tls::AgentTls,
+    served: Arc<agent::https::ServedCertificate>,
+    issue: impl Fn() -> Result<agent::tls::AgentTls, agent::tls::TlsError>,
+) {
+    const RETRY: std::time::Duration = std::time::Duration::from_secs(3600);
+    loop {
+        let at = match current.renew_at(FRONT_CERT_NAME, std::path::Path::new("(in memory)")) {
+            Ok(at) => at,
+            Err(e) => {
+                warn!(error = %e, "cannot tell when the cloud front's certificate expires, so it will not be renewed; restart the front before it expires");
+                return;
+            }
+        };
+        // In steps: the wall clock may jump (a suspended machine, a clock set right).
+        while let Ok(left) = at.duration_since(std::time::SystemTime::now()) {
+            if left.is_zero() {
+                break;
+            }
+            tokio::time::sleep(left.min(RETRY)).await;
+        }
+        let renewed = issue().map_err(|e| e.to_string()).and_then(|t| {
+            served.replace(&t).map_err(|e| e.to_string())?;
+            Ok(t)
+        });
+        match renewed {
+            Ok(t) => {
+                let until = t
+                    .validity()
+                    .ok()
+                    .and_then(|(_, u)| u.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs());
+                info!(valid_until_unix = ?until, "renewed the cloud front's certificate");
+                current = t;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot renew the cloud front's certificate; trying again in an hour");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
 }
 
 /// The name the front's own certificate is issued for (besides the agents' shared name).
@@ -745,6 +794,70 @@ async fn start(
 mod tests {
     use super::{client_ca, client_credential, front_url_scheme, Scheme};
     use std::time::Duration;
+
+    /// A front serves longer than its certificate lives: the certificate its clients see is
+    /// replaced once two thirds of its validity are over, without a restart, and the new one
+    /// is of the same CA (the clients check it) and lives longer.
+    #[tokio::test]
+    async fn the_fronts_certificate_is_renewed_while_it_serves() {
+        use agent::tls::AgentTls;
+        let ca = agent::tls::make_ca().unwrap();
+        let issuer = ca.clone();
+        let issue =
+            move || AgentTls::issue_for(&issuer, super::FRONT_CERT_NAME, Duration::from_secs(3));
+        let first = issue().unwrap();
+        let (config, served) = agent::https::renewable_server_config(&first).unwrap();
+        tokio::spawn(super::keep_certificate_fresh(first.clone(), served, issue));
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "https://127.0.0.1:{}/health",
+            tcp.local_addr().unwrap().port()
+        );
+        let listener = agent::https::TlsListener::new(tcp, config).unwrap();
+        let app = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        // A new connection and a full handshake per request (a resumed session shows the
+        // certificate of the session it resumes).
+        let mut tls = agent::https::client_config(&ca.cert_pem).unwrap();
+        tls.resumption = rustls::client::Resumption::disabled();
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .tls_info(true)
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let shown = || async {
+            let r = client.get(&url).send().await.unwrap();
+            assert!(r.status().is_success());
+            let info = r
+                .extensions()
+                .get::<reqwest::tls::TlsInfo>()
+                .cloned()
+                .unwrap();
+            info.peer_certificate().unwrap().to_vec()
+        };
+        let first_der = shown().await;
+        let (_, issued) =
+            x509_parser::pem::parse_x509_pem(first.identity_pem().0.as_bytes()).unwrap();
+        assert_eq!(first_der, issued.contents);
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let renewed = loop {
+            let der = shown().await;
+            if der != first_der {
+                break der;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the front still shows its first certificate after 15 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let until = |der: &[u8]| {
+            let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+            cert.validity().not_after.timestamp()
+        };
+        assert!(until(&renewed) > until(&first_der));
+    }
 
     #[test]
     fn an_old_vms_plain_front_url_is_called_over_https_beyond_loopback() {

@@ -12,6 +12,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -126,18 +128,63 @@ pub fn client(ca_cert_pem: Option<&str>) -> Result<reqwest::Client, HttpsError> 
 /// The server's side: this agent's certificate. Clients show none (the token identifies
 /// them).
 pub fn server_config(tls: &AgentTls) -> Result<Arc<rustls::ServerConfig>, HttpsError> {
+    renewable_server_config(tls).map(|(config, _)| config)
+}
+
+/// [`server_config`] for a server that outlives its certificate (the cloud front runs for
+/// years; an agent restarts to serve a new one): [`ServedCertificate::replace`] changes what
+/// the next handshakes show, while connections already open keep theirs.
+pub fn renewable_server_config(
+    tls: &AgentTls,
+) -> Result<(Arc<rustls::ServerConfig>, Arc<ServedCertificate>), HttpsError> {
+    let served = Arc::new(ServedCertificate {
+        current: std::sync::RwLock::new(certified_key(tls)?),
+    });
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(served.clone());
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((Arc::new(config), served))
+}
+
+/// The certificate a server shows, replaceable while it serves.
+#[derive(Debug)]
+pub struct ServedCertificate {
+    current: std::sync::RwLock<Arc<CertifiedKey>>,
+}
+
+impl ServedCertificate {
+    /// Shows `tls`'s certificate from the next handshake on.
+    pub fn replace(&self, tls: &AgentTls) -> Result<(), HttpsError> {
+        let key = certified_key(tls)?;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = key;
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for ServedCertificate {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        )
+    }
+}
+
+fn certified_key(tls: &AgentTls) -> Result<Arc<CertifiedKey>, HttpsError> {
     let (cert_pem, key_pem) = tls.identity_pem();
     let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| HttpsError::BadIdentity(e.to_string()))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|e| HttpsError::BadIdentity(e.to_string()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(Arc::new(CertifiedKey::from_der(certs, key, &provider())?))
 }
 
 /// Checks the server's chain against the cluster CA for the agents' shared name instead of
