@@ -3,8 +3,10 @@
 //! the provider hands the ticket to the VM with its configuration. The VM's agent makes a
 //! key, sends a certificate request and the ticket to the leader over TLS (checking the
 //! leader against the CA; it has no certificate to show yet), and the leader records the
-//! ticket as used through Raft before it signs. A ticket works once, for its VM only, until
-//! it expires: whoever reads it later (VM metadata, Terraform's state) gets nothing.
+//! ticket as used, for that key, through Raft before it signs. A ticket works for one key
+//! of its VM only, until it expires: whoever reads it later (VM metadata, Terraform's
+//! state) gets nothing, while the agent that used it, asking again with the same key (kept
+//! on its disk) because the answer was lost, gets its certificate.
 
 // Handlers answer `tonic::Status` directly; boxing it would only move the allocation.
 #![allow(clippy::result_large_err)]
@@ -12,7 +14,7 @@
 use super::{AgentOptions, AgentShared};
 use crate::backend::{JoinTicket, VmTrust};
 use crate::raft::{Request, Response};
-use crate::tls::{self, AgentTls, TlsError};
+use crate::tls::{self, AgentTls, KeyRequest, TlsError};
 use ndb_proto::v1 as pb;
 use ndb_proto::v1::enrolment_client::EnrolmentClient;
 use std::sync::Arc;
@@ -67,8 +69,18 @@ pub async fn credentials(opts: &AgentOptions) -> Result<AgentTls, EnrolError> {
         (VmTrust::Ca(ca), _) => Ok(AgentTls::issue(ca, &opts.vm)?),
         (VmTrust::CaCert { cert_pem }, Some(ticket)) => {
             let t = std::time::Instant::now();
-            let tls = enrol(&opts.vm, cert_pem, ticket).await?;
+            let pending = opts.dir.join(tls::ENROLLING_DIR);
+            let request = KeyRequest::pending(&pending, &opts.vm)?;
+            let enrolled = enrol(&opts.vm, cert_pem, ticket, request).await;
+            if let Err(e) = &enrolled {
+                // The ticket will never work: the leader replaces the VM.
+                if matches!(e, EnrolError::Refused { .. } | EnrolError::Expired { .. }) {
+                    let _ = std::fs::remove_dir_all(&pending);
+                }
+            }
+            let tls = enrolled?;
             tls.save(&dir)?;
+            let _ = std::fs::remove_dir_all(&pending);
             info!(
                 vm = %opts.vm,
                 took_ms = t.elapsed().as_millis() as u64,
@@ -86,11 +98,15 @@ pub async fn credentials(opts: &AgentOptions) -> Result<AgentTls, EnrolError> {
 
 /// Trades `ticket` for a certificate at the first agent of the ticket that leads; waits for
 /// one while the ticket is good (the leader may be changing).
-async fn enrol(vm: &str, ca_cert_pem: &str, ticket: &JoinTicket) -> Result<AgentTls, EnrolError> {
+async fn enrol(
+    vm: &str,
+    ca_cert_pem: &str,
+    ticket: &JoinTicket,
+    request: KeyRequest,
+) -> Result<AgentTls, EnrolError> {
     if ticket.agents.is_empty() {
         return Err(EnrolError::NoAgents { vm: vm.into() });
     }
-    let request = tls::key_request(vm)?;
     let config = AgentTls::enrolment_client_config(ca_cert_pem);
     let mut last = String::from("none yet");
     let mut attempts = 0u32;
@@ -187,6 +203,8 @@ impl pb::enrolment_server::Enrolment for EnrolmentService {
             )));
         }
         let sha256 = crate::api_token::token_sha256(&r.ticket);
+        let key_sha256 = tls::request_key_sha256(&r.vm, &r.csr_pem)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let now = now_unix_ms();
         let refused = || {
             warn!(vm = %r.vm, "refused an enrolment: no valid join ticket for this VM");
@@ -199,7 +217,7 @@ impl pb::enrolment_server::Enrolment for EnrolmentService {
         if !self
             .shared
             .replicated()
-            .is_some_and(|rep| rep.ticket_valid(&r.vm, &sha256, now))
+            .is_some_and(|rep| rep.ticket_valid(&r.vm, &sha256, now, Some(&key_sha256)))
         {
             return Err(refused());
         }
@@ -221,6 +239,7 @@ impl pb::enrolment_server::Enrolment for EnrolmentService {
                 vm: r.vm.clone(),
                 sha256,
                 now_unix_ms: now,
+                key_sha256: Some(key_sha256),
             })
             .await
             .map_err(|e| Status::unavailable(format!("cannot record the ticket as used: {e}")))?;

@@ -604,8 +604,14 @@ async fn a_new_vm_enrols_once_with_its_join_ticket() {
     let der = tonic::transport::CertificateDer::from(pem.contents);
     assert_eq!(tls::peer_vm(&[der]).as_deref(), Some("vm-b"));
     assert!(
-        shared.replicated().unwrap().join_tickets.is_empty(),
+        shared.replicated().unwrap().join_tickets["vm-b"]
+            .iter()
+            .all(|t| t.used_by_key.is_some()),
         "used up"
+    );
+    assert!(
+        !dir_b.path().join(tls::ENROLLING_DIR).exists(),
+        "the key enrolled with is kept as the agent's own, not twice"
     );
 
     // The same ticket again (a copy read from the VM's metadata): refused.
@@ -617,6 +623,44 @@ async fn a_new_vm_enrols_once_with_its_join_ticket() {
         e.to_string().contains("refused the join ticket of VM vm-b"),
         "{e}"
     );
+
+    assert!(
+        !dir_d.path().join(tls::ENROLLING_DIR).exists(),
+        "a refused agent keeps no key"
+    );
+
+    // vm-f's agent asks, the leader uses the ticket and answers, and the answer is lost (the
+    // connection broke, the agent restarted): asking again with the key it kept gets its
+    // certificate. Another key with the same ticket still gets nothing.
+    let ticket_f = membership.mint_ticket("vm-f").await.unwrap();
+    let dir_f = tempfile::tempdir().unwrap();
+    let kept_request =
+        tls::KeyRequest::pending(&dir_f.path().join(tls::ENROLLING_DIR), "vm-f").unwrap();
+    let bare = tonic::transport::Endpoint::from_shared(format!("https://{leader_addr}"))
+        .unwrap()
+        .tls_config(tls::AgentTls::enrolment_client_config(&ca_cert_pem))
+        .unwrap()
+        .connect_lazy();
+    ndb_proto::v1::enrolment_client::EnrolmentClient::new(bare)
+        .enrol(pb::EnrolRequest {
+            vm: "vm-f".into(),
+            ticket: ticket_f.secret.clone(),
+            csr_pem: kept_request.csr_pem.clone(),
+        })
+        .await
+        .expect("the first answer (lost on its way)");
+    let dir_g = tempfile::tempdir().unwrap();
+    let e = credentials(&with_ticket("vm-f", dir_g.path(), &ticket_f))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, EnrolError::Refused { .. }), "another key: {e}");
+    let tls_f = credentials(&with_ticket("vm-f", dir_f.path(), &ticket_f))
+        .await
+        .expect("the agent that used the ticket asks again with its kept key");
+    assert_eq!(tls_f.identity_pem().1, kept_request.key_pem);
+    let (_, pem) = x509_parser::pem::parse_x509_pem(tls_f.identity_pem().0.as_bytes()).unwrap();
+    let der = tonic::transport::CertificateDer::from(pem.contents);
+    assert_eq!(tls::peer_vm(&[der]).as_deref(), Some("vm-f"));
 
     // vm-b's agent restarting finds its certificate: no ticket is needed any more.
     let gone = JoinTicket {

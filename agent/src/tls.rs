@@ -99,6 +99,65 @@ impl std::fmt::Debug for KeyRequest {
     }
 }
 
+/// Where an agent keeps the key and request it enrols with until it holds its certificate
+/// (inside its data directory; 0600): a retry after a reply that never came, or after a
+/// restart, shows the same key, which the leader recognises.
+pub const ENROLLING_DIR: &str = "agent-tls.enrolling";
+
+impl KeyRequest {
+    /// The request this agent enrols `vm` with: the one kept in `dir` by an earlier try, or
+    /// a new one, kept there (fsync'd) before it is sent.
+    pub fn pending(dir: &Path, vm: &str) -> Result<KeyRequest, TlsError> {
+        let stored = |path: &Path, source| TlsError::Stored {
+            path: path.display().to_string(),
+            dir: dir.display().to_string(),
+            source,
+        };
+        let (key_path, csr_path) = (dir.join(KEY_FILE), dir.join("request.pem"));
+        if let (Ok(key_pem), Ok(csr_pem)) = (
+            std::fs::read_to_string(&key_path),
+            std::fs::read_to_string(&csr_path),
+        ) {
+            // One made for another name (a directory reused) is not this VM's.
+            let names_vm =
+                rcgen::CertificateSigningRequestParams::from_pem(&csr_pem).is_ok_and(|r| {
+                    r.params
+                        .subject_alt_names
+                        .iter()
+                        .any(|n| matches!(n, rcgen::SanType::DnsName(d) if d.as_str() == vm))
+                });
+            if names_vm {
+                return Ok(KeyRequest { key_pem, csr_pem });
+            }
+        }
+        let request = key_request(vm)?;
+        std::fs::create_dir_all(dir).map_err(|e| stored(dir, e))?;
+        crate::write_secret(&key_path, request.key_pem.as_bytes())
+            .map_err(|e| stored(&key_path, e))?;
+        crate::write_secret(&csr_path, request.csr_pem.as_bytes())
+            .map_err(|e| stored(&csr_path, e))?;
+        Ok(request)
+    }
+}
+
+/// SHA-256 (lowercase hex) of the public key a certificate request is for: what a used
+/// join ticket remembers, so that the same agent asking again (its answer was lost) is let
+/// in again, and nobody else is.
+pub fn request_key_sha256(vm: &str, csr_pem: &str) -> Result<String, TlsError> {
+    use rcgen::PublicKeyData;
+    use sha2::{Digest, Sha256};
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|source| {
+        TlsError::BadRequest {
+            vm: vm.to_string(),
+            source,
+        }
+    })?;
+    Ok(Sha256::digest(csr.public_key.subject_public_key_info())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 /// Makes this agent's key and a request for a certificate naming `vm`.
 pub fn key_request(vm: &str) -> Result<KeyRequest, TlsError> {
     let issue_err = |source| TlsError::Issue {

@@ -53,13 +53,18 @@ pub enum Request {
         issued_unix_ms: u64,
         expires_unix_ms: u64,
     },
-    /// The agent of `vm` shows a ticket: if it is one of `vm`'s and has not expired at
-    /// `now_unix_ms`, every ticket of `vm` is used up and the answer is
-    /// [`Response::TicketTaken`]; otherwise [`Response::TicketRefused`].
+    /// The agent of `vm` shows a ticket for the key with SHA-256 `key_sha256`: if it is one
+    /// of `vm`'s, has not expired at `now_unix_ms` and `vm` used none yet (or used this one
+    /// for this key: the agent asks again because the answer was lost), it is used for that
+    /// key, every other ticket of `vm` is used up and the answer is
+    /// [`Response::TicketTaken`]; otherwise [`Response::TicketRefused`]. Without a key (an
+    /// entry written by an older version) a ticket works once.
     UseJoinTicket {
         vm: String,
         sha256: String,
         now_unix_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_sha256: Option<String>,
     },
 }
 
@@ -78,6 +83,9 @@ pub enum Response {
 pub struct TicketRecord {
     pub sha256: String,
     pub expires_unix_ms: u64,
+    /// Used (until it expires) by the agent whose key has this SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_by_key: Option<String>,
 }
 
 openraft::declare_raft_types!(
@@ -142,8 +150,8 @@ pub struct Replicated {
     /// agent: every agent checks callers against it, none holds the token itself.
     #[serde(default)]
     pub api_token_sha256: Option<String>,
-    /// Join tickets not used yet, per VM (a VM created again by a new leader may hold an
-    /// older one).
+    /// Join tickets per VM until they expire: not used yet (a VM created again by a new
+    /// leader may hold an older one), or used, by the key they were used for.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub join_tickets: BTreeMap<String, Vec<TicketRecord>>,
 }
@@ -164,13 +172,29 @@ impl Replicated {
         retired && !member
     }
 
-    /// `sha256` is the hash of a ticket of `vm` that has not expired at `now_unix_ms`.
-    pub fn ticket_valid(&self, vm: &str, sha256: &str, now_unix_ms: u64) -> bool {
-        self.join_tickets.get(vm).is_some_and(|tickets| {
-            tickets
-                .iter()
-                .any(|t| t.sha256 == sha256 && t.expires_unix_ms > now_unix_ms)
-        })
+    /// `sha256` is the hash of a ticket of `vm` that has not expired at `now_unix_ms` and
+    /// lets in the key with SHA-256 `key_sha256`: `vm` used no ticket yet, or used this one
+    /// for that key.
+    pub fn ticket_valid(
+        &self,
+        vm: &str,
+        sha256: &str,
+        now_unix_ms: u64,
+        key_sha256: Option<&str>,
+    ) -> bool {
+        let Some(tickets) = self.join_tickets.get(vm) else {
+            return false;
+        };
+        let Some(t) = tickets
+            .iter()
+            .find(|t| t.sha256 == sha256 && t.expires_unix_ms > now_unix_ms)
+        else {
+            return false;
+        };
+        match &t.used_by_key {
+            Some(used) => key_sha256 == Some(used.as_str()),
+            None => tickets.iter().all(|t| t.used_by_key.is_none()),
+        }
     }
 
     /// Applies one command; deterministic, so every agent computes the same state.
@@ -205,6 +229,11 @@ impl Replicated {
                 for tickets in self.join_tickets.values_mut() {
                     tickets.retain(|t| t.expires_unix_ms > *issued_unix_ms);
                 }
+                // A VM made again under its name is a new machine: what the last one used
+                // its ticket for no longer counts.
+                if let Some(tickets) = self.join_tickets.get_mut(vm) {
+                    tickets.retain(|t| t.used_by_key.is_none());
+                }
                 self.join_tickets.retain(|_, t| !t.is_empty());
                 self.join_tickets
                     .entry(vm.clone())
@@ -212,6 +241,7 @@ impl Replicated {
                     .push(TicketRecord {
                         sha256: sha256.clone(),
                         expires_unix_ms: *expires_unix_ms,
+                        used_by_key: None,
                     });
                 Response::Done
             }
@@ -219,13 +249,25 @@ impl Replicated {
                 vm,
                 sha256,
                 now_unix_ms,
+                key_sha256,
             } => {
-                if self.ticket_valid(vm, sha256, *now_unix_ms) {
-                    self.join_tickets.remove(vm);
-                    Response::TicketTaken
-                } else {
-                    Response::TicketRefused
+                if !self.ticket_valid(vm, sha256, *now_unix_ms, key_sha256.as_deref()) {
+                    return Response::TicketRefused;
                 }
+                match key_sha256 {
+                    Some(key) => {
+                        if let Some(tickets) = self.join_tickets.get_mut(vm) {
+                            tickets.retain(|t| t.sha256 == *sha256);
+                            for t in tickets {
+                                t.used_by_key = Some(key.clone());
+                            }
+                        }
+                    }
+                    None => {
+                        self.join_tickets.remove(vm);
+                    }
+                }
+                Response::TicketTaken
             }
         }
     }
@@ -274,15 +316,20 @@ mod tests {
     }
 
     fn take(r: &mut Replicated, vm: &str, sha: &str, now: u64) -> Response {
+        take_for(r, vm, sha, now, "key-1")
+    }
+
+    fn take_for(r: &mut Replicated, vm: &str, sha: &str, now: u64, key: &str) -> Response {
         r.apply_request(&Request::UseJoinTicket {
             vm: vm.into(),
             sha256: sha.into(),
             now_unix_ms: now,
+            key_sha256: Some(key.into()),
         })
     }
 
     #[test]
-    fn a_join_ticket_is_taken_once_by_its_own_vm_before_it_expires() {
+    fn a_join_ticket_lets_in_one_key_of_its_own_vm_until_it_expires() {
         let mut r = Replicated::default();
         issue(&mut r, "ndbd-0-1", "aa", 100);
         assert_eq!(
@@ -302,11 +349,52 @@ mod tests {
         );
         assert_eq!(take(&mut r, "ndbd-0-1", "aa", 200), Response::TicketTaken);
         assert_eq!(
-            take(&mut r, "ndbd-0-1", "aa", 300),
+            take_for(&mut r, "ndbd-0-1", "aa", 300, "key-2"),
             Response::TicketRefused,
-            "used"
+            "used, by another key"
         );
-        assert!(r.join_tickets.is_empty());
+        // The agent that used it asks again (the answer was lost): let in, until it expires.
+        assert_eq!(take(&mut r, "ndbd-0-1", "aa", 300), Response::TicketTaken);
+        assert_eq!(
+            take(&mut r, "ndbd-0-1", "aa", 1100),
+            Response::TicketRefused,
+            "expired"
+        );
+        // Expired records leave with the next ticket issued.
+        issue(&mut r, "mysqld-1", "cc", 1200);
+        assert!(!r.join_tickets.contains_key("ndbd-0-1"));
+    }
+
+    /// Entries written before tickets remembered their key: a ticket works once.
+    #[test]
+    fn a_ticket_used_without_a_key_works_once() {
+        let mut r = Replicated::default();
+        issue(&mut r, "ndbd-0-1", "aa", 100);
+        let old = serde_json::json!({"UseJoinTicket": {"vm": "ndbd-0-1", "sha256": "aa", "now_unix_ms": 200}});
+        let req: Request = serde_json::from_value(old).unwrap();
+        assert_eq!(r.apply_request(&req), Response::TicketTaken);
+        assert_eq!(r.apply_request(&req), Response::TicketRefused);
+        assert_eq!(take(&mut r, "ndbd-0-1", "aa", 300), Response::TicketRefused);
+    }
+
+    #[test]
+    fn a_vm_made_again_under_its_name_enrols_with_its_new_ticket() {
+        let mut r = Replicated::default();
+        issue(&mut r, "ndbd-0-1", "first", 100);
+        assert_eq!(
+            take(&mut r, "ndbd-0-1", "first", 200),
+            Response::TicketTaken
+        );
+        issue(&mut r, "ndbd-0-1", "second", 300);
+        assert_eq!(
+            take_for(&mut r, "ndbd-0-1", "first", 400, "key-1"),
+            Response::TicketRefused,
+            "the old machine's ticket"
+        );
+        assert_eq!(
+            take_for(&mut r, "ndbd-0-1", "second", 400, "key-2"),
+            Response::TicketTaken
+        );
     }
 
     #[test]
